@@ -1,0 +1,52 @@
+"""Turns client requests into partition messages: the engine's dispatcher over a transport."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from opentelemetry.propagate import inject
+
+from broker.envelopes import Control, EventReceived, InstanceCreated, Message, Redrive, encode
+from broker.partitioning import partition_of
+from broker.transports.base import Outgoing, Transport
+
+if TYPE_CHECKING:
+    from engine.dispatch import CreatedInstance
+
+
+class BrokerDispatcher:
+    """Implements ``engine.dispatch.Dispatcher`` by publishing envelopes to partition queues."""
+
+    def __init__(self, transport: Transport) -> None:
+        self.transport = transport
+        self.partitions = transport.partitions
+
+    def partition_of(self, workflow: str, instance_id: str) -> int:
+        return partition_of(workflow, instance_id, self.partitions)
+
+    async def created(self, items: list[CreatedInstance]) -> None:
+        await self._send(
+            [InstanceCreated(workflow=c.workflow, instance_id=c.instance_id, fields=c.fields) for c in items]
+        )
+
+    async def event(self, workflow: str, instance_id: str, event_type: str, payload: bytes, sent_ms: int) -> None:
+        await self._send(
+            [
+                EventReceived(
+                    workflow=workflow, instance_id=instance_id, event_type=event_type, payload=payload, sent_ms=sent_ms
+                )
+            ]
+        )
+
+    async def control(self, workflow: str, instance_id: str, action: str) -> None:
+        await self._send([Control(workflow=workflow, instance_id=instance_id, action=action)])  # type: ignore[arg-type,unused-ignore]
+
+    async def redrive(self, workflow: str, instance_id: str) -> None:
+        await self._send([Redrive(workflow=workflow, instance_id=instance_id)])
+
+    async def _send(self, messages: list[Message]) -> None:
+        headers: dict[str, str] = {}
+        inject(headers)  # W3C traceparent of the caller's span, if any, so traces continue at the worker
+        await self.transport.publish(
+            [Outgoing(self.partition_of(m.workflow, m.instance_id), encode(m), dict(headers)) for m in messages]
+        )

@@ -1,0 +1,93 @@
+"""The messages that carry every state change of an instance to its partition's owner.
+
+Bodies are msgpack maps validated by these pydantic models on the way in; anything that does
+not validate is a poison message and goes to the dead-letter queue with the reason.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Literal
+
+import msgpack
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+
+class _Envelope(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    workflow: str
+    instance_id: str
+
+
+class InstanceCreated(_Envelope):
+    """An instance was created (its record is already in Redis) and should start.
+
+    It also carries the meta fields the client wrote at creation (params, creation time, trigger,
+    trace context... as stored), so the owner starts a brand-new instance without reading it back
+    (absent in messages of older clients: the owner then loads it).
+    """
+
+    kind: Literal["created"] = "created"
+    fields: dict[str, bytes | str | int] | None = None
+
+
+class EventReceived(_Envelope):
+    """An event was sent to an instance: delivered to a matching wait or buffered."""
+
+    kind: Literal["event"] = "event"
+    event_type: str
+    payload: bytes  # msgpack of the user's payload, size-checked by the sender
+    sent_ms: int
+
+
+class TimerFired(_Envelope):
+    """A sleep ended, a retry is due, or a wait timed out."""
+
+    kind: Literal["timer"] = "timer"
+    timer: bytes  # the timer's member in the partition's sorted set
+
+
+class Control(_Envelope):
+    """A lifecycle request."""
+
+    kind: Literal["control"] = "control"
+    action: Literal["pause", "resume", "terminate", "restart"]
+
+
+class Redrive(_Envelope):
+    """Load the instance and continue it (sent to itself by a partition's new owner)."""
+
+    kind: Literal["redrive"] = "redrive"
+
+
+Message = Annotated[InstanceCreated | EventReceived | TimerFired | Control | Redrive, Field(discriminator="kind")]
+_adapter: TypeAdapter[Message] = TypeAdapter(Message)
+
+
+class PoisonMessage(ValueError):
+    """A message body that cannot be decoded or validated; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def encode(message: Message) -> bytes:
+    """The wire form of a message."""
+    return msgpack.packb(message.model_dump(), use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode(body: bytes) -> Message:
+    """Parse a wire body, raising :class:`PoisonMessage` with the reason when it is not a message."""
+    try:
+        raw = msgpack.unpackb(body, raw=False)
+    except Exception as exc:
+        raise PoisonMessage(f"undecodable body ({type(exc).__name__}: {exc})") from None
+    try:
+        return _adapter.validate_python(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise PoisonMessage(f"invalid message: {where}: {err['msg']}") from None

@@ -1,0 +1,110 @@
+"""The transport interface every broker implementation provides.
+
+Semantics (RabbitMQ's, which the in-process transport reproduces): one queue per partition;
+at most one active consumer per partition queue at a time (single active consumer), the next
+takes over when it goes away; deliveries stay unacknowledged until ``ack``; ``nack(requeue=True)``
+redelivers; a delivery that exceeds the delivery limit, or is ``reject``-ed with a reason,
+goes to the dead-letter queue with that reason in its headers.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+REASON_HEADER = "x-hutch-dead-letter-reason"
+
+
+@dataclass(slots=True)
+class Outgoing:
+    """A message to publish to a partition."""
+
+    partition: int
+    body: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """A message that was dead-lettered, with where it came from and why."""
+
+    partition: int
+    body: bytes
+    headers: dict[str, str]
+    reason: str
+
+
+class Delivery(abc.ABC):
+    """One delivery of a message to the partition's active consumer."""
+
+    partition: int
+    body: bytes
+    headers: dict[str, str]
+    redelivered: bool
+
+    @abc.abstractmethod
+    async def ack(self) -> None:
+        """The message's effects are durable: remove it from the queue."""
+
+    @abc.abstractmethod
+    async def nack(self) -> None:
+        """Put the message back for redelivery (counts toward the delivery limit)."""
+
+    @abc.abstractmethod
+    async def reject(self, reason: str) -> None:
+        """Dead-letter the message with ``reason``."""
+
+
+class PartitionListener(abc.ABC):
+    """What a consumer gives the transport: deliveries plus partition ownership changes."""
+
+    @abc.abstractmethod
+    def on_delivery(self, delivery: Delivery) -> None:
+        """A message arrived on a partition this consumer is active for (must not block)."""
+
+    @abc.abstractmethod
+    async def on_assigned(self, partition: int) -> None:
+        """This consumer became the active consumer of ``partition``."""
+
+    @abc.abstractmethod
+    async def on_revoked(self, partition: int) -> None:
+        """This consumer is no longer the active consumer of ``partition``."""
+
+
+class Subscription(abc.ABC):
+    """A consumer's registration on a set of partitions."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop consuming; unacknowledged deliveries go back to their queues."""
+
+
+class Transport(abc.ABC):
+    """A broker: publish to partitions, consume them with single-active-consumer semantics."""
+
+    partitions: int
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Connect and declare the topology (idempotent)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Close connections; idempotent."""
+
+    @abc.abstractmethod
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Publish messages; returns once the broker has confirmed every one."""
+
+    @abc.abstractmethod
+    async def subscribe(self, partitions: Sequence[int], listener: PartitionListener, *, prefetch: int) -> Subscription:
+        """Register a consumer on these partitions' queues."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """One round trip to the broker; raises if it is unreachable (readiness checks)."""
+
+    @abc.abstractmethod
+    async def dead_letters(self) -> list[DeadLetter]:
+        """The messages in the dead-letter queue (for operators and tests)."""

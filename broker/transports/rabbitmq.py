@@ -1,0 +1,603 @@
+"""The RabbitMQ transport over aio-pika: partition queues with single active consumer.
+
+Topology (names from :mod:`broker.names`, declared idempotently by :meth:`RabbitMQTransport.start`
+and re-declared by aio-pika's robust connection after every reconnect):
+
+- a direct *work* exchange; each partition's quorum queue is bound to it with its own name as the
+  routing key, and messages are published with ``mandatory`` so a missing queue is an error, not a
+  silent drop;
+- one quorum queue per partition with ``x-single-active-consumer`` (the broker guarantees at most
+  one consumer receives a partition's messages) and ``x-delivery-limit``; its dead letters go
+  through a fanout exchange to one classic dead-letter queue.
+
+Semantics, and where RabbitMQ differs from a naive reading of AMQP:
+
+- ``publish`` returns only when the broker has confirmed every message (publisher confirms,
+  persistent delivery mode). A batch is written at once and its confirms are gathered, so a batch
+  costs about one round trip, not one per message. Messages whose confirm was lost to a connection
+  failure are published again once the robust connection is back (so a rare duplicate is possible:
+  delivery is at-least-once and consumers deduplicate by sequence number).
+- ``Delivery.reject(reason)`` dead-letters with the reason in the ``REASON_HEADER`` header.
+  RabbitMQ's own dead-lettering records only a fixed reason code in ``x-death``, so the transport
+  publishes the message itself to the dead-letter exchange (original headers plus the reason, under
+  a publisher confirm) and then acknowledges the original. A crash between the two leaves the
+  message both dead-lettered and redelivered; the redelivery is rejected again, so the DLQ may hold
+  a duplicate but nothing is lost. Messages the *broker* dead-letters (delivery limit exceeded)
+  carry ``x-death`` instead; :meth:`RabbitMQTransport.dead_letters` turns that into the same reason
+  text the in-process transport uses.
+- ``Delivery.nack()`` sends ``basic.reject(requeue=True)`` rather than ``basic.nack``: since
+  RabbitMQ 4.x only ``reject`` counts toward the delivery limit, and a nack is meant to. On RabbitMQ
+  3.x quorum queues a requeued message goes to the *back* of the queue (4.x returns it to its
+  position); closing a channel returns its unacknowledged messages to their original positions on
+  every version, which is why :meth:`Subscription.close` closes the channel instead of nacking.
+- ``prefetch`` bounds a whole subscription: quorum queues reject AMQP's channel-wide ("global") QoS,
+  so each partition's consumer gets ``prefetch // len(partitions)`` (at least 1).
+- ``on_assigned(p)`` is called once the consume on ``p`` is established, and ``on_revoked(p)``
+  when the subscription closes or its channel is lost (``on_assigned`` again after the robust
+  connection restored it). AMQP 0-9-1 never tells a standby consumer that it became the single
+  active one, so these calls mean "consuming", not "the active consumer": partition ownership comes
+  from the Redis-lease membership service and fencing on every commit, with single active consumer
+  as the backstop that keeps two workers from receiving one partition's messages at once.
+  Deliveries that arrive before ``on_assigned`` has returned are held and handed over right after
+  it, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import urllib.parse
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection, AbstractRobustQueue
+from aiormq.abc import DeliveredMessage
+from pamqp import commands as spec
+from pamqp.common import FieldTable
+
+from broker import names
+from broker.transports.base import (
+    REASON_HEADER,
+    DeadLetter,
+    Delivery,
+    Outgoing,
+    PartitionListener,
+    Subscription,
+    Transport,
+)
+
+if TYPE_CHECKING:
+    from engine.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Exceptions that mean "the connection or channel went away", not "the request was wrong".
+#: Operations that fail with one of these are retried (publish) or were made moot by the broker
+#: requeueing the message (ack, nack) once the robust connection recovers.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPConnectionError,  # the broker closed or reset the connection
+    aiormq.exceptions.ChannelInvalidStateError,  # the channel closed under a pending operation
+    aiormq.exceptions.ChannelClosed,  # the broker closed the channel
+    OSError,  # socket failures: reset, refused, unreachable (ConnectionError is a subclass)
+)
+
+_PERSISTENT = 2
+# Headers RabbitMQ adds on redelivery and dead-lettering; not part of the message a producer sent.
+_BROKER_HEADERS = frozenset({"x-death", "x-delivery-count"})
+_BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def _user_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:
+    """The string headers a producer set (AMQP tables may also hold numbers, lists, tables)."""
+    if not raw:
+        return {}
+    headers: dict[str, str] = {}
+    for key, value in raw.items():
+        if key in _BROKER_HEADERS or key.startswith(_BROKER_HEADER_PREFIXES):
+            continue
+        if isinstance(value, str):
+            headers[key] = value
+        elif isinstance(value, bytes):
+            headers[key] = value.decode("utf-8", "replace")
+    return headers
+
+
+@dataclass(slots=True, frozen=True)
+class _Publish:
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: dict[str, str]
+
+
+class _RabbitDelivery(Delivery):
+    __slots__ = ("_done", "_message", "_subscription", "body", "headers", "partition", "redelivered")
+
+    def __init__(self, subscription: _RabbitSubscription, partition: int, message: AbstractIncomingMessage) -> None:
+        self._subscription = subscription
+        self._message = message
+        self.partition = partition
+        self.body = message.body
+        self.headers = _user_headers(message.headers)
+        self.redelivered = bool(message.redelivered)
+        self._done = False
+
+    def _settle(self) -> aiormq.abc.AbstractChannel | None:
+        """Mark settled; the channel to settle on, or None when it is gone (the broker requeued the message)."""
+        if self._done:
+            raise RuntimeError("delivery already acknowledged")
+        self._done = True
+        try:
+            return self._message.channel  # raises once the channel this delivery arrived on has closed
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return None
+
+    async def ack(self) -> None:
+        channel = self._settle()
+        if channel is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                # wait=False: an ack has no reply, so there is nothing to wait for but the socket.
+                await channel.basic_ack(self._message.delivery_tag or 0, wait=False)
+
+    async def nack(self) -> None:
+        channel = self._settle()
+        if channel is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await channel.basic_reject(self._message.delivery_tag or 0, requeue=True, wait=False)
+
+    async def reject(self, reason: str) -> None:
+        channel = self._settle()
+        if channel is None:
+            return  # the broker already requeued it; the next delivery decides again
+        transport = self._subscription.transport
+        headers = {**self.headers, REASON_HEADER: reason}
+        # Routed with the source queue's name, which dead_letters() reads back as the partition.
+        source = self._message.routing_key or ""
+        try:
+            await transport._publish_all(
+                [_Publish(names.dead_letter_exchange(transport.namespace), source, self.body, headers)]
+            )
+        except BaseException:
+            # Not dead-lettered: hand it back rather than hold a prefetch slot until the channel closes.
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await channel.basic_reject(self._message.delivery_tag or 0, requeue=True, wait=False)
+            raise
+        with contextlib.suppress(*CONNECTION_ERRORS):
+            await channel.basic_ack(self._message.delivery_tag or 0, wait=False)
+
+
+class _RabbitSubscription(Subscription):
+    """One channel consuming a set of partition queues for one listener."""
+
+    def __init__(
+        self,
+        transport: RabbitMQTransport,
+        channel: AbstractRobustChannel,
+        partitions: Sequence[int],
+        listener: PartitionListener,
+    ) -> None:
+        self.transport = transport
+        self.id = uuid.uuid4().hex[:10]
+        self._channel = channel
+        self._partitions = list(partitions)
+        self._listener = listener
+        self._queues: dict[int, tuple[AbstractRobustQueue, str]] = {}
+        self._active: set[int] = set()  # deliveries go straight to the listener
+        self._assigned: set[int] = set()  # the listener was told it consumes these
+        self._held: dict[int, list[_RabbitDelivery]] = {p: [] for p in partitions}
+        self._events: asyncio.Queue[tuple[bool, int]] = asyncio.Queue()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._lost = False
+        self._closed = False
+
+    # ----------------------------------------------------------------- consuming
+    async def _consume(self, partition: int, arguments: names.QueueArguments) -> None:
+        queue = await self._channel.declare_queue(
+            names.partition_queue(self.transport.namespace, partition), durable=True, arguments=arguments
+        )
+        tag = await queue.consume(
+            functools.partial(self._on_message, partition),
+            consumer_tag=names.consumer_tag(self.transport.namespace, partition, self.id),
+        )
+        self._queues[partition] = (queue, tag)
+
+    async def _on_message(self, partition: int, message: AbstractIncomingMessage) -> None:
+        if self._closed:
+            return  # closing the channel hands it back to the queue
+        delivery = _RabbitDelivery(self, partition, message)
+        if partition in self._active:
+            self._hand_over(delivery)
+        else:
+            self._held[partition].append(delivery)
+
+    def _hand_over(self, delivery: _RabbitDelivery) -> None:
+        try:
+            self._listener.on_delivery(delivery)
+        except Exception:
+            log.exception(
+                "listener failed on a delivery from partition %d; it stays unacknowledged", delivery.partition
+            )
+
+    # ----------------------------------------------------------------- ownership
+    def _watch(self) -> None:
+        """Follow the channel: revoke on loss, re-assign once the robust connection restored it."""
+        self._channel.close_callbacks.add(self._on_channel_closed)
+        self._channel.reopen_callbacks.add(self._on_channel_reopened)
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"hutch-rabbitmq-subscription-{self.id}")
+
+    def _on_channel_closed(self, _sender: object, exc: BaseException | None) -> None:
+        # Failed restore attempts close the channel again; one loss is reported once.
+        if self._closed or self._lost:
+            return
+        self._lost = True
+        log.warning(
+            "RabbitMQ channel of subscription %s lost (%s); partitions revoked until it is restored", self.id, exc
+        )
+        self._active.clear()
+        for held in self._held.values():
+            held.clear()  # their channel is gone; the broker requeues them
+        for p in self._partitions:
+            self._events.put_nowait((False, p))
+
+    def _on_channel_reopened(self, _sender: object) -> None:
+        if self._closed:
+            return
+        self._lost = False
+        log.info("RabbitMQ channel of subscription %s restored; re-assigning its partitions", self.id)
+        for p in self._partitions:
+            self._events.put_nowait((True, p))
+
+    async def _supervise(self) -> None:
+        # One task applies ownership changes in order, so on_revoked(p) always precedes the
+        # on_assigned(p) that follows a reconnect, and listener code never runs inside aio-pika's
+        # channel-restore path.
+        while True:
+            assign, partition = await self._events.get()
+            if assign:
+                await self._assign(partition, retry=True)
+            else:
+                await self._revoke(partition)
+
+    async def _assign(self, partition: int, *, retry: bool) -> None:
+        delay_s = 0.05
+        while partition not in self._assigned:
+            try:
+                await self._listener.on_assigned(partition)
+            except Exception:
+                if not retry:
+                    raise
+                log.exception("listener failed to take partition %d; retrying in %.2f s", partition, delay_s)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, 5.0)
+                continue
+            self._assigned.add(partition)
+        held, self._held[partition] = self._held[partition], []
+        self._active.add(partition)
+        for delivery in held:
+            self._hand_over(delivery)
+
+    async def _revoke(self, partition: int) -> None:
+        self._active.discard(partition)
+        if partition in self._assigned:
+            self._assigned.discard(partition)
+            try:
+                await self._listener.on_revoked(partition)
+            except Exception:
+                log.exception("listener failed to release partition %d", partition)
+
+    # ----------------------------------------------------------------- shutdown
+    async def close(self) -> None:
+        """Cancel the consumers, hand unacknowledged deliveries back in order, then revoke."""
+        if self._closed:
+            return
+        self._closed = True
+        self.transport._subscriptions.discard(self)
+        self._channel.close_callbacks.discard(self._on_channel_closed)
+        self._channel.reopen_callbacks.discard(self._on_channel_reopened)
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            await asyncio.gather(self._supervisor, return_exceptions=True)
+        self._active.clear()
+        for held in self._held.values():
+            held.clear()
+        timeout_s = self.transport.close_timeout_s
+        for queue, tag in self._queues.values():
+            # While the connection is down cancel() would wait for it to come back: bound it.
+            with contextlib.suppress(*CONNECTION_ERRORS, TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    await queue.cancel(tag)
+        # Closing the channel returns every unacknowledged delivery to its original position in its
+        # queue (an explicit nack would send it to the back of a 3.x quorum queue), so the next
+        # active consumer sees the partition in order.
+        with contextlib.suppress(*CONNECTION_ERRORS, TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._channel.close()
+        for partition in sorted(self._assigned):
+            await self._revoke(partition)
+
+
+class RabbitMQTransport(Transport):
+    """Partition queues on RabbitMQ: quorum queues, single active consumer, confirms, dead letters.
+
+    Args:
+        url: the AMQP URL, e.g. ``amqp://guest:guest@127.0.0.1:5672/`` (query parameters such as
+            ``heartbeat`` are passed to aio-pika).
+        partitions: the number of partition queues (fixed for a deployment).
+        namespace: prefix of every queue and exchange name (``Settings.namespace``).
+        delivery_limit: deliveries of one message before it is dead-lettered.
+        reconnect_interval_s: pause between reconnection attempts of the robust connection.
+        heartbeat_s: AMQP heartbeat proposed unless the URL sets ``heartbeat``. It bounds how long
+            the broker keeps a silently dead connection's consumers (a network partition, not a
+            killed process, whose socket the OS closes at once), during which single active
+            consumer keeps that partition away from every other worker.
+        publish_timeout_s: how long ``publish`` keeps retrying unconfirmed messages across
+            reconnects before raising ``TimeoutError``.
+        close_timeout_s: bound on each broker call made while closing.
+        connection_name: shown in the management UI; defaults to ``hutch/<namespace>``.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        partitions: int = 16,
+        namespace: str = "hutch",
+        delivery_limit: int = 20,
+        reconnect_interval_s: float = 1.0,
+        heartbeat_s: int = 10,
+        publish_timeout_s: float = 30.0,
+        close_timeout_s: float = 5.0,
+        connection_name: str | None = None,
+    ) -> None:
+        if partitions < 1:
+            raise ValueError(f"partitions must be at least 1, got {partitions}")
+        self.url = url
+        self.partitions = partitions
+        self.namespace = namespace
+        self.delivery_limit = delivery_limit
+        self.reconnect_interval_s = reconnect_interval_s
+        self.heartbeat_s = heartbeat_s
+        self.publish_timeout_s = publish_timeout_s
+        self.close_timeout_s = close_timeout_s
+        self.connection_name = connection_name or f"hutch/{namespace}"
+        self._display_url = _redacted(url)
+        self._queue_arguments = names.partition_queue_arguments(
+            dead_letter_exchange=names.dead_letter_exchange(namespace), delivery_limit=delivery_limit
+        )
+        self._work_exchange = names.work_exchange(namespace)
+        self._routing_keys = [names.partition_queue(namespace, p) for p in range(partitions)]
+        self._connection: AbstractRobustConnection | None = None
+        self._publisher: AbstractRobustChannel | None = None
+        self._subscriptions: set[_RabbitSubscription] = set()
+        self._start_lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **options: Any) -> RabbitMQTransport:
+        """A transport for ``settings.amqp_url`` with the deployment's namespace and partition count."""
+        return cls(settings.amqp_url, partitions=settings.partitions, namespace=settings.namespace, **options)
+
+    # ----------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        """Connect (robustly) and declare the topology; idempotent."""
+        async with self._start_lock:
+            if self._publisher is not None:
+                return
+            options: dict[str, Any] = {"reconnect_interval": self.reconnect_interval_s}
+            if "heartbeat" not in urllib.parse.parse_qs(urllib.parse.urlsplit(self.url).query):
+                options["heartbeat"] = self.heartbeat_s
+            connection = await aio_pika.connect_robust(
+                self.url, client_properties={"connection_name": self.connection_name}, **options
+            )
+            try:
+                publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                await self._declare(publisher)
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection, self._publisher = connection, publisher
+
+    async def _declare(self, channel: AbstractRobustChannel) -> None:
+        # Declared on a robust channel, so aio-pika declares them again after every reconnect.
+        dlx = await channel.declare_exchange(
+            names.dead_letter_exchange(self.namespace), aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dlq = await channel.declare_queue(
+            names.dead_letter_queue(self.namespace), durable=True, arguments=names.dead_letter_queue_arguments()
+        )
+        await dlq.bind(dlx, routing_key="")
+        work = await channel.declare_exchange(self._work_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
+        for name in self._routing_keys:
+            queue = await channel.declare_queue(name, durable=True, arguments=self._queue_arguments)
+            await queue.bind(work, routing_key=name)
+
+    async def close(self) -> None:
+        """Close every subscription (revoking its partitions), then the connection; idempotent."""
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+        connection, self._connection, self._publisher = self._connection, None, None
+        if connection is not None:
+            with contextlib.suppress(*CONNECTION_ERRORS, TimeoutError):
+                async with asyncio.timeout(self.close_timeout_s):
+                    await connection.close()
+
+    def _require_started(self) -> AbstractRobustChannel:
+        if self._publisher is None:
+            raise RuntimeError("the RabbitMQ transport is not started; call await transport.start() first")
+        return self._publisher
+
+    # ----------------------------------------------------------------- publishing
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Publish persistent messages; returns once the broker confirmed every one.
+
+        Raises:
+            ValueError: a message names a partition that does not exist.
+            TimeoutError: not every message was confirmed within ``publish_timeout_s``.
+            aiormq.exceptions.PublishError: the broker could not route a message (topology missing).
+        """
+        batch = []
+        for out in messages:
+            if not 0 <= out.partition < self.partitions:
+                raise ValueError(f"partition {out.partition} does not exist (0..{self.partitions - 1})")
+            batch.append(_Publish(self._work_exchange, self._routing_keys[out.partition], out.body, out.headers))
+        if batch:
+            await self._publish_all(batch)
+
+    async def _publish_all(self, batch: list[_Publish]) -> None:
+        publisher = self._require_started()
+        pending = batch
+        attempt = 0
+        try:
+            async with asyncio.timeout(self.publish_timeout_s):
+                while True:
+                    results = await asyncio.gather(
+                        *(self._publish_one(publisher, item) for item in pending), return_exceptions=True
+                    )
+                    retry: list[_Publish] = []
+                    for item, result in zip(pending, results, strict=True):
+                        if result is None:
+                            continue
+                        if isinstance(result, _RETRYABLE):
+                            retry.append(item)
+                        else:
+                            raise result
+                    if not retry:
+                        return
+                    pending = retry
+                    attempt += 1
+                    log.warning("republishing %d unconfirmed message(s) after a broker failure", len(pending))
+                    await publisher.ready()  # the robust connection has reconnected and restored the channel
+                    await asyncio.sleep(min(0.01 * 2**attempt, 0.5))  # the restored channel may close again
+        except TimeoutError:
+            raise TimeoutError(
+                f"RabbitMQ did not confirm {len(pending)} of {len(batch)} message(s) within "
+                f"{self.publish_timeout_s} s; is the broker at {self._display_url} reachable?"
+            ) from None
+
+    @staticmethod
+    async def _publish_one(publisher: AbstractRobustChannel, item: _Publish) -> None:
+        channel = cast(aiormq.Channel, await publisher.get_underlay_channel())
+        headers: FieldTable | None = dict(item.headers) if item.headers else None
+        confirmation = await channel.basic_publish(
+            item.body,
+            exchange=item.exchange,
+            routing_key=item.routing_key,
+            properties=spec.Basic.Properties(delivery_mode=_PERSISTENT, headers=headers),
+            mandatory=True,
+            wait=False,  # queue the frames and move on: the batch shares the socket writes and the confirms
+        )
+        if not isinstance(confirmation, spec.Basic.Ack):
+            raise _Nacked(f"broker answered {confirmation!r}")
+
+    # ----------------------------------------------------------------- consuming
+    async def subscribe(self, partitions: Sequence[int], listener: PartitionListener, *, prefetch: int) -> Subscription:
+        """Consume these partitions' queues on one channel; ``on_assigned(p)`` is awaited for each.
+
+        ``prefetch`` bounds the subscription's unacknowledged deliveries: each partition's consumer
+        gets ``max(1, prefetch // len(partitions))``.
+        """
+        self._require_started()
+        assert self._connection is not None
+        wanted = sorted(set(partitions))
+        for p in wanted:
+            if not 0 <= p < self.partitions:
+                raise ValueError(f"partition {p} does not exist (0..{self.partitions - 1})")
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be at least 1, got {prefetch}")
+        channel = await self._connection.channel(publisher_confirms=False)
+        subscription = _RabbitSubscription(self, channel, wanted, listener)
+        self._subscriptions.add(subscription)
+        try:
+            if wanted:
+                await channel.set_qos(prefetch_count=max(1, prefetch // len(wanted)))
+            for p in wanted:
+                await subscription._consume(p, self._queue_arguments)
+                await subscription._assign(p, retry=False)
+            subscription._watch()
+        except BaseException:
+            await subscription.close()
+            raise
+        return subscription
+
+    # ----------------------------------------------------------------- operators and tests
+    async def dead_letters(self, *, limit: int = 10_000) -> list[DeadLetter]:
+        """The first ``limit`` messages of the dead-letter queue, oldest first, left in place.
+
+        They are fetched unacknowledged and handed back by closing the channel, which returns
+        them to their positions.
+        """
+        self._require_started()
+        assert self._connection is not None
+        queue = names.dead_letter_queue(self.namespace)
+        found: list[DeadLetter] = []
+        async with self._connection.channel(publisher_confirms=False) as channel:
+            raw = await channel.get_underlay_channel()
+            while len(found) < limit:
+                message = await raw.basic_get(queue, no_ack=False)
+                if not isinstance(message.delivery, spec.Basic.GetOk):
+                    break
+                found.append(self._dead_letter(message))
+        return found
+
+    def _dead_letter(self, message: DeliveredMessage) -> DeadLetter:
+        raw: Mapping[str, Any] = message.header.properties.headers or {}
+        reason = raw.get(REASON_HEADER)
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        if not isinstance(reason, str):
+            cause = raw.get("x-first-death-reason")
+            cause = cause.decode() if isinstance(cause, bytes) else cause
+            reason = (
+                f"delivery limit of {self.delivery_limit} exceeded"
+                if cause == "delivery_limit"
+                else f"dead-lettered by RabbitMQ ({cause})"
+            )
+        queue = raw.get("x-first-death-queue") or message.routing_key or ""
+        queue = queue.decode() if isinstance(queue, bytes) else str(queue)
+        partition = names.partition_of_queue(self.namespace, queue)
+        headers = {**_user_headers(raw), REASON_HEADER: reason}
+        return DeadLetter(-1 if partition is None else partition, message.body, headers, reason)
+
+    async def ping(self) -> None:
+        """A passive declare of partition 0's queue: one round trip on the publishing channel."""
+        await self.ready_count(0)
+
+    async def ready_count(self, partition: int) -> int:
+        """Messages waiting in a partition queue (delivered-but-unacknowledged ones not included)."""
+        publisher = self._require_started()
+        channel = await publisher.get_underlay_channel()
+        result = await channel.queue_declare(names.partition_queue(self.namespace, partition), passive=True)
+        return int(result.message_count or 0)
+
+    async def delete_topology(self) -> None:
+        """Delete every queue and exchange of this namespace (test cleanup); closes subscriptions first."""
+        publisher = self._require_started()
+        for subscription in list(self._subscriptions):
+            await subscription.close()
+        # Deleted through the channel that declared them, so the robust connection forgets them too.
+        for name in [*self._routing_keys, names.dead_letter_queue(self.namespace)]:
+            await publisher.queue_delete(name)
+        for name in (self._work_exchange, names.dead_letter_exchange(self.namespace)):
+            await publisher.exchange_delete(name)
+
+
+class _Nacked(Exception):
+    """The broker negatively confirmed a publish (e.g. a quorum queue without a leader): retry it."""
+
+
+# A publish cancelled by its channel closing surfaces as CancelledError inside the gather.
+_RETRYABLE = (*CONNECTION_ERRORS, asyncio.CancelledError, _Nacked)

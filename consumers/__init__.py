@@ -1,0 +1,5 @@
+"""Long-running workers: partition consumers, step execution, timers."""
+
+from consumers.worker import Worker
+
+__all__ = ["Worker"]

@@ -1,0 +1,346 @@
+"""The partition owner's loop: batch inputs, run instance transitions, group-commit, then ack.
+
+Inputs (broker deliveries and local step results) queue in one inbox. Each turn takes what is
+queued, folds each instance's inputs into one transition, commits all of them in one
+pipelined Redis round trip (each transition atomic and sequence-checked, fenced by the
+partition owner's token), and only then acknowledges the deliveries and starts the step
+attempts the transitions scheduled. Acks never wait for a step body, a sleep or an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from broker.envelopes import InstanceCreated, PoisonMessage, Redrive, TimerFired, decode
+from broker.transports.base import Delivery, PartitionListener
+from consumers.actor import Effects, Input, InstanceActor
+from consumers.items import StepDone
+from consumers.steps import StepRunner
+from consumers.timers import TimerService
+from engine import tracing
+from engine.clock import Clock
+from engine.config import Limits
+from engine.entrypoint import Env, WorkflowEntrypoint
+from engine.store.base import CommitResult, Snapshot, Transition
+from engine.store.redis import STORE_ERRORS, RedisStore, meta_from_fields
+from engine.watch import InstanceWatch
+
+log = logging.getLogger("hutch.worker")
+
+_ActorKey = tuple[str, str]
+
+
+@dataclass(slots=True)
+class _Item:
+    partition: int
+    key: _ActorKey
+    input: Input
+    delivery: Delivery | None
+    settled: bool = False  # the delivery was acked, nacked or rejected already
+
+
+class Orchestrator(PartitionListener):
+    """Owns partitions, keeps their live instances and commits their transitions.
+
+    Args:
+        max_batch: inputs taken into one turn at most.
+        max_instances: instances one turn transitions at most. A turn's steps start only once its
+            commit is done, so under a burst (many timers due at once) smaller turns start the first
+            steps sooner; larger ones spend fewer script calls per transition.
+        warm_horizon_s: a ``waiting`` instance whose next timer is due within this many seconds
+            stays in memory, so a short sleep resumes the live ``run()`` with no load and no
+            replay; longer sleeps and event waits are evicted (0: always evict).
+    """
+
+    def __init__(
+        self,
+        *,
+        store: RedisStore,
+        workflows: dict[str, type[WorkflowEntrypoint]],
+        env: Env,
+        limits: Limits,
+        clock: Clock,
+        runner_factory: Callable[[Callable[[StepDone], None]], StepRunner],
+        timers_factory: Callable[[Callable[[], list[int]]], TimerService],
+        watch: InstanceWatch | None = None,
+        max_batch: int = 512,
+        max_instances: int = 16,
+        worker_id: str | None = None,
+        warm_horizon_s: float = 2.0,
+    ) -> None:
+        self.store = store
+        self.workflows = workflows
+        self.env = env
+        self.limits = limits
+        self.clock = clock
+        self.watch = watch
+        self.worker_id = worker_id or uuid.uuid4().hex[:12]
+        self.warm_horizon_ms = max(0, round(warm_horizon_s * 1000))
+        self.owned: dict[int, str] = {}
+        self.actors: dict[_ActorKey, InstanceActor] = {}
+        self.runner = runner_factory(self._post_step_done)
+        self.timers = timers_factory(lambda: sorted(self.owned))
+        # Timers of partitions this worker owns come straight to the inbox, with no broker hop; the
+        # commit that handles one removes it from Redis, so a lost one is fired again by a scan.
+        self.timers.deliver_locally(self._post_timer)
+        self._inbox: asyncio.Queue[_Item] = asyncio.Queue()
+        self._max_batch = max_batch
+        self._max_instances = max_instances
+        self._carry: _Item | None = None  # taken from the inbox for the next turn (the last one was full)
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.draining = False
+        self._parked: dict[int, list[_Item]] = {}
+        self._retry_s = 0.2
+        self.commits = 0
+
+    # ------------------------------------------------------------------ transport callbacks
+    def on_delivery(self, delivery: Delivery) -> None:
+        try:
+            message = decode(delivery.body)
+        except PoisonMessage as exc:
+            self._inbox.put_nowait(_Item(delivery.partition, ("", ""), exc, delivery))  # type: ignore[arg-type]
+            return
+        item = _Item(delivery.partition, (message.workflow, message.instance_id), message, delivery)
+        self._inbox.put_nowait(item)
+
+    async def on_assigned(self, partition: int) -> None:
+        token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
+        await self.store.claim(partition, token)
+        self.owned[partition] = token
+        log.info("worker %s owns partition %d", self.worker_id, partition)
+        for item in self._parked.pop(partition, []):
+            self._inbox.put_nowait(item)
+        # Re-drive what the previous owner left in flight; its timers are fired by ours.
+        for workflow, instance_id in await self.store.active_instances(partition):
+            redrive = Redrive(workflow=workflow, instance_id=instance_id)
+            self._inbox.put_nowait(_Item(partition, (workflow, instance_id), redrive, None))
+        self.timers.due_at(0)
+
+    def forget_partition(self, partition: int) -> None:
+        """This worker gives the partition up for good: drop results parked for its return."""
+        self._parked.pop(partition, None)
+
+    async def on_revoked(self, partition: int) -> None:
+        self.owned.pop(partition, None)
+        self.timers.forget_partition(partition)
+        for key, actor in list(self.actors.items()):
+            if actor.partition == partition:
+                self._drop(key)
+        log.info("worker %s released partition %d", self.worker_id, partition)
+
+    def _post_step_done(self, done: StepDone) -> None:
+        self._inbox.put_nowait(_Item(done.partition, (done.workflow, done.instance_id), done, None))
+
+    def _post_timer(self, partition: int, fired: TimerFired) -> None:
+        self._inbox.put_nowait(_Item(partition, (fired.workflow, fired.instance_id), fired, None))
+
+    # ------------------------------------------------------------------ the loop
+    async def run(self) -> None:
+        """Process inputs until cancelled."""
+        inbox = self._inbox
+        while True:
+            first, self._carry = self._carry or await inbox.get(), None
+            self._idle.clear()
+            batch, keys = [first], {first.key}
+            while len(batch) < self._max_batch and not inbox.empty():
+                item = inbox.get_nowait()
+                if item.key not in keys and len(keys) >= self._max_instances:
+                    self._carry = item
+                    break
+                keys.add(item.key)
+                batch.append(item)
+            try:
+                await self.process(batch)
+            except STORE_ERRORS as exc:
+                # Redis is unreachable: nothing of this batch is known to be committed. Forget the
+                # instances (they reload from Redis), give deliveries back to the broker and retry
+                # local results after a pause; redis-py reconnects on the next command.
+                log.warning("store unavailable (%s); requeueing %d inputs", exc, len(batch))
+                for item in batch:
+                    self._drop(item.key)
+                await self._nack(batch)
+                await asyncio.sleep(self._retry_s)
+            finally:
+                if inbox.empty() and self._carry is None:
+                    self._idle.set()
+            if self._carry is not None or not inbox.empty():
+                # More is queued (a burst larger than a batch): let the step attempts this batch just
+                # started begin before the next batch's transitions and commit run.
+                await asyncio.sleep(0)
+
+    async def settle(self, timeout: float = 5.0) -> None:
+        """Wait (up to ``timeout`` s) until every queued input has been processed."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not (self._idle.is_set() and self._inbox.empty()):
+                    if self._idle.is_set():
+                        # Queued but not yet taken by the loop: a set Event's wait() does not yield,
+                        # so without this the loop task (and the timeout) would never run.
+                        await asyncio.sleep(0.001)
+                    else:
+                        await self._idle.wait()
+
+    async def process(self, batch: list[_Item]) -> None:
+        """One turn: load, transition, commit, then acknowledge and start work."""
+        groups: dict[_ActorKey, list[_Item]] = {}
+        for item in batch:
+            if isinstance(item.input, PoisonMessage):
+                log.warning("dead-lettering a message on partition %d: %s", item.partition, item.input.reason)
+                await self._settle(item, item.input.reason)
+            elif item.partition not in self.owned:
+                if item.delivery is None and isinstance(item.input, StepDone):
+                    # A result that finished while the partition was away (a broker reconnect):
+                    # keep it for when the partition comes back, so the step is not run again.
+                    self._parked.setdefault(item.partition, []).append(item)
+                else:
+                    await self._settle(item, "nack")
+            else:
+                groups.setdefault(item.key, []).append(item)
+        if not groups:
+            return
+        await self._load_missing(groups)
+        pending: list[tuple[Transition, InstanceActor, Effects, list[_Item]]] = []
+        for key, items in groups.items():
+            actor = self.actors.get(key)
+            if actor is None:
+                continue
+            try:
+                transition, effects = actor.apply([i.input for i in items])
+            except Exception:
+                log.exception("instance %s/%s: transition failed; its messages are requeued", *key)
+                self._drop(key)
+                await self._nack(items, requeue_local=False)
+                continue
+            if transition is None:
+                await self._after_commit(key, actor, effects, items)
+            else:
+                pending.append((transition, actor, effects, items))
+        if not pending:
+            return
+        results = await self.store.commit_many([p[0] for p in pending], self.owned)
+        self.commits += len(pending)
+        for (transition, actor, effects, items), result in zip(pending, results, strict=True):
+            key = (actor.workflow, actor.instance_id)
+            if result is CommitResult.COMMITTED:
+                actor.committed(transition)
+                if tracing.enabled():  # spans of what this transition recorded: never of replayed history
+                    deliveries = [(i.input, i.delivery.headers) for i in items if i.delivery is not None]
+                    tracing.emit_committed(actor, transition, deliveries, now_ms=self.clock.now_ms())
+                if transition.timers_add or transition.timers_remove:
+                    self.timers.committed(actor.partition, transition.timers_add, transition.timers_remove)
+                await self._after_commit(key, actor, effects, items)
+                continue
+            log.warning("instance %s/%s: commit rejected (%s); reloading", *key, result.name)
+            self._drop(key)
+            if result is CommitResult.FENCED:
+                await self.on_revoked(actor.partition)
+            await self._nack(items)
+
+    async def _load_missing(self, groups: dict[_ActorKey, list[_Item]]) -> None:
+        missing = [key for key in groups if key not in self.actors]
+        if not missing:
+            return
+        partitions = [groups[key][0].partition for key in missing]
+        # A brand-new instance starts from its start message: no read of what the client just wrote.
+        fresh = [_fresh_snapshot(groups[key][0]) for key in missing]
+        to_load = [(p, *key) for p, key, f in zip(partitions, missing, fresh, strict=True) if f is None]
+        loaded = iter(await self.store.load_many(to_load) if to_load else [])
+        snapshots = [f if f is not None else next(loaded) for f in fresh]
+        for partition, key, snapshot, built in zip(partitions, missing, snapshots, fresh, strict=True):
+            items = groups[key]
+            workflow_cls = self.workflows.get(key[0])
+            if snapshot is None or workflow_cls is None:
+                reason = (
+                    f"instance {key[1]!r} of workflow {key[0]!r} does not exist (expired or never created)"
+                    if snapshot is None
+                    else f"workflow {key[0]!r} is not registered on this worker"
+                )
+                for item in items:
+                    await self._settle(item, reason)
+                del groups[key]
+                continue
+            self.actors[key] = InstanceActor(
+                snapshot,
+                partition=partition,
+                workflow_cls=workflow_cls,
+                env=self.env,
+                limits=self.limits,
+                now_ms=self.clock.now_ms,
+                is_executing=self.runner.executing,
+                warm_ms=self.warm_horizon_ms,
+                from_message=built is not None,
+            )
+
+    async def _after_commit(self, key: _ActorKey, actor: InstanceActor, effects: Effects, items: list[_Item]) -> None:
+        for item in items:
+            await self._settle(item, "ack")
+        if effects.cancel_all:
+            self.runner.cancel(*key)
+        for step in effects.cancel:
+            self.runner.cancel(*key, step)
+        for call, attempt in [] if self.draining else effects.execute:
+            self.runner.start(
+                actor.partition, actor.workflow, actor.instance_id, actor.run_no, call, attempt, trace=actor.trace
+            )
+        if effects.evict:
+            self._drop(key)
+        if self.watch is not None:
+            self.watch.notify(*key, actor.status)
+
+    def _drop(self, key: _ActorKey) -> None:
+        actor = self.actors.pop(key, None)
+        if actor is not None:
+            actor.close()
+
+    async def _settle(self, item: _Item, outcome: str) -> None:
+        """Ack, nack or reject (``outcome`` is the dead-letter reason) a delivery, once."""
+        if item.delivery is None or item.settled:
+            return
+        item.settled = True
+        try:
+            if outcome == "ack":
+                await item.delivery.ack()
+            elif outcome == "nack":
+                await item.delivery.nack()
+            else:
+                await item.delivery.reject(outcome)
+        except Exception as exc:
+            # The delivery's channel is gone (a broker reconnect or a released partition): the
+            # broker requeues it by itself, and its effects are already committed or not at all.
+            log.warning("could not %s a delivery on partition %d: %r", outcome, item.partition, exc)
+
+    async def _nack(self, items: list[_Item], *, requeue_local: bool = True) -> None:
+        for item in items:
+            if item.delivery is not None:
+                await self._settle(item, "nack")
+            elif requeue_local:
+                # Local inputs (step results, re-drives) have no broker to redeliver them: retry
+                # them once the instance reloads.
+                self._inbox.put_nowait(item)
+
+
+def _fresh_snapshot(item: _Item) -> Snapshot | None:
+    """The snapshot of an instance that a first-delivery start message describes, else None (load it).
+
+    The message carries the meta fields the client wrote at creation (params, creation time,
+    trigger, the trace context of engine.tracing...), so the instance needs no read and looks
+    exactly as a load would show it. If the message is stale (the instance already moved on, or
+    it is another instance with the same id), the first commit's sequence and creation-time checks
+    refuse it; the message is then redelivered and, being a redelivery, loads the instance.
+    """
+    message = item.input
+    if not isinstance(message, InstanceCreated) or not message.fields or item.delivery is None:
+        return None
+    if item.delivery.redelivered:
+        return None
+    meta = meta_from_fields(message.fields)
+    identity = (meta.get("wf"), meta.get("id"), meta.get("seq"), meta.get("status"))
+    if identity != (message.workflow, message.instance_id, 0, "queued") or not isinstance(meta.get("created"), int):
+        return None  # not the creation record of this instance: read the real one
+    return Snapshot(meta, [], [])

@@ -1,0 +1,96 @@
+"""``hutch worker``: a distributed worker process on Redis and RabbitMQ."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from broker.dispatch import BrokerDispatcher
+from consumers.crons import CronTrigger
+from consumers.queue_trigger import QueueTrigger
+from consumers.runtime import open_store, open_transport
+from consumers.worker import Worker
+from engine.client import Client, bindings
+from engine.clock import Clock
+from engine.config import DEFAULT_LIMITS
+from engine.entrypoint import Env, WorkflowEntrypoint
+from engine.errors import InvalidInputError
+from engine.settings import Settings
+
+log = logging.getLogger("hutch.worker")
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    workflows: Mapping[str, type[WorkflowEntrypoint]] | None = None,
+    resources: Mapping[str, Any] | None = None,
+    on_ready: Callable[[Worker], None] | None = None,
+) -> None:
+    """Run a worker until ``stop`` is set, then shut it down gracefully.
+
+    Args:
+        settings: URLs, namespace, partitions and the ``[[workflows]]`` to load.
+        stop: set it (e.g. from a SIGTERM handler) to drain and exit.
+        workflows: workflow classes by name (default: ``settings.workflows``).
+        resources: extra ``self.env`` bindings.
+        on_ready: called once the worker consumes its partitions.
+    """
+    if not settings.redis_url or not settings.amqp_url:
+        raise InvalidInputError(
+            "hutch worker needs HUTCH_REDIS_URL and HUTCH_AMQP_URL (or redis_url/amqp_url in hutch.toml)"
+        )
+    classes = dict(workflows) if workflows is not None else settings.workflow_classes()
+    if not classes:
+        raise InvalidInputError(
+            "no workflows to run: add [[workflows]] to hutch.toml or pass --workflow NAME=module:Class"
+        )
+    clock = Clock()
+    store = open_store(settings)
+    transport = open_transport(settings)
+    await transport.start()
+    try:
+        client = Client(store, BrokerDispatcher(transport), workflows=list(classes), clock=clock)
+        env = Env({**bindings(client, classes, settings.binding_names()), **(resources or {})})
+        worker = Worker(
+            store=store,
+            transport=transport,
+            workflows=classes,
+            settings=settings,
+            env=env,
+            limits=DEFAULT_LIMITS,
+            clock=clock,
+            distributed=True,
+        )
+        await worker.start()
+        try:
+            async with contextlib.AsyncExitStack() as triggers:
+                # Crons fire from every worker (one instance per fire time wins); queue triggers
+                # consume the user's queues next to the partitions.
+                if settings.triggers.crons:
+                    await triggers.enter_async_context(CronTrigger(client, settings.triggers.crons))
+                if settings.queues.consumers:
+                    await triggers.enter_async_context(
+                        QueueTrigger(
+                            client,
+                            settings.queues.consumers,
+                            amqp_url=settings.amqp_url,
+                            shutdown_timeout_s=settings.shutdown_timeout_s,
+                        )
+                    )
+                if on_ready is not None:
+                    on_ready(worker)
+                stopped = asyncio.ensure_future(worker.wait_stopped())
+                stopping = asyncio.ensure_future(stop.wait())
+                await asyncio.wait([stopped, stopping], return_when=asyncio.FIRST_COMPLETED)
+                stopped.cancel()
+                stopping.cancel()
+        finally:
+            await worker.shutdown()
+    finally:
+        await transport.close()
+        await store.close()

@@ -1,0 +1,200 @@
+"""Executes step attempts: bounded concurrency, a thread pool for sync callables, per-attempt timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import inspect
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from consumers.items import StepDone
+from engine import tracing
+from engine.clock import Clock
+from engine.config import Limits
+from engine.context import StepContext, StepInfo
+from engine.errors import (
+    NonRetryableError,
+    NotSerializable,
+    PayloadTooLarge,
+    StepResultNotSerializable,
+    StepResultTooLarge,
+    StepTimeoutError,
+    error_record,
+)
+from engine.executor import StepCall
+from engine.serialization import encode_value
+
+_Key = tuple[str, str, int, str, int]  # workflow, instance id, run number, step name, count
+
+
+def _context_kwargs(fn: Callable[..., Any]) -> tuple[tuple[Any, ...], bool]:
+    """How a callable takes ``ctx``: ``((), False)`` not at all, ``((None,), False)`` positionally,
+    ``((), True)`` as the keyword-only parameter ``ctx``.
+
+    A callable gets ``ctx`` if it has a parameter named ``ctx`` or a required positional one.
+    """
+    code = getattr(fn, "__code__", None)
+    if code is not None and not inspect.ismethod(fn):
+        positional = code.co_varnames[: code.co_argcount]
+        keyword_only = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+        if "ctx" in keyword_only:
+            return (), True
+        required = code.co_argcount - len(getattr(fn, "__defaults__", None) or ())
+        wants = "ctx" in positional or required > 0 or bool(code.co_flags & inspect.CO_VARARGS)
+        return ((None,) if wants else ()), False
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return (), False
+    if any(p.name == "ctx" and p.kind is p.KEYWORD_ONLY for p in params):
+        return (), True
+    wants = any(
+        p.name == "ctx" or (p.default is p.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD))
+        for p in params
+    )
+    return ((None,) if wants else ()), False
+
+
+class StepRunner:
+    """Runs step attempts on the worker's event loop and reports each outcome.
+
+    Args:
+        post: receives the :class:`StepDone` of every attempt that was not cancelled.
+        max_concurrent: attempts running at once on this worker; more wait their turn.
+        threads: size of the pool that runs sync step callables.
+    """
+
+    def __init__(
+        self,
+        post: Callable[[StepDone], None],
+        *,
+        limits: Limits,
+        clock: Clock,
+        max_concurrent: int,
+        threads: int,
+    ) -> None:
+        self._post = post
+        self._limits = limits
+        self._clock = clock
+        self._semaphore = asyncio.Semaphore(max_concurrent)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hutch-step")
+        # Every attempt task is tracked here until it ends; shutdown drains, then cancels them.
+        self._tasks: dict[_Key, asyncio.Task[None]] = {}
+
+    @property
+    def in_flight(self) -> int:
+        """Attempts currently running or waiting for a slot."""
+        return len(self._tasks)
+
+    def executing(self, workflow: str, instance_id: str, run_no: int, name: str, count: int) -> bool:
+        """Whether this worker is running an attempt of that step right now."""
+        return (workflow, instance_id, run_no, name, count) in self._tasks
+
+    def start(
+        self,
+        partition: int,
+        workflow: str,
+        instance_id: str,
+        run_no: int,
+        call: StepCall,
+        attempt: int,
+        *,
+        trace: str | None = None,
+    ) -> None:
+        """Start one attempt in the background; its outcome arrives through ``post``.
+
+        ``trace`` is the instance's W3C traceparent: the attempt's ``step.do`` span continues it.
+        """
+        key = (workflow, instance_id, run_no, call.name, call.count)
+        task = asyncio.get_running_loop().create_task(self._attempt(partition, key, call, attempt, trace))
+        self._tasks[key] = task
+        task.add_done_callback(lambda t: self._tasks.pop(key, None) if self._tasks.get(key) is t else None)
+
+    def cancel(self, workflow: str, instance_id: str, step: tuple[str, int] | None = None) -> None:
+        """Cancel attempts of one step, or of every step of the instance."""
+        for key, task in list(self._tasks.items()):
+            if key[0] == workflow and key[1] == instance_id and (step is None or key[3:] == step):
+                task.cancel()
+                del self._tasks[key]
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for running attempts; True when none is left."""
+        tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        return not self._tasks
+
+    async def close(self) -> None:
+        """Cancel attempts still running and stop the thread pool (running sync steps finish on their own)."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._tasks.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _attempt(self, partition: int, key: _Key, call: StepCall, attempt: int, trace: str | None) -> None:
+        workflow, instance_id, run_no, name, count = key
+        async with self._semaphore:
+            start = self._clock.now_ms()
+            ctx = StepContext(StepInfo(name, count), attempt, call.config)
+            outcome: dict[str, Any]
+            deadline = asyncio.timeout(call.config.timeout)
+            # The span is current while the body runs, so what the body traces nests under it.
+            with tracing.step_attempt(trace, workflow, instance_id, name, count, attempt) as span:
+                try:
+                    async with deadline:
+                        result = await self._invoke(call.fn, ctx)
+                    data, value = self._encode(name, count, result)
+                    outcome = {"ok": True, "value": value, "value_bytes": data}
+                except TimeoutError as exc:
+                    # Only our deadline is a step timeout; a TimeoutError the body raised is its own error.
+                    ms = round(call.config.timeout * 1000)
+                    timed_out = StepTimeoutError(f"Execution timed out after {ms}ms")
+                    outcome = {"ok": False, "error": error_record(timed_out if deadline.expired() else exc)}
+                except NonRetryableError as exc:
+                    outcome = {"ok": False, "error": error_record(exc), "retryable": False}
+                except Exception as exc:
+                    outcome = {"ok": False, "error": error_record(exc)}
+                tracing.attempt_outcome(span, outcome.get("error"))
+            self._post(
+                StepDone(
+                    partition,
+                    workflow,
+                    instance_id,
+                    run_no,
+                    name,
+                    count,
+                    attempt,
+                    start,
+                    self._clock.now_ms(),
+                    **outcome,
+                )
+            )
+
+    async def _invoke(self, fn: Callable[..., Any], ctx: StepContext) -> Any:
+        positional, keyword = _context_kwargs(fn)
+        args = (ctx,) if positional else ()
+        kwargs = {"ctx": ctx} if keyword else {}
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args, **kwargs)
+        # Sync callables may block, so they run in the pool. On timeout the thread cannot be
+        # interrupted; it finishes in the background and its result is discarded. The thread runs
+        # in a copy of this context (as asyncio.to_thread does), so it sees the step's span.
+        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        result = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def _encode(self, name: str, count: int, result: Any) -> tuple[bytes, Any]:
+        what = f"step {name!r}#{count} result"
+        try:
+            return encode_value(result, what=what, limit=self._limits.max_payload_bytes)
+        except NotSerializable as exc:
+            raise StepResultNotSerializable(str(exc)) from None
+        except PayloadTooLarge as exc:
+            raise StepResultTooLarge(str(exc)) from None

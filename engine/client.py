@@ -1,0 +1,336 @@
+"""The client API: create instances, read their status, control them, send them events."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel
+
+from engine import tracing
+from engine.clock import Clock
+from engine.config import DEFAULT_LIMITS, Limits, check_instance_id, check_workflow_name
+from engine.dispatch import CreatedInstance, Dispatcher
+from engine.entrypoint import WorkflowEntrypoint
+from engine.errors import (
+    BatchTooLarge,
+    IllegalTransition,
+    InstanceAlreadyExists,
+    InstanceNotFound,
+    InvalidInputError,
+    WaitTimeout,
+    WorkflowNotFound,
+)
+from engine.serialization import check_depth, encode_value, pack
+from engine.status import FINISHED, InstanceDetail, InstanceStatus, Status, build_detail, status_from_meta
+from engine.store.redis import RedisStore
+from engine.watch import InstanceWatch
+
+
+class InstancePage(BaseModel):
+    """One page of a listing, newest first; pass ``cursor`` back to get the next page."""
+
+    instances: list[str]
+    cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventAccepted:
+    """What ``send_event`` reports: whether the instance had already finished (the event is then ignored)."""
+
+    instance_finished: bool
+
+
+class Client:
+    """Talks to Hutch: to an embedded runtime in this process or to Redis + RabbitMQ.
+
+    Use :func:`engine.connect` to make one.
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        dispatcher: Dispatcher,
+        *,
+        workflows: Sequence[str] = (),
+        limits: Limits = DEFAULT_LIMITS,
+        clock: Clock | None = None,
+        watch: InstanceWatch | None = None,
+        on_close: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._store = store
+        self._dispatcher = dispatcher
+        self._known = frozenset(workflows)
+        self.limits = limits
+        self.clock = clock or Clock()
+        self._watch = watch
+        self._on_close = on_close
+        self._closed = False
+        # The embedded runtime's consumers.Worker (None for a remote client). Typed loosely
+        # because engine does not import consumers; tests reach it to simulate crashes.
+        self.runtime_worker: Any = None
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop the embedded runtime (if any) and close connections; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._on_close is not None:
+            await self._on_close()
+
+    def workflow(self, name: str) -> WorkflowClient:
+        """The client of one workflow; raises :class:`WorkflowNotFound` for an unknown name."""
+        check_workflow_name(name, self.limits)
+        if self._known and name not in self._known:
+            raise WorkflowNotFound(name)
+        return WorkflowClient(self, name)
+
+    async def workflows(self) -> list[str]:
+        """Registered workflow names, plus any that have instances in the store."""
+        return sorted(self._known | set(await self._store.workflow_names()))
+
+    def _partition(self, workflow: str, instance_id: str) -> int:
+        return self._dispatcher.partition_of(workflow, instance_id)
+
+
+class WorkflowClient:
+    """Creates and finds instances of one workflow (also ``self.env.BINDING`` inside workflows)."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        self._client = client
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"WorkflowClient({self.name!r})"
+
+    async def create(
+        self, id: str | None = None, params: Any = None, *, trigger: dict[str, Any] | None = None
+    ) -> Instance:
+        """Create and start an instance; raises :class:`InstanceAlreadyExists` for a taken id."""
+        created = await self._create([{"id": id, "params": params}], trigger or {"source": "api"}, skip_existing=False)
+        return created[0]
+
+    async def create_batch(self, items: Sequence[dict[str, Any]]) -> list[Instance]:
+        """Create up to 100 instances at once; ids that already exist are skipped (not returned)."""
+        if len(items) > self._client.limits.max_batch:
+            raise BatchTooLarge(
+                f"create_batch got {len(items)} instances; the limit is {self._client.limits.max_batch}"
+            )
+        return await self._create(list(items), {"source": "api"}, skip_existing=True)
+
+    async def _create(
+        self, items: list[dict[str, Any]], trigger: dict[str, Any], *, skip_existing: bool
+    ) -> list[Instance]:
+        # One trace per instance: it continues the caller's (an HTTP request, a queue message) and
+        # every worker span of the instance continues the context stored here.
+        with tracing.creating(self.name, len(items)) as traced:
+            created = await self._create_rows(items, trigger, skip_existing=skip_existing, trace=traced.traceparent)
+            traced.created([instance.id for instance in created])
+            return created
+
+    async def _create_rows(
+        self, items: list[dict[str, Any]], trigger: dict[str, Any], *, skip_existing: bool, trace: str | None
+    ) -> list[Instance]:
+        client = self._client
+        limits = client.limits
+        now = client.clock.now_ms()
+        trace_field = pack(trace) if trace else None
+        rows: list[tuple[int, str, str, int, dict[str, Any]]] = []
+        seen: set[str] = set()
+        for item in items:
+            unknown = set(item) - {"id", "params"}
+            if unknown:
+                raise InvalidInputError(f"instance options {sorted(unknown)} are not known; use 'id' and 'params'")
+            iid = item.get("id")
+            iid = str(uuid.uuid4()) if iid is None else check_instance_id(iid, limits)
+            if iid in seen:
+                raise InvalidInputError(f"instance id {iid!r} appears twice in one batch")
+            seen.add(iid)
+            data, params = encode_value(
+                item.get("params"), what=f"params of instance {iid!r}", limit=limits.max_payload_bytes
+            )
+            check_depth(params, what=f"params of instance {iid!r}")
+            fields = {
+                "wf": self.name,
+                "id": iid,
+                "status": "queued",
+                "seq": 0,
+                "run": 0,
+                "params": data,
+                "created": now,
+                "trigger": pack(trigger),
+            }
+            if trace_field is not None:
+                fields[tracing.TRACE_META_FIELD] = trace_field
+            rows.append((client._partition(self.name, iid), self.name, iid, now, fields))
+        created = await client._store.create_many(rows)
+        fresh = [row for row, ok in zip(rows, created, strict=True) if ok]
+        if not skip_existing and len(fresh) < len(rows):
+            raise InstanceAlreadyExists(self.name, rows[0][2])
+        if fresh:
+            try:
+                await client._dispatcher.created([CreatedInstance(wf, iid, fields) for _, wf, iid, _, fields in fresh])
+            except BaseException:
+                # The broker did not take the start messages: undo, so nothing is left queued forever.
+                for partition, workflow, iid, _, _ in fresh:
+                    await client._store.delete(partition, workflow, iid)
+                raise
+        return [Instance(client, self.name, row[2]) for row in fresh]
+
+    async def get(self, id: str) -> Instance:
+        """The instance with this id; raises :class:`InstanceNotFound`."""
+        check_instance_id(id, self._client.limits)
+        instance = Instance(self._client, self.name, id)
+        await instance._meta()
+        return instance
+
+    async def list(
+        self, status: Status | str | None = None, *, cursor: str | None = None, limit: int = 50
+    ) -> InstancePage:
+        """Instances newest first, optionally only those in ``status``, one page at a time."""
+        if status is not None:
+            status = Status(status)
+        if not 1 <= limit <= 1000:
+            raise InvalidInputError(f"limit {limit} must be between 1 and 1000")
+        before = _parse_cursor(cursor)
+        rows = await self._client._store.list_instances(
+            self.name, status.value if status else None, before=before, limit=limit
+        )
+        ids = [iid for iid, _ in rows]
+        next_cursor = f"{rows[-1][1]}:{rows[-1][0]}" if len(rows) == limit else None
+        return InstancePage(instances=ids, cursor=next_cursor)
+
+
+def _parse_cursor(cursor: str | None) -> tuple[int, str] | None:
+    if cursor is None:
+        return None
+    created, sep, iid = cursor.partition(":")
+    if not sep or not created.isdigit():
+        raise InvalidInputError(f"cursor {cursor!r} is not one this API returned")
+    return int(created), iid
+
+
+class Instance:
+    """A handle on one instance."""
+
+    def __init__(self, client: Client, workflow: str, instance_id: str) -> None:
+        self._client = client
+        self.workflow = workflow
+        self.id = instance_id
+        self._partition = client._partition(workflow, instance_id)
+
+    def __repr__(self) -> str:
+        return f"Instance({self.workflow!r}, {self.id!r})"
+
+    async def _meta(self) -> dict[str, Any]:
+        meta = await self._client._store.read_meta(self._partition, self.workflow, self.id)
+        if meta is None:
+            raise InstanceNotFound(self.workflow, self.id)
+        return meta
+
+    async def status(self) -> InstanceStatus:
+        """``{status, output, error}``."""
+        return status_from_meta(await self._meta())
+
+    async def describe(self) -> InstanceDetail:
+        """The full detail: params, timestamps, output, error and every step with its attempts."""
+        meta = await self._meta()
+        history = await self._client._store.history(self._partition, self.workflow, self.id)
+        return build_detail(meta, history)
+
+    async def pause(self) -> None:
+        """Pause: ``waitingForPause`` while a step runs, then ``paused``."""
+        await self._control("pause", {"queued", "running", "waiting"}, lambda m: m["status"] in _PAUSED)
+
+    async def resume(self) -> None:
+        """Resume a paused instance (a no-op for one that is not paused)."""
+        await self._control("resume", _PAUSED, lambda m: m["status"] not in _PAUSED)
+
+    async def terminate(self) -> None:
+        """Stop the instance for good; raises :class:`IllegalTransition` if it already finished."""
+        await self._control("terminate", _UNFINISHED, lambda m: m["status"] == "terminated")
+
+    async def restart(self) -> None:
+        """Run again from the beginning with the same params and timestamp."""
+        before = (await self._meta()).get("run", 0)
+        await self._control("restart", None, lambda m: m.get("run", 0) > before)
+
+    async def send_event(self, type: str, payload: Any = None) -> EventAccepted:
+        """Send an event; it is buffered until a matching ``wait_for_event`` takes it.
+
+        Returns whether the instance had already finished, in which case the event is ignored.
+        """
+        if not isinstance(type, str) or not type or len(type) > 100:
+            raise InvalidInputError(f"event type {type!r} must be a non-empty string of at most 100 characters")
+        client = self._client
+        data, _ = encode_value(payload, what=f"payload of event {type!r}", limit=client.limits.max_payload_bytes)
+        meta = await self._meta()
+        await client._dispatcher.event(self.workflow, self.id, type, data, client.clock.now_ms())
+        return EventAccepted(instance_finished=meta["status"] in FINISHED)
+
+    async def wait(self, timeout: float = 60.0) -> InstanceStatus:
+        """Wait until the instance is complete, errored or terminated; raises :class:`WaitTimeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        poll = 0.002
+        status = await self.status()
+        while not status.status.finished:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                status = await self.status()
+                if status.status.finished:
+                    break
+                raise WaitTimeout(f"instance {self.id!r} is still {status.status.value} after {timeout} s")
+            notified = await self._changed(min(remaining, poll))
+            poll = min(poll * 2, 0.25)
+            # A change notified with an unfinished status needs no read (in the embedded runtime a
+            # long instance notifies on every step); a timeout, an unknown or a final status does.
+            if notified is None or notified in FINISHED:
+                status = await self.status()
+        return status
+
+    async def _changed(self, timeout: float) -> str | None:
+        watch = self._client._watch
+        if watch is not None:
+            return await watch.changed(self.workflow, self.id, timeout)
+        await asyncio.sleep(timeout)
+        return None
+
+    async def _control(
+        self, action: str, applies_to: frozenset[str] | set[str] | None, applied: Callable[[dict[str, Any]], bool]
+    ) -> None:
+        meta = await self._meta()
+        status = meta["status"]
+        if action == "terminate" and status in FINISHED:
+            raise IllegalTransition(self.id, action, status)
+        if applies_to is not None and status not in applies_to:
+            return  # already in the requested state
+        await self._client._dispatcher.control(self.workflow, self.id, action)
+        # Applied by the partition owner; return once it committed so status() sees the effect.
+        # Without a live owner the request stays queued in the broker and this gives up waiting.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10.0
+        poll = 0.001
+        while loop.time() < deadline:
+            if applied(await self._meta()):
+                return
+            await self._changed(poll)
+            poll = min(poll * 2, 0.1)
+
+
+_PAUSED = frozenset({"paused", "waitingForPause"})
+_UNFINISHED = frozenset({"queued", "running", "waiting", "paused", "waitingForPause"})
+
+
+def bindings(client: Client, workflows: dict[str, type[WorkflowEntrypoint]], names: dict[str, str]) -> dict[str, Any]:
+    """``self.env`` bindings: each workflow's client under its binding name."""
+    return {names.get(name, name.upper().replace("-", "_")): client.workflow(name) for name in workflows}

@@ -1,0 +1,138 @@
+"""Step configuration (``StepConfig``) and the engine's limits."""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from engine.durations import Duration, to_seconds
+from engine.errors import InvalidInputError, InvalidInstanceId, InvalidStepName, InvalidWorkflowName
+
+Backoff = Literal["constant", "linear", "exponential"]
+
+
+class RetryConfig(BaseModel):
+    """How a failing step is retried.
+
+    ``limit`` counts retries, so a step makes at most ``limit + 1`` attempts. The wait before
+    retry n is ``delay`` (constant), ``delay * n`` (linear) or ``delay * 2**(n-1)`` (exponential),
+    capped at ``max_delay`` when one is given.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    limit: int = Field(default=5, ge=0, le=10_000)
+    delay: float = Field(default=10.0, description="seconds")
+    backoff: Backoff = "exponential"
+    max_delay: float | None = Field(default=None, description="seconds")
+
+    @field_validator("delay", "max_delay", mode="before")
+    @classmethod
+    def _duration(cls, value: Duration | None) -> float | None:
+        return None if value is None else to_seconds(value)
+
+    def wait_before_retry(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1-based)."""
+        if self.backoff == "constant":
+            wait = self.delay
+        elif self.backoff == "linear":
+            wait = self.delay * retry
+        else:
+            wait = self.delay * 2 ** (retry - 1)
+        return wait if self.max_delay is None else min(wait, self.max_delay)
+
+
+class StepConfig(BaseModel):
+    """A step's retries and per-attempt timeout; partial configs merge key by key with the defaults."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    retries: RetryConfig = RetryConfig()
+    timeout: float = Field(default=600.0, description="seconds per attempt")
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Duration) -> float:
+        seconds = to_seconds(value)
+        if seconds <= 0:
+            raise ValueError("timeout must be positive")
+        return seconds
+
+    @classmethod
+    def resolve(cls, config: StepConfig | dict[str, Any] | None) -> StepConfig:
+        """Merge a user config (dict, model or None) with the defaults, with a clear error."""
+        if config is None:
+            return _DEFAULT_STEP_CONFIG
+        if isinstance(config, StepConfig):
+            return config
+        try:
+            return cls.model_validate(config)
+        except ValidationError as exc:
+            raise InvalidInputError(f"invalid step config {config!r}: {_first_error(exc)}") from None
+
+
+_DEFAULT_STEP_CONFIG = StepConfig()
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"])
+    return f"{where}: {err['msg']}" if where else str(err["msg"])
+
+
+class Limits(BaseModel):
+    """Limits enforced on every instance; defaults are Cloudflare's."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_instance_id_length: int = 100
+    max_workflow_name_length: int = 64
+    max_step_name_length: int = 256
+    max_payload_bytes: int = 1024 * 1024
+    max_steps: int = 10_000
+    max_sleep: timedelta = timedelta(days=365)
+    max_batch: int = 100
+    retention: timedelta = timedelta(days=30)
+
+
+DEFAULT_LIMITS = Limits()
+
+_INSTANCE_ID = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9\-_]*$")
+_WORKFLOW_NAME = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9\-_.]*$")
+
+
+def check_instance_id(instance_id: object, limits: Limits = DEFAULT_LIMITS) -> str:
+    """Return the id if it is valid, else raise :class:`InvalidInstanceId` naming the rule."""
+    if not isinstance(instance_id, str) or not _INSTANCE_ID.fullmatch(instance_id):
+        raise InvalidInstanceId(f"instance id {instance_id!r} must match ^[a-zA-Z0-9_][a-zA-Z0-9-_]*$")
+    if len(instance_id) > limits.max_instance_id_length:
+        raise InvalidInstanceId(
+            f"instance id {instance_id[:20]!r}... is {len(instance_id)} characters; "
+            f"the limit is {limits.max_instance_id_length}"
+        )
+    return instance_id
+
+
+def check_workflow_name(name: object, limits: Limits = DEFAULT_LIMITS) -> str:
+    """Return the name if it is valid, else raise :class:`InvalidWorkflowName`."""
+    if not isinstance(name, str) or not _WORKFLOW_NAME.fullmatch(name):
+        raise InvalidWorkflowName(f"workflow name {name!r} must match ^[a-zA-Z0-9_][a-zA-Z0-9-_.]*$")
+    if len(name) > limits.max_workflow_name_length:
+        raise InvalidWorkflowName(
+            f"workflow name {name[:20]!r}... is {len(name)} characters; the limit is {limits.max_workflow_name_length}"
+        )
+    return name
+
+
+def check_step_name(name: object, limits: Limits = DEFAULT_LIMITS) -> str:
+    """Return the step name if it is valid, else raise :class:`InvalidStepName`."""
+    if not isinstance(name, str) or not name:
+        raise InvalidStepName(f"step name {name!r} must be a non-empty string")
+    if len(name) > limits.max_step_name_length:
+        raise InvalidStepName(
+            f"step name {name[:30]!r}... is {len(name)} characters; the limit is {limits.max_step_name_length}"
+        )
+    return name

@@ -1,0 +1,100 @@
+"""``engine.connect()``: the entry point to a Hutch runtime."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Generator, Mapping
+from typing import Any
+
+from engine.client import Client
+from engine.clock import Clock
+from engine.config import DEFAULT_LIMITS, Limits, check_workflow_name
+from engine.entrypoint import WorkflowEntrypoint
+from engine.errors import InvalidInputError
+from engine.settings import Settings
+
+
+class Connection:
+    """What :func:`connect` returns: ``async with`` it (or ``await`` it) to get a :class:`Client`."""
+
+    def __init__(self, **options: Any) -> None:
+        self._options = options
+        self._client: Client | None = None
+
+    async def __aenter__(self) -> Client:
+        self._client = await _open(**self._options)
+        return self._client
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+    def __await__(self) -> Generator[Any, None, Client]:
+        return _open(**self._options).__await__()
+
+
+def connect(
+    workflows: Mapping[str, type[WorkflowEntrypoint]] | None = None,
+    *,
+    redis_url: str | None = None,
+    amqp_url: str | None = None,
+    settings: Settings | None = None,
+    resources: Mapping[str, Any] | None = None,
+    bindings: Mapping[str, str] | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    clock: Clock | None = None,
+) -> Connection:
+    """Connect to Hutch.
+
+    With no URLs (and none in ``HUTCH_REDIS_URL`` / ``HUTCH_AMQP_URL``) this starts the embedded
+    runtime in this process: a worker over an in-process transport and fakeredis, running the
+    same engine as a distributed deployment. With URLs it talks to Redis and RabbitMQ where
+    workers run.
+
+    Args:
+        workflows: workflow name → :class:`WorkflowEntrypoint` subclass.
+        redis_url: the checkpoint store (``redis://host:6379/0``).
+        amqp_url: the broker (``amqp://guest:guest@host:5672/``).
+        settings: full settings (defaults come from the environment).
+        resources: extra ``self.env`` bindings for workflows (database pools, HTTP clients...).
+        bindings: workflow name → binding name under ``self.env`` (default: upper-cased name).
+        limits: the limits to enforce.
+        clock: the engine's clock (tests use a controllable one).
+    """
+    return Connection(
+        workflows=dict(workflows or {}),
+        redis_url=redis_url,
+        amqp_url=amqp_url,
+        settings=settings,
+        resources=dict(resources or {}),
+        bindings=dict(bindings or {}),
+        limits=limits,
+        clock=clock,
+    )
+
+
+async def _open(
+    *,
+    workflows: dict[str, type[WorkflowEntrypoint]],
+    redis_url: str | None,
+    amqp_url: str | None,
+    settings: Settings | None,
+    resources: dict[str, Any],
+    bindings: dict[str, str],
+    limits: Limits,
+    clock: Clock | None,
+) -> Client:
+    settings = settings or Settings()
+    updates = {k: v for k, v in {"redis_url": redis_url, "amqp_url": amqp_url}.items() if v is not None}
+    settings = settings.model_copy(update=updates)
+    for name, cls in workflows.items():
+        check_workflow_name(name, limits)
+        if not (isinstance(cls, type) and issubclass(cls, WorkflowEntrypoint)):
+            raise InvalidInputError(f"workflow {name!r} must be a WorkflowEntrypoint subclass, got {cls!r}")
+    # engine does not import the runtime packages at module level (they depend on engine);
+    # connect() is the one place that reaches into them, by name, when it is called.
+    runtime = importlib.import_module("consumers.runtime")
+    client: Client = await runtime.open_client(
+        workflows, settings=settings, limits=limits, clock=clock or Clock(), resources=resources, binding_names=bindings
+    )
+    return client

@@ -1,0 +1,37 @@
+"""The seam between the client API and a broker: how requests reach partition owners."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedInstance:
+    """A just-created instance, with what its owner needs to start it without reading the store."""
+
+    workflow: str
+    instance_id: str
+    fields: dict[str, bytes | str | int]  # the meta fields written at creation, as stored
+
+
+class Dispatcher(Protocol):
+    """Sends instance messages to the partition that owns the instance (implemented in ``broker``)."""
+
+    partitions: int
+
+    def partition_of(self, workflow: str, instance_id: str) -> int:
+        """The partition an instance belongs to."""
+        ...
+
+    async def created(self, items: list[CreatedInstance]) -> None:
+        """Tell owners that these instances were created."""
+        ...
+
+    async def event(self, workflow: str, instance_id: str, event_type: str, payload: bytes, sent_ms: int) -> None:
+        """Deliver an event (payload already msgpack-encoded and size-checked)."""
+        ...
+
+    async def control(self, workflow: str, instance_id: str, action: str) -> None:
+        """Request pause, resume, terminate or restart."""
+        ...

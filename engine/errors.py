@@ -1,0 +1,241 @@
+"""Every error Hutch raises, one class per failure a user can act on.
+
+The tree::
+
+    HutchError
+     ├── StepError                     raised into run() when a step finally failed
+     │    ├── NonRetryableError         raise it in a step to stop retrying at once
+     │    │    ├── StepResultNotSerializable
+     │    │    └── StepResultTooLarge
+     │    ├── StepTimeoutError          an attempt exceeded its timeout
+     │    ├── StepFailedError           a user exception that is not a builtin type
+     │    └── WorkerLostError           the worker running the last allowed attempt died
+     ├── EventTimeoutError             wait_for_event timed out
+     ├── NondeterminismError           replay diverged from recorded history
+     ├── InvalidInputError (also ValueError)
+     │    ├── InvalidInstanceId
+     │    ├── InvalidWorkflowName
+     │    ├── InvalidStepName
+     │    ├── InvalidDuration
+     │    ├── PayloadTooLarge
+     │    ├── NotSerializable
+     │    ├── SleepTooLong
+     │    ├── BatchTooLarge
+     │    └── StepLimitExceeded
+     ├── WorkflowNotFound (also KeyError)
+     ├── InstanceNotFound (also KeyError)
+     ├── InstanceAlreadyExists
+     ├── IllegalTransition             e.g. terminate a finished instance
+     ├── WaitTimeout                   Instance.wait() gave up before the instance finished
+     └── WorkflowCodeError             run() awaited something that is not a step
+
+Engine control flow that must cross user ``except Exception`` blocks uses
+``BaseException`` subclasses defined in the executor, not here.
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+
+class HutchError(Exception):
+    """Root of every error Hutch raises."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only constructors break default pickling; rebuild from the message.
+        return (_rebuild, (type(self), str(self), dict(self.__dict__)))
+
+
+def _rebuild(cls: type[HutchError], message: str, state: dict[str, Any]) -> HutchError:
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
+class StepError(HutchError):
+    """A step failed after its last attempt."""
+
+
+class NonRetryableError(StepError):
+    """Raised inside a step to fail it at once, without further attempts."""
+
+
+class StepResultNotSerializable(NonRetryableError):
+    """A step returned a value msgpack cannot store."""
+
+
+class StepResultTooLarge(NonRetryableError):
+    """A step returned more than the result size limit."""
+
+
+class StepTimeoutError(StepError):
+    """An attempt of a step ran longer than its configured timeout."""
+
+
+class StepFailedError(StepError):
+    """A step raised an exception of a type that is not a builtin.
+
+    Attributes:
+        error_name: the original exception's class name.
+        message: the original exception's message.
+    """
+
+    def __init__(self, error_name: str, message: str) -> None:
+        super().__init__(f"{error_name}: {message}")
+        self.error_name = error_name
+        self.message = message
+
+
+class WorkerLostError(StepError):
+    """The worker running a step died and the step has no attempts left."""
+
+
+class EventTimeoutError(HutchError):
+    """``wait_for_event`` reached its timeout before a matching event arrived."""
+
+
+class NondeterminismError(HutchError):
+    """Replay asked for a different step than history recorded at the same position."""
+
+
+class WorkflowCodeError(HutchError):
+    """The workflow's ``run()`` did something the engine cannot replay."""
+
+
+class InvalidInputError(HutchError, ValueError):
+    """Input broke a documented rule; the message names the field and the rule."""
+
+
+class InvalidInstanceId(InvalidInputError):
+    """An instance id does not match ``^[a-zA-Z0-9_][a-zA-Z0-9-_]*$`` or is too long."""
+
+
+class InvalidWorkflowName(InvalidInputError):
+    """A workflow name is empty, too long or has characters outside the allowed set."""
+
+
+class InvalidStepName(InvalidInputError):
+    """A step name is empty or longer than the limit."""
+
+
+class InvalidDuration(InvalidInputError):
+    """A duration could not be parsed or is negative."""
+
+
+class PayloadTooLarge(InvalidInputError):
+    """Params, an event payload or an output is larger than the configured limit."""
+
+
+class NotSerializable(InvalidInputError):
+    """A value cannot be encoded with msgpack."""
+
+
+class SleepTooLong(InvalidInputError):
+    """A sleep is longer than the configured maximum (365 days by default)."""
+
+
+class BatchTooLarge(InvalidInputError):
+    """``create_batch`` was given more instances than allowed."""
+
+
+class StepLimitExceeded(InvalidInputError):
+    """An instance called ``step.do`` more times than its limit allows."""
+
+
+class WorkflowNotFound(HutchError, KeyError):
+    """No workflow is registered under that name."""
+
+    def __init__(self, workflow: str) -> None:
+        super().__init__(f"workflow {workflow!r} is not registered")
+        self.workflow = workflow
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InstanceNotFound(HutchError, KeyError):
+    """No instance exists with that id (or it expired after retention)."""
+
+    def __init__(self, workflow: str, instance_id: str) -> None:
+        super().__init__(f"instance {instance_id!r} of workflow {workflow!r} not found")
+        self.workflow = workflow
+        self.instance_id = instance_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class InstanceAlreadyExists(HutchError):
+    """``create`` was given an id that already exists."""
+
+    def __init__(self, workflow: str, instance_id: str) -> None:
+        super().__init__(
+            f"instance {instance_id!r} of workflow {workflow!r} already exists; "
+            "pick another id or use create_batch, which skips existing ids"
+        )
+        self.workflow = workflow
+        self.instance_id = instance_id
+
+
+class IllegalTransition(HutchError):
+    """A lifecycle operation is not allowed in the instance's current status."""
+
+    def __init__(self, instance_id: str, action: str, status: str) -> None:
+        super().__init__(f"cannot {action} instance {instance_id!r} since it is in status {status!r}")
+        self.instance_id = instance_id
+        self.action = action
+        self.status = status
+
+
+class WaitTimeout(HutchError, TimeoutError):
+    """``Instance.wait()`` returned before the instance reached a final status."""
+
+
+_ENGINE_STEP_ERRORS: dict[str, type[BaseException]] = {
+    cls.__name__: cls
+    for cls in (
+        NonRetryableError,
+        StepResultNotSerializable,
+        StepResultTooLarge,
+        StepTimeoutError,
+        WorkerLostError,
+        EventTimeoutError,
+        NondeterminismError,
+        StepLimitExceeded,
+        SleepTooLong,
+        InvalidStepName,
+        InvalidDuration,
+        PayloadTooLarge,
+    )
+}
+
+
+def error_record(exc: BaseException) -> dict[str, str]:
+    """The stored form of an error: ``{"name", "message"}``."""
+    if isinstance(exc, StepFailedError):
+        return {"name": exc.error_name, "message": exc.message}
+    if type(exc) is KeyError and len(exc.args) == 1:
+        # str(KeyError("k")) is the key's repr ("'k'"); store the key so KeyError(message) matches the original.
+        return {"name": "KeyError", "message": str(exc.args[0])}
+    return {"name": type(exc).__name__, "message": str(exc)}
+
+
+def error_from_record(record: dict[str, str]) -> BaseException:
+    """Rebuild the exception ``run()`` sees from a stored error record.
+
+    Builtin exception types and the engine's own keep their type; anything else becomes
+    :class:`StepFailedError`. The live path and replay both go through here, so they agree.
+    """
+    name, message = record["name"], record["message"]
+    engine_cls = _ENGINE_STEP_ERRORS.get(name)
+    if engine_cls is not None:
+        return engine_cls(message)
+    builtin = getattr(builtins, name, None)
+    if isinstance(builtin, type) and issubclass(builtin, Exception):
+        try:
+            return builtin(message)
+        except Exception:  # a builtin whose constructor wants more arguments
+            return StepFailedError(name, message)
+    return StepFailedError(name, message)

@@ -1,0 +1,258 @@
+"""Runs one instance's ``run()`` against its history: the replay executor.
+
+A :class:`WorkflowRun` owns the instance's :class:`WorkflowLoop`. Workflow code issues
+*commands* (``step.do``, ``step.sleep``, ``step.wait_for_event``); the run checks each against
+the recorded command at the same position while replaying, and collects the ones beyond
+history as new work for the consumer. *Resolutions* (a step result, a sleep that ended, an
+event) are delivered in the groups they were committed in, and after each group the loop runs
+until workflow code is blocked again — so live execution and replay see the same interleaving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from engine.config import Limits, StepConfig, check_step_name
+from engine.errors import (
+    EventTimeoutError,
+    HutchError,
+    NondeterminismError,
+    StepLimitExceeded,
+    WorkflowCodeError,
+    error_from_record,
+)
+from engine.events import ReceivedEvent, WorkflowEvent, ms_to_datetime
+from engine.history import COMMAND_KINDS, Key, Record, describe_command, key_of
+from engine.loop import WorkflowLoop
+from engine.serialization import unpack
+from engine.step import WorkflowStep
+
+if TYPE_CHECKING:
+    from engine.entrypoint import WorkflowEntrypoint
+
+
+@dataclass(slots=True)
+class StepCall:
+    """What the consumer needs to execute a step's attempts."""
+
+    name: str
+    count: int
+    fn: Callable[..., Any]
+    config: StepConfig
+
+
+class WorkflowRun:
+    """One live (or replaying) execution of an instance's ``run()``."""
+
+    def __init__(
+        self,
+        workflow: WorkflowEntrypoint,
+        event: WorkflowEvent,
+        *,
+        limits: Limits,
+        now_ms: Callable[[], int],
+    ) -> None:
+        self.workflow = workflow
+        self.event = event
+        self.limits = limits
+        self._now_ms = now_ms
+        self.loop = WorkflowLoop()  # type: ignore[abstract]  # implements what tasks and futures use
+        self.step = WorkflowStep(self)
+        self._recorded: list[Record] = []
+        self._cursor = 0
+        self._new: list[Record] = []
+        self._pending: dict[Key, asyncio.Future[Any]] = {}
+        self._counts: dict[str, int] = {}
+        self._steps_issued = 0
+        self.steps: dict[tuple[str, int], StepCall] = {}
+        self.failure: HutchError | None = None
+        self.group = 0
+        self._task: asyncio.Task[Any] | None = None
+        self.replaying = False
+
+    # ----------------------------------------------------------------- driving
+    def start(self) -> None:
+        """Start ``run()`` and let it run until it blocks."""
+        self._task = self.loop.create_task(self.workflow.run(self.event, self.step))
+        self.loop.run_until_quiescent()
+
+    def replay(self, history: list[Record]) -> None:
+        """Rebuild the run's state by re-running ``run()`` against recorded history."""
+        self._recorded = [r for r in history if r["k"] in COMMAND_KINDS]
+        groups: dict[int, list[Record]] = {}
+        for record in history:
+            if record["k"] == "res":
+                groups.setdefault(record["g"], []).append(record)
+        self.replaying = True
+        try:
+            self.start()
+            for g in sorted(groups):
+                self.deliver(groups[g])
+                self.group = g + 1
+        finally:
+            self.replaying = False
+        if self.failure is None and self._cursor < len(self._recorded):
+            missing = self._recorded[self._cursor]
+            self._fail(
+                NondeterminismError(
+                    f"instance {self.event.instance_id}: history has {describe_command(missing)} at position "
+                    f"{self._cursor + 1} but replay no longer asks for it — the workflow code changed; "
+                    "restart the instance or version the change"
+                )
+            )
+
+    def deliver(self, resolutions: list[Record]) -> None:
+        """Settle the commands these resolutions refer to, then run until blocked."""
+        for record in resolutions:
+            future = self._pending.pop(key_of(record), None)
+            if future is None or future.done():
+                continue
+            if record["ok"]:
+                future.set_result(self._value(record))
+            else:
+                future.set_exception(error_from_record(record["err"]))
+        if self.failure is None:
+            self.loop.run_until_quiescent()
+
+    def take_commands(self) -> list[Record]:
+        """The commands issued beyond history since the last call."""
+        new, self._new = self._new, []
+        return new
+
+    @property
+    def finished(self) -> bool:
+        """Whether ``run()`` returned or raised (or the run failed for the engine's reasons)."""
+        return self.failure is not None or (self._task is not None and self._task.done())
+
+    def outcome(self) -> tuple[bool, Any]:
+        """``(True, output)`` or ``(False, exception)`` once :attr:`finished`."""
+        if self.failure is not None:
+            return False, self.failure
+        assert self._task is not None and self._task.done()
+        if self._task.cancelled():
+            return False, WorkflowCodeError("run() was cancelled by workflow code")
+        exc = self._task.exception()
+        if exc is None:
+            return True, self._task.result()
+        if isinstance(exc, RuntimeError) and "attached to a different loop" in str(exc):
+            return False, WorkflowCodeError(
+                f"run() awaited I/O outside a step ({exc}); put it inside step.do so it runs once and is checkpointed"
+            )
+        return False, exc
+
+    def close(self) -> None:
+        """Drop the coroutine and everything it holds (eviction, terminate, restart)."""
+        for task in asyncio.all_tasks(self.loop):
+            task.cancel()
+        # Let cancelled tasks unwind so their frames are freed now, without issuing commands.
+        self.failure = self.failure or _Closed("closed")
+        self.loop.run_until_quiescent()
+        self.loop.close()
+        self._pending.clear()
+
+    # ----------------------------------------------------------------- commands
+    def issue_step(
+        self, name: str | None, fn: Callable[..., Any], config: Any, *, deps: Sequence[str] = ()
+    ) -> asyncio.Future[Any]:
+        """``step.do`` in call form: issue (or replay) a step and return its future.
+
+        ``deps`` names the steps a DAG step depends on; it is recorded for ``describe()``.
+        """
+        if not callable(fn):
+            raise TypeError(f"step.do needs a callable, got {type(fn).__name__}")
+        name = check_step_name(name if name is not None else getattr(fn, "__name__", None), self.limits)
+        resolved = StepConfig.resolve(config)
+        self._steps_issued += 1
+        if self._steps_issued > self.limits.max_steps:
+            raise StepLimitExceeded(f"The limit of {self.limits.max_steps} steps has been reached")
+        record: Record = {"k": "step", "n": name, "cfg": resolved.model_dump()}
+        if deps:
+            record["deps"] = list(deps)
+        future, record = self._issue(record)
+        self.steps[(name, record["c"])] = StepCall(name, record["c"], fn, resolved)
+        return future
+
+    def issue_timer(self, kind: str, name: str, due_ms: int, event_type: str | None = None) -> asyncio.Future[Any]:
+        """``step.sleep`` / ``step.wait_for_event``: issue (or replay) a timer-backed command."""
+        check_step_name(name, self.limits)
+        record: Record = {"k": kind, "n": name, "due": due_ms}
+        if event_type is not None:
+            record["type"] = event_type
+        future, _ = self._issue(record)
+        return future
+
+    def now_ms(self) -> int:
+        """The clock commands are stamped with (history keeps what it was when first issued)."""
+        return self._now_ms()
+
+    def _issue(self, record: Record) -> tuple[asyncio.Future[Any], Record]:
+        name = record["n"]
+        if record["k"] != "cancel":
+            count = self._counts.get(name, 0) + 1
+            self._counts[name] = count
+            record["c"] = count
+        future: asyncio.Future[Any] = self.loop.create_future()
+        if self.failure is not None:
+            return future, record
+        if self._cursor < len(self._recorded):
+            expected = self._recorded[self._cursor]
+            if expected["k"] != record["k"] or expected["n"] != name or expected.get("ref") != record.get("ref"):
+                self._fail(
+                    NondeterminismError(
+                        f"instance {self.event.instance_id}: replay asked for {describe_command(record)} but history "
+                        f"has {describe_command(expected)} at position {self._cursor + 1} — the workflow code "
+                        "changed; restart the instance or version the change"
+                    )
+                )
+                return future, record
+            self._cursor += 1
+            record = expected
+        else:
+            record["g"] = self.group
+            record["t"] = self._now_ms()
+            self._new.append(record)
+        if record["k"] != "cancel":
+            self._pending[key_of(record)] = future
+            future.add_done_callback(self._on_done)
+        return future, record
+
+    def _on_done(self, future: asyncio.Future[Any]) -> None:
+        if not future.cancelled() or self.failure is not None:
+            return
+        # Workflow code cancelled a pending command (e.g. the loser of asyncio.wait): record it
+        # so the consumer disarms the timer or wait and replay cancels at the same point.
+        for key, pending in self._pending.items():
+            if pending is future:
+                del self._pending[key]
+                kind, name, count = key
+                self._issue({"k": "cancel", "ref": kind, "n": name, "c": count})
+                return
+
+    def _fail(self, error: HutchError) -> None:
+        self.failure = error
+
+    def _value(self, record: Record) -> Any:
+        ref = record["ref"]
+        if ref == "step":
+            if "v" in record:  # the live path hands over the decoded value it already has
+                return record["v"]
+            return unpack(record["vb"]) if "vb" in record else None
+        if ref == "wait":
+            event = record["ev"]
+            return ReceivedEvent(event["type"], event.get("payload"), ms_to_datetime(event["ts"]))
+        return None
+
+
+class _Closed(HutchError):
+    """Marks a run that was closed; never surfaces to users."""
+
+
+def timeout_error(name: str, count: int, event_type: str) -> dict[str, str]:
+    """The error record of a wait that timed out."""
+    return {
+        "name": EventTimeoutError.__name__,
+        "message": f"wait_for_event {name!r}#{count} timed out waiting for an event of type {event_type!r}",
+    }

@@ -1,0 +1,71 @@
+"""Every Redis key Hutch uses, built in one place.
+
+All keys of an instance live under its partition's hash tag (``{p7}``), together with the
+partition's timers, active set, owner token and status indexes, so the one-script commit of a
+transition stays in one slot on Redis Cluster. The partition count is therefore fixed for a
+deployment (like Temporal's history shard count); it is recorded under :meth:`Keys.config`.
+A namespace (default ``hutch``) prefixes everything, so several deployments or test runs can
+share one Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ALL = "all"
+"""Pseudo-status whose index lists every instance of a workflow."""
+
+
+def instance_member(workflow: str, instance_id: str) -> str:
+    """How an instance is named inside partition sets (neither part may contain ':')."""
+    return f"{workflow}:{instance_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """The key names of one namespace."""
+
+    namespace: str = "hutch"
+
+    def _tag(self, partition: int) -> str:
+        return f"{self.namespace}:{{p{partition}}}"
+
+    def meta(self, partition: int, workflow: str, instance_id: str) -> str:
+        """Hash with the instance's status, params, output, timestamps and sequence number."""
+        return f"{self._tag(partition)}:i:{workflow}:{instance_id}:meta"
+
+    def history(self, partition: int, workflow: str, instance_id: str) -> str:
+        """List of the instance's history records (msgpack)."""
+        return f"{self._tag(partition)}:i:{workflow}:{instance_id}:hist"
+
+    def event_buffer(self, partition: int, workflow: str, instance_id: str) -> str:
+        """List of events received before a matching wait (msgpack, FIFO)."""
+        return f"{self._tag(partition)}:i:{workflow}:{instance_id}:evbuf"
+
+    def timers(self, partition: int) -> str:
+        """Sorted set of the partition's due timers (member: packed timer id, score: due epoch ms)."""
+        return f"{self._tag(partition)}:timers"
+
+    def active(self, partition: int) -> str:
+        """Set of the partition's instances a new owner must re-drive (queued/running/waitingForPause)."""
+        return f"{self._tag(partition)}:active"
+
+    def owner(self, partition: int) -> str:
+        """The fencing token of the partition's current owner."""
+        return f"{self._tag(partition)}:owner"
+
+    def status_index(self, partition: int, workflow: str, status: str) -> str:
+        """Sorted set of a workflow's instances in one status (score: creation epoch ms)."""
+        return f"{self._tag(partition)}:idx:{workflow}:{status}"
+
+    def workflows(self) -> str:
+        """Set of workflow names that have instances."""
+        return f"{self.namespace}:workflows"
+
+    def workers(self) -> str:
+        """Sorted set of live workers' heartbeats (score: last heartbeat epoch ms)."""
+        return f"{self.namespace}:workers"
+
+    def config(self) -> str:
+        """Deployment-wide settings that must never change under running data (partition count)."""
+        return f"{self.namespace}:config"

@@ -1,0 +1,73 @@
+"""msgpack encoding of everything Hutch stores, with the size and type rules of the SDK."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+import msgpack
+from pydantic import BaseModel
+
+from engine.errors import NotSerializable, PayloadTooLarge
+
+
+def _default(value: object) -> object:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, MappingProxyType):
+        # The read-only view of params run() gets (event.payload); returning it must just work.
+        return dict(value)
+    raise TypeError(f"type {type(value).__name__} is not serializable")
+
+
+_packer_kwargs: dict[str, Any] = {"use_bin_type": True, "default": _default}
+
+
+def pack(value: Any) -> bytes:
+    """Encode a value already known to be serializable (internal records)."""
+    return msgpack.packb(value, **_packer_kwargs)  # type: ignore[no-any-return]
+
+
+def unpack(data: bytes) -> Any:
+    """Decode bytes written by :func:`pack`."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+MAX_PARAMS_DEPTH = 64
+"""How deeply params may nest (lists and dicts); the gateway enforces the same bound."""
+
+
+def check_depth(value: Any, *, what: str, limit: int = MAX_PARAMS_DEPTH) -> None:
+    """Raise :class:`NotSerializable` if lists/dicts nest deeper than ``limit`` (iteratively: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list | tuple):
+            if depth > limit:
+                raise NotSerializable(f"{what} nests deeper than {limit} levels")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+
+
+def encode_value(value: Any, *, what: str, limit: int) -> tuple[bytes, Any]:
+    """Encode a user value and give back what replay will see.
+
+    Returns the bytes and the decoded value, so the live path hands ``run()`` exactly what a
+    replay from storage would (tuples become lists, pydantic models become dicts).
+
+    Raises:
+        NotSerializable: the value (or something inside it) is not msgpack-serializable, or a
+            dict has a non-string key. The message names ``what`` and the offending type.
+        PayloadTooLarge: the encoding is larger than ``limit`` bytes.
+    """
+    try:
+        data: bytes = msgpack.packb(value, **_packer_kwargs)
+        decoded = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise NotSerializable(
+            f"{what} is not serializable: {exc}; return None, bool, int, float, str, bytes, "
+            "lists, dicts with str keys, or a pydantic model"
+        ) from None
+    if len(data) > limit:
+        raise PayloadTooLarge(f"{what} is {len(data)} bytes encoded; the limit is {limit} bytes")
+    return data, decoded

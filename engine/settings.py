@@ -1,0 +1,115 @@
+"""Settings: ``HUTCH_`` environment variables, then ``hutch.toml``, then defaults."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from engine.errors import InvalidInputError
+from engine.triggers import QueuesConfig, TriggersConfig, WebhookRoutes
+
+
+class WorkflowSpec(BaseModel):
+    """A ``[[workflows]]`` entry of ``hutch.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(max_length=64, pattern=r"^[a-zA-Z0-9_][a-zA-Z0-9\-_.]*$")
+    class_name: str = Field(description="module.path:ClassName")
+    binding: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+    @field_validator("class_name")
+    @classmethod
+    def _class_path(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w.]+:\w+", value):
+            raise ValueError(f"class_name {value!r} must look like 'package.module:ClassName'")
+        return value
+
+    def load(self) -> type[Any]:
+        """Import the workflow class, with an error naming the entry when that fails."""
+        module_name, _, attr = self.class_name.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+        except (ImportError, AttributeError) as exc:
+            raise InvalidInputError(f"workflow {self.name!r}: cannot import {self.class_name!r}: {exc}") from None
+
+    @property
+    def binding_name(self) -> str:
+        """The name under ``self.env`` (default: the workflow name upper-cased)."""
+        return self.binding or re.sub(r"[^A-Za-z0-9_]", "_", self.name).upper()
+
+
+class Settings(BaseSettings):
+    """Everything a Hutch process is configured with, read once at start-up.
+
+    Sources, strongest first: keyword arguments, ``HUTCH_*`` environment variables, the
+    ``hutch.toml`` file (path from ``HUTCH_CONFIG``, default ``./hutch.toml``), defaults.
+
+    Attributes:
+        redis_url: the checkpoint store; empty means embedded (fakeredis in this process).
+        amqp_url: the broker; empty means embedded (the in-process transport).
+        namespace: prefix of every Redis key and RabbitMQ name, so deployments can share servers.
+        partitions: partition count, fixed for a deployment (part of every Redis key).
+        max_concurrent_steps: step attempts a worker runs at once.
+        step_threads: threads for sync step callables.
+        prefetch: unacknowledged deliveries per partition consumer (backpressure).
+        shutdown_timeout_s: how long a stopping worker lets in-flight steps finish.
+        timer_poll_s: the longest a worker goes without scanning its partitions' timers.
+        heartbeat_s: how often a worker heartbeats and rebalances partitions.
+        worker_ttl_s: a worker silent for this long is dead; its partitions move.
+        workflows: the ``[[workflows]]`` of hutch.toml.
+        webhooks: the ``[[webhooks]]`` routes of hutch.toml (``gateway.webhooks``).
+        queues: the ``[queues]`` table: ``[[queues.consumers]]`` (``consumers.queue_trigger``).
+        triggers: the ``[triggers]`` table: ``[[triggers.crons]]`` (``consumers.crons``).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HUTCH_", extra="ignore")
+
+    redis_url: str = ""
+    amqp_url: str = ""
+    namespace: str = Field(default="hutch", pattern=r"^[a-zA-Z0-9_.-]{1,64}$")
+    partitions: int = Field(default=16, ge=1, le=1024)
+    max_concurrent_steps: int = Field(default=512, ge=1)
+    step_threads: int = Field(default=32, ge=1)
+    prefetch: int = Field(default=256, ge=1)
+    shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    timer_poll_s: float = Field(default=1.0, gt=0)
+    heartbeat_s: float = Field(default=1.0, gt=0)
+    worker_ttl_s: float = Field(default=3.0, gt=0)
+    workflows: list[WorkflowSpec] = []
+    webhooks: WebhookRoutes = []
+    queues: QueuesConfig = QueuesConfig()
+    triggers: TriggersConfig = TriggersConfig()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = Path(os.environ.get("HUTCH_CONFIG", "hutch.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def workflow_classes(self) -> dict[str, type[Any]]:
+        """Import every configured workflow class: name → class."""
+        return {spec.name: spec.load() for spec in self.workflows}
+
+    def binding_names(self) -> dict[str, str]:
+        """Workflow name → its binding name under ``self.env``."""
+        return {spec.name: spec.binding_name for spec in self.workflows}
+
+    def redacted(self, url: str) -> str:
+        """A URL with its password hidden, for logs."""
+        return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)

@@ -1,0 +1,193 @@
+"""Instance statuses and what ``status()`` and ``describe()`` return."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from engine.events import ms_to_datetime
+from engine.serialization import unpack
+
+
+class Status(StrEnum):
+    """The lifecycle status of an instance (Cloudflare's names)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    PAUSED = "paused"
+    ERRORED = "errored"
+    TERMINATED = "terminated"
+    COMPLETE = "complete"
+    WAITING = "waiting"
+    WAITING_FOR_PAUSE = "waitingForPause"
+    UNKNOWN = "unknown"
+
+    @property
+    def finished(self) -> bool:
+        """Whether the status is final (complete, errored or terminated)."""
+        return self in _FINISHED
+
+
+_FINISHED = frozenset({Status.COMPLETE, Status.ERRORED, Status.TERMINATED})
+FINISHED = frozenset(s.value for s in _FINISHED)
+
+
+class ErrorInfo(BaseModel):
+    """Why an instance or a step failed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    message: str
+
+
+class InstanceStatus(BaseModel):
+    """``{status, output, error}`` of an instance; ``output`` is None until ``complete``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: Status
+    output: Any = None
+    error: ErrorInfo | None = None
+
+
+class AttemptDetail(BaseModel):
+    """One attempt of a step."""
+
+    attempt: int
+    start: datetime
+    end: datetime | None = None
+    success: bool | None = None
+    error: ErrorInfo | None = None
+    retry_at: datetime | None = None
+
+
+class StepDetail(BaseModel):
+    """One step, sleep or wait of an instance, in issue order."""
+
+    type: Literal["step", "sleep", "waitForEvent"]
+    name: str
+    count: int
+    start: datetime
+    end: datetime | None = None
+    success: bool | None = None
+    config: dict[str, Any] | None = None
+    attempts: list[AttemptDetail] = []
+    output: Any = None
+    error: ErrorInfo | None = None
+    due: datetime | None = None
+    event_type: str | None = None
+    outcome: str | None = None  # sleeps: "completed"/"cancelled"; waits: "received"/"timed out"/"cancelled"
+    depends: list[str] = []  # DAG steps: the names of the steps this one depends on
+
+
+class InstanceDetail(BaseModel):
+    """What ``describe()`` returns: Cloudflare's instance detail."""
+
+    id: str
+    workflow: str
+    status: Status
+    params: Any = None
+    trigger: dict[str, Any] = {}
+    queued: datetime
+    start: datetime | None = None
+    end: datetime | None = None
+    output: Any = None
+    error: ErrorInfo | None = None
+    steps: list[StepDetail] = []
+
+
+_STEP_TYPE: dict[str, Literal["step", "sleep", "waitForEvent"]] = {
+    "step": "step",
+    "sleep": "sleep",
+    "wait": "waitForEvent",
+}
+
+
+def status_from_meta(meta: dict[str, Any]) -> InstanceStatus:
+    """The ``status()`` view of an instance's meta fields."""
+    status = Status(meta.get("status", "unknown"))
+    error = meta.get("error")
+    return InstanceStatus(
+        status=status,
+        output=meta.get("output") if status is Status.COMPLETE else None,
+        error=ErrorInfo(**error) if error else None,
+    )
+
+
+def _at(ms: int | None) -> datetime | None:
+    return None if ms is None else ms_to_datetime(ms)
+
+
+def build_detail(meta: dict[str, Any], history: list[dict[str, Any]]) -> InstanceDetail:
+    """The ``describe()`` view: meta plus every step in issue order with its attempts and outcome."""
+    steps: dict[tuple[str, str, int], StepDetail] = {}
+    for r in history:
+        k = r["k"]
+        if k in _STEP_TYPE:
+            steps[(k, r["n"], r["c"])] = StepDetail(
+                type=_STEP_TYPE[k],
+                name=r["n"],
+                count=r["c"],
+                start=ms_to_datetime(r["t"]),
+                config=r.get("cfg"),
+                depends=list(r.get("deps") or ()),
+                due=_at(r.get("due")),
+                event_type=r.get("type"),
+            )
+            continue
+        key = (r.get("ref", "step"), r.get("n", ""), r.get("c", 0))
+        detail = steps.get(key)
+        if detail is None:
+            continue
+        if k == "att":
+            detail.attempts.append(AttemptDetail(attempt=r["a"], start=ms_to_datetime(r["t"])))
+        elif k == "attend" and detail.attempts:
+            attempt = detail.attempts[-1]
+            attempt.end = ms_to_datetime(r["t"])
+            attempt.success = r["ok"]
+            attempt.error = ErrorInfo(**r["err"]) if r.get("err") else None
+            attempt.retry_at = _at(r.get("retry_at"))
+        elif k == "retime":
+            detail.due = _at(r["due"])
+        elif k == "res":
+            detail.end = ms_to_datetime(r["t"])
+            detail.success = r["ok"]
+            if r["ok"]:
+                if "vb" in r:
+                    detail.output = unpack(r["vb"])
+                if "ev" in r:
+                    ev = r["ev"]
+                    detail.output = {"type": ev["type"], "payload": ev.get("payload"), "timestamp": _at(ev["ts"])}
+            else:
+                detail.error = ErrorInfo(**r["err"])
+            detail.outcome = _outcome(detail.type, r["ok"])
+        elif k == "cancel":
+            detail.end = ms_to_datetime(r["t"])
+            detail.outcome = "cancelled"
+    error = meta.get("error")
+    status = Status(meta.get("status", "unknown"))
+    return InstanceDetail(
+        id=meta["id"],
+        workflow=meta["wf"],
+        status=status,
+        params=meta.get("params"),
+        trigger=meta.get("trigger") or {},
+        queued=ms_to_datetime(meta["created"]),
+        start=_at(meta.get("started")),
+        end=_at(meta.get("ended")),
+        output=meta.get("output") if status is Status.COMPLETE else None,
+        error=ErrorInfo(**error) if error else None,
+        steps=list(steps.values()),
+    )
+
+
+def _outcome(step_type: str, ok: bool) -> str:
+    if step_type == "sleep":
+        return "completed"
+    if step_type == "waitForEvent":
+        return "received" if ok else "timed out"
+    return "succeeded" if ok else "failed"

@@ -1,0 +1,47 @@
+-- Create instances, each unless its id exists, of one partition or of several (see commit.lua).
+-- KEYS: the active set of each of the call's P partitions; then 3 per instance: meta, its
+--       workflow's queued index, its "all" index.
+-- ARGV: 1 P; then two per instance, a header and a blob (see commit.lua): the header is
+--       space-separated tokens, the partition's position (1..P), created ms, then the byte length
+--       of each blob part; the blob holds the instance member followed by the meta field/value items.
+-- Returns one code per instance: 1 created, 0 already exists.
+local parts = tonumber(ARGV[1])
+local results, active = {}, {}
+for j = 1, parts do active[j] = {} end
+local queued, all_index, workflows = {}, {}, {}
+local k = parts
+for a = 2, #ARGV, 2 do
+  local h = {}
+  for token in string.gmatch(ARGV[a], '%S+') do h[#h + 1] = token end
+  if redis.call('EXISTS', KEYS[k + 1]) == 1 then
+    results[#results + 1] = 0
+  else
+    local blob, pos, items = ARGV[a + 1], 1, {}
+    for i = 3, #h do
+      local n = tonumber(h[i])
+      items[i - 2] = string.sub(blob, pos, pos + n - 1); pos = pos + n
+    end
+    local member = items[1]
+    redis.call('HSET', KEYS[k + 1], unpack(items, 2))
+    local q = KEYS[k + 2]
+    if not queued[q] then queued[q] = {}; all_index[q] = KEYS[k + 3]; workflows[#workflows + 1] = q end
+    local list = queued[q]; list[#list + 1] = h[2]; list[#list + 1] = member
+    local set = active[tonumber(h[1])]; set[#set + 1] = member
+    results[#results + 1] = 1
+  end
+  k = k + 3
+end
+-- The indexes and the active sets are written once per key (the members are distinct instances).
+for _, q in ipairs(workflows) do
+  local list, al = queued[q], all_index[q]
+  for i = 1, #list, 2000 do
+    local last = math.min(i + 1999, #list)
+    redis.call('ZADD', q, unpack(list, i, last))
+    redis.call('ZADD', al, unpack(list, i, last))
+  end
+end
+for j = 1, parts do
+  local set = active[j]
+  for i = 1, #set, 2000 do redis.call('SADD', KEYS[j], unpack(set, i, math.min(i + 1999, #set))) end
+end
+return results

@@ -1,0 +1,426 @@
+"""The checkpoint store on Redis (redis-py asyncio); fakeredis in embedded mode runs the same code."""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from redis import exceptions as redis_exceptions
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+from engine import keys
+from engine.keys import Keys
+from engine.serialization import unpack
+from engine.store.base import CommitResult, Snapshot, Transition
+
+STORE_ERRORS: tuple[type[BaseException], ...] = (
+    redis_exceptions.ConnectionError,
+    redis_exceptions.TimeoutError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+"""Errors that mean Redis is unreachable right now (retry later), as opposed to a bug."""
+
+_TEXT_FIELDS = frozenset({"wf", "id", "status"})
+_INT_FIELDS = frozenset({"seq", "run", "created", "started", "ended"})
+
+
+def _script(name: str) -> str:
+    """A Lua script without its comment lines: fakeredis compiles the text on every call (Redis caches it)."""
+    text = resources.files("engine.store").joinpath(name).read_text()
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
+
+
+def decode_meta(raw: Mapping[Any, Any]) -> dict[str, Any]:
+    """Turn a raw meta hash into Python values (ints, strs, unpacked msgpack fields)."""
+    meta: dict[str, Any] = {}
+    for k, v in raw.items():
+        key = k.decode()
+        if key in _TEXT_FIELDS:
+            meta[key] = v.decode()
+        elif key in _INT_FIELDS:
+            # A restart clears "ended" by writing msgpack nil (there is no field delete in a transition).
+            meta[key] = None if v == b"\xc0" else int(v)
+        else:
+            meta[key] = unpack(v)
+    return meta
+
+
+def meta_from_fields(fields: Mapping[str, bytes | str | int | float]) -> dict[str, Any]:
+    """The meta a load returns for fields as they were written (what ``create`` stores)."""
+    return decode_meta({name.encode(): _raw(value) for name, value in fields.items()})
+
+
+def _raw(value: bytes | str | int | float) -> bytes:
+    """A value as Redis stores it (encoded as redis-py does)."""
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return repr(value).encode()
+    raise TypeError(f"cannot store a {type(value).__name__} in Redis")
+
+
+def _part(value: bytes | str | int | float, header: list[Any], parts: list[bytes]) -> None:
+    """Append a value to a script blob and its byte length to the header."""
+    data = _raw(value)
+    header.append(len(data))
+    parts.append(data)
+
+
+@dataclass(slots=True)
+class _ScriptCall:
+    """One call of commit.lua or create.lua being built: the partitions it covers and the items in it."""
+
+    order: list[int] = field(default_factory=list)  # positions of its items in the caller's list
+    slots: dict[int, int] = field(default_factory=dict)  # partition -> its position in the call (1..P)
+    shared: list[str] = field(default_factory=list)  # per partition: the script's partition-wide keys
+    fences: list[str] = field(default_factory=list)  # per partition (commit.lua only)
+    keys: list[str] = field(default_factory=list)  # per item
+    args: list[Any] = field(default_factory=list)  # per item: header, blob
+    instances: set[str] = field(default_factory=set)
+
+    def slot(self, partition: int, shared: Callable[[int], list[str]], fence: str | None = None) -> int:
+        """The partition's position in the call, adding the partition on first use."""
+        slot = self.slots.get(partition)
+        if slot is None:
+            slot = self.slots[partition] = len(self.slots) + 1
+            self.shared += shared(partition)
+            if fence is not None:
+                self.fences.append(fence)
+        return slot
+
+    def command(self, *, fenced: bool) -> tuple[list[str], list[Any]]:
+        """The call's KEYS and ARGV."""
+        head: list[Any] = [len(self.slots), *self.fences] if fenced else [len(self.slots)]
+        return self.shared + self.keys, head + self.args
+
+
+def _ungroup(total: int, calls: Sequence[_ScriptCall], grouped: Sequence[Sequence[Any]]) -> list[Any]:
+    """Per-call script results back in the caller's order."""
+    out: list[Any] = [None] * total
+    for call, results in zip(calls, grouped, strict=True):
+        if len(results) != len(call.order):
+            raise RuntimeError(f"a store script returned {len(results)} results for {len(call.order)} items")
+        for n, result in zip(call.order, results, strict=True):
+            out[n] = result
+    return out
+
+
+class RedisStore:
+    """Instances, histories, timers and indexes in Redis.
+
+    Args:
+        redis: a ``redis.asyncio.Redis`` (or fakeredis) client with ``decode_responses=False``.
+        partitions: the deployment's partition count (fixed; part of every key's hash tag).
+        namespace: prefix of every key, so deployments (or tests) can share a Redis.
+        cross_slot: whether one script call may write several partitions. Every partition's keys
+            share its hash tag, so a call per partition stays in one Redis Cluster slot; a
+            standalone server has no slots, and a batch then costs one script call in all.
+            Default: False for a ``RedisCluster`` client, True otherwise.
+    """
+
+    def __init__(
+        self, redis: Redis, partitions: int, *, namespace: str = "hutch", cross_slot: bool | None = None
+    ) -> None:
+        self.redis = redis
+        self.partitions = partitions
+        self.keys = Keys(namespace)
+        self.cross_slot = not isinstance(redis, RedisCluster) if cross_slot is None else cross_slot
+        self._commit: AsyncScript = redis.register_script(_script("commit.lua"))
+        self._create: AsyncScript = redis.register_script(_script("create.lua"))
+        self._named: set[str] = set()  # workflow names this store has recorded in the workflows set
+
+    async def close(self) -> None:
+        """Close the client's connections."""
+        await self.redis.aclose()
+
+    async def check_partition_count(self) -> None:
+        """Record the partition count on first use; refuse to run with a different one."""
+        await self.redis.hsetnx(self.keys.config(), "partitions", self.partitions)
+        stored = int(await self.redis.hget(self.keys.config(), "partitions") or self.partitions)
+        if stored != self.partitions:
+            raise RuntimeError(
+                f"this Redis holds data for {stored} partitions but HUTCH_PARTITIONS={self.partitions}; "
+                "the partition count is part of every key and cannot change under existing data"
+            )
+
+    # ------------------------------------------------------------------ creation
+    async def create(
+        self, partition: int, workflow: str, instance_id: str, created_ms: int, fields: dict[str, Any]
+    ) -> bool:
+        """Create the instance unless the id exists; True when it was created."""
+        return (await self.create_many([(partition, workflow, instance_id, created_ms, fields)]))[0]
+
+    async def create_many(self, items: Sequence[tuple[int, str, str, int, dict[str, Any]]]) -> list[bool]:
+        """Create several instances in one round trip; each is skipped if its id exists.
+
+        One script call creates them all (one per partition on a Redis Cluster); the results
+        come back in the order of ``items``.
+        """
+        if not items:
+            return []
+        calls: dict[int, _ScriptCall] = {}
+        workflows = set()
+        for n, (partition, workflow, instance_id, created_ms, fields) in enumerate(items):
+            bucket = 0 if self.cross_slot else partition
+            call = calls.get(bucket)
+            if call is None:
+                call = calls[bucket] = _ScriptCall()
+            call.order.append(n)
+            slot = call.slot(partition, lambda p: [self.keys.active(p)])
+            call.keys += [
+                self.keys.meta(partition, workflow, instance_id),
+                self.keys.status_index(partition, workflow, "queued"),
+                self.keys.status_index(partition, workflow, keys.ALL),
+            ]
+            header: list[Any] = [slot, created_ms]
+            parts: list[bytes] = []
+            _part(keys.instance_member(workflow, instance_id), header, parts)
+            for k, v in fields.items():
+                _part(k, header, parts)
+                _part(v, header, parts)
+            call.args += [" ".join(map(str, header)), b"".join(parts)]
+            workflows.add(workflow)
+        # The deployment-wide set of workflow names (no partition tag: outside the script). Once
+        # this store added a name it stays (nothing removes names), so it is sent once per name.
+        new_names = workflows - self._named
+        ordered = list(calls.values())
+        results = await self._evalsha_many(
+            self._create,
+            [call.command(fenced=False) for call in ordered],
+            then=(lambda pipe: pipe.sadd(self.keys.workflows(), *new_names)) if new_names else None,
+        )
+        self._named |= new_names
+        return [bool(r) for r in _ungroup(len(items), ordered, results)]
+
+    async def delete(self, partition: int, workflow: str, instance_id: str) -> None:
+        """Remove an instance entirely (used to undo a create whose message could not be sent)."""
+        member = keys.instance_member(workflow, instance_id)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.delete(
+            self.keys.meta(partition, workflow, instance_id),
+            self.keys.history(partition, workflow, instance_id),
+            self.keys.event_buffer(partition, workflow, instance_id),
+        )
+        pipe.srem(self.keys.active(partition), member)
+        pipe.zrem(self.keys.status_index(partition, workflow, "queued"), member)
+        pipe.zrem(self.keys.status_index(partition, workflow, keys.ALL), member)
+        await pipe.execute()
+
+    # ------------------------------------------------------------------ reads
+    async def read_meta(self, partition: int, workflow: str, instance_id: str) -> dict[str, Any] | None:
+        """The instance's meta fields, or None if it does not exist."""
+        raw = await self.redis.hgetall(self.keys.meta(partition, workflow, instance_id))
+        return decode_meta(raw) if raw else None
+
+    async def load(self, partition: int, workflow: str, instance_id: str) -> Snapshot | None:
+        """Meta, history and buffered events in one round trip."""
+        return (await self.load_many([(partition, workflow, instance_id)]))[0]
+
+    async def load_many(self, items: Sequence[tuple[int, str, str]]) -> list[Snapshot | None]:
+        """Several instances' snapshots in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for partition, workflow, instance_id in items:
+            pipe.hgetall(self.keys.meta(partition, workflow, instance_id))
+            pipe.lrange(self.keys.history(partition, workflow, instance_id), 0, -1)
+            pipe.lrange(self.keys.event_buffer(partition, workflow, instance_id), 0, -1)
+        raw = await pipe.execute()
+        out: list[Snapshot | None] = []
+        for i in range(len(items)):
+            meta, history, events = raw[3 * i : 3 * i + 3]
+            out.append(Snapshot(decode_meta(meta), [unpack(bytes(r)) for r in history], list(events)) if meta else None)
+        return out
+
+    async def history(self, partition: int, workflow: str, instance_id: str) -> list[dict[str, Any]]:
+        """The instance's history records."""
+        raw: list[bytes] = await self.redis.lrange(self.keys.history(partition, workflow, instance_id), 0, -1)  # type: ignore[assignment]
+        return [unpack(r) for r in raw]
+
+    # ------------------------------------------------------------------ commits
+    async def commit_many(self, transitions: Sequence[Transition], fences: dict[int, str]) -> list[CommitResult]:
+        """Apply transitions in one pipelined round trip; each is atomic and checked on its own.
+
+        The batch costs one script call, not one per transition (on a Redis Cluster, one per
+        partition: a partition's keys share its hash tag, so each call stays in one slot). The
+        script applies the transitions in order, each sequence-checked and fenced by its
+        partition's token in ``fences`` (no token: unfenced); one that fails its checks writes
+        nothing. A second transition of an instance already in a call goes to a later call, so a
+        call's transitions are of distinct instances (see commit.lua). Results come back in the
+        order of ``transitions``.
+        """
+        if not transitions:
+            return []
+        calls: list[_ScriptCall] = []
+        current: dict[int, _ScriptCall] = {}  # bucket (0, or the partition on a Cluster) -> its open call
+        for n, t in enumerate(transitions):
+            p = t.partition
+            bucket = 0 if self.cross_slot else p
+            call = current.get(bucket)
+            ident = f"{t.workflow}:{t.instance_id}"
+            if call is None or ident in call.instances:
+                call = current[bucket] = _ScriptCall()
+                calls.append(call)
+            call.instances.add(ident)
+            call.order.append(n)
+            slot = call.slot(p, self._partition_keys, fences.get(p, ""))
+            self._commit_call(t, slot, call)
+        results = await self._evalsha_many(self._commit, [call.command(fenced=True) for call in calls])
+        return [CommitResult(int(r)) for r in _ungroup(len(transitions), calls, results)]
+
+    def _partition_keys(self, partition: int) -> list[str]:
+        return [self.keys.timers(partition), self.keys.active(partition), self.keys.owner(partition)]
+
+    async def _evalsha_many(
+        self,
+        script: AsyncScript,
+        calls: Sequence[tuple[list[str], list[Any]]],
+        *,
+        then: Callable[[Pipeline], object] | None = None,
+    ) -> list[Any]:
+        """EVALSHA ``script`` once per (keys, args) in one pipelined round trip; the scripts' results.
+
+        redis-py's ``Script`` objects make every pipeline that uses them send ``SCRIPT EXISTS``
+        first — an extra round trip per commit. Here the script is loaded only when the
+        server says it does not have it (first use, restart, ``SCRIPT FLUSH``): a NOSCRIPT
+        EVALSHA ran nothing, so exactly those calls are sent again. ``then`` appends more
+        commands to the first pipeline (their results are not returned).
+        """
+        if len(calls) == 1 and then is None:  # the common single call: no pipeline to build
+            call_keys, args = calls[0]
+            try:
+                return [await self.redis.evalsha(script.sha, len(call_keys), *call_keys, *args)]
+            except NoScriptError:
+                await self.redis.script_load(script.script)
+                return [await self.redis.evalsha(script.sha, len(call_keys), *call_keys, *args)]
+        pipe = self.redis.pipeline(transaction=False)
+        for call_keys, args in calls:
+            pipe.evalsha(script.sha, len(call_keys), *call_keys, *args)
+        if then is not None:
+            then(pipe)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        missing = [i for i, r in enumerate(results[: len(calls)]) if isinstance(r, NoScriptError)]
+        if missing:
+            await self.redis.script_load(script.script)
+            pipe = self.redis.pipeline(transaction=False)
+            for i in missing:
+                call_keys, args = calls[i]
+                pipe.evalsha(script.sha, len(call_keys), *call_keys, *args)
+            for i, result in zip(missing, await pipe.execute(raise_on_error=False), strict=True):
+                results[i] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+        return results[: len(calls)]
+
+    def _commit_call(self, t: Transition, slot: int, call: _ScriptCall) -> None:
+        """Append one transition's keys and its two arguments (header, blob) to a commit.lua call."""
+        p, wf, iid = t.partition, t.workflow, t.instance_id
+        call.keys += [self.keys.meta(p, wf, iid), self.keys.history(p, wf, iid), self.keys.event_buffer(p, wf, iid)]
+        old = t.status_from or t.status_to or keys.ALL
+        new = t.status_to or t.status_from or keys.ALL
+        if old != new:
+            call.keys += [self.keys.status_index(p, wf, old), self.keys.status_index(p, wf, new)]
+        header: list[Any] = [
+            slot,
+            t.expected_seq,
+            t.created_ms if t.check_created else "-",
+            t.active,
+            t.created_ms,
+            t.ttl_s,
+            1 if t.reset_history else 0,
+            len(t.meta) * 2,
+            len(t.history),
+            len(t.timers_add),
+            len(t.timers_remove),
+            len(t.events_push),
+            len(t.events_remove),
+            1 if old != new else 0,
+        ]
+        parts: list[bytes] = []
+        _part(keys.instance_member(wf, iid), header, parts)
+        for name, value in t.meta.items():
+            _part(name, header, parts)
+            _part(value, header, parts)
+        timers = (member for _, member in t.timers_add)
+        for raw in (*t.history, *timers, *t.timers_remove, *t.events_push, *t.events_remove):
+            header.append(len(raw))
+            parts.append(raw)
+        header += (due for due, _ in t.timers_add)
+        call.args += [" ".join(map(str, header)), b"".join(parts)]
+
+    # ------------------------------------------------------------------ partitions
+    async def claim(self, partition: int, token: str) -> None:
+        """Make ``token`` the partition's fencing token: every commit of an older owner now fails."""
+        await self.redis.set(self.keys.owner(partition), token)
+
+    async def active_instances(self, partition: int) -> list[tuple[str, str]]:
+        """(workflow, instance id) of the partition's instances a new owner must re-drive."""
+        members: set[bytes] = await self.redis.smembers(self.keys.active(partition))  # type: ignore[assignment]
+        pairs = (m.decode().split(":", 1) for m in members)
+        return [(wf, iid) for wf, iid in pairs]
+
+    async def due_timers(
+        self, partitions: Iterable[int], now_ms: int, limit: int = 1000
+    ) -> list[tuple[int, bytes, int]]:
+        """Timers due by ``now_ms`` on these partitions: (partition, member, due ms)."""
+        parts = list(partitions)
+        pipe = self.redis.pipeline(transaction=False)
+        for p in parts:
+            pipe.zrangebyscore(self.keys.timers(p), "-inf", now_ms, start=0, num=limit, withscores=True)
+        out: list[tuple[int, bytes, int]] = []
+        for p, rows in zip(parts, await pipe.execute(), strict=True):
+            out += [(p, member, int(score)) for member, score in rows]
+        return out
+
+    async def next_due(self, partitions: Iterable[int], *, after_ms: int) -> int | None:
+        """The earliest timer due strictly after ``after_ms`` on these partitions (epoch ms), or None."""
+        pipe = self.redis.pipeline(transaction=False)
+        for p in partitions:
+            pipe.zrangebyscore(self.keys.timers(p), f"({after_ms}", "+inf", start=0, num=1, withscores=True)
+        firsts = [int(rows[0][1]) for rows in await pipe.execute() if rows]
+        return min(firsts) if firsts else None
+
+    # ------------------------------------------------------------------ listing
+    async def workflow_names(self) -> list[str]:
+        """Names of workflows that have (had) instances."""
+        names: set[bytes] = await self.redis.smembers(self.keys.workflows())  # type: ignore[assignment]
+        return sorted(m.decode() for m in names)
+
+    async def list_instances(
+        self, workflow: str, status: str | None, *, before: tuple[int, str] | None, limit: int
+    ) -> list[tuple[str, int]]:
+        """Instance ids of ``workflow`` (optionally in one status), newest first.
+
+        ``before`` is the (created ms, id) of the last row of the previous page. Returns
+        (instance id, created ms) pairs; the caller drops ids whose data has expired.
+        """
+        status_key = status or keys.ALL
+        pipe = self.redis.pipeline(transaction=False)
+        for p in range(self.partitions):
+            index = self.keys.status_index(p, workflow, status_key)
+            if before is None:
+                pipe.zrevrangebyscore(index, "+inf", "-inf", start=0, num=limit, withscores=True)
+            else:
+                # Rows sharing the cursor's millisecond (a create_batch shares one) can outnumber a page
+                # and cannot be skipped by score: take them all, then a page of strictly older rows.
+                pipe.zrevrangebyscore(index, before[0], before[0], withscores=True)
+                pipe.zrevrangebyscore(index, f"({before[0]}", "-inf", start=0, num=limit, withscores=True)
+        rows: list[tuple[int, str]] = []
+        for part in await pipe.execute():
+            for member, score in part:
+                iid = bytes(member).decode().split(":", 1)[1]
+                rows.append((int(score), iid))
+        ordered = heapq.nlargest(len(rows), rows)
+        if before is not None:
+            ordered = [r for r in ordered if (r[0], r[1]) < before]
+        return [(iid, created) for created, iid in ordered[:limit]]

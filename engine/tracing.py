@@ -1,0 +1,522 @@
+"""OpenTelemetry tracing: one trace per instance, from the request that created it to its end.
+
+How an instance's trace holds together across processes, broker hops and replays:
+
+* **Create.** :meth:`WorkflowClient.create <engine.client.WorkflowClient.create>` runs inside a
+  ``workflow.create`` span (a child of the caller's span: the gateway's server span, a queue
+  message's consumer span, or the user's own) and stores that span's W3C ``traceparent`` in the
+  instance's meta (field ``trace``). The start message carries the same context in its headers.
+* **Every later transition**, on whichever worker owns the instance, after any replay or
+  restart, parents its spans on that stored context — so an instance is one trace.
+* **Replay is quiet.** Spans come only from live work: a step attempt that really runs
+  (``step.do``, around the attempt), and the history records a committed transition appended
+  (sleeps and waits resolved, events delivered or buffered, the run finished). Replaying
+  history appends nothing, so it emits nothing.
+
+Spans and their attributes (names built here, and only here):
+
+=======================  ===============================================================
+``workflow.create``      the client's create call (PRODUCER); parent of the worker spans
+``step.do``              one attempt of a step, live, with the step body's work as children
+``step.sleep``           issue to resolution of a ``sleep``/``sleep_until`` (explicit times)
+``step.wait_for_event``  issue to resolution of a wait: received, timed out or cancelled
+``event.deliver``        an event sent (start) to delivered to a wait or buffered (end),
+                         linked to the span that sent it
+``workflow.run``         started to ended of one run, emitted once when it finishes
+=======================  ===============================================================
+
+Custom attributes live under ``hutch.*`` (OpenTelemetry's naming rules for non-standard
+attributes); standard ones (``error.type``, ``http.*``, ``url.*``, ``messaging.*``) use the
+semantic-convention names.
+
+With no SDK ``TracerProvider`` installed, tracing costs a provider lookup per call site: no span
+objects are built. :func:`configure_from_env` installs an OTLP/HTTP exporter when
+``OTEL_EXPORTER_OTLP_ENDPOINT`` (or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``) is set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Protocol
+
+from opentelemetry import context as context_api
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.semconv.attributes import (
+    client_attributes,
+    error_attributes,
+    exception_attributes,
+    http_attributes,
+    server_attributes,
+    url_attributes,
+    user_agent_attributes,
+)
+from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from engine.history import Record
+from engine.serialization import unpack
+from engine.status import FINISHED
+from engine.store.base import Transition
+
+log = logging.getLogger("hutch.tracing")
+
+# ---------------------------------------------------------------------------- names
+SCOPE = "hutch"
+"""The instrumentation scope of every Hutch span."""
+
+SPAN_CREATE = "workflow.create"
+SPAN_RUN = "workflow.run"
+SPAN_STEP = "step.do"
+SPAN_SLEEP = "step.sleep"
+SPAN_WAIT = "step.wait_for_event"
+SPAN_EVENT = "event.deliver"
+
+WORKFLOW_NAME = "hutch.workflow.name"
+INSTANCE_ID = "hutch.instance.id"
+INSTANCE_COUNT = "hutch.instance.count"  # instances one create call made (a batch)
+INSTANCE_RUN = "hutch.instance.run"  # 0, then +1 per restart
+STEP_NAME = "hutch.step.name"
+STEP_COUNT = "hutch.step.count"  # the n-th call of a step with this name
+STEP_ATTEMPT = "hutch.step.attempt"
+OUTCOME = "hutch.outcome"
+EVENT_TYPE = "hutch.event.type"
+EVENT_ID = "hutch.event.id"
+TRACE_META_FIELD = "trace"  # the instance meta field holding its traceparent
+
+ERROR_TYPE = error_attributes.ERROR_TYPE
+EXCEPTION_TYPE = exception_attributes.EXCEPTION_TYPE
+EXCEPTION_MESSAGE = exception_attributes.EXCEPTION_MESSAGE
+HTTP_REQUEST_METHOD = http_attributes.HTTP_REQUEST_METHOD
+HTTP_RESPONSE_STATUS_CODE = http_attributes.HTTP_RESPONSE_STATUS_CODE
+HTTP_ROUTE = http_attributes.HTTP_ROUTE
+URL_PATH = url_attributes.URL_PATH
+URL_SCHEME = url_attributes.URL_SCHEME
+CLIENT_ADDRESS = client_attributes.CLIENT_ADDRESS
+SERVER_ADDRESS = server_attributes.SERVER_ADDRESS
+SERVER_PORT = server_attributes.SERVER_PORT
+USER_AGENT_ORIGINAL = user_agent_attributes.USER_AGENT_ORIGINAL
+# Messaging conventions are still "development" in the semconv package (not importable as stable).
+MESSAGING_SYSTEM = "messaging.system"
+MESSAGING_OPERATION_TYPE = "messaging.operation.type"
+MESSAGING_OPERATION_NAME = "messaging.operation.name"
+MESSAGING_DESTINATION_NAME = "messaging.destination.name"
+MESSAGING_MESSAGE_ID = "messaging.message.id"
+
+# Outcomes (values of ``hutch.outcome``).
+OK = "success"
+ERROR = "error"
+CANCELLED = "cancelled"
+ELAPSED = "elapsed"
+RECEIVED = "received"
+TIMED_OUT = "timeout"
+DELIVERED = "delivered"
+BUFFERED = "buffered"
+
+_W3C = TraceContextTextMapPropagator()
+_NO_SPAN: AbstractContextManager[None] = contextlib.nullcontext()
+_MS = 1_000_000  # nanoseconds per millisecond: OpenTelemetry times are epoch nanoseconds
+
+
+def _version() -> str:
+    try:
+        return metadata.version("hutch")
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+# ---------------------------------------------------------------------------- tracer
+class _TracerCache:
+    """The Hutch tracer of the current global provider, or None while only the API's no-op is set.
+
+    Looked up on every use (cheap) rather than bound once: tests install and reset providers,
+    and an API ``ProxyTracer`` would stay bound to the first real provider forever.
+    """
+
+    __slots__ = ("provider", "tracer")
+
+    def __init__(self) -> None:
+        self.provider: object = None
+        self.tracer: Tracer | None = None
+
+    def get(self) -> Tracer | None:
+        provider = trace.get_tracer_provider()
+        if provider is not self.provider:
+            real = not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+            self.tracer = provider.get_tracer(SCOPE, _version()) if real else None
+            self.provider = provider
+        return self.tracer
+
+
+_cache = _TracerCache()
+
+
+def tracer() -> Tracer | None:
+    """Hutch's tracer, or None when no SDK tracer provider is installed (tracing is off)."""
+    return _cache.get()
+
+
+def enabled() -> bool:
+    """Whether spans are recorded in this process (an SDK tracer provider is installed)."""
+    return _cache.get() is not None
+
+
+def configure_from_env(service_name: str) -> bool:
+    """Install an OTLP/HTTP span exporter when ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set; call once at start-up.
+
+    The long-running commands (``hutch worker``, ``hutch gateway``, ``hutch dev``) call this. The
+    exporter reads the standard ``OTEL_EXPORTER_OTLP_*`` variables (endpoint, headers, timeout,
+    compression); ``OTEL_SERVICE_NAME`` overrides ``service_name``, ``OTEL_RESOURCE_ATTRIBUTES``
+    adds resource attributes and ``OTEL_TRACES_SAMPLER`` picks the sampler. Spans are batched
+    and flushed when the process exits.
+
+    Args:
+        service_name: the ``service.name`` resource attribute unless ``OTEL_SERVICE_NAME`` is set.
+
+    Returns:
+        True when an exporter was installed; False when no endpoint is set, the SDK is disabled
+        (``OTEL_SDK_DISABLED=true``, ``OTEL_TRACES_EXPORTER=none``) or the process already has a
+        tracer provider (the application's own setup wins).
+    """
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if not endpoint:
+        return False
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return False
+    if os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower() == "none":
+        return False
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        log.info("a tracer provider is already installed; not adding Hutch's OTLP exporter")
+        return False
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if protocol and protocol.strip().lower() != "http/protobuf":
+        log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported; exporting with http/protobuf", protocol)
+
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    name = os.environ.get("OTEL_SERVICE_NAME", "").strip() or service_name
+    provider = TracerProvider(resource=Resource.create({SERVICE_NAME: name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    log.info("exporting traces over OTLP/HTTP to %s as service %r", endpoint, name)
+    return True
+
+
+# ---------------------------------------------------------------------------- context
+def current_traceparent() -> str | None:
+    """The W3C ``traceparent`` of the current span, if there is a valid one (recorded or only propagated)."""
+    if not trace.get_current_span().get_span_context().is_valid:
+        return None
+    carrier: dict[str, str] = {}
+    # The global propagator, as broker.dispatch uses for message headers: the stored context and
+    # the start message's header are then the same by construction.
+    propagate.inject(carrier)
+    return carrier.get("traceparent")
+
+
+def instance_traceparent(stored: str | None, workflow: str, instance_id: str, created_ms: int) -> str:
+    """The traceparent an instance's spans continue: the stored one, else one derived from its identity.
+
+    An instance created by a process that was not tracing has no stored context; deriving the
+    trace and parent span ids from (workflow, instance id, creation time) still puts every span
+    of the instance, from every worker, in one trace (whose root span is then missing).
+    """
+    if stored:
+        return stored
+    digest = hashlib.blake2b(f"{workflow}\x00{instance_id}\x00{created_ms}".encode(), digest_size=24).digest()
+    return f"00-{digest[:16].hex()}-{digest[16:].hex()}-01"
+
+
+@functools.lru_cache(maxsize=4096)
+def parent_context(traceparent: str | None) -> Context:
+    """A context whose (remote) parent is ``traceparent``; an empty context (a root) when it is None or invalid."""
+    if not traceparent:
+        return Context()
+    return _W3C.extract({"traceparent": traceparent}, context=Context())
+
+
+def extract(headers: Mapping[str, Any]) -> Context:
+    """The context propagated in message or request headers (str or bytes values; names in any case)."""
+    carrier: dict[str, str] = {}
+    fields = propagate.get_global_textmap().fields
+    for key, value in headers.items():
+        name = key.lower()
+        if name in fields:
+            carrier[name] = value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return propagate.extract(carrier, context=Context())
+
+
+def _link(traceparent: str | None) -> list[Link] | None:
+    if not traceparent:
+        return None
+    span_context = trace.get_current_span(parent_context(traceparent)).get_span_context()
+    return [Link(span_context)] if span_context.is_valid else None
+
+
+# ---------------------------------------------------------------------------- create
+@dataclass(slots=True)
+class CreateTrace:
+    """What :func:`creating` yields: the context to store with the new instances."""
+
+    span: Span | None
+    traceparent: str | None
+
+    def created(self, instance_ids: Sequence[str]) -> None:
+        """Name the instances the call created on its span."""
+        if self.span is None:
+            return
+        if len(instance_ids) == 1:
+            self.span.set_attribute(INSTANCE_ID, instance_ids[0])
+        self.span.set_attribute(INSTANCE_COUNT, len(instance_ids))
+
+
+@contextlib.contextmanager
+def creating(workflow: str, requested: int) -> Iterator[CreateTrace]:
+    """Wrap a create call in a ``workflow.create`` span (when tracing) and yield the context to store.
+
+    With tracing off, the caller's propagated context (e.g. an incoming ``traceparent`` the
+    gateway made current) is still stored, so workers that do trace continue it.
+    """
+    tracer = _cache.get()
+    if tracer is None:
+        yield CreateTrace(None, current_traceparent())
+        return
+    attributes: dict[str, AttributeValue] = {WORKFLOW_NAME: workflow, INSTANCE_COUNT: requested}
+    with tracer.start_as_current_span(SPAN_CREATE, kind=SpanKind.PRODUCER, attributes=attributes) as span:
+        yield CreateTrace(span, current_traceparent())
+
+
+@contextlib.contextmanager
+def consuming(queue: str, headers: Mapping[str, Any] | None, message_id: str | None) -> Iterator[None]:
+    """A CONSUMER span around handling one message of a user's queue, continuing the producer's trace."""
+    tracer = _cache.get()
+    parent = extract(headers or {})
+    if tracer is None:
+        # Not recording, but the producer's context still becomes current: the instance stores it.
+        token = context_api.attach(parent)
+        try:
+            yield
+        finally:
+            context_api.detach(token)
+        return
+    attributes: dict[str, str] = {
+        MESSAGING_SYSTEM: "rabbitmq",
+        MESSAGING_OPERATION_TYPE: "process",
+        MESSAGING_OPERATION_NAME: "process",
+        MESSAGING_DESTINATION_NAME: queue,
+    }
+    if message_id:
+        attributes[MESSAGING_MESSAGE_ID] = message_id
+    with tracer.start_as_current_span(
+        f"process {queue}", context=parent, kind=SpanKind.CONSUMER, attributes=attributes
+    ):
+        yield
+
+
+# ---------------------------------------------------------------------------- step attempts
+def step_attempt(
+    traceparent: str | None, workflow: str, instance_id: str, name: str, count: int, attempt: int
+) -> AbstractContextManager[Span | None]:
+    """The ``step.do`` span of one live attempt, current while the step body runs (None when not tracing).
+
+    Call :func:`attempt_outcome` with the attempt's error (or None) before leaving it.
+    """
+    tracer = _cache.get()
+    if tracer is None:
+        return _NO_SPAN
+    return _step_span(tracer, traceparent, workflow, instance_id, name, count, attempt)
+
+
+@contextlib.contextmanager
+def _step_span(
+    tracer: Tracer, traceparent: str | None, workflow: str, instance_id: str, name: str, count: int, attempt: int
+) -> Iterator[Span]:
+    attributes: dict[str, AttributeValue] = {
+        WORKFLOW_NAME: workflow,
+        INSTANCE_ID: instance_id,
+        STEP_NAME: name,
+        STEP_COUNT: count,
+        STEP_ATTEMPT: attempt,
+    }
+    with tracer.start_as_current_span(
+        SPAN_STEP,
+        context=parent_context(traceparent),
+        attributes=attributes,
+        record_exception=False,
+        set_status_on_exception=False,
+    ) as span:
+        try:
+            yield span
+        except asyncio.CancelledError:
+            # Terminated, restarted or shut down while running: no outcome was reported.
+            span.set_attribute(OUTCOME, CANCELLED)
+            raise
+
+
+def attempt_outcome(span: Span | None, error: Mapping[str, str] | None) -> None:
+    """Record an attempt's outcome: success, or the error record (``name``, ``message``) with error status."""
+    if span is None:
+        return
+    if error is None:
+        span.set_attribute(OUTCOME, OK)
+        return
+    _fail(span, error)
+
+
+def _fail(span: Span, error: Mapping[str, Any]) -> None:
+    name = str(error.get("name") or "Error")
+    message = str(error.get("message") or "")
+    span.set_attribute(OUTCOME, ERROR)
+    span.set_attribute(ERROR_TYPE, name)
+    span.add_event("exception", {EXCEPTION_TYPE: name, EXCEPTION_MESSAGE: message})
+    span.set_status(Status(StatusCode.ERROR, f"{name}: {message}" if message else name))
+
+
+# ---------------------------------------------------------------------------- committed transitions
+class TracedInstance(Protocol):
+    """What :func:`emit_committed` reads of an instance's owner-side state (``consumers`` actor)."""
+
+    workflow: str
+    instance_id: str
+    run_no: int
+    created_ms: int
+    trace: str
+    history: list[Record]
+
+
+def emit_committed(
+    instance: TracedInstance,
+    transition: Transition,
+    deliveries: Iterable[tuple[object, Mapping[str, str]]] = (),
+    *,
+    now_ms: int,
+) -> None:
+    """Emit the spans of what a committed transition recorded: resolved sleeps and waits, events, the run's end.
+
+    Call after the commit succeeded (a rejected transition is recomputed and must not emit twice).
+    ``instance.history`` must end with the transition's records, as the owner appends them.
+
+    Args:
+        instance: the instance whose transition committed.
+        transition: the committed transition.
+        deliveries: the (message, headers) the transition consumed, to link events to their senders.
+        now_ms: the owner's clock when the transition was computed (the end of instant spans).
+    """
+    tracer = _cache.get()
+    if tracer is None:
+        return
+    n = len(transition.history)
+    records = instance.history[-n:] if n else []
+    finished = transition.status_to in FINISHED
+    if not records and not transition.events_push and not finished:
+        return
+    parent = parent_context(instance.trace)
+    base = {WORKFLOW_NAME: instance.workflow, INSTANCE_ID: instance.instance_id}
+    senders: dict[str, str] = {}
+    for message, headers in deliveries:
+        message_id = getattr(message, "id", None)
+        traceparent = headers.get("traceparent")
+        if message_id and traceparent:
+            senders[message_id] = traceparent
+    for record in records:
+        kind = record["k"]
+        if kind == "res" and record["ref"] in ("sleep", "wait"):
+            _timer_span(tracer, parent, base, instance.history, record)
+            if "ev" in record:
+                _event_span(tracer, parent, base, record["ev"], record["t"], senders, record)
+        elif kind == "cancel" and record["ref"] in ("sleep", "wait"):
+            _timer_span(tracer, parent, base, instance.history, record)
+    for raw in transition.events_push:
+        event = unpack(raw)
+        _event_span(tracer, parent, base, event, records[-1]["t"] if records else now_ms, senders, None)
+    if finished:
+        _run_span(tracer, parent, base, instance, transition)
+
+
+def _timer_span(tracer: Tracer, parent: Context, base: dict[str, Any], history: list[Record], record: Record) -> None:
+    ref, name, count = record["ref"], record["n"], record["c"]
+    issued = _find_issue(history, ref, name, count)
+    end_ms = record["t"]
+    start_ms: int = issued.get("t") or end_ms if issued else end_ms
+    attributes = {**base, STEP_NAME: name, STEP_COUNT: count}
+    if record["k"] == "cancel":
+        outcome = CANCELLED
+    elif ref == "sleep":
+        outcome = ELAPSED
+    else:
+        outcome = RECEIVED if record["ok"] else TIMED_OUT
+    attributes[OUTCOME] = outcome
+    if ref == "wait" and issued is not None and "type" in issued:
+        attributes[EVENT_TYPE] = issued["type"]
+    span = tracer.start_span(
+        SPAN_SLEEP if ref == "sleep" else SPAN_WAIT, context=parent, attributes=attributes, start_time=start_ms * _MS
+    )
+    if outcome == TIMED_OUT:
+        span.set_attribute(ERROR_TYPE, str((record.get("err") or {}).get("name") or "EventTimeoutError"))
+    span.end(end_time=max(end_ms, start_ms) * _MS)
+
+
+def _find_issue(history: list[Record], kind: str, name: str, count: int) -> Record | None:
+    # Backwards: the command is usually a few records before its resolution.
+    for record in reversed(history):
+        if record["k"] == kind and record.get("n") == name and record.get("c") == count:
+            return record
+    return None
+
+
+def _event_span(
+    tracer: Tracer,
+    parent: Context,
+    base: dict[str, Any],
+    event: Mapping[str, Any],
+    end_ms: int,
+    senders: Mapping[str, str],
+    wait: Record | None,
+) -> None:
+    event_id = str(event.get("id", ""))
+    attributes = {**base, EVENT_TYPE: str(event.get("type", "")), EVENT_ID: event_id}
+    if wait is None:
+        attributes[OUTCOME] = BUFFERED
+    else:
+        attributes.update({OUTCOME: DELIVERED, STEP_NAME: wait["n"], STEP_COUNT: wait["c"]})
+    start_ms = min(int(event.get("ts") or end_ms), end_ms)
+    span = tracer.start_span(
+        SPAN_EVENT,
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+        links=_link(senders.get(event_id)),
+        start_time=start_ms * _MS,
+    )
+    span.end(end_time=end_ms * _MS)
+
+
+def _run_span(tracer: Tracer, parent: Context, base: dict[str, Any], instance: TracedInstance, tx: Transition) -> None:
+    started = instance.created_ms
+    for record in reversed(instance.history):
+        if record["k"] == "life" and record.get("what") in ("started", "restarted"):
+            started = record["t"]
+            break
+    ended = tx.meta.get("ended")
+    end_ms = ended if isinstance(ended, int) else (instance.history[-1]["t"] if instance.history else started)
+    attributes = {**base, INSTANCE_RUN: instance.run_no, OUTCOME: tx.status_to}
+    span = tracer.start_span(SPAN_RUN, context=parent, attributes=attributes, start_time=started * _MS)
+    if tx.status_to == "errored":
+        raw = tx.meta.get("error")
+        error = unpack(raw) if isinstance(raw, bytes) else None
+        _fail(span, error if isinstance(error, dict) else {"name": "Error"})
+        span.set_attribute(OUTCOME, tx.status_to)
+    span.end(end_time=max(end_ms, started) * _MS)

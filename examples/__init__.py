@@ -1,0 +1,1 @@
+"""Runnable example workflows; each module's docstring shows how to run it with ``hutch run``."""

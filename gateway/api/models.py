@@ -1,0 +1,179 @@
+"""Request and response bodies of the REST API (the ``result`` inside the envelope).
+
+Field names follow Cloudflare's Workflows REST API where it has one (``created_on``,
+``instance_id`` accepted as an alias of ``id``); instance details are the engine's own
+:class:`~engine.InstanceDetail`, which already mirrors Cloudflare's instance detail.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+
+from engine import InvalidInputError, Status
+
+INSTANCE_ID_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_-]*$"
+WORKFLOW_NAME_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$"
+
+# Documented in the schema but checked by the engine (a 400 naming the rule, not a 422), so the
+# limits configured on the client are the ones enforced.
+INSTANCE_ID_SCHEMA: dict[str, Any] = {"pattern": INSTANCE_ID_PATTERN, "minLength": 1, "maxLength": 100}
+WORKFLOW_NAME_SCHEMA: dict[str, Any] = {"pattern": WORKFLOW_NAME_PATTERN, "minLength": 1, "maxLength": 64}
+EVENT_TYPE_SCHEMA: dict[str, Any] = {"minLength": 1, "maxLength": 100}
+
+Action = Literal["pause", "resume", "terminate", "restart"]
+
+
+MAX_INPUT_DEPTH = 64
+"""How deeply params and event payloads may nest (arrays and objects): deeper input is refused."""
+
+MAX_OUTPUT_DEPTH = 200
+"""Deeper parts of a stored value are shown as a placeholder (JSON encoders give up near 255 levels)."""
+
+
+def check_json_value(value: Any, where: str) -> Any:
+    """Check a parsed JSON value: finite numbers only, nested at most :data:`MAX_INPUT_DEPTH` levels.
+
+    Python's parser accepts ``NaN``, ``Infinity`` and ``1e400``, which JSON does not have; and a
+    deeply nested value could be stored but not shown or replayed. Both are refused here.
+    """
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, float) and not math.isfinite(item):
+            raise InvalidInputError(f"{where} contains {item!r}; JSON numbers must be finite")
+        if isinstance(item, dict | list):
+            if depth >= MAX_INPUT_DEPTH:
+                raise InvalidInputError(f"{where} is nested more than {MAX_INPUT_DEPTH} levels deep")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return value
+
+
+def json_safe(value: Any, _depth: int = 0) -> Any:
+    """A stored value made representable in JSON: bytes as base64 text, NaN/±Infinity as null.
+
+    Step results and params are msgpack, which holds things JSON cannot; a response must never
+    fail to serialize because of what a workflow returned. Parts nested deeper than
+    :data:`MAX_OUTPUT_DEPTH` become a placeholder string.
+    """
+    if value is None or isinstance(value, bool | int | str | datetime):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, dict | list | tuple) and _depth >= MAX_OUTPUT_DEPTH:
+        return f"<nested deeper than {MAX_OUTPUT_DEPTH} levels>"
+    if isinstance(value, dict):
+        return {str(k): json_safe(v, _depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v, _depth + 1) for v in value]
+    return repr(value)
+
+
+class CreateInstance(BaseModel):
+    """Body of ``POST /instances`` (and one item of a batch): an optional id and the params."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("id", "instance_id"),
+        description="Instance id (a random UUID when omitted); `instance_id` is accepted too.",
+        json_schema_extra=INSTANCE_ID_SCHEMA,
+    )
+    params: Any = Field(default=None, description="The instance's params (event.payload), at most 1 MiB.")
+
+    @field_validator("params")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        return check_json_value(value, "params")
+
+
+class StatusChange(BaseModel):
+    """Body of ``PATCH .../status``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: Action
+
+
+class InstanceCounts(BaseModel):
+    """How many instances a workflow has in each status."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    queued: int = 0
+    running: int = 0
+    paused: int = 0
+    errored: int = 0
+    terminated: int = 0
+    complete: int = 0
+    waiting: int = 0
+    waiting_for_pause: int = Field(default=0, alias="waitingForPause")
+
+
+class WorkflowSummary(BaseModel):
+    """A workflow and its instance counts."""
+
+    name: str
+    instances: InstanceCounts
+
+
+class InstanceRef(BaseModel):
+    """A just-created instance."""
+
+    id: str
+    workflow: str
+    status: Status
+
+
+class InstanceSummary(BaseModel):
+    """One row of an instance listing (newest first)."""
+
+    id: str
+    workflow: str
+    status: Status
+    created_on: datetime
+    started_on: datetime | None = None
+    ended_on: datetime | None = None
+
+
+class BatchInfo(BaseModel):
+    """What a batch create did: how many instances it created and which ids it skipped (they existed)."""
+
+    count: int
+    skipped: list[str]
+
+
+class StatusChanged(BaseModel):
+    """The instance's status once the change was applied."""
+
+    status: Status
+    timestamp: datetime
+
+
+class EventSent(BaseModel):
+    """An event accepted for delivery. ``instance_finished``: the instance had already finished, so it is ignored."""
+
+    instance_id: str
+    type: str
+    instance_finished: bool
+
+
+class Health(BaseModel):
+    """``/healthz``: the process is up."""
+
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    """``/readyz``: each backend check, ``ok`` or why it failed."""
+
+    ready: bool
+    checks: dict[str, str]

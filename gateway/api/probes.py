@@ -1,0 +1,100 @@
+"""Operational endpoints outside ``/api`` and without auth: ``/healthz``, ``/readyz``, ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from broker.transports.base import Transport
+from engine import Client
+from gateway.api.deps import WorkflowNames, get_client, get_workflow_names
+from gateway.api.envelope import ApiError, Envelope, ErrorCode, ok
+from gateway.api.errors import UNAVAILABLE_ERRORS
+from gateway.api.metrics import CONTENT_TYPE, RequestMetrics, exposition, render_instances
+from gateway.api.models import Health, Readiness
+from gateway.api.views import instance_counts
+
+log = logging.getLogger("gateway")
+
+CHECK_TIMEOUT_S = 2.0
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz", response_model=Envelope[Health], summary="Liveness")
+async def healthz() -> dict[str, Any]:
+    """200 while the process serves requests; it checks nothing else."""
+    return ok(Health())
+
+
+@router.get(
+    "/readyz",
+    response_model=Envelope[Readiness],
+    responses={503: {"model": Envelope[Readiness], "description": "A backend is unreachable."}},
+    summary="Readiness",
+)
+async def readyz(client: Client = Depends(get_client)) -> Any:
+    """200 when Redis answers a PING and the broker answers; 503 naming the failed check otherwise."""
+    results = await asyncio.gather(_check_redis(client), _check_broker(client))
+    checks = {"redis": results[0], "broker": results[1]}
+    ready = all(v == "ok" for v in checks.values())
+    body = Envelope[Readiness](
+        success=ready,
+        errors=[
+            ApiError(code=ErrorCode.UNAVAILABLE, message=f"{name}: {outcome}")
+            for name, outcome in checks.items()
+            if outcome != "ok"
+        ],
+        result=Readiness(ready=ready, checks=checks),
+    )
+    return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text."}},
+    summary="Prometheus metrics",
+)
+async def metrics(
+    request: Request, client: Client = Depends(get_client), names: WorkflowNames = Depends(get_workflow_names)
+) -> PlainTextResponse:
+    """Request counts and durations by route and status, and instances by workflow and status."""
+    request_metrics: RequestMetrics = request.app.state.metrics
+    groups = [request_metrics.render()]
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            counts = await instance_counts(client, await names.all())
+    except UNAVAILABLE_ERRORS as exc:
+        # A scrape still reports the request metrics while the store is down.
+        log.warning("metrics: instance counts unavailable: %r", exc)
+        groups.append(["# instance counts unavailable: the store did not answer"])
+    else:
+        groups.append(render_instances({wf: c.model_dump(by_alias=True) for wf, c in counts.items()}))
+    return PlainTextResponse(exposition(*groups), media_type=CONTENT_TYPE)
+
+
+async def _check_redis(client: Client) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            await client._store.redis.ping()
+    except Exception as exc:  # any failure means "not ready", never a 500
+        log.warning("readyz: Redis check failed: %r", exc)
+        return f"unreachable ({type(exc).__name__})"
+    return "ok"
+
+
+async def _check_broker(client: Client) -> str:
+    transport = getattr(client._dispatcher, "transport", None)
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            if isinstance(transport, Transport):
+                await transport.ping()
+    except Exception as exc:
+        log.warning("readyz: broker check failed: %r", exc)
+        return f"unreachable ({type(exc).__name__})"
+    return "ok"

@@ -1,0 +1,280 @@
+"""The REST API under ``/api``, mirroring Cloudflare's Workflows REST paths.
+
+=====  ====================================================  ==================================
+GET    /api/workflows                                        workflows and their instance counts
+GET    /api/workflows/{name}                                 one workflow
+GET    /api/workflows/{name}/instances                       instances, newest first (cursor)
+POST   /api/workflows/{name}/instances                       create one instance
+POST   /api/workflows/{name}/instances/batch                 create up to 100, skipping taken ids
+GET    /api/workflows/{name}/instances/{id}                  instance detail with every step
+GET    /api/workflows/{name}/instances/{id}/status           status, output, error
+PATCH  /api/workflows/{name}/instances/{id}/status           pause | resume | terminate | restart
+POST   /api/workflows/{name}/instances/{id}/events/{type}    send an event (body = payload)
+=====  ====================================================  ==================================
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+
+from engine import Client, IllegalTransition, InstanceDetail, InstanceStatus, Status
+from engine.config import check_instance_id
+from gateway.api.auth import require_token
+from gateway.api.deps import WorkflowNames, get_client, get_workflow_names
+from gateway.api.envelope import CursorInfo, Envelope, ErrorEnvelope, ListEnvelope, ok
+from gateway.api.models import (
+    EVENT_TYPE_SCHEMA,
+    INSTANCE_ID_SCHEMA,
+    WORKFLOW_NAME_SCHEMA,
+    BatchInfo,
+    CreateInstance,
+    EventSent,
+    InstanceRef,
+    InstanceSummary,
+    StatusChange,
+    StatusChanged,
+    WorkflowSummary,
+    check_json_value,
+    json_safe,
+)
+from gateway.api.views import instance_counts, instance_summaries
+
+
+class BatchEnvelope(Envelope[list[InstanceRef]]):
+    """The instances a batch created, and the ids it skipped."""
+
+    result_info: BatchInfo
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorEnvelope, "description": description}
+
+
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error("Invalid input: the message names the field and the rule."),
+    401: _error("Missing or invalid bearer token."),
+    413: _error("The request body is over the size limit (1 MiB by default)."),
+    422: _error("The request does not match the schema."),
+    503: _error("Redis or RabbitMQ is unreachable; retry."),
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("Unknown workflow or instance.")}
+CONFLICT: dict[int | str, dict[str, Any]] = {
+    409: _error("Duplicate instance id, or a lifecycle change the instance's status does not allow.")
+}
+
+router = APIRouter(
+    prefix="/api",
+    tags=["workflows"],
+    dependencies=[Depends(require_token)],
+    responses=COMMON_RESPONSES,
+    strict_content_type=False,  # a JSON body without a Content-Type header is still JSON
+)
+
+WorkflowName = Path(description="Workflow name.", json_schema_extra=WORKFLOW_NAME_SCHEMA)
+InstanceId = Path(description="Instance id.", json_schema_extra=INSTANCE_ID_SCHEMA)
+
+
+@router.get("/workflows", response_model=Envelope[list[WorkflowSummary]], summary="List workflows")
+async def list_workflows(
+    client: Client = Depends(get_client), names: WorkflowNames = Depends(get_workflow_names)
+) -> dict[str, Any]:
+    """Every workflow (registered, or with instances) and how many instances it has in each status."""
+    all_names = await names.all()
+    counts = await instance_counts(client, all_names)
+    return ok([WorkflowSummary(name=n, instances=counts[n]) for n in all_names])
+
+
+@router.get(
+    "/workflows/{name}", response_model=Envelope[WorkflowSummary], responses=NOT_FOUND, summary="Get a workflow"
+)
+async def get_workflow(
+    name: str = WorkflowName,
+    client: Client = Depends(get_client),
+    names: WorkflowNames = Depends(get_workflow_names),
+) -> dict[str, Any]:
+    """One workflow and its instance counts by status."""
+    await names.require(name)
+    counts = await instance_counts(client, [name])
+    return ok(WorkflowSummary(name=name, instances=counts[name]))
+
+
+@router.get(
+    "/workflows/{name}/instances",
+    response_model=ListEnvelope[InstanceSummary],
+    responses=NOT_FOUND,
+    summary="List instances",
+)
+async def list_instances(
+    name: str = WorkflowName,
+    status: Status | None = Query(default=None, description="Only instances in this status."),
+    cursor: str | None = Query(default=None, max_length=200, description="`result_info.cursor` of the previous page."),
+    per_page: int = Query(default=50, ge=1, le=100),
+    client: Client = Depends(get_client),
+    names: WorkflowNames = Depends(get_workflow_names),
+) -> dict[str, Any]:
+    """Instances of a workflow, newest first, one page at a time."""
+    workflow = await names.reader(name)
+    page = await workflow.list(status, cursor=cursor, limit=per_page)
+    rows = await instance_summaries(client, name, page.instances)
+    return {**ok(rows), "result_info": CursorInfo(count=len(rows), per_page=per_page, cursor=page.cursor)}
+
+
+@router.post(
+    "/workflows/{name}/instances",
+    status_code=201,
+    response_model=Envelope[InstanceRef],
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Create an instance",
+)
+async def create_instance(
+    name: str = WorkflowName,
+    body: CreateInstance | None = Body(default=None),
+    names: WorkflowNames = Depends(get_workflow_names),
+) -> dict[str, Any]:
+    """Create and start an instance; 409 if the id is taken."""
+    workflow = await names.creator(name)
+    body = body or CreateInstance()
+    instance = await workflow.create(id=body.id, params=body.params)
+    return ok(InstanceRef(id=instance.id, workflow=name, status=Status.QUEUED))
+
+
+@router.post(
+    "/workflows/{name}/instances/batch",
+    status_code=201,
+    response_model=BatchEnvelope,
+    responses=NOT_FOUND,
+    summary="Create instances in a batch",
+)
+async def create_batch(
+    name: str = WorkflowName,
+    body: list[CreateInstance] = Body(description="At most 100 instances.", json_schema_extra={"maxItems": 100}),
+    names: WorkflowNames = Depends(get_workflow_names),
+) -> dict[str, Any]:
+    """Create up to 100 instances at once; ids that already exist are skipped and listed in ``result_info``."""
+    workflow = await names.creator(name)
+    created = await workflow.create_batch([{"id": item.id, "params": item.params} for item in body])
+    fresh = {instance.id for instance in created}
+    skipped = [item.id for item in body if item.id is not None and item.id not in fresh]
+    refs = [InstanceRef(id=i.id, workflow=name, status=Status.QUEUED) for i in created]
+    return {**ok(refs), "result_info": BatchInfo(count=len(refs), skipped=skipped)}
+
+
+@router.get(
+    "/workflows/{name}/instances/{instance_id}",
+    response_model=Envelope[InstanceDetail],
+    responses=NOT_FOUND,
+    summary="Describe an instance",
+)
+async def describe_instance(
+    name: str = WorkflowName,
+    instance_id: str = InstanceId,
+    names: WorkflowNames = Depends(get_workflow_names),
+) -> dict[str, Any]:
+    """Status, params, trigger, timestamps, output, error and every step with its attempts."""
+    workflow = await names.reader(name)
+    instance = await workflow.get(instance_id)
+    return ok(json_safe((await instance.describe()).model_dump()))
+
+
+@router.get(
+    "/workflows/{name}/instances/{instance_id}/status",
+    response_model=Envelope[InstanceStatus],
+    responses=NOT_FOUND,
+    summary="Get an instance's status",
+)
+async def instance_status(
+    name: str = WorkflowName,
+    instance_id: str = InstanceId,
+    names: WorkflowNames = Depends(get_workflow_names),
+) -> dict[str, Any]:
+    """``{status, output, error}`` of an instance."""
+    workflow = await names.reader(name)
+    instance = await workflow.get(instance_id)
+    return ok(json_safe((await instance.status()).model_dump()))
+
+
+@router.patch(
+    "/workflows/{name}/instances/{instance_id}/status",
+    response_model=Envelope[StatusChanged],
+    responses={**NOT_FOUND, **CONFLICT},
+    summary="Pause, resume, terminate or restart an instance",
+)
+async def change_status(
+    body: StatusChange,
+    name: str = WorkflowName,
+    instance_id: str = InstanceId,
+    names: WorkflowNames = Depends(get_workflow_names),
+) -> dict[str, Any]:
+    """Apply a lifecycle change and answer once the partition owner has applied it.
+
+    ``terminate``, ``pause`` and ``resume`` of a finished instance are 409; ``restart`` works
+    in any status; ``resume`` of an instance that is not paused changes nothing.
+    """
+    workflow = await names.reader(name)
+    instance = await workflow.get(instance_id)
+    if body.status in ("pause", "resume"):
+        current = (await instance.status()).status
+        if current.finished:
+            raise IllegalTransition(instance_id, body.status, current.value)
+    actions = {
+        "pause": instance.pause,
+        "resume": instance.resume,
+        "terminate": instance.terminate,
+        "restart": instance.restart,
+    }
+    await actions[body.status]()
+    status = (await instance.status()).status
+    return ok(StatusChanged(status=status, timestamp=datetime.now(UTC)))
+
+
+@router.post(
+    "/workflows/{name}/instances/{instance_id}/events/{event_type}",
+    response_model=Envelope[EventSent],
+    responses=NOT_FOUND,
+    summary="Send an event to an instance",
+    openapi_extra={
+        "requestBody": {
+            "required": False,
+            "description": "The event's payload: any JSON value (an empty body is null).",
+            "content": {"application/json": {"schema": {}}},
+        }
+    },
+)
+async def send_event(
+    request: Request,
+    name: str = WorkflowName,
+    instance_id: str = InstanceId,
+    event_type: str = Path(description="Event type, matched by `wait_for_event`.", json_schema_extra=EVENT_TYPE_SCHEMA),
+    names: WorkflowNames = Depends(get_workflow_names),
+) -> dict[str, Any]:
+    """Send an event; it is buffered until a matching ``wait_for_event`` takes it.
+
+    ``instance_finished`` in the result says the instance had already finished, so nothing will take it.
+    """
+    workflow = await names.reader(name)
+    check_instance_id(instance_id, request.app.state.client.limits)
+    payload = _json_body(await request.body())
+    accepted = await workflow.get(instance_id)
+    result = await accepted.send_event(event_type, payload)
+    return ok(EventSent(instance_id=instance_id, type=event_type, instance_finished=result.instance_finished))
+
+
+def _json_body(raw: bytes) -> Any:
+    """Parse a request body as JSON (empty: null), as a 422 naming the problem when it is not."""
+    if not raw.strip():
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers invalid JSON, invalid UTF-8 and over-long integer literals.
+        error = {"type": "json_invalid", "loc": ("body",), "msg": f"not valid JSON: {exc}"}
+        raise RequestValidationError([error]) from None
+    try:
+        return check_json_value(value, "the event payload")
+    except ValueError as exc:
+        raise RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": str(exc)}]) from None

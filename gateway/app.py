@@ -1,0 +1,77 @@
+"""The gateway's ASGI app: the REST API, probes and metrics, plus whatever routers the caller adds.
+
+``hutch gateway`` and ``hutch dev`` serve it with uvicorn::
+
+    async with engine.connect(...) as client:
+        app = create_app(client, tokens=settings.token_values(), extra_routers=[webhooks])
+        await uvicorn.Server(uvicorn.Config(app, host=..., port=...)).serve()
+
+The app does not own the client: whoever created it closes it after the server stops.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from fastapi import APIRouter, FastAPI
+
+from engine import Client
+from gateway.api import probes, routes
+from gateway.api.auth import TokenSet
+from gateway.api.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
+from gateway.api.deps import WorkflowNames
+from gateway.api.errors import install_error_handlers
+from gateway.api.metrics import MetricsMiddleware, RequestMetrics
+from gateway.api.tracing import TracingMiddleware, fastapi_options
+
+API_VERSION = "1"
+
+
+def create_app(
+    client: Client,
+    *,
+    tokens: Sequence[str],
+    extra_routers: Sequence[APIRouter] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+) -> FastAPI:
+    """Build the gateway app serving ``client``.
+
+    Args:
+        client: the Hutch client requests go through (embedded or remote); the caller closes it.
+        tokens: valid bearer tokens for ``/api`` (several allow rotation); at least one.
+        extra_routers: more routers (e.g. webhook ingress), included as they are: no bearer auth,
+            but the body limit, metrics and error envelope apply. Their routes reach the client
+            through :func:`gateway.api.get_client`.
+        max_body_bytes: request bodies over this size get 413 before they are read (default 1 MiB).
+
+    Returns:
+        The FastAPI app; ``/openapi.json`` publishes its schema.
+
+    Raises:
+        ValueError: no token, an empty token, or a negative ``max_body_bytes``.
+    """
+    token_set = TokenSet(tokens)
+    app = FastAPI(
+        title="Hutch",
+        version=API_VERSION,
+        description=(
+            "Durable workflows on RabbitMQ and Redis. The REST API under `/api` mirrors Cloudflare's "
+            "Workflows API and its envelope `{success, errors, messages, result}`."
+        ),
+        **fastapi_options(),
+    )
+    app.state.client = client
+    app.state.tokens = token_set
+    app.state.workflow_names = WorkflowNames(client)
+    app.state.metrics = RequestMetrics()
+    install_error_handlers(app)
+    app.include_router(routes.router)
+    app.include_router(probes.router)
+    for router in extra_routers:
+        app.include_router(router)
+    # Added last = outermost: metrics see every answer, including a 413 from the body limit.
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    # Outermost: the server span covers every answer and is current for everything below it.
+    app.add_middleware(TracingMiddleware)
+    return app

@@ -1,0 +1,214 @@
+"""``hutch dev``: the whole stack in one process — gateway, worker and backends — on http://127.0.0.1:8787.
+
+Like ``wrangler dev``: the backends are embedded (fakeredis and the in-process transport, so
+instances live as long as the process) unless Redis and RabbitMQ URLs are given, in which case
+the process runs a distributed worker on them next to the gateway.
+
+Authentication: by default ``hutch dev`` accepts API requests without a token, and for that
+reason refuses to listen on anything but a loopback address. ``--token`` (repeatable) turns
+bearer-token checks on, exactly as ``hutch gateway`` does them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+from typing import Any
+
+import click
+from pydantic import ValidationError
+
+import engine
+from consumers.runtime import start_distributed
+from engine import Client, WorkflowEntrypoint, tracing
+from engine.clock import Clock
+from engine.config import DEFAULT_LIMITS
+from engine.errors import HutchError, InvalidInputError
+from engine.settings import Settings
+from gateway.api.auth import require_token
+from gateway.http_client import DEFAULT_URL
+from gateway.serve_gateway import (
+    BACKEND_ERRORS,
+    LOG_LEVELS,
+    BindError,
+    GatewayServer,
+    backend_failure,
+    build_app,
+    configure_logging,
+    is_loopback,
+    stop_on_signals,
+)
+from gateway.settings import GatewaySettings
+from gateway.worker_command import _parse_workflows
+
+DEFAULT_PORT = 8787
+EXIT_WORKER_DIED = 1
+
+
+@click.command("dev")
+@click.option(
+    "--workflow",
+    "workflows",
+    multiple=True,
+    metavar="NAME=TARGET",
+    help="A workflow to serve (repeatable), e.g. order=examples/order.py:OrderWorkflow; "
+    "default: the [[workflows]] of hutch.toml.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True, help="Port.")
+@click.option(
+    "--token",
+    "tokens",
+    multiple=True,
+    help="Require this API bearer token (repeatable); without it, API requests need no token.",
+)
+@click.option("--redis-url", envvar="HUTCH_REDIS_URL", help="Use this Redis instead of the embedded store.")
+@click.option("--amqp-url", envvar="HUTCH_AMQP_URL", help="Use this RabbitMQ instead of the in-process transport.")
+@click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log every request.")
+@click.option("--log-level", default="INFO", show_default=True, type=click.Choice(LOG_LEVELS))
+def dev(
+    workflows: tuple[str, ...],
+    host: str,
+    port: int,
+    tokens: tuple[str, ...],
+    redis_url: str | None,
+    amqp_url: str | None,
+    access_log: bool,
+    log_level: str,
+) -> None:
+    """Run gateway, worker and backends in one process until Ctrl-C, for local development.
+
+    Serves the REST API (and /healthz, /readyz, /metrics, /docs) on http://127.0.0.1:8787, runs
+    the workflows in the same process, and keeps their state in memory (embedded backends) unless
+    HUTCH_REDIS_URL and HUTCH_AMQP_URL (or --redis-url/--amqp-url) are set. Drive it with the
+    other hutch commands, e.g. 'hutch workflows trigger order'.
+
+    \b
+    Example:
+      hutch dev --workflow approval=examples/approval.py:ApprovalWorkflow
+      hutch workflows trigger approval '{"requestId": "PR-7"}' --id PR-7
+      hutch events send approval PR-7 approval '{"approved": true}'
+    """
+    configure_logging(log_level)
+    tracing.configure_from_env("hutch-dev")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
+    if log_level != "DEBUG":
+        # One worker owns every partition here; a line per partition at start-up says nothing.
+        logging.getLogger("hutch.worker").setLevel(logging.WARNING)
+    classes = _parse_workflows(workflows)
+    overrides = {k: v for k, v in {"redis_url": redis_url, "amqp_url": amqp_url}.items() if v}
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+        max_body_bytes = GatewaySettings().max_body_bytes
+        if classes is None:
+            classes = settings.workflow_classes()
+    except ValidationError as exc:
+        raise click.UsageError(f"invalid settings: {exc}") from None
+    except HutchError as exc:
+        raise click.UsageError(str(exc)) from None
+    if not classes:
+        raise click.UsageError("no workflows to serve: add [[workflows]] to hutch.toml or pass --workflow NAME=TARGET")
+    token_list = [t.strip() for t in tokens if t.strip()]
+    if not token_list and not is_loopback(host):
+        raise click.UsageError(
+            f"without --token, hutch dev accepts every API request, so it only listens on a loopback address "
+            f"(not {host!r}); pass --token to listen there"
+        )
+    try:
+        server = GatewayServer(host=host, port=port, access_log=access_log, log_level=log_level)
+    except BindError as exc:
+        raise click.UsageError(str(exc)) from None
+    sys.exit(asyncio.run(_serve(server, settings, classes, token_list, max_body_bytes)))
+
+
+async def _serve(
+    server: GatewayServer,
+    settings: Settings,
+    classes: dict[str, type[WorkflowEntrypoint]],
+    tokens: list[str],
+    max_body_bytes: int,
+) -> int:
+    distributed = bool(settings.redis_url or settings.amqp_url)
+    with stop_on_signals(server):
+        try:
+            client = await _open(settings, classes, distributed)
+        except BACKEND_ERRORS as exc:
+            server.close()
+            click.echo(f"Error: {backend_failure(exc, settings)}", err=True)
+            return 2
+        except HutchError as exc:
+            server.close()
+            click.echo(f"Error: {exc}", err=True)
+            return 2
+        worker = client.runtime_worker
+        try:
+            # create_app insists on a token; in open mode it gets an unguessable one and the check is
+            # replaced, so requests with no (or any) Authorization header are let in.
+            app = build_app(
+                client, settings, tokens=tokens or [secrets.token_urlsafe(32)], max_body_bytes=max_body_bytes
+            )
+            if not tokens:
+                app.dependency_overrides[require_token] = _no_auth
+
+            def ready(url: str) -> None:
+                backends = (
+                    f"Redis {settings.redacted(settings.redis_url)} and RabbitMQ {settings.redacted(settings.amqp_url)}"
+                    if distributed
+                    else "embedded backends (state lives in this process)"
+                )
+                auth = f"{len(tokens)} API token(s) required" if tokens else "no API token needed"
+                click.echo(f"hutch dev ready on {url}: workflows {', '.join(sorted(classes))}; {backends}; {auth}")
+                flags = "" if url == DEFAULT_URL else f" --url {url}"
+                click.echo(f"  try: hutch workflows list{flags}" + (" --token <token>" if tokens else ""))
+                sys.stdout.flush()
+
+            died = False
+            async with asyncio.TaskGroup() as tasks:
+                watch = tasks.create_task(_watch_worker(worker, server), name="dev-worker-watch")
+                try:
+                    await server.run(app, on_ready=ready)
+                finally:
+                    died = watch.done() and watch.result()
+                    watch.cancel()
+            # Embedded state dies with the process, so there is nothing to drain for; a distributed
+            # worker lets its in-flight steps finish (HUTCH_SHUTDOWN_TIMEOUT_S) before releasing partitions.
+            await worker.shutdown(timeout=None if distributed else 0)
+        finally:
+            await client.close()
+    if died:
+        click.echo("Error: the worker stopped unexpectedly (see the log above); hutch dev stopped", err=True)
+        return EXIT_WORKER_DIED
+    click.echo("hutch dev stopped")
+    return 0
+
+
+async def _open(settings: Settings, classes: dict[str, type[WorkflowEntrypoint]], distributed: bool) -> Client:
+    """A client with a worker running in this process: embedded, or on the configured Redis and RabbitMQ."""
+    if not distributed:
+        return await engine.connect(classes, settings=settings, bindings=settings.binding_names())
+    if not (settings.redis_url and settings.amqp_url):
+        raise InvalidInputError(
+            "hutch dev needs both HUTCH_REDIS_URL and HUTCH_AMQP_URL (or --redis-url and --amqp-url) for the "
+            "distributed backends; give neither for the embedded ones"
+        )
+    client, _ = await start_distributed(
+        classes,
+        settings=settings,
+        limits=DEFAULT_LIMITS,
+        clock=Clock(),
+        resources={},
+        binding_names=settings.binding_names(),
+    )
+    return client
+
+
+async def _watch_worker(worker: Any, server: GatewayServer) -> bool:
+    """Stop the server if the worker stops on its own (a crashed internal task); True when that happened."""
+    await worker.wait_stopped()
+    server.shutdown()
+    return True
+
+
+async def _no_auth() -> None:
+    """Stands in for the bearer-token check when ``hutch dev`` runs without ``--token``."""

@@ -1,0 +1,286 @@
+"""An async client of the gateway's REST API, for the ``hutch`` CLI and for scripts.
+
+It speaks the API's paths under ``/api`` and unwraps Cloudflare's envelope
+``{"success", "errors", "messages", "result"}``: a method returns ``result`` (plain JSON
+values, as the API sent them) or raises. The errors::
+
+    GatewayError                 anything that kept a request from getting an answer from the API
+    ├── GatewayUnreachable       no connection, or no answer in time (the URL, the network, the server)
+    ├── UnexpectedResponse       something answered, but not with the API's envelope (a proxy, another server)
+    └── ApiRequestError          the API answered with an error envelope: status_code and errors
+
+Example::
+
+    async with GatewayClient("http://127.0.0.1:8787", token="...") as api:
+        created = await api.create_instance("order", params={"orderId": "A-1"})
+        detail = await api.describe_instance("order", created["id"])
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+
+DEFAULT_URL = "http://127.0.0.1:8787"
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+MAX_PER_PAGE = 100
+USER_AGENT = "hutch-cli"
+
+Action = Literal["pause", "resume", "terminate", "restart"]
+
+
+class GatewayError(Exception):
+    """A request to the gateway did not get an answer from the API; the root of this module's errors."""
+
+
+class GatewayUnreachable(GatewayError):
+    """The gateway could not be reached, or did not answer in time.
+
+    Attributes:
+        url: the URL that was requested.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"cannot reach the Hutch gateway at {url}: {reason}")
+        self.url = url
+
+
+class UnexpectedResponse(GatewayError):
+    """Something answered, but not with the REST API's envelope (a proxy's error page, another server).
+
+    Attributes:
+        url: the URL that was requested.
+        status_code: the HTTP status of the answer.
+    """
+
+    def __init__(self, url: str, status_code: int, snippet: str) -> None:
+        super().__init__(
+            f"{url} answered HTTP {status_code} without the Hutch API envelope; is this a Hutch gateway? "
+            f"The answer began with: {snippet!r}"
+        )
+        self.url = url
+        self.status_code = status_code
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDetail:
+    """One entry of the envelope's ``errors``: a stable numeric code and a sentence."""
+
+    code: int
+    message: str
+
+
+class ApiRequestError(GatewayError):
+    """The API answered with an error envelope (a 4xx, or a 5xx such as 503 when a backend is down).
+
+    Attributes:
+        status_code: the HTTP status (401, 404, 409, ...).
+        errors: the envelope's errors, in order.
+        method: the request's method.
+        path: the request's path.
+    """
+
+    def __init__(self, status_code: int, errors: list[ErrorDetail], method: str, path: str) -> None:
+        messages = "; ".join(e.message for e in errors) or "no error message"
+        super().__init__(messages)
+        self.status_code = status_code
+        self.errors = errors
+        self.method = method
+        self.path = path
+
+    @property
+    def codes(self) -> list[int]:
+        """The errors' numeric codes (see :class:`gateway.api.ErrorCode`)."""
+        return [e.code for e in self.errors]
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePage:
+    """One page of an instance listing, newest first; pass ``cursor`` back for the next page (None: the end)."""
+
+    instances: list[dict[str, Any]]
+    cursor: str | None
+
+
+class GatewayClient:
+    """The REST API of one Hutch gateway.
+
+    Args:
+        url: the gateway's base URL (``http://127.0.0.1:8787``; a path prefix is kept).
+        token: the bearer token (``HUTCH_TOKEN``); None sends no ``Authorization`` header.
+        timeout: seconds per request, or an :class:`httpx.Timeout`.
+        transport: an httpx transport to use instead of the network (tests use
+            :class:`httpx.MockTransport` or :class:`httpx.ASGITransport`).
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        token: str | None = None,
+        *,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.url = url.rstrip("/")
+        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> GatewayClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connections; idempotent."""
+        await self._http.aclose()
+
+    # ------------------------------------------------------------------ workflows
+    async def list_workflows(self) -> list[dict[str, Any]]:
+        """Every workflow with its instance counts by status: ``[{"name", "instances": {status: n}}]``."""
+        result: list[dict[str, Any]] = (await self._call("GET", "/api/workflows"))["result"]
+        return result
+
+    async def get_workflow(self, name: str) -> dict[str, Any]:
+        """One workflow and its instance counts."""
+        result: dict[str, Any] = (await self._call("GET", _path("workflows", name)))["result"]
+        return result
+
+    # ------------------------------------------------------------------ instances
+    async def create_instance(self, name: str, params: Any = None, *, id: str | None = None) -> dict[str, Any]:
+        """Create and start an instance: ``{"id", "workflow", "status"}``; a taken id is a 409."""
+        body: dict[str, Any] = {"params": params}
+        if id is not None:
+            body["id"] = id
+        result: dict[str, Any] = (await self._call("POST", _path("workflows", name, "instances"), json=body))["result"]
+        return result
+
+    async def list_instances(
+        self, name: str, *, status: str | None = None, cursor: str | None = None, per_page: int = 50
+    ) -> InstancePage:
+        """One page of a workflow's instances, newest first, optionally only those in ``status``."""
+        query: dict[str, Any] = {"per_page": per_page}
+        if status is not None:
+            query["status"] = status
+        if cursor is not None:
+            query["cursor"] = cursor
+        body = await self._call("GET", _path("workflows", name, "instances"), params=query)
+        info = body.get("result_info") or {}
+        return InstancePage(instances=list(body["result"] or []), cursor=info.get("cursor"))
+
+    async def recent_instances(self, name: str, *, status: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        """Up to ``limit`` of the newest instances, following the cursor across pages as needed."""
+        rows: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while len(rows) < limit:
+            page = await self.list_instances(
+                name, status=status, cursor=cursor, per_page=min(MAX_PER_PAGE, limit - len(rows))
+            )
+            rows.extend(page.instances)
+            cursor = page.cursor
+            if cursor is None or not page.instances:
+                break
+        return rows[:limit]
+
+    async def latest_instance_id(self, name: str) -> str | None:
+        """The id of the workflow's newest instance, or None when it has none."""
+        page = await self.list_instances(name, per_page=1)
+        return str(page.instances[0]["id"]) if page.instances else None
+
+    async def describe_instance(self, name: str, instance_id: str) -> dict[str, Any]:
+        """The instance's detail: status, params, trigger, timestamps, output, error and every step."""
+        result: dict[str, Any] = (await self._call("GET", _path("workflows", name, "instances", instance_id)))["result"]
+        return result
+
+    async def instance_status(self, name: str, instance_id: str) -> dict[str, Any]:
+        """``{"status", "output", "error"}`` of an instance."""
+        path = _path("workflows", name, "instances", instance_id, "status")
+        result: dict[str, Any] = (await self._call("GET", path))["result"]
+        return result
+
+    async def change_status(self, name: str, instance_id: str, action: Action) -> dict[str, Any]:
+        """Pause, resume, terminate or restart an instance: ``{"status", "timestamp"}`` once applied."""
+        path = _path("workflows", name, "instances", instance_id, "status")
+        result: dict[str, Any] = (await self._call("PATCH", path, json={"status": action}))["result"]
+        return result
+
+    async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any = None) -> dict[str, Any]:
+        """Send an event: ``{"instance_id", "type", "instance_finished"}``."""
+        path = _path("workflows", name, "instances", instance_id, "events", event_type)
+        result: dict[str, Any] = (await self._call("POST", path, json=payload))["result"]
+        return result
+
+    # ------------------------------------------------------------------ operations
+    async def health(self) -> bool:
+        """Whether ``/healthz`` answers 200 (liveness only; raises :class:`GatewayUnreachable` when down)."""
+        response = await self._send("GET", "/healthz")
+        return response.status_code == 200
+
+    # ------------------------------------------------------------------ plumbing
+    async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """Send a request and return the whole envelope when it succeeded; raise otherwise."""
+        response = await self._send(method, path, **kwargs)
+        body = _envelope(response)
+        if body is None:
+            raise UnexpectedResponse(str(response.request.url), response.status_code, response.text[:200])
+        if response.is_success and body["success"] is True:
+            return body
+        errors = [_error_detail(e) for e in body.get("errors") or []]
+        if not errors:
+            errors = [ErrorDetail(code=0, message=f"HTTP {response.status_code} {response.reason_phrase}")]
+        raise ApiRequestError(response.status_code, errors, method, path)
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise GatewayUnreachable(self.url, "no answer in time") from None
+        except httpx.TransportError as exc:
+            raise GatewayUnreachable(self.url, _reason(exc)) from None
+
+
+def _path(*segments: str) -> str:
+    """``/api/...`` with each segment percent-encoded, so a ``/`` or ``?`` in a name stays inside its segment."""
+    return "/api/" + "/".join(quote(segment, safe="") for segment in segments)
+
+
+def _envelope(response: httpx.Response) -> dict[str, Any] | None:
+    """The response's envelope, or None when the body is not one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("success"), bool) or "result" not in body:
+        return None
+    return body
+
+
+def _error_detail(raw: Any) -> ErrorDetail:
+    if isinstance(raw, dict):
+        code = raw.get("code")
+        return ErrorDetail(code=code if isinstance(code, int) else 0, message=str(raw.get("message", raw)))
+    return ErrorDetail(code=0, message=str(raw))
+
+
+def _reason(exc: httpx.TransportError) -> str:
+    """The root cause of a transport failure, in words the user can act on."""
+    # httpx wraps httpcore, which wraps the OS error; the innermost one says what happened.
+    root: BaseException = exc
+    seen: set[int] = set()
+    while (nxt := root.__cause__ or root.__context__) is not None and id(nxt) not in seen:
+        seen.add(id(root))
+        root = nxt
+    if isinstance(root, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(root, socket.gaierror):
+        return f"unknown host ({root.strerror})"
+    return str(root) or str(exc) or type(exc).__name__

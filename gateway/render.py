@@ -1,0 +1,332 @@
+"""Readable output of the ``hutch`` REST commands: rich tables, status colours, the step timeline.
+
+Every function takes what the REST API returned (the envelope's ``result``, plain JSON) and
+returns a rich renderable; the CLI prints it, or prints the JSON itself under ``--json``.
+Colours appear only on a terminal (rich drops them otherwise). Times are UTC; offsets in the
+timeline are relative to the instance's start, so a reader sees at a glance where time went.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.console import Console, Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from engine import ErrorInfo, InstanceDetail, StepDetail
+
+STATUS_STYLES: dict[str, str] = {
+    "queued": "blue",
+    "running": "cyan",
+    "waiting": "yellow",
+    "waitingForPause": "magenta",
+    "paused": "magenta",
+    "complete": "green",
+    "errored": "bold red",
+    "terminated": "red",
+    "unknown": "dim",
+}
+"""Rich style of each instance status."""
+
+# The order statuses are listed in: live ones first, then finished ones.
+STATUS_ORDER = ("queued", "running", "waiting", "waitingForPause", "paused", "errored", "terminated", "complete")
+
+_UNICODE = {"ok": "✓", "fail": "✗", "retry": "↻", "sleep": "☾", "wait": "⧗", "run": "▶", "off": "·", "sub": "↳"}
+_ASCII = {"ok": "+", "fail": "x", "retry": "~", "sleep": "z", "wait": "?", "run": ">", "off": "-", "sub": "-"}
+_TYPE_LABELS = {"step": "step", "sleep": "sleep", "waitForEvent": "wait"}
+_MAX_VALUE_CHARS = 400
+WIDE_TIMELINE = 110  # console columns from which the timeline has a Detail column
+
+
+def glyphs(console: Console) -> dict[str, str]:
+    """The symbols to use on ``console``: Unicode when it can encode them, ASCII otherwise."""
+    return _UNICODE if (console.encoding or "").lower().startswith("utf") else _ASCII
+
+
+def status_text(status: str) -> Text:
+    """An instance status in its colour."""
+    return Text(status, style=STATUS_STYLES.get(status, ""))
+
+
+# --------------------------------------------------------------------------- workflows
+def workflows_table(workflows: Sequence[Mapping[str, Any]]) -> RenderableType:
+    """``hutch workflows list``: each workflow, its instance total and the non-zero counts by status."""
+    if not workflows:
+        return Text("No workflows. Register some with [[workflows]] in hutch.toml or --workflow.", style="dim")
+    table = Table(show_edge=False, header_style="bold")
+    table.add_column("Workflow", style="bold", overflow="fold")
+    table.add_column("Instances", justify="right")
+    table.add_column("By status")
+    for wf in workflows:
+        counts: Mapping[str, int] = wf.get("instances") or {}
+        by_status = Text(" · ").join(
+            Text.assemble(status_text(s), f" {counts[s]}") for s in STATUS_ORDER if counts.get(s)
+        )
+        table.add_row(str(wf["name"]), str(sum(counts.values())), by_status)
+    return table
+
+
+def created_text(result: Mapping[str, Any]) -> RenderableType:
+    """``hutch workflows trigger``: the new instance and how to follow it."""
+    return Group(
+        Text.assemble(
+            "Created instance ",
+            (str(result["id"]), "bold"),
+            " of ",
+            (str(result["workflow"]), "bold cyan"),
+            " (",
+            status_text(str(result["status"])),
+            ")",
+        ),
+        Text(f"Follow it with: hutch instances describe {result['workflow']} {result['id']}", style="dim"),
+    )
+
+
+# --------------------------------------------------------------------------- instances
+def instances_table(workflow: str, rows: Sequence[Mapping[str, Any]], *, now: datetime | None = None) -> RenderableType:
+    """``hutch instances list``: id, status, creation time and how long each ran (or has been running)."""
+    if not rows:
+        return Text(f"No instances of {workflow}.", style="dim")
+    now = now or datetime.now(UTC)
+    table = Table(show_edge=False, header_style="bold", title=f"{workflow}: newest first", title_justify="left")
+    table.add_column("Instance", overflow="fold")
+    table.add_column("Status")
+    table.add_column("Created (UTC)")
+    table.add_column("Duration", justify="right")
+    for row in rows:
+        started, ended = _parse_time(row.get("started_on")), _parse_time(row.get("ended_on"))
+        table.add_row(
+            str(row["id"]),
+            status_text(str(row["status"])),
+            _clock(_parse_time(row.get("created_on"))),
+            _span(started, ended, now),
+        )
+    return table
+
+
+def status_changed_text(workflow: str, instance_id: str, action: str, result: Mapping[str, Any]) -> Text:
+    """``hutch instances pause|resume|terminate|restart``: what was asked and the status now."""
+    past = {"pause": "Paused", "resume": "Resumed", "terminate": "Terminated", "restart": "Restarted"}[action]
+    return Text.assemble(
+        f"{past} instance ", (instance_id, "bold"), " of ", (workflow, "bold cyan"),
+        "; status now ", status_text(str(result["status"])),
+    )  # fmt: skip
+
+
+def event_sent_text(workflow: str, result: Mapping[str, Any]) -> Text:
+    """``hutch events send``: the event accepted, or a warning that the instance had already finished."""
+    head = Text.assemble(
+        "Sent event ", (repr(str(result["type"])), "bold"), " to instance ", (str(result["instance_id"]), "bold"),
+        " of ", (workflow, "bold cyan"),
+    )  # fmt: skip
+    if result.get("instance_finished"):
+        head.append("\nThe instance had already finished, so nothing will receive this event.", style="yellow")
+    return head
+
+
+def instance_view(result: Mapping[str, Any], console: Console, *, now: datetime | None = None) -> RenderableType:
+    """``hutch instances describe``: the instance's summary, then the timeline of its steps, sleeps and waits.
+
+    Args:
+        result: the ``result`` of ``GET /api/workflows/{name}/instances/{id}``.
+        console: the console it will be printed on (for the choice of symbols).
+        now: the current time, for what is still running (default: now).
+    """
+    detail = InstanceDetail.model_validate(result)
+    now = now or datetime.now(UTC)
+    g = glyphs(console)
+    parts: list[RenderableType] = [_summary(detail, now), Text("")]
+    if detail.steps:
+        parts.append(_timeline(detail, now, g, console.width))
+    else:
+        parts.append(Text("No steps yet.", style="dim"))
+    return Group(*parts)
+
+
+def _summary(d: InstanceDetail, now: datetime) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold")
+    grid.add_column(overflow="fold")
+    grid.add_row("Instance", Text.assemble((d.id, "bold"), " of ", (d.workflow, "bold cyan")))
+    grid.add_row("Status", status_text(d.status.value))
+    trigger = d.trigger.get("source") if d.trigger else None
+    if trigger:
+        extra = {k: v for k, v in d.trigger.items() if k != "source"}
+        grid.add_row("Trigger", f"{trigger} {_compact(extra)}" if extra else str(trigger))
+    grid.add_row("Queued", _clock(d.queued))
+    grid.add_row("Started", _clock(d.start) if d.start else Text("not yet", style="dim"))
+    if d.end is not None:
+        grid.add_row("Ended", _clock(d.end))
+    if d.start is not None:
+        grid.add_row("Duration", _span(d.start, d.end, now))
+    grid.add_row("Params", _compact(d.params))
+    if d.output is not None or d.status.value == "complete":
+        grid.add_row("Output", Text(_compact(d.output), style="green"))
+    if d.error is not None:
+        grid.add_row("Error", Text(_error(d.error), style="red"))
+    return grid
+
+
+def _timeline(d: InstanceDetail, now: datetime, g: Mapping[str, str], width: int) -> RenderableType:
+    """The steps in issue order, failed attempts as sub-rows under their step.
+
+    On a wide console the details (outputs, errors, due times) get a column of their own, cut to
+    one line; on a narrow one the essential ones (errors, due times) follow the table as notes
+    keyed by step number, wrapped at the console's width rather than squeezed into a cell.
+    """
+    base = d.start or d.queued
+    wide = width >= WIDE_TIMELINE
+    table = Table(
+        show_edge=False, header_style="bold", title="Steps", title_justify="left", title_style="bold", expand=wide
+    )
+    table.add_column("#", justify="right", style="dim", no_wrap=True)
+    table.add_column("Type", no_wrap=True)
+    table.add_column("Name", overflow="fold")
+    table.add_column("Start", justify="right", no_wrap=True)
+    table.add_column("Duration", justify="right", no_wrap=True)
+    table.add_column("Attempts", justify="right", no_wrap=True)
+    table.add_column("Outcome", no_wrap=True)
+    if wide:
+        table.add_column("Detail", no_wrap=True, overflow="ellipsis", ratio=1)
+    notes: list[Text] = []
+
+    def add(cells: list[RenderableType], detail: Text, note: Text | None) -> None:
+        if wide:
+            table.add_row(*cells, detail)
+            return
+        table.add_row(*cells)
+        if note is not None and detail.plain:
+            notes.append(Text.assemble(note, detail))
+
+    for index, s in enumerate(d.steps, start=1):
+        name = s.name + (f" #{s.count}" if s.count > 1 else "")
+        outcome, detail, essential = _outcome(s, now, g)
+        when: list[RenderableType] = [_offset(s.start, base), _span(s.start, s.end, now)]
+        note = Text.assemble((f"{index:>3} ", "dim"), (name, "bold"), ": ") if essential else None
+        add([str(index), _TYPE_LABELS.get(s.type, s.type), Text(name, style="bold"), *when, _attempts(s), outcome],
+            detail, note)  # fmt: skip
+        for attempt in s.attempts:
+            if attempt.success is not False:
+                continue
+            error = Text(_error(attempt.error), style="red")
+            if attempt.retry_at is not None:
+                error = Text.assemble((f"retry at {_offset(attempt.retry_at, base)}; ", "yellow"), error)
+            sub = Text(f"{g['sub']} attempt {attempt.attempt}", style="dim")
+            when = [_offset(attempt.start, base), _span(attempt.start, attempt.end, now)]
+            note = Text(f"{index:>3} {name}, attempt {attempt.attempt}: ", style="dim")
+            add(["", "", sub, *when, "", Text(f"{g['fail']} failed", style="red")], error, note)
+    if not notes:
+        return table
+    return Group(table, Text(""), *notes)
+
+
+def _attempts(s: StepDetail) -> str:
+    if s.type != "step" or not s.attempts:
+        return ""
+    retries = len(s.attempts) - 1
+    return f"{len(s.attempts)}" + (f" ({retries} {'retry' if retries == 1 else 'retries'})" if retries else "")
+
+
+def _outcome(s: StepDetail, now: datetime, g: Mapping[str, str]) -> tuple[Text, Text, bool]:
+    """What became of a step, sleep or wait (or what it is doing now), its detail, and whether that is essential."""
+    if s.outcome == "cancelled":
+        return Text(f"{g['off']} cancelled", style="dim"), Text(""), False
+    if s.type == "step":
+        if s.success is True:
+            return Text(f"{g['ok']} succeeded", style="green"), _value(s.output), False
+        if s.success is False:
+            return Text(f"{g['fail']} failed", style="bold red"), Text(_error(s.error), style="red"), True
+        last = s.attempts[-1] if s.attempts else None
+        if last is not None and last.success is False and last.retry_at is not None:
+            when = f"attempt {last.attempt + 1} in {_until(last.retry_at, now)}"
+            return Text(f"{g['retry']} retrying", style="yellow"), Text(when), True
+        return Text(f"{g['run']} running", style="cyan"), Text(f"attempt {last.attempt if last else 1}"), False
+    if s.type == "sleep":
+        if s.end is not None:
+            return Text(f"{g['ok']} woke", style="green"), Text(""), False
+        until = f"until {_clock(s.due)} UTC (in {_until(s.due, now)})"
+        return Text(f"{g['sleep']} sleeping", style="blue"), Text(until), True
+    event = repr(s.event_type) if s.event_type else "an event"
+    if s.success is True:
+        payload = s.output.get("payload") if isinstance(s.output, Mapping) else s.output
+        return Text(f"{g['ok']} received", style="green"), Text.assemble(f"{event} ", _value(payload)), False
+    if s.success is False:
+        return Text(f"{g['fail']} timed out", style="yellow"), Text(f"no {event} event came"), True
+    waiting = f"for {event}, timeout in {_until(s.due, now)}"
+    return Text(f"{g['wait']} waiting", style="magenta"), Text(waiting), True
+
+
+def _value(value: Any) -> Text:
+    return Text("" if value is None else _compact(value, limit=200), style="dim")
+
+
+# --------------------------------------------------------------------------- formatting helpers
+def json_text(value: Any) -> str:
+    """``value`` as indented JSON for ``--json`` output (non-ASCII kept as it is)."""
+    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
+
+
+def duration_text(seconds: float) -> str:
+    """``5 ms``, ``1.25 s``, ``2 min 5 s``, ``3 h 10 min``, ``2 d 4 h`` (the ``hutch run`` format)."""
+    ms = max(0, round(seconds * 1000))
+    if ms < 1000:
+        return f"{ms} ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.2f} s"
+    minutes, sec = divmod(round(ms / 1000), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec} s" if sec else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 24:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(hours, 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
+
+
+def _span(start: datetime | None, end: datetime | None, now: datetime) -> Text:
+    """How long something took, or ``3.20 s…`` (dim) while it still runs."""
+    if start is None:
+        return Text("")
+    if end is None:
+        return Text(duration_text((now - start).total_seconds()) + "…", style="dim")
+    return Text(duration_text((end - start).total_seconds()))
+
+
+def _offset(when: datetime | None, base: datetime) -> str:
+    if when is None:
+        return ""
+    seconds = (when - base).total_seconds()
+    return ("+" if seconds >= 0 else "-") + duration_text(abs(seconds))
+
+
+def _until(due: datetime | None, now: datetime) -> str:
+    return "?" if due is None else duration_text(max(0.0, (due - now).total_seconds()))
+
+
+def _clock(when: datetime | None) -> str:
+    if when is None:
+        return ""
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _error(error: ErrorInfo | None) -> str:
+    return f"{error.name}: {error.message}" if error is not None else "unknown error"
+
+
+def _compact(value: Any, limit: int = _MAX_VALUE_CHARS) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,38 @@
+"""Settings of the HTTP gateway: ``HUTCH_GATEWAY_*`` environment variables, then defaults."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    """Where the gateway listens and whom it lets in.
+
+    Attributes:
+        tokens: the valid API bearer tokens, comma-separated in ``HUTCH_GATEWAY_TOKENS``
+            (several at once so they can be rotated: add the new one, move clients, drop the old).
+        host: the address to bind.
+        port: the port to bind (``hutch dev`` uses 8787, like ``wrangler dev``).
+        max_body_bytes: larger request bodies get 413 before they are parsed.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="HUTCH_GATEWAY_", extra="ignore")
+
+    tokens: Annotated[list[SecretStr], NoDecode] = []
+    host: str = "127.0.0.1"
+    port: int = Field(default=8787, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1)
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
+
+    def token_values(self) -> list[str]:
+        """The tokens in clear, for :func:`gateway.app.create_app`."""
+        return [t.get_secret_value() for t in self.tokens]

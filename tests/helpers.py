@@ -1,0 +1,61 @@
+"""Test helpers: await conditions with a deadline instead of sleeping."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from engine import Instance, InstanceDetail, Status
+
+T = TypeVar("T")
+
+
+def unique(prefix: str = "t") -> str:
+    """A name no other test uses (instance ids, queue names, key prefixes)."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.005) -> T:
+    """Await ``check()`` until it returns a truthy value or raises nothing; fail after ``timeout``.
+
+    ``check`` may raise AssertionError while the condition does not hold yet.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            result = await check()
+            if result:
+                return result
+        except AssertionError as exc:
+            last = exc
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s") from last
+        await asyncio.sleep(interval)
+
+
+async def wait_status(instance: Instance, *statuses: Status | str, timeout: float = 10.0) -> Status:
+    """Wait until the instance is in one of ``statuses``; returns it."""
+    wanted = {Status(s) for s in statuses}
+
+    async def check() -> Status | None:
+        st = (await instance.status()).status
+        return st if st in wanted else None
+
+    return await eventually(check, timeout=timeout)
+
+
+async def wait_step(instance: Instance, name: str, *, timeout: float = 10.0, **match: Any) -> InstanceDetail:
+    """Wait until describe() shows a step called ``name`` (optionally with field values); returns the detail."""
+
+    async def check() -> InstanceDetail | None:
+        detail = await instance.describe()
+        for step in detail.steps:
+            if step.name == name and all(getattr(step, k) == v for k, v in match.items()):
+                return detail
+        return None
+
+    return await eventually(check, timeout=timeout)

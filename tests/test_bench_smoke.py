@@ -1,0 +1,133 @@
+"""The benchmark suite runs: every workload at tiny sizes through the bench's own code (no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import fakeredis
+import pytest
+
+from bench import report
+from bench.__main__ import main, make_connect
+from bench.workloads import SMOKE, WORKLOADS, Sequential, percentile
+from engine.serialization import pack
+from engine.store.base import CommitResult, Transition
+from engine.store.redis import RedisStore
+from tests.conftest import MakeClient
+from tests.helpers import unique
+
+EXPECTED_METRICS = {
+    "W1": {"wall_s", "steps_per_s", "instances_per_s"},
+    "W2": {f"{m}@{n}" for n in (*SMOKE.w2_scaling, SMOKE.w2_steps) for m in ("total_s", "ms_per_step")},
+    "W3": {"p50_ms", "p99_ms"},
+    "W4": {"p50_ms", "p99_ms"},
+    "W5": {"total_s"},
+    "W6": {"p50_ms", "p99_ms"},
+    "MEM": {"rss_mb", "store_mb", "worker_mb", "worker_kb_per_instance"},
+}
+
+
+@pytest.mark.parametrize("wid", sorted(WORKLOADS))
+async def test_workload_runs_at_smoke_size(wid: str) -> None:
+    connect = make_connect("embedded", redis_url="", amqp_url="")
+    metrics = await WORKLOADS[wid].run(connect, SMOKE, True)
+    assert set(metrics) == EXPECTED_METRICS[wid]
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    if wid in ("W1", "W2", "W5"):
+        assert all(v > 0 for v in metrics.values()), metrics
+    if wid == "W4":
+        # The step after a sleep can never start before the sleep was due (due is floored to the ms).
+        assert metrics["p50_ms"] >= -1, metrics
+
+
+def test_cli_prints_one_line_per_figure(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--smoke", "--runs", "2", "--only", "w1,W2,W6"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("# engine=hutch ") and "runtime=embedded" in lines[0] and "python=" in lines[0]
+    figure_lines = lines[1:]
+    assert [ln.split()[1] for ln in figure_lines] == ["W1", "W2", "W2", "W6"]
+    assert all(ln.startswith("embedded ") and ln.endswith((" OK", " MISS")) for ln in figure_lines)
+    assert "steps/s=" in figure_lines[0] and "(target steps/s >= 3000)" in figure_lines[0]
+    assert "ratio(5/2)=" in figure_lines[2]
+
+
+def test_cli_json_has_every_run(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--smoke", "--runs", "2", "--only", "W5", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["meta"]["runtime"] == "embedded" and doc["meta"]["engine"].startswith("hutch ")
+    (fig,) = doc["figures"]
+    assert fig["workload"] == "W5" and len(fig["runs"]) == 2
+    assert fig["median"]["total_s"] == pytest.approx(statistics.median(r["total_s"] for r in fig["runs"]))
+    assert fig["targets"] == [{"metric": "total_s", "op": "<=", "value": 0.03, "label": "s"}]
+
+
+def test_cli_rejects_unknown_workload(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--only", "W9"])
+    assert exc.value.code == 2
+    assert "unknown workload(s) W9" in capsys.readouterr().err
+
+
+def test_profile_writes_html_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("pyinstrument")
+    assert main(["--smoke", "--profile", "W2", "--profile-out", str(tmp_path / "w2")]) == 0
+    assert (tmp_path / "w2.html").stat().st_size > 0
+    assert "w2_long" in (tmp_path / "w2.txt").read_text()
+
+
+def test_targets_and_median() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2.5 and percentile([5], 99) == 5
+    runs = [{"p50_ms": 3.0, "p99_ms": 9.0}, {"p50_ms": 1.0, "p99_ms": 20.0}, {"p50_ms": 2.0, "p99_ms": 10.0}]
+    (fig,) = report.figures("embedded", "W4", "timer", runs)
+    assert fig.median == {"p50_ms": 2.0, "p99_ms": 10.0} and fig.ok is True
+    (fig,) = report.figures("embedded", "W4", "timer", [{"p50_ms": 2.0, "p99_ms": 16.0}])
+    assert fig.ok is False and report.line("embedded", fig).endswith("(target p50 ms <= 5, p99 ms <= 15)  MISS")
+    w2 = report.figures("embedded", "W2", "long", [{"ms_per_step@10": 0.4, "ms_per_step@5000": 0.8}])
+    assert w2[1].median["ratio"] == pytest.approx(2.0) and w2[1].ok is False
+
+
+# ---------------------------------------------------------------------------- guards of the fixes the bench led to
+async def test_store_reloads_its_scripts_after_the_server_lost_them() -> None:
+    """Commits and creates EVALSHA without redis-py's per-pipeline SCRIPT EXISTS; a NOSCRIPT reloads and resends."""
+    store = RedisStore(fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer()), 2, namespace=unique("ns"))
+    fields = {"wf": "wf", "id": "a", "status": "queued", "seq": 0, "run": 0, "created": 1}
+    try:
+        assert await store.create_many([(0, "wf", "a", 1, fields)]) == [True]  # first use: NOSCRIPT, loaded
+        await store.redis.script_flush()
+        assert await store.create_many([(0, "wf", "b", 1, {**fields, "id": "b"}), (0, "wf", "a", 1, fields)]) == [
+            True,
+            False,
+        ]
+        await store.redis.script_flush()
+        tx = Transition(0, "wf", "a", 0, 1, meta={"status": "running"}, history=[pack({"k": "life"})])
+        stale = Transition(0, "wf", "b", 5, 1)
+        assert await store.commit_many([tx, stale], {}) == [CommitResult.COMMITTED, CommitResult.CONFLICT]
+        meta = await store.read_meta(0, "wf", "a")
+        assert meta is not None and meta["seq"] == 1 and meta["status"] == "running"
+    finally:
+        await store.close()
+
+
+async def test_wait_does_not_read_the_store_on_every_step(make_client: MakeClient) -> None:
+    """Embedded ``wait()`` wakes on each commit but reads the status only when the notified one is final."""
+    client = await make_client({"seq": Sequential})
+    store = client._store
+    reads = 0
+    read_meta = store.read_meta
+
+    async def counting(*args: Any) -> dict[str, Any] | None:
+        nonlocal reads
+        reads += 1
+        return await read_meta(*args)
+
+    store.read_meta = counting  # type: ignore[method-assign]
+    instance = await client.workflow("seq").create(params={"steps": 40})
+    reads = 0
+    final = await instance.wait(timeout=30)
+    assert final.status == "complete" and final.output == {"steps": 40}
+    # Before: one read per step (41). Now: the first and the final read, plus one per poll timeout.
+    assert reads < 15, reads

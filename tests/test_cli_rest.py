@@ -1,0 +1,603 @@
+"""The ``hutch`` REST commands against a running ``hutch dev`` (and ``hutch gateway``), as a user runs them.
+
+``hutch dev`` runs as a real subprocess (``python -m gateway.cli dev``) serving the examples'
+workflows on a free port; the tests wait for ``/healthz`` and then drive it through the CLI:
+in process with click's ``CliRunner`` and ``--url``, and as real ``python -m gateway.cli``
+subprocesses. Every server is stopped with SIGTERM and must exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from click.testing import CliRunner, Result
+from rich.console import Console
+
+from broker.transports.rabbitmq import RabbitMQTransport
+from consumers.runtime import start_distributed
+from engine.clock import Clock
+from engine.config import Limits
+from engine.settings import Settings
+from examples.approval import ApprovalWorkflow
+from gateway import render
+from gateway.cli import main
+from gateway.http_client import ApiRequestError, GatewayClient, GatewayUnreachable, UnexpectedResponse
+from tests.conftest import drop_namespace
+from tests.helpers import unique
+
+T = TypeVar("T")
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKFLOWS = {
+    "approval": "examples/approval.py:ApprovalWorkflow",
+    "order": "examples/order.py:OrderWorkflow",
+    "fanout": "examples/fanout.py:FanOutWorkflow",
+}
+ORDER_PARAMS = '{"orderId": "A-1", "items": [{"sku": "X", "qty": 2}]}'
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 20.0
+
+
+# ----------------------------------------------------------------------------- helpers
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def poll(check: Callable[[], T | None], *, timeout: float = 10.0, interval: float = 0.05) -> T:
+    """Call ``check`` until it returns something truthy (AssertionError means not yet); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: AssertionError | None = None
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except AssertionError as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s") from last
+        time.sleep(interval)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess: no Hutch settings from the developer's shell, no hutch.toml."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUTCH_")}
+    env.update({"PYTHONPATH": str(ROOT), "HUTCH_CONFIG": str(ROOT / "tests" / "no-such-hutch.toml")}, **extra)
+    return env
+
+
+def hutch(*args: str, env: Mapping[str, str | None] | None = None) -> Result:
+    """Run the CLI in process; never a traceback, whatever happens."""
+    runner_env: dict[str, str | None] = {"HUTCH_URL": None, "HUTCH_TOKEN": None, **(env or {})}
+    result = CliRunner().invoke(main, list(args), env=runner_env, catch_exceptions=False)
+    assert "Traceback" not in result.output, result.output
+    return result
+
+
+def ok_json(*args: str, env: Mapping[str, str | None] | None = None) -> Any:
+    """Run a command with ``--json``; it must exit 0 and print JSON."""
+    result = hutch(*args, "--json", env=env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+@dataclass
+class Server:
+    """A ``hutch dev`` or ``hutch gateway`` subprocess with its output in a file."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status (killed after a deadline, which fails the caller's assert)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            return -9
+
+
+def start_server(log: Path, command: str, *args: str, env: dict[str, str] | None = None) -> Server:
+    """Start ``python -m gateway.cli COMMAND ARGS --port <free>`` and wait until ``/healthz`` answers."""
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", command, "--port", str(port), *args],
+            cwd=ROOT,
+            env=env or clean_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(f"http://127.0.0.1:{port}", process, log)
+
+    def healthy() -> bool:
+        if process.poll() is not None:
+            raise RuntimeError(f"hutch {command} exited with {process.returncode}:\n{server.output}")
+        try:
+            return httpx.get(f"{server.url}/healthz", timeout=1.0).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    try:
+        poll(healthy, timeout=START_TIMEOUT_S, interval=0.05)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def dev_args(*extra: str) -> list[str]:
+    args = [arg for name, target in WORKFLOWS.items() for arg in ("--workflow", f"{name}={target}")]
+    return [*args, "--no-access-log", *extra]
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = start_server(tmp_path_factory.mktemp("dev") / "dev.log", "dev", *dev_args())
+    yield server
+    status = server.stop()
+    assert status == 0, f"hutch dev exited with {status} on SIGTERM:\n{server.output}"
+    assert "hutch dev stopped" in server.output
+
+
+def describe(url: str, workflow: str, instance_id: str) -> dict[str, Any]:
+    detail: dict[str, Any] = ok_json("instances", "describe", workflow, instance_id, "--url", url)
+    return detail
+
+
+def wait_for_status(url: str, workflow: str, instance_id: str, *statuses: str) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        detail = describe(url, workflow, instance_id)
+        return detail if detail["status"] in statuses else None
+
+    return poll(check)
+
+
+def trigger_waiting_approval(url: str) -> str:
+    """An approval instance parked on its wait for the 'approval' event."""
+    iid = unique("pr")
+    ok_json("workflows", "trigger", "approval", json.dumps({"requestId": iid}), "--id", iid, "--url", url)
+    wait_for_status(url, "approval", iid, "waiting")
+    return iid
+
+
+# ----------------------------------------------------------------------------- hutch dev + the CLI
+def test_workflows_list_shows_every_served_workflow(dev: Server) -> None:
+    listed = ok_json("workflows", "list", "--url", dev.url)
+    assert sorted(w["name"] for w in listed) == ["approval", "fanout", "order"]
+    assert all(set(w["instances"]) >= {"queued", "running", "complete", "errored"} for w in listed)
+
+    table = hutch("workflows", "list", "--url", dev.url)
+    assert table.exit_code == 0, table.output
+    assert ["approval", "fanout", "order"] == [
+        line.split()[0] for line in table.stdout.splitlines() if line.split() and line.split()[0] in WORKFLOWS
+    ]
+
+
+def test_trigger_list_describe_latest_then_an_event_completes_the_approval(dev: Server) -> None:
+    iid = unique("pr")
+    created = ok_json(
+        "workflows", "trigger", "approval", json.dumps({"requestId": iid, "amountCents": 120}), "--id", iid,
+        "--url", dev.url,
+    )  # fmt: skip
+    assert created == {"id": iid, "workflow": "approval", "status": "queued"}
+
+    waiting = wait_for_status(dev.url, "approval", iid, "waiting")
+    assert [(s["type"], s["name"]) for s in waiting["steps"]] == [
+        ("step", "record request"),
+        ("step", "notify approver"),
+        ("waitForEvent", "manager approval"),
+    ]
+    rows = ok_json("instances", "list", "approval", "--url", dev.url)
+    assert rows[0]["id"] == iid and rows[0]["status"] == "waiting", rows  # newest first
+    assert ok_json("instances", "list", "approval", "--status", "complete", "--url", dev.url) == [
+        row for row in rows if row["status"] == "complete"
+    ]
+
+    shown = hutch("instances", "describe", "approval", "--url", dev.url)  # no id: the latest
+    assert shown.exit_code == 0, shown.output
+    for fragment in (iid, "waiting", "record request", "notify approver", "manager approval", "'approval'"):
+        assert fragment in shown.stdout, (fragment, shown.stdout)
+
+    sent = hutch(
+        "events", "send", "approval", iid, "approval", '{"approved": true, "approver": "grace"}', "--url", dev.url
+    )
+    assert sent.exit_code == 0, sent.output
+    assert f"Sent event 'approval' to instance {iid} of approval" in sent.stdout
+    assert "already finished" not in sent.stdout
+
+    done = wait_for_status(dev.url, "approval", iid, "complete")
+    assert done["output"] == {"requestId": iid, "decision": "approved", "reason": "decided", "by": "grace"}
+    steps = done["steps"]
+    assert [s["name"] for s in steps] == ["record request", "notify approver", "manager approval", "provision"]
+    assert steps[2]["outcome"] == "received" and steps[2]["output"]["payload"]["approver"] == "grace"
+
+    again = hutch("events", "send", "approval", iid, "approval", "--url", dev.url, "--json")
+    assert again.exit_code == 0 and json.loads(again.stdout)["instance_finished"] is True
+    warned = hutch("events", "send", "approval", iid, "approval", "--url", dev.url)
+    assert "already finished, so nothing will receive this event" in warned.stdout
+
+
+def test_describe_shows_the_timeline_with_retries_and_the_sleep(dev: Server) -> None:
+    iid = unique("order")
+    ok_json("workflows", "trigger", "order", ORDER_PARAMS, "--id", iid, "--url", dev.url)
+    detail = wait_for_status(dev.url, "order", iid, "complete")
+    reserve = next(s for s in detail["steps"] if s["name"] == "reserve inventory")
+    assert [a["success"] for a in reserve["attempts"]] == [False, True]
+
+    for columns in ("80", "160"):  # narrow: details as notes after the table; wide: in a column
+        shown = hutch("instances", "describe", "order", iid, "--url", dev.url, env={"COLUMNS": columns})
+        assert shown.exit_code == 0, shown.output
+        out = shown.stdout
+        assert all(len(line) <= int(columns) for line in out.splitlines()), out
+        reserve_line = next(line for line in out.splitlines() if "reserve inventory" in line)
+        assert "2 (1 retry)" in reserve_line and "succeeded" in reserve_line
+        attempt = next(line for line in out.splitlines() if "↳ attempt 1" in line)
+        assert "failed" in attempt
+        error = next(line for line in out.splitlines() if "ConnectionError:" in line)
+        assert "retry at +" in error
+        sleep = next(line for line in out.splitlines() if "cool down" in line)
+        assert "sleep" in sleep and "woke" in sleep
+        for name in ("validate order", "charge card", "ship"):
+            assert name in out
+        assert "Status    complete" in out and '"trackingNumber"' in out
+
+
+def test_terminate_pause_resume_and_restart(dev: Server) -> None:
+    iid = trigger_waiting_approval(dev.url)
+
+    paused = ok_json("instances", "pause", "approval", iid, "--url", dev.url)
+    assert paused["status"] == "paused"
+    resumed = hutch("instances", "resume", "approval", iid, "--url", dev.url)
+    assert resumed.exit_code == 0, resumed.output
+    assert f"Resumed instance {iid} of approval; status now" in resumed.stdout
+    wait_for_status(dev.url, "approval", iid, "waiting")
+
+    terminated = hutch("instances", "terminate", "approval", iid, "--url", dev.url)
+    assert terminated.exit_code == 0, terminated.output
+    assert f"Terminated instance {iid} of approval; status now terminated" in terminated.stdout
+    assert describe(dev.url, "approval", iid)["status"] == "terminated"
+
+    again = hutch("instances", "terminate", "approval", iid, "--url", dev.url)
+    assert again.exit_code == 1
+    assert f"cannot terminate instance '{iid}'" in again.stderr and "HTTP 409" in again.stderr
+
+    restarted = ok_json("instances", "restart", "approval", iid, "--url", dev.url)
+    assert restarted["status"] in ("queued", "running", "waiting")
+    detail = wait_for_status(dev.url, "approval", iid, "waiting")
+    assert [s["name"] for s in detail["steps"]][-1] == "manager approval"
+    ok_json("instances", "terminate", "approval", "latest", "--url", dev.url)  # 'latest' works here too
+    assert describe(dev.url, "approval", iid)["status"] == "terminated"
+
+
+def test_api_errors_exit_1_with_the_apis_message(dev: Server) -> None:
+    api = httpx.post(f"{dev.url}/api/workflows/nope/instances", json={})
+    assert api.status_code == 404
+    message = api.json()["errors"][0]["message"]
+
+    unknown = hutch("workflows", "trigger", "nope", "--url", dev.url)
+    assert unknown.exit_code == 1
+    assert unknown.stdout == ""
+    assert unknown.stderr.strip() == f"Error: {message} (HTTP 404, code 10004)"
+    assert hutch("instances", "list", "nope", "--json", "--url", dev.url).exit_code == 1
+
+    missing = hutch("instances", "describe", "approval", "no-such-instance", "--url", dev.url)
+    assert missing.exit_code == 1 and "'no-such-instance'" in missing.stderr and "HTTP 404" in missing.stderr
+
+    nothing_yet = hutch("instances", "describe", "fanout", "latest", "--url", dev.url)
+    assert nothing_yet.exit_code == 1 and "workflow 'fanout' has no instances yet" in nothing_yet.stderr
+
+    iid = trigger_waiting_approval(dev.url)
+    taken = hutch("workflows", "trigger", "approval", "--id", iid, "--url", dev.url)
+    assert taken.exit_code == 1 and "HTTP 409" in taken.stderr and iid in taken.stderr
+    bad_id = hutch("workflows", "trigger", "approval", "--id", "-bad id", "--url", dev.url)
+    assert bad_id.exit_code == 1 and "HTTP 400" in bad_id.stderr
+    ok_json("instances", "terminate", "approval", iid, "--url", dev.url)
+
+
+def test_usage_errors_and_an_unreachable_gateway_exit_2(dev: Server) -> None:
+    nobody = f"http://127.0.0.1:{free_port()}"
+    unreachable = hutch("workflows", "list", "--url", nobody)
+    assert unreachable.exit_code == 2
+    assert f"cannot reach the Hutch gateway at {nobody}: connection refused" in unreachable.stderr
+
+    bad_json = hutch("workflows", "trigger", "order", "{not json", "--url", dev.url)
+    assert bad_json.exit_code == 2 and "PARAMS_JSON" in bad_json.stderr and "not valid JSON" in bad_json.stderr
+    bad_payload = hutch("events", "send", "approval", "x", "approval", "[1,", "--url", dev.url)
+    assert bad_payload.exit_code == 2 and "PAYLOAD_JSON" in bad_payload.stderr
+    bad_url = hutch("workflows", "list", "--url", "ftp://example.com")
+    assert bad_url.exit_code == 2 and "http:// or https://" in bad_url.stderr
+    bad_status = hutch("instances", "list", "order", "--status", "sleeping", "--url", dev.url)
+    assert bad_status.exit_code == 2
+
+
+def test_the_real_command_line_with_hutch_url_from_the_environment(dev: Server) -> None:
+    env = clean_env(HUTCH_URL=dev.url)
+    iid = unique("order")
+    run = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "workflows", "trigger", "order", ORDER_PARAMS, "--id", iid, "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == {"id": iid, "workflow": "order", "status": "queued"}
+    assert wait_for_status(dev.url, "order", iid, "complete")["output"]["orderId"] == "A-1"
+
+    down = subprocess.run(
+        [sys.executable, "-m", "gateway.cli", "instances", "list", "order"],
+        cwd=ROOT,
+        env=clean_env(HUTCH_URL=f"http://127.0.0.1:{free_port()}"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert down.returncode == 2
+    assert down.stdout == "" and "Traceback" not in down.stderr
+    assert down.stderr.startswith("Error: cannot reach the Hutch gateway"), down.stderr
+
+
+def test_dev_with_a_token_requires_it(tmp_path: Path) -> None:
+    server = start_server(tmp_path / "dev.log", "dev", *dev_args("--token", "s3cret", "--token", "older"))
+    try:
+        missing = hutch("workflows", "list", "--url", server.url)
+        assert missing.exit_code == 1
+        assert "missing bearer token" in missing.stderr and "HTTP 401" in missing.stderr
+        assert "--token or HUTCH_TOKEN" in missing.stderr
+        wrong = hutch("workflows", "list", "--url", server.url, "--token", "guess")
+        assert wrong.exit_code == 1 and "invalid bearer token" in wrong.stderr
+        assert hutch("workflows", "list", "--url", server.url, env={"HUTCH_TOKEN": "s3cret"}).exit_code == 0
+        assert hutch("workflows", "list", "--url", server.url, "--token", "older").exit_code == 0
+        assert "2 API token(s) required" in server.output
+    finally:
+        status = server.stop()
+    assert status == 0, server.output
+
+
+def test_dev_refuses_what_it_cannot_do_safely_with_a_usage_error() -> None:
+    workflow = ["--workflow", f"approval={WORKFLOWS['approval']}"]
+    env: dict[str, str | None] = {"HUTCH_CONFIG": str(ROOT / "tests" / "no-such-hutch.toml")}
+    public = hutch("dev", *workflow, "--host", "0.0.0.0", env=env)
+    assert public.exit_code == 2 and "only listens on a loopback address" in public.stderr
+
+    none = hutch("dev", env={**env, "HUTCH_REDIS_URL": None, "HUTCH_AMQP_URL": None})
+    assert none.exit_code == 2 and "no workflows to serve" in none.stderr
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = hutch("dev", *workflow, "--port", str(taken.getsockname()[1]), env=env)
+    assert busy.exit_code == 2 and "cannot listen on 127.0.0.1:" in busy.stderr
+
+
+def test_gateway_needs_backends_and_a_token() -> None:
+    env: dict[str, str | None] = {
+        "HUTCH_CONFIG": str(ROOT / "tests" / "no-such-hutch.toml"),
+        "HUTCH_REDIS_URL": None,
+        "HUTCH_AMQP_URL": None,
+        "HUTCH_GATEWAY_TOKENS": None,
+    }
+    embedded = hutch("gateway", "--token", "t", env=env)
+    assert embedded.exit_code == 2 and "HUTCH_REDIS_URL and HUTCH_AMQP_URL" in embedded.stderr
+    assert "hutch dev" in embedded.stderr
+    urls = {"HUTCH_REDIS_URL": "redis://127.0.0.1:1/0", "HUTCH_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/"}
+    tokenless = hutch("gateway", env={**env, **urls})
+    assert tokenless.exit_code == 2 and "HUTCH_GATEWAY_TOKENS" in tokenless.stderr
+
+
+# ----------------------------------------------------------------------------- hutch gateway, distributed
+@pytest.fixture
+async def deployment(redis_url: str, amqp_url: str, tmp_path: Path) -> AsyncIterator[Server]:
+    """A worker (in this process) and a ``hutch gateway`` subprocess on the real Redis and RabbitMQ."""
+    namespace = unique("cli")
+    config = tmp_path / "hutch.toml"
+    config.write_text('[[workflows]]\nname = "approval"\nclass_name = "examples.approval:ApprovalWorkflow"\n')
+    settings = Settings(partitions=2, redis_url=redis_url, amqp_url=amqp_url, namespace=namespace, heartbeat_s=0.2)
+    worker_client, worker = await start_distributed(
+        {"approval": ApprovalWorkflow}, settings=settings, limits=Limits(), clock=Clock(), resources={},
+        binding_names={},
+    )  # fmt: skip
+    env = clean_env(
+        HUTCH_CONFIG=str(config),
+        HUTCH_REDIS_URL=redis_url,
+        HUTCH_AMQP_URL=amqp_url,
+        HUTCH_NAMESPACE=namespace,
+        HUTCH_PARTITIONS="2",
+        HUTCH_GATEWAY_TOKENS="new-token, old-token",
+    )
+    try:
+        server = await asyncio.to_thread(start_server, tmp_path / "gateway.log", "gateway", env=env)
+        try:
+            yield server
+        finally:
+            status = await asyncio.to_thread(server.stop)
+            assert status == 0, server.output
+            assert "hutch gateway stopped" in server.output
+    finally:
+        await worker.shutdown(timeout=0)
+        assert isinstance(worker.transport, RabbitMQTransport)
+        await worker.transport.delete_topology()
+        await worker_client.close()
+        await drop_namespace(namespace)
+
+
+async def test_the_cli_drives_a_remote_deployment_through_hutch_gateway(deployment: Server) -> None:
+    url, token = deployment.url, {"HUTCH_TOKEN": "old-token"}
+    assert "hutch gateway listening on" in deployment.output and "2 API tokens" in deployment.output
+
+    def cli(*args: str) -> Any:
+        return ok_json(*args, "--url", url, env=token)
+
+    assert [w["name"] for w in await asyncio.to_thread(cli, "workflows", "list")] == ["approval"]
+    created = await asyncio.to_thread(cli, "workflows", "trigger", "approval", '{"requestId": "R-1"}', "--id", "r-1")
+    assert created == {"id": "r-1", "workflow": "approval", "status": "queued"}
+    await asyncio.to_thread(poll, lambda: cli("instances", "describe", "approval", "r-1")["status"] == "waiting")
+    await asyncio.to_thread(cli, "events", "send", "approval", "r-1", "approval", '{"approved": false}')
+    await asyncio.to_thread(poll, lambda: cli("instances", "describe", "approval", "latest")["status"] == "complete")
+    detail = await asyncio.to_thread(cli, "instances", "describe", "approval", "r-1")
+    assert detail["output"]["decision"] == "rejected"
+    assert [s["name"] for s in detail["steps"]][-1] == "notify requester"
+
+    denied = await asyncio.to_thread(hutch, "workflows", "list", "--url", url)
+    assert denied.exit_code == 1 and "HTTP 401" in denied.stderr
+
+
+# ----------------------------------------------------------------------------- the HTTP client alone
+def mock_client(handler: Callable[[httpx.Request], httpx.Response]) -> GatewayClient:
+    return GatewayClient("http://gw.test", "tok", transport=httpx.MockTransport(handler))
+
+
+async def test_client_unwraps_the_envelope_and_raises_its_errors() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.method == "POST":
+            return httpx.Response(200, json={"success": True, "errors": [], "messages": [], "result": {"ok": 1}})
+        body = {"success": False, "errors": [{"code": 10005, "message": "instance 'x' not found"}], "result": None}
+        return httpx.Response(404, json=body)
+
+    async with mock_client(handler) as api:
+        assert await api.send_event("wf", "i-1", "a/b c", {"k": 1}) == {"ok": 1}
+        with pytest.raises(ApiRequestError) as raised:
+            await api.describe_instance("wf", "x")
+    assert raised.value.status_code == 404 and raised.value.codes == [10005]
+    assert str(raised.value) == "instance 'x' not found"
+    # Each name stays one path segment; the token goes in the Authorization header.
+    assert seen[0].url.raw_path == b"/api/workflows/wf/instances/i-1/events/a%2Fb%20c"
+    assert seen[0].headers["authorization"] == "Bearer tok" and json.loads(seen[0].content) == {"k": 1}
+
+
+async def test_client_reports_answers_that_are_not_the_api_and_servers_that_are_down() -> None:
+    async with mock_client(lambda request: httpx.Response(502, text="<html>Bad Gateway</html>")) as api:
+        with pytest.raises(UnexpectedResponse, match="HTTP 502 without the Hutch API envelope"):
+            await api.list_workflows()
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    async with mock_client(refuse) as api:
+        with pytest.raises(GatewayUnreachable, match=re.escape("cannot reach the Hutch gateway at http://gw.test")):
+            await api.list_workflows()
+
+
+async def test_client_follows_the_cursor_up_to_the_limit() -> None:
+    pages = {None: (["a", "b"], "c1"), "c1": (["c", "d"], "c2"), "c2": (["e"], None)}
+    asked: list[tuple[str | None, str]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        cursor = request.url.params.get("cursor")
+        asked.append((cursor, request.url.params["per_page"]))
+        ids, nxt = pages[cursor]
+        rows = [{"id": i} for i in ids]
+        info = {"count": len(rows), "per_page": 2, "cursor": nxt}
+        return httpx.Response(200, json={"success": True, "errors": [], "result": rows, "result_info": info})
+
+    async with mock_client(handler) as api:
+        assert [r["id"] for r in await api.recent_instances("wf", limit=3)] == ["a", "b", "c"]
+        assert [r["id"] for r in await api.recent_instances("wf", limit=50)] == ["a", "b", "c", "d", "e"]
+    assert asked[:2] == [(None, "3"), ("c1", "1")]
+
+
+# ----------------------------------------------------------------------------- rendering alone
+def at(seconds: float) -> str:
+    return (datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)).isoformat()
+
+
+STUCK = {
+    "id": "o-9",
+    "workflow": "order",
+    "status": "errored",
+    "params": {"orderId": "9"},
+    "trigger": {"source": "queue", "queue": "orders"},
+    "queued": at(0),
+    "start": at(0.5),
+    "end": at(40),
+    "error": {"name": "NonRetryableError", "message": "card declined"},
+    "steps": [
+        {
+            "type": "step", "name": "charge card", "count": 1, "start": at(0.5), "end": at(40), "success": False,
+            "attempts": [
+                {"attempt": 1, "start": at(0.5), "end": at(1), "success": False, "retry_at": at(10),
+                 "error": {"name": "TimeoutError", "message": "gateway slow"}},
+                {"attempt": 2, "start": at(10), "end": at(40), "success": False,
+                 "error": {"name": "NonRetryableError", "message": "card declined"}},
+            ],
+            "error": {"name": "NonRetryableError", "message": "card declined"},
+        },
+        {"type": "step", "name": "audit", "count": 2, "start": at(40), "attempts": [
+            {"attempt": 1, "start": at(40), "end": at(41), "success": False, "retry_at": at(100),
+             "error": {"name": "OSError", "message": "disk"}}]},
+        {"type": "sleep", "name": "cool down", "count": 1, "start": at(41), "due": at(3641)},
+        {"type": "waitForEvent", "name": "ack", "count": 1, "start": at(41), "end": at(50), "success": False,
+         "event_type": "ack", "outcome": "timed out"},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_the_timeline_shows_failures_retries_sleeps_and_timeouts(width: int) -> None:
+    console = Console(width=width, record=True, highlight=False, file=io.StringIO())
+    console.print(render.instance_view(STUCK, console, now=datetime(2026, 1, 1, 0, 1, tzinfo=UTC)))
+    out = console.export_text()
+    # Text wrapped inside a cell continues on the next line; dropping the column rules joins it up again.
+    flat = " ".join(out.replace("│", " ").split())
+    assert all(len(line) <= width for line in out.splitlines())
+    assert "Status errored" in flat and "Error NonRetryableError: card declined" in flat
+    assert 'Trigger queue {"queue": "orders"}' in flat and "Duration 39.50 s" in flat
+    charge = next(line for line in out.splitlines() if "charge card" in line).split()
+    assert charge[:5] == ["1", "│", "step", "│", "charge"] and "2" in charge and "✗" in charge and "failed" in charge
+    assert "+0 ms" in " ".join(charge) and "39.50 s" in " ".join(charge)
+    assert "retry at +9.50 s; TimeoutError: gateway slow" in flat  # attempt 1's error and when it retried
+    assert "NonRetryableError: card declined" in flat
+    assert "audit #2" in flat and "↻ retrying" in flat and "attempt 2 in 40.00 s" in flat
+    assert "☾ sleeping" in flat and "until 2026-01-01 01:00:41 UTC (in 59 min 41 s)" in flat
+    assert "✗ timed out" in flat and "no 'ack' event came" in flat
+
+
+def test_lists_render_status_counts_and_durations() -> None:
+    console = Console(width=120, record=True, highlight=False, file=io.StringIO())
+    console.print(render.workflows_table([{"name": "order", "instances": {"running": 2, "complete": 5, "errored": 0}}]))
+    console.print(
+        render.instances_table(
+            "order",
+            [
+                {"id": "a", "status": "running", "created_on": at(0), "started_on": at(1)},
+                {"id": "b", "status": "complete", "created_on": at(0), "started_on": at(1), "ended_on": at(3.5)},
+            ],
+            now=datetime(2026, 1, 1, 0, 0, 11, tzinfo=UTC),
+        )
+    )
+    rows = [line.split() for line in console.export_text().splitlines()]
+    assert ["order", "│", "7", "│", "running", "2", "·", "complete", "5"] in rows
+    assert ["a", "│", "running", "│", "2026-01-01", "00:00:00", "│", "10.00", "s…"] in rows
+    assert ["b", "│", "complete", "│", "2026-01-01", "00:00:00", "│", "2.50", "s"] in rows

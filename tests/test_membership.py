@@ -1,0 +1,80 @@
+"""Partition ownership shared by several workers (embedded transport and store, real worker code)."""
+
+from __future__ import annotations
+
+import fakeredis
+import pytest
+
+from broker import BrokerDispatcher, InProcessTransport
+from consumers import Worker
+from consumers.membership import assign
+from engine import WorkflowEntrypoint
+from engine.client import Client
+from engine.settings import Settings
+from engine.store.redis import RedisStore
+from tests.helpers import eventually
+
+
+class Three(WorkflowEntrypoint):
+    async def run(self, event, step):
+        total = 0
+        for i in range(3):
+            total += await step.do("add", lambda i=i: i)
+        return total
+
+
+def test_assignment_is_even_and_deterministic() -> None:
+    plan = assign(["b", "a", "c"], 16)
+    assert plan == assign(["c", "b", "a"], 16)
+    sizes = sorted(len(v) for v in plan.values())
+    assert sizes == [5, 5, 6]
+    assert sorted(p for ps in plan.values() for p in ps) == list(range(16))
+    assert assign([], 4) == {}
+
+
+@pytest.fixture
+def shared() -> tuple[fakeredis.FakeServer, InProcessTransport]:
+    return fakeredis.FakeServer(), InProcessTransport(8)
+
+
+def _worker(server: fakeredis.FakeServer, transport: InProcessTransport, name: str) -> Worker:
+    store = RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8)
+    settings = Settings(partitions=8, heartbeat_s=0.05, worker_ttl_s=0.3)
+    return Worker(
+        store=store,
+        transport=transport,
+        workflows={"three": Three},
+        settings=settings,
+        distributed=True,
+        worker_id=name,
+    )
+
+
+async def test_two_workers_split_partitions_and_the_survivor_takes_over(
+    shared: tuple[fakeredis.FakeServer, InProcessTransport],
+) -> None:
+    server, transport = shared
+    a, b = _worker(server, transport, "a"), _worker(server, transport, "b")
+    await a.start()
+    await b.start()
+    try:
+        await eventually(lambda: _async(len(a.partitions) == 4 and len(b.partitions) == 4), timeout=5)
+        assert set(a.partitions).isdisjoint(b.partitions)
+
+        client = Client(RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8), BrokerDispatcher(transport))
+        instances = [await client.workflow("three").create(params={}) for _ in range(20)]
+        for inst in instances:
+            assert (await inst.wait(timeout=10)).output == 3
+
+        await b.shutdown()
+        await eventually(lambda: _async(len(a.partitions) == 8), timeout=5)
+        more = [await client.workflow("three").create(params={}) for _ in range(10)]
+        for inst in more:
+            assert (await inst.wait(timeout=10)).output == 3
+    finally:
+        await a.shutdown()
+        await b.shutdown()
+
+
+async def _async(value: bool) -> bool:
+    return value
