@@ -6,6 +6,7 @@ stopped with SIGTERM. Each test runs in a namespace of its own (keys and queues 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -75,11 +76,14 @@ async def test_sigkill_of_a_worker_mid_step_loses_nothing_and_reruns_only_interr
             return sum(await _counters(redis, namespace, "attempts", ids, "long-1")) >= 40
 
         await eventually(long_steps_running, timeout=30)
-        committed_before_kill = set()
-        for inst in instances:
-            for step in (await inst.describe()).steps:
-                if step.success:
-                    committed_before_kill.add((inst.id, step.name))
+        # One concurrent snapshot, so the long steps are still running when the kill lands.
+        details = await asyncio.gather(*(inst.describe() for inst in instances))
+        committed_before_kill = {
+            (inst.id, step.name)
+            for inst, detail in zip(instances, details, strict=True)
+            for step in detail.steps
+            if step.success
+        }
         a.kill()
         assert await a.wait(timeout=10) == -9
 

@@ -17,7 +17,7 @@ from engine import Client, Settings
 from engine.clock import Clock
 from engine.config import DEFAULT_LIMITS
 from tests.conftest import REDIS_URL, drop_namespace
-from tests.distributed.workflows import HoldWorkflow, LedgerWorkflow, counter_key
+from tests.distributed.workflows import HoldWorkflow, LedgerWorkflow, close_ledger, counter_key
 from tests.helpers import eventually, unique, wait_status
 from tests.tcp_proxy import TCPProxy
 
@@ -56,6 +56,7 @@ async def proxied(
         await worker.shutdown(timeout=0)
         await worker.transport.delete_topology()  # type: ignore[attr-defined]
         await client.close()
+        await close_ledger()
         await amqp_proxy.close()
         await redis_proxy.close()
         await drop_namespace(namespace)

@@ -19,11 +19,23 @@ _APPLY_ONCE = "if redis.call('SET', KEYS[1], '1', 'NX') then redis.call('INCR', 
 
 
 def ledger() -> Redis:
-    """The Redis the step bodies write their counters to (one client per worker process)."""
+    """The Redis the step bodies write their counters to (one client per worker process).
+
+    In-process tests run these workflows too: they call :func:`close_ledger` before their event
+    loop ends, since a client's connections belong to the loop that opened them.
+    """
     global _redis
     if _redis is None:
         _redis = Redis.from_url(os.environ.get("HUTCH_TEST_LEDGER_URL", "redis://127.0.0.1:6379/0"))
     return _redis
+
+
+async def close_ledger() -> None:
+    """Close this process's ledger client (the next step body opens a new one)."""
+    global _redis
+    if _redis is not None:
+        client, _redis = _redis, None
+        await client.aclose()
 
 
 def counter_key(kind: str, instance_id: str, step: str, namespace: str | None = None) -> str:
@@ -45,7 +57,7 @@ async def _body(instance_id: str, step: str, seconds: float) -> dict[str, str]:
 class LedgerWorkflow(WorkflowEntrypoint):
     """Four steps, two of them long enough to be running when a worker is killed."""
 
-    STEPS = (("quick-1", 0.0), ("long-1", 0.6), ("quick-2", 0.0), ("long-2", 0.4))
+    STEPS = (("quick-1", 0.0), ("long-1", 2.0), ("quick-2", 0.0), ("long-2", 1.0))
 
     async def run(self, event, step):
         iid = event.instance_id
