@@ -75,6 +75,7 @@ def make_connect(runtime: str, *, redis_url: str, amqp_url: str, workers: int = 
             finally:
                 await worker.shutdown(timeout=5)
         finally:
+            await transport.delete_topology()
             await transport.close()
             await store.close()
             await _drop_namespace(redis_url, namespace)
@@ -82,9 +83,24 @@ def make_connect(runtime: str, *, redis_url: str, amqp_url: str, workers: int = 
     return remote
 
 
-async def _drop_namespace(redis_url: str, namespace: str) -> None:
+async def _drop_namespace(redis_url: str, namespace: str, amqp_url: str = "") -> None:
+    """Delete a bench namespace from the shared servers: its Redis keys and, given ``amqp_url``, its queues.
+
+    Leftover quorum queues are not harmless: each reserves file handles in the broker, and a few
+    hundred of them exhaust a default (``ulimit -n 1024``) broker, which then stops accepting
+    connections.
+    """
     from redis.asyncio import Redis
 
+    if amqp_url:
+        from broker.transports.rabbitmq import RabbitMQTransport
+
+        transport = RabbitMQTransport(amqp_url, partitions=Settings().partitions, namespace=namespace)
+        await transport.start()
+        try:
+            await transport.delete_topology()
+        finally:
+            await transport.close()
     redis = Redis.from_url(redis_url)
     try:
         batch = [key async for key in redis.scan_iter(match=f"{namespace}:*", count=1000)]

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import engine
+from bench.child_process import die_with_parent
 from bench.workloads import (
     Connect,
     Metrics,
@@ -68,7 +69,12 @@ class _WorkerProcess:
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
-            *self._args, cwd=ROOT, env=self._env, stdout=self._log, stderr=asyncio.subprocess.STDOUT
+            *self._args,
+            cwd=ROOT,
+            env=self._env,
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
 
     @property
@@ -123,7 +129,7 @@ def subprocess_connect(workers: int, *, redis_url: str, amqp_url: str) -> Connec
         finally:
             for proc in procs:
                 await proc.stop()
-            await _drop_namespace(redis_url, namespace)
+            await _drop_namespace(redis_url, namespace, amqp_url)
 
     return connect
 
@@ -262,7 +268,7 @@ class Instrumented:
             type(transport).publish = class_publish
             await transport.close()
             await store.close()
-            await _drop_namespace(self.redis_url, self.namespace)
+            await _drop_namespace(self.redis_url, self.namespace, self.amqp_url)
 
 
 def _inprocess(settings: Settings) -> Any:

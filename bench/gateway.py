@@ -44,6 +44,7 @@ from typing import IO, Any
 import httpx
 
 from bench.__main__ import _drop_namespace
+from bench.child_process import die_with_parent
 from bench.workloads import percentile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,6 +112,7 @@ async def hutch_dev(runtime: str, *, redis_url: str, amqp_url: str) -> AsyncIter
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,
             stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -119,7 +121,7 @@ async def hutch_dev(runtime: str, *, redis_url: str, amqp_url: str) -> AsyncIter
         finally:
             await _stop(process)
             if runtime == "rabbitmq":
-                await _drop_namespace(redis_url, namespace)
+                await _drop_namespace(redis_url, namespace, amqp_url)
 
 
 async def _until_healthy(url: str, process: asyncio.subprocess.Process, log: IO[str]) -> None:

@@ -20,7 +20,7 @@ from engine.client import Client
 from engine.clock import Clock
 from engine.config import Limits
 from engine.entrypoint import WorkflowEntrypoint
-from engine.errors import InvalidInputError
+from engine.errors import InvalidInputError, StoreUnavailable
 from engine.settings import Settings
 from engine.store.redis import RedisStore
 
@@ -38,6 +38,17 @@ def open_store(settings: Settings) -> RedisStore:
         retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError, OSError],
     )
     return RedisStore(redis, settings.partitions, namespace=settings.namespace)
+
+
+async def connect_store(settings: Settings) -> RedisStore:
+    """:func:`open_store`, checked with a ``PING``: a wrong URL or a down Redis fails here, clearly."""
+    store = open_store(settings)
+    try:
+        await store.redis.ping()
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        await store.close()
+        raise StoreUnavailable(f"cannot connect to Redis at {settings.redacted(settings.redis_url)}: {exc}") from exc
+    return store
 
 
 def open_transport(settings: Settings) -> RabbitMQTransport:
@@ -65,7 +76,7 @@ async def open_client(
             "the distributed runtime needs both redis_url and amqp_url (HUTCH_REDIS_URL, HUTCH_AMQP_URL); "
             "give neither for the embedded runtime"
         )
-    store = open_store(settings)
+    store = await connect_store(settings)
     transport = open_transport(settings)
     try:
         await transport.start()
@@ -95,9 +106,13 @@ async def start_distributed(
     What ``hutch worker`` runs, minus the process: tests and benchmarks use it to exercise the
     real path without spawning processes.
     """
-    store = open_store(settings)
+    store = await connect_store(settings)
     transport = open_transport(settings)
-    await transport.start()
+    try:
+        await transport.start()
+    except BaseException:
+        await store.close()
+        raise
     return await start_colocated(
         store,
         transport,

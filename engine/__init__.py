@@ -11,6 +11,7 @@ from engine.context import StepContext, StepInfo
 from engine.entrypoint import Env, WorkflowEntrypoint
 from engine.errors import (
     BatchTooLarge,
+    BrokerUnavailable,
     EventTimeoutError,
     HutchError,
     IllegalTransition,
@@ -25,6 +26,7 @@ from engine.errors import (
     NonRetryableError,
     NotSerializable,
     PayloadTooLarge,
+    ServiceUnavailable,
     SleepTooLong,
     StepError,
     StepFailedError,
@@ -32,6 +34,7 @@ from engine.errors import (
     StepResultNotSerializable,
     StepResultTooLarge,
     StepTimeoutError,
+    StoreUnavailable,
     WaitTimeout,
     WorkerLostError,
     WorkflowCodeError,
@@ -45,6 +48,7 @@ from engine.step import RollbackStep, StepFunction, WorkflowStep
 __all__ = [
     "AttemptDetail",
     "BatchTooLarge",
+    "BrokerUnavailable",
     "Client",
     "Connection",
     "Env",
@@ -72,6 +76,7 @@ __all__ = [
     "ReceivedEvent",
     "RetryConfig",
     "RollbackStep",
+    "ServiceUnavailable",
     "Settings",
     "SleepTooLong",
     "Status",
@@ -86,6 +91,7 @@ __all__ = [
     "StepResultNotSerializable",
     "StepResultTooLarge",
     "StepTimeoutError",
+    "StoreUnavailable",
     "WaitTimeout",
     "WorkerLostError",
     "WorkflowClient",

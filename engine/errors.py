@@ -27,7 +27,10 @@ The tree::
      ├── InstanceAlreadyExists
      ├── IllegalTransition             e.g. terminate a finished instance
      ├── WaitTimeout                   Instance.wait() gave up before the instance finished
-     └── WorkflowCodeError             run() awaited something that is not a step
+     ├── WorkflowCodeError             run() awaited something that is not a step
+     └── ServiceUnavailable            a server the runtime needs cannot be reached at start
+          ├── BrokerUnavailable         RabbitMQ refused, timed out or failed the handshake
+          └── StoreUnavailable          Redis refused or timed out
 
 Engine control flow that must cross user ``except Exception`` blocks uses
 ``BaseException`` subclasses defined in the executor, not here.
@@ -191,6 +194,18 @@ class IllegalTransition(HutchError):
 
 class WaitTimeout(HutchError, TimeoutError):
     """``Instance.wait()`` returned before the instance reached a final status."""
+
+
+class ServiceUnavailable(HutchError):
+    """A server the runtime needs could not be reached when it started (check the URL and the server)."""
+
+
+class BrokerUnavailable(ServiceUnavailable):
+    """RabbitMQ could not be connected to: refused, unreachable, or the AMQP handshake timed out."""
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """Redis could not be connected to: refused, unreachable or timed out."""
 
 
 _ENGINE_STEP_ERRORS: dict[str, type[BaseException]] = {

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from consumers.serve import serve
 from consumers.worker import Worker
 from engine import tracing
-from engine.errors import HutchError
+from engine.errors import HutchError, ServiceUnavailable
 from engine.settings import Settings
 from gateway.loader import TargetError, load_workflow
 
@@ -61,6 +61,8 @@ def worker(workflows: tuple[str, ...], redis_url: str | None, amqp_url: str | No
         raise click.UsageError(f"invalid settings: {exc}") from None
     try:
         asyncio.run(_run(settings, classes))
+    except ServiceUnavailable as exc:
+        raise click.ClickException(str(exc)) from None
     except HutchError as exc:
         raise click.UsageError(str(exc)) from None
 

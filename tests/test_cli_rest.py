@@ -29,6 +29,7 @@ import pytest
 from click.testing import CliRunner, Result
 from rich.console import Console
 
+from bench.child_process import die_with_parent
 from broker.transports.rabbitmq import RabbitMQTransport
 from consumers.runtime import start_distributed
 from engine.clock import Clock
@@ -134,6 +135,7 @@ def start_server(log: Path, command: str, *args: str, env: dict[str, str] | None
             env=env or clean_env(),
             stdout=out,
             stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
     server = Server(f"http://127.0.0.1:{port}", process, log)
 

@@ -25,6 +25,7 @@ from broker import PoisonMessage
 ENGINE_ALL = [
     "AttemptDetail",
     "BatchTooLarge",
+    "BrokerUnavailable",
     "Client",
     "Connection",
     "Env",
@@ -52,6 +53,7 @@ ENGINE_ALL = [
     "ReceivedEvent",
     "RetryConfig",
     "RollbackStep",
+    "ServiceUnavailable",
     "Settings",
     "SleepTooLong",
     "Status",
@@ -66,6 +68,7 @@ ENGINE_ALL = [
     "StepResultNotSerializable",
     "StepResultTooLarge",
     "StepTimeoutError",
+    "StoreUnavailable",
     "WaitTimeout",
     "WorkerLostError",
     "WorkflowClient",

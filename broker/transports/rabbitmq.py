@@ -71,6 +71,7 @@ from broker.transports.base import (
     Subscription,
     Transport,
 )
+from engine.errors import BrokerUnavailable
 
 if TYPE_CHECKING:
     from engine.settings import Settings
@@ -348,6 +349,8 @@ class RabbitMQTransport(Transport):
         publish_timeout_s: how long ``publish`` keeps retrying unconfirmed messages across
             reconnects before raising ``TimeoutError``.
         close_timeout_s: bound on each broker call made while closing.
+        connect_timeout_s: how long ``start`` waits for the first connection before raising
+            :class:`~engine.errors.BrokerUnavailable`.
         connection_name: shown in the management UI; defaults to ``hutch/<namespace>``.
     """
 
@@ -362,6 +365,7 @@ class RabbitMQTransport(Transport):
         heartbeat_s: int = 10,
         publish_timeout_s: float = 30.0,
         close_timeout_s: float = 5.0,
+        connect_timeout_s: float = 15.0,
         connection_name: str | None = None,
     ) -> None:
         if partitions < 1:
@@ -374,6 +378,7 @@ class RabbitMQTransport(Transport):
         self.heartbeat_s = heartbeat_s
         self.publish_timeout_s = publish_timeout_s
         self.close_timeout_s = close_timeout_s
+        self.connect_timeout_s = connect_timeout_s
         self.connection_name = connection_name or f"hutch/{namespace}"
         self._display_url = _redacted(url)
         self._queue_arguments = names.partition_queue_arguments(
@@ -400,9 +405,7 @@ class RabbitMQTransport(Transport):
             options: dict[str, Any] = {"reconnect_interval": self.reconnect_interval_s}
             if "heartbeat" not in urllib.parse.parse_qs(urllib.parse.urlsplit(self.url).query):
                 options["heartbeat"] = self.heartbeat_s
-            connection = await aio_pika.connect_robust(
-                self.url, client_properties={"connection_name": self.connection_name}, **options
-            )
+            connection = await self._connect(options)
             try:
                 publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 await self._declare(publisher)
@@ -410,6 +413,28 @@ class RabbitMQTransport(Transport):
                 await connection.close()
                 raise
             self._connection, self._publisher = connection, publisher
+
+    async def _connect(self, options: dict[str, Any]) -> AbstractRobustConnection:
+        # aio-pika's own timeout, not a cancellation from outside: a cancelled first attempt would
+        # leave the robust connection reconnecting in the background forever.
+        try:
+            connection = await aio_pika.connect_robust(
+                self.url,
+                client_properties={"connection_name": self.connection_name},
+                timeout=self.connect_timeout_s,
+                **options,
+            )
+        except TimeoutError:
+            # The TCP connect succeeded (a refused one fails at once) but the broker never opened the
+            # AMQP connection: a broker that ran out of file handles behaves exactly like this.
+            raise BrokerUnavailable(
+                f"RabbitMQ at {self._display_url} did not complete the AMQP handshake within "
+                f"{self.connect_timeout_s:g} s; check the broker's health and its file-handle limit "
+                "(`rabbitmq-diagnostics status`; every quorum queue reserves file handles)"
+            ) from None
+        except (aiormq.exceptions.AMQPError, OSError) as exc:
+            raise BrokerUnavailable(f"cannot connect to RabbitMQ at {self._display_url}: {exc}") from exc
+        return cast(AbstractRobustConnection, connection)
 
     async def _declare(self, channel: AbstractRobustChannel) -> None:
         # Declared on a robust channel, so aio-pika declares them again after every reconnect.

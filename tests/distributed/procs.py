@@ -10,6 +10,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from bench.child_process import die_with_parent
 from tests.conftest import AMQP_URL, REDIS_URL
 from tests.helpers import eventually
 
@@ -42,7 +43,12 @@ class WorkerProcess:
         for name, target in self._workflows.items():
             args += ["--workflow", f"{name}={target}"]
         self.proc = await asyncio.create_subprocess_exec(
-            *args, cwd=ROOT, env=self._env, stdout=self._log, stderr=asyncio.subprocess.STDOUT
+            *args,
+            cwd=ROOT,
+            env=self._env,
+            stdout=self._log,
+            stderr=asyncio.subprocess.STDOUT,
+            preexec_fn=die_with_parent,
         )
         await eventually(self._ready, timeout=30, interval=0.05)
         return self

@@ -1,0 +1,88 @@
+"""A server that cannot be reached at start is one clear error naming it, never a hang or a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from click.testing import CliRunner
+
+import engine
+from broker.transports.rabbitmq import RabbitMQTransport
+from engine import BrokerUnavailable, ServiceUnavailable, StoreUnavailable
+from examples.order import OrderWorkflow
+from gateway.cli import main
+from tests.conftest import AMQP_URL, REDIS_URL
+
+
+@pytest.fixture
+def refused_port() -> Iterator[int]:
+    """A port bound but not listening: connecting to it is refused at once."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield sock.getsockname()[1]
+
+
+@pytest.fixture
+async def silent_port() -> AsyncIterator[int]:
+    """A server that accepts TCP connections and never says a word (a wedged broker)."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def accept(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_refused_broker_is_broker_unavailable_with_the_password_redacted(refused_port: int) -> None:
+    transport = RabbitMQTransport(f"amqp://guest:s3cret@127.0.0.1:{refused_port}/", namespace="tt-refused")
+    with pytest.raises(BrokerUnavailable) as caught:
+        await transport.start()
+    message = str(caught.value)
+    assert f"127.0.0.1:{refused_port}" in message
+    assert "s3cret" not in message
+    assert isinstance(caught.value, ServiceUnavailable)
+
+
+async def test_a_broker_that_never_answers_the_handshake_times_out_with_a_hint(silent_port: int) -> None:
+    transport = RabbitMQTransport(
+        f"amqp://guest:guest@127.0.0.1:{silent_port}/", namespace="tt-silent", connect_timeout_s=0.3
+    )
+    with pytest.raises(BrokerUnavailable, match="did not complete the AMQP handshake within 0.3 s"):
+        await transport.start()
+
+
+async def test_connecting_a_client_to_a_refused_redis_is_store_unavailable(refused_port: int) -> None:
+    with pytest.raises(StoreUnavailable, match=f"cannot connect to Redis at redis://127.0.0.1:{refused_port}/0"):
+        async with engine.connect(
+            {"order": OrderWorkflow}, redis_url=f"redis://127.0.0.1:{refused_port}/0", amqp_url=AMQP_URL
+        ):
+            pass
+
+
+@pytest.mark.parametrize("server", ["redis", pytest.param("rabbitmq", marks=pytest.mark.redis)])
+def test_hutch_worker_names_the_unreachable_server_and_exits_1(
+    server: str, refused_port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    urls = {"HUTCH_REDIS_URL": REDIS_URL, "HUTCH_AMQP_URL": AMQP_URL, "HUTCH_NAMESPACE": "tt-unreachable"}
+    if server == "redis":
+        urls["HUTCH_REDIS_URL"] = f"redis://127.0.0.1:{refused_port}/0"
+        expected = f"Error: cannot connect to Redis at redis://127.0.0.1:{refused_port}/0"
+    else:
+        urls["HUTCH_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{refused_port}/"
+        expected = f"Error: cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:{refused_port}/"
+    for name, value in urls.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(main, ["worker", "--workflow", "order=examples.order:OrderWorkflow"])
+    assert result.exit_code == 1, result.output
+    assert expected in result.output
+    assert "Traceback" not in result.output
