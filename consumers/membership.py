@@ -75,6 +75,7 @@ class Membership:
         self._heartbeat_s = heartbeat_s
         self._ttl_ms = round(ttl_s * 1000)
         self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
         self.assigned: set[int] = set()
         self._held: set[int] = set()  # assigned partitions this worker has actually owned
 
@@ -124,11 +125,17 @@ class Membership:
                 log.exception("membership tick failed; retrying on the next tick")
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self._heartbeat_s):
-                    await self._stop.wait()
+                    await self._wake.wait()
+            self._wake.clear()
+
+    def wake(self) -> None:
+        """Reconcile now rather than at the next heartbeat (a commit of ours was just fenced)."""
+        self._wake.set()
 
     async def stop(self) -> None:
         """Stop ticking and leave: the other workers take this worker's partitions at their next tick."""
         self._stop.set()
+        self._wake.set()
         for p in sorted(self.assigned):
             await self._release(p)
         self.assigned.clear()

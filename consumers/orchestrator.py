@@ -95,6 +95,9 @@ class Orchestrator(PartitionListener):
         self._idle = asyncio.Event()
         self._idle.set()
         self.draining = False
+        # Called with a partition whose commit was fenced (another worker claimed it); the worker
+        # uses it to reconcile ownership at once instead of stalling until its next heartbeat.
+        self.on_fenced: Callable[[int], None] | None = None
         self._parked: dict[int, list[_Item]] = {}
         self._retry_s = 0.2
         self.commits = 0
@@ -238,8 +241,10 @@ class Orchestrator(PartitionListener):
                 continue
             log.warning("instance %s/%s: commit rejected (%s); reloading", *key, result.name)
             self._drop(key)
-            if result is CommitResult.FENCED:
+            if result is CommitResult.FENCED and actor.partition in self.owned:
                 await self.on_revoked(actor.partition)
+                if self.on_fenced is not None:
+                    self.on_fenced(actor.partition)
             await self._nack(items)
 
     async def _load_missing(self, groups: dict[_ActorKey, list[_Item]]) -> None:

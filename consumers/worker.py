@@ -114,6 +114,7 @@ class Worker:
                 heartbeat_s=settings.heartbeat_s,
                 ttl_s=settings.worker_ttl_s,
             )
+            self.orchestrator.on_fenced = lambda _partition: self.membership.wake() if self.membership else None
 
     @property
     def worker_id(self) -> str:

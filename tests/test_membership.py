@@ -78,3 +78,34 @@ async def test_two_workers_split_partitions_and_the_survivor_takes_over(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+async def test_a_fenced_commit_reconciles_ownership_at_once_not_at_the_next_heartbeat(
+    shared: tuple[fakeredis.FakeServer, InProcessTransport],
+) -> None:
+    # Two workers starting together can both claim a partition for a moment; the loser of that race
+    # is fenced at its next commit. It must re-take what the assignment gives it right away: with a
+    # 60 s heartbeat, only the fenced commit itself can bring the partition back within the deadline.
+    server, transport = shared
+    store = RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8)
+    worker = Worker(
+        store=store,
+        transport=transport,
+        workflows={"three": Three},
+        settings=Settings(partitions=8, heartbeat_s=60, worker_ttl_s=180),
+        distributed=True,
+        worker_id="a",
+    )
+    await worker.start()
+    try:
+        assert worker.partitions == list(range(8))
+        client = Client(RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8), BrokerDispatcher(transport))
+        partition = client._partition("three", "fenced-1")
+        await store.claim(partition, "a-racing-worker:0")  # what the other worker's late claim wrote
+
+        instance = await client.workflow("three").create(id="fenced-1", params={})
+        assert (await instance.wait(timeout=5)).output == 3
+        assert worker.partitions == list(range(8))
+        assert worker.orchestrator.owned[partition].startswith("a:")  # re-claimed with a fresh token
+    finally:
+        await worker.shutdown()
