@@ -46,8 +46,6 @@ class Membership:
         partitions: the deployment's partition count.
         acquire: called with a partition this worker should start consuming.
         release: called with a partition this worker must stop consuming.
-        owned: the partitions this worker currently has (the orchestrator's view, which drops
-            a partition as soon as a commit for it is fenced).
     """
 
     def __init__(
@@ -59,7 +57,6 @@ class Membership:
         *,
         acquire: Callable[[int], Awaitable[None]],
         release: Callable[[int], Awaitable[None]],
-        owned: Callable[[], set[int]],
         clock: Clock,
         heartbeat_s: float = 1.0,
         ttl_s: float = 3.0,
@@ -70,14 +67,13 @@ class Membership:
         self._partitions = partitions
         self._acquire = acquire
         self._release = release
-        self._owned = owned
         self._clock = clock
         self._heartbeat_s = heartbeat_s
         self._ttl_ms = round(ttl_s * 1000)
         self._stop = asyncio.Event()
         self._wake = asyncio.Event()
         self.assigned: set[int] = set()
-        self._held: set[int] = set()  # assigned partitions this worker has actually owned
+        self._fenced: set[int] = set()  # assigned partitions another worker claimed from us
 
     async def live_workers(self) -> list[str]:
         """Ids of workers that heartbeated within the TTL."""
@@ -95,19 +91,18 @@ class Membership:
         if self.worker_id not in workers:
             workers.append(self.worker_id)
         mine = set(assign(workers, self._partitions)[self.worker_id])
-        have = self._owned()
         for p in sorted(self.assigned - mine):
             await self._release(p)
         for p in sorted(mine):
             if p not in self.assigned:
                 await self._acquire(p)
-            elif p in self._held and p not in have:
-                # Owned once, then a commit was fenced: another worker claimed it. Consume afresh
-                # (standby until the other lets go, if the assignment really is ours).
+            elif p in self._fenced:
+                # Another worker claimed it (both believed it theirs for a moment). Consume afresh:
+                # standby until the other lets go, if the assignment really is ours.
+                self._fenced.discard(p)
                 await self._release(p)
                 await self._acquire(p)
-                self._held.discard(p)
-        self._held = (self._held | have) & mine
+        self._fenced &= mine
         if mine != self.assigned:
             log.info("worker %s owns partitions %s (%d live workers)", self.worker_id, sorted(mine), len(workers))
         self.assigned = mine
@@ -128,8 +123,9 @@ class Membership:
                     await self._wake.wait()
             self._wake.clear()
 
-    def wake(self) -> None:
-        """Reconcile now rather than at the next heartbeat (a commit of ours was just fenced)."""
+    def fenced(self, partition: int) -> None:
+        """A commit of ours for ``partition`` was fenced: reconcile it now, not at the next heartbeat."""
+        self._fenced.add(partition)
         self._wake.set()
 
     async def stop(self) -> None:

@@ -226,7 +226,10 @@ class Orchestrator(PartitionListener):
                 pending.append((transition, actor, effects, items))
         if not pending:
             return
-        results = await self.store.commit_many([p[0] for p in pending], self.owned)
+        # The tokens this commit is fenced with: a partition re-claimed while it is in flight (its
+        # channel was restored) fences it, and that must not revoke the ownership just re-taken.
+        fences = dict(self.owned)
+        results = await self.store.commit_many([p[0] for p in pending], fences)
         self.commits += len(pending)
         for (transition, actor, effects, items), result in zip(pending, results, strict=True):
             key = (actor.workflow, actor.instance_id)
@@ -241,7 +244,7 @@ class Orchestrator(PartitionListener):
                 continue
             log.warning("instance %s/%s: commit rejected (%s); reloading", *key, result.name)
             self._drop(key)
-            if result is CommitResult.FENCED and actor.partition in self.owned:
+            if result is CommitResult.FENCED and self.owned.get(actor.partition) == fences.get(actor.partition):
                 await self.on_revoked(actor.partition)
                 if self.on_fenced is not None:
                     self.on_fenced(actor.partition)

@@ -109,12 +109,11 @@ class Worker:
                 transport.partitions,
                 acquire=self._acquire,
                 release=self._release,
-                owned=lambda: set(self.orchestrator.owned),
                 clock=clock,
                 heartbeat_s=settings.heartbeat_s,
                 ttl_s=settings.worker_ttl_s,
             )
-            self.orchestrator.on_fenced = lambda _partition: self.membership.wake() if self.membership else None
+            self.orchestrator.on_fenced = self.membership.fenced
 
     @property
     def worker_id(self) -> str:
