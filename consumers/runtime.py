@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,6 +23,7 @@ from engine.entrypoint import WorkflowEntrypoint
 from engine.errors import InvalidInputError, StoreUnavailable
 from engine.settings import Settings
 from engine.store.redis import RedisStore
+from engine.watch import FinishedFeed, InstanceWatch
 
 
 def open_store(settings: Settings) -> RedisStore:
@@ -30,14 +31,18 @@ def open_store(settings: Settings) -> RedisStore:
     # Retries ride over a dropped connection (every pooled connection may be dead after a network
     # cut). A retried commit is safe: it is sequence-checked, so a duplicate is rejected.
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.01), retries=8)
-    redis = Redis.from_url(
+    # A blocking pool: a burst of concurrent calls (a gateway under load, a fan-out of reads) waits
+    # for a connection instead of failing with "Too many connections" at the pool's limit.
+    pool = BlockingConnectionPool.from_url(
         settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_pool_timeout_s,
         decode_responses=False,
         health_check_interval=10,
         retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError, OSError],
     )
-    return RedisStore(redis, settings.partitions, namespace=settings.namespace)
+    return RedisStore(Redis.from_pool(pool), settings.partitions, namespace=settings.namespace)
 
 
 async def connect_store(settings: Settings) -> RedisStore:
@@ -84,12 +89,24 @@ async def open_client(
         await store.close()
         raise
 
+    watch = InstanceWatch()
+    feed = FinishedFeed(store.redis, store.keys.finished_channel(), watch)
+    try:
+        await feed.start()
+    except BaseException:
+        await transport.close()
+        await store.close()
+        raise
+
     async def close() -> None:
+        await feed.close()
         await transport.close()
         await store.close()
 
     names = list(workflows) or [spec.name for spec in settings.workflows]
-    return Client(store, BrokerDispatcher(transport), workflows=names, limits=limits, clock=clock, on_close=close)
+    return Client(
+        store, BrokerDispatcher(transport), workflows=names, limits=limits, clock=clock, watch=watch, on_close=close
+    )
 
 
 async def start_distributed(

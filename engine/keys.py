@@ -62,6 +62,10 @@ class Keys:
         """Set of workflow names that have instances."""
         return f"{self.namespace}:workflows"
 
+    def finished_channel(self) -> str:
+        """Pub/sub channel on which commits announce instances that reached a final status."""
+        return f"{self.namespace}:finished"
+
     def workers(self) -> str:
         """Sorted set of live workers' heartbeats (score: last heartbeat epoch ms)."""
         return f"{self.namespace}:workers"

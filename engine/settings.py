@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         timer_poll_s: the longest a worker goes without scanning its partitions' timers.
         heartbeat_s: how often a worker heartbeats and rebalances partitions.
         worker_ttl_s: a worker silent for this long is dead; its partitions move.
+        redis_max_connections: Redis connections a process opens at most; beyond them, calls
+            wait for a free one (up to ``redis_pool_timeout_s``) instead of failing.
+        redis_pool_timeout_s: how long a call waits for a free Redis connection before failing.
         workflows: the ``[[workflows]]`` of hutch.toml.
         webhooks: the ``[[webhooks]]`` routes of hutch.toml (``gateway.webhooks``).
         queues: the ``[queues]`` table: ``[[queues.consumers]]`` (``consumers.queue_trigger``).
@@ -82,6 +85,8 @@ class Settings(BaseSettings):
     timer_poll_s: float = Field(default=1.0, gt=0)
     heartbeat_s: float = Field(default=1.0, gt=0)
     worker_ttl_s: float = Field(default=3.0, gt=0)
+    redis_max_connections: int = Field(default=100, ge=2)
+    redis_pool_timeout_s: float = Field(default=20.0, gt=0)
     workflows: list[WorkflowSpec] = []
     webhooks: WebhookRoutes = []
     queues: QueuesConfig = QueuesConfig()

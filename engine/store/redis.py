@@ -18,6 +18,7 @@ from redis.exceptions import NoScriptError
 from engine import keys
 from engine.keys import Keys
 from engine.serialization import unpack
+from engine.status import FINISHED
 from engine.store.base import CommitResult, Snapshot, Transition
 
 STORE_ERRORS: tuple[type[BaseException], ...] = (
@@ -99,9 +100,9 @@ class _ScriptCall:
                 self.fences.append(fence)
         return slot
 
-    def command(self, *, fenced: bool) -> tuple[list[str], list[Any]]:
-        """The call's KEYS and ARGV."""
-        head: list[Any] = [len(self.slots), *self.fences] if fenced else [len(self.slots)]
+    def command(self, *, fenced: bool, channel: str = "") -> tuple[list[str], list[Any]]:
+        """The call's KEYS and ARGV (commit.lua: fenced, with the finished channel)."""
+        head: list[Any] = [len(self.slots), *self.fences, channel] if fenced else [len(self.slots)]
         return self.shared + self.keys, head + self.args
 
 
@@ -274,7 +275,8 @@ class RedisStore:
             call.order.append(n)
             slot = call.slot(p, self._partition_keys, fences.get(p, ""))
             self._commit_call(t, slot, call)
-        results = await self._evalsha_many(self._commit, [call.command(fenced=True) for call in calls])
+        channel = self.keys.finished_channel()
+        results = await self._evalsha_many(self._commit, [call.command(fenced=True, channel=channel) for call in calls])
         return [CommitResult(int(r)) for r in _ungroup(len(transitions), calls, results)]
 
     def _partition_keys(self, partition: int) -> list[str]:
@@ -344,7 +346,7 @@ class RedisStore:
             len(t.timers_remove),
             len(t.events_push),
             len(t.events_remove),
-            1 if old != new else 0,
+            (2 if new in FINISHED else 1) if old != new else 0,
         ]
         parts: list[bytes] = []
         _part(keys.instance_member(wf, iid), header, parts)
