@@ -109,3 +109,42 @@ async def test_a_fenced_commit_reconciles_ownership_at_once_not_at_the_next_hear
         assert worker.orchestrator.owned[partition].startswith("a:")  # re-claimed with a fresh token
     finally:
         await worker.shutdown()
+
+
+async def test_a_commit_fenced_by_our_own_reclaim_keeps_the_partition(
+    shared: tuple[fakeredis.FakeServer, InProcessTransport],
+) -> None:
+    # A restored broker channel re-assigns its partition (a fresh token) while a commit made with
+    # the old token is in flight; that commit is fenced by ourselves and must not drop ownership.
+    server, transport = shared
+    store = RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8)
+    worker = Worker(
+        store=store,
+        transport=transport,
+        workflows={"three": Three},
+        settings=Settings(partitions=8, heartbeat_s=60, worker_ttl_s=180),
+        distributed=True,
+        worker_id="a",
+    )
+    await worker.start()
+    orchestrator = worker.orchestrator
+    evalsha_many = store._evalsha_many
+    client = Client(RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8), BrokerDispatcher(transport))
+    partition = client._partition("three", "reclaimed-1")
+    reclaimed: list[str] = []
+
+    async def reclaim_during_the_round_trip(script, calls, **options):  # type: ignore[no-untyped-def]
+        # The commit's arguments (and its token) are built; the re-claim lands before Redis runs it.
+        if script is store._commit and not reclaimed and partition in orchestrator.owned:
+            await orchestrator.on_assigned(partition)
+            reclaimed.append(orchestrator.owned[partition])
+        return await evalsha_many(script, calls, **options)
+
+    store._evalsha_many = reclaim_during_the_round_trip  # type: ignore[method-assign]
+    try:
+        instance = await client.workflow("three").create(id="reclaimed-1", params={})
+        assert (await instance.wait(timeout=5)).output == 3
+        assert reclaimed, "the re-claim never happened; the test proved nothing"
+        assert orchestrator.owned[partition] == reclaimed[0]  # still ours, with the re-claimed token
+    finally:
+        await worker.shutdown()
