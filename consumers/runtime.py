@@ -61,6 +61,18 @@ def open_transport(settings: Settings) -> RabbitMQTransport:
     return RabbitMQTransport.from_settings(settings)
 
 
+async def connect_servers(settings: Settings) -> tuple[RedisStore, RabbitMQTransport]:
+    """The checked store and the started transport (the store is closed again if the broker fails)."""
+    store = await connect_store(settings)
+    transport = open_transport(settings)
+    try:
+        await transport.start()
+    except BaseException:
+        await store.close()
+        raise
+    return store, transport
+
+
 async def open_client(
     workflows: Mapping[str, type[WorkflowEntrypoint]],
     *,
@@ -81,14 +93,7 @@ async def open_client(
             "the distributed runtime needs both redis_url and amqp_url (HUTCH_REDIS_URL, HUTCH_AMQP_URL); "
             "give neither for the embedded runtime"
         )
-    store = await connect_store(settings)
-    transport = open_transport(settings)
-    try:
-        await transport.start()
-    except BaseException:
-        await store.close()
-        raise
-
+    store, transport = await connect_servers(settings)
     watch = InstanceWatch()
     feed = FinishedFeed(store.redis, store.keys.finished_channel(), watch)
     try:
@@ -123,13 +128,7 @@ async def start_distributed(
     What ``hutch worker`` runs, minus the process: tests and benchmarks use it to exercise the
     real path without spawning processes.
     """
-    store = await connect_store(settings)
-    transport = open_transport(settings)
-    try:
-        await transport.start()
-    except BaseException:
-        await store.close()
-        raise
+    store, transport = await connect_servers(settings)
     return await start_colocated(
         store,
         transport,

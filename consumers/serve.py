@@ -11,7 +11,7 @@ from typing import Any
 from broker.dispatch import BrokerDispatcher
 from consumers.crons import CronTrigger
 from consumers.queue_trigger import QueueTrigger
-from consumers.runtime import connect_store, open_transport
+from consumers.runtime import connect_servers
 from consumers.worker import Worker
 from engine.client import Client, bindings
 from engine.clock import Clock
@@ -50,13 +50,7 @@ async def serve(
             "no workflows to run: add [[workflows]] to hutch.toml or pass --workflow NAME=module:Class"
         )
     clock = Clock()
-    store = await connect_store(settings)
-    transport = open_transport(settings)
-    try:
-        await transport.start()
-    except BaseException:
-        await store.close()
-        raise
+    store, transport = await connect_servers(settings)
     try:
         client = Client(store, BrokerDispatcher(transport), workflows=list(classes), clock=clock)
         env = Env({**bindings(client, classes, settings.binding_names()), **(resources or {})})

@@ -37,9 +37,11 @@ def shared() -> tuple[fakeredis.FakeServer, InProcessTransport]:
     return fakeredis.FakeServer(), InProcessTransport(8)
 
 
-def _worker(server: fakeredis.FakeServer, transport: InProcessTransport, name: str) -> Worker:
+def _worker(
+    server: fakeredis.FakeServer, transport: InProcessTransport, name: str, *, heartbeat_s: float = 0.05
+) -> Worker:
     store = RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8)
-    settings = Settings(partitions=8, heartbeat_s=0.05, worker_ttl_s=0.3)
+    settings = Settings(partitions=8, heartbeat_s=heartbeat_s, worker_ttl_s=heartbeat_s * 6)
     return Worker(
         store=store,
         transport=transport,
@@ -80,6 +82,13 @@ async def _async(value: bool) -> bool:
     return value
 
 
+async def _lone_worker(server: fakeredis.FakeServer, transport: InProcessTransport) -> Worker:
+    """A started worker alone on the partitions, whose heartbeat (60 s) never fires in a test."""
+    worker = _worker(server, transport, "a", heartbeat_s=60)
+    await worker.start()
+    return worker
+
+
 async def test_a_fenced_commit_reconciles_ownership_at_once_not_at_the_next_heartbeat(
     shared: tuple[fakeredis.FakeServer, InProcessTransport],
 ) -> None:
@@ -87,16 +96,8 @@ async def test_a_fenced_commit_reconciles_ownership_at_once_not_at_the_next_hear
     # is fenced at its next commit. It must re-take what the assignment gives it right away: with a
     # 60 s heartbeat, only the fenced commit itself can bring the partition back within the deadline.
     server, transport = shared
-    store = RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8)
-    worker = Worker(
-        store=store,
-        transport=transport,
-        workflows={"three": Three},
-        settings=Settings(partitions=8, heartbeat_s=60, worker_ttl_s=180),
-        distributed=True,
-        worker_id="a",
-    )
-    await worker.start()
+    worker = await _lone_worker(server, transport)
+    store = worker.store
     try:
         assert worker.partitions == list(range(8))
         client = Client(RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8), BrokerDispatcher(transport))
@@ -117,16 +118,8 @@ async def test_a_commit_fenced_by_our_own_reclaim_keeps_the_partition(
     # A restored broker channel re-assigns its partition (a fresh token) while a commit made with
     # the old token is in flight; that commit is fenced by ourselves and must not drop ownership.
     server, transport = shared
-    store = RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8)
-    worker = Worker(
-        store=store,
-        transport=transport,
-        workflows={"three": Three},
-        settings=Settings(partitions=8, heartbeat_s=60, worker_ttl_s=180),
-        distributed=True,
-        worker_id="a",
-    )
-    await worker.start()
+    worker = await _lone_worker(server, transport)
+    store = worker.store
     orchestrator = worker.orchestrator
     evalsha_many = store._evalsha_many
     client = Client(RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8), BrokerDispatcher(transport))
