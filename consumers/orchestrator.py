@@ -197,9 +197,13 @@ class Orchestrator(PartitionListener):
                 log.warning("dead-lettering a message on partition %d: %s", item.partition, item.input.reason)
                 await self._settle(item, item.input.reason)
             elif item.partition not in self.owned:
-                if item.delivery is None and isinstance(item.input, StepDone):
-                    # A result that finished while the partition was away (a broker reconnect):
-                    # keep it for when the partition comes back, so the step is not run again.
+                if item.delivery is not None or isinstance(item.input, StepDone):
+                    # Kept for when the partition comes back. A result that finished while it was
+                    # away (a broker reconnect) is not run again; a broker delivery that arrived
+                    # after a fenced commit is not nacked, since a nack hands it straight back to
+                    # us (still the queue's active consumer) and a few milliseconds of that loop
+                    # would burn its delivery limit and dead-letter it. Releasing the partition
+                    # closes the subscription, which returns such deliveries to the queue.
                     self._parked.setdefault(item.partition, []).append(item)
                 else:
                     await self._settle(item, "nack")

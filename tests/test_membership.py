@@ -141,3 +141,28 @@ async def test_a_commit_fenced_by_our_own_reclaim_keeps_the_partition(
         assert orchestrator.owned[partition] == reclaimed[0]  # still ours, with the re-claimed token
     finally:
         await worker.shutdown()
+
+
+async def test_deliveries_of_a_fenced_partition_wait_for_it_instead_of_burning_their_delivery_limit(
+    shared: tuple[fakeredis.FakeServer, InProcessTransport],
+) -> None:
+    # After a fenced commit the worker has dropped the partition, but its subscription is still the
+    # queue's active consumer: every nack would come straight back, and the delivery limit would
+    # dead-letter the message within milliseconds. Parked instead, it runs once the partition is back.
+    server, transport = shared
+    worker = await _lone_worker(server, transport)
+    orchestrator = worker.orchestrator
+    try:
+        client = Client(RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8), BrokerDispatcher(transport))
+        partition = client._partition("three", "parked-1")
+        await orchestrator.on_revoked(partition)  # what a fenced commit does
+
+        instance = await client.workflow("three").create(id="parked-1", params={})
+        await eventually(lambda: _async(bool(orchestrator._parked.get(partition))), timeout=5)
+        assert (await instance.status()).status == "queued"
+
+        await orchestrator.on_assigned(partition)
+        assert (await instance.wait(timeout=5)).output == 3
+        assert await transport.dead_letters() == []
+    finally:
+        await worker.shutdown()
