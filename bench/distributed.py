@@ -266,9 +266,11 @@ class Instrumented:
                 await client_store.close()
         finally:
             type(transport).publish = class_publish
+            if self.amqp_url:
+                await transport.delete_topology()  # on the open connection, as the one-worker bench does
             await transport.close()
             await store.close()
-            await _drop_namespace(self.redis_url, self.namespace, self.amqp_url)
+            await _drop_namespace(self.redis_url, self.namespace)
 
 
 def _inprocess(settings: Settings) -> Any:

@@ -63,7 +63,7 @@ async def test_two_workers_split_partitions_and_the_survivor_takes_over(
         await eventually(lambda: _async(len(a.partitions) == 4 and len(b.partitions) == 4), timeout=5)
         assert set(a.partitions).isdisjoint(b.partitions)
 
-        client = Client(RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8), BrokerDispatcher(transport))
+        client = _client(server, transport)
         instances = [await client.workflow("three").create(params={}) for _ in range(20)]
         for inst in instances:
             assert (await inst.wait(timeout=10)).output == 3
@@ -80,6 +80,11 @@ async def test_two_workers_split_partitions_and_the_survivor_takes_over(
 
 async def _async(value: bool) -> bool:
     return value
+
+
+def _client(server: fakeredis.FakeServer, transport: InProcessTransport) -> Client:
+    """A remote client of the shared store and transport (no worker of its own)."""
+    return Client(RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8), BrokerDispatcher(transport))
 
 
 async def _lone_worker(server: fakeredis.FakeServer, transport: InProcessTransport) -> Worker:
@@ -100,7 +105,7 @@ async def test_a_fenced_commit_reconciles_ownership_at_once_not_at_the_next_hear
     store = worker.store
     try:
         assert worker.partitions == list(range(8))
-        client = Client(RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8), BrokerDispatcher(transport))
+        client = _client(server, transport)
         partition = client._partition("three", "fenced-1")
         await store.claim(partition, "a-racing-worker:0")  # what the other worker's late claim wrote
 
@@ -122,7 +127,7 @@ async def test_a_commit_fenced_by_our_own_reclaim_keeps_the_partition(
     store = worker.store
     orchestrator = worker.orchestrator
     evalsha_many = store._evalsha_many
-    client = Client(RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8), BrokerDispatcher(transport))
+    client = _client(server, transport)
     partition = client._partition("three", "reclaimed-1")
     reclaimed: list[str] = []
 
@@ -153,7 +158,7 @@ async def test_deliveries_of_a_fenced_partition_wait_for_it_instead_of_burning_t
     worker = await _lone_worker(server, transport)
     orchestrator = worker.orchestrator
     try:
-        client = Client(RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8), BrokerDispatcher(transport))
+        client = _client(server, transport)
         partition = client._partition("three", "parked-1")
         await orchestrator.on_revoked(partition)  # what a fenced commit does
 
