@@ -28,7 +28,7 @@ from typing import Any
 
 import engine
 from bench import report
-from bench.workloads import SMOKE, STANDARD, WORKLOADS, Connect, Metrics, Sizes, Workload
+from bench.workloads import SMOKE, STANDARD, WORKLOADS, Connect, Metrics, RuntimeConnect, Sizes, Workload
 from engine import Client, Settings, WorkflowEntrypoint
 
 RUNTIMES = ("embedded", "rabbitmq")
@@ -41,17 +41,18 @@ def make_connect(runtime: str, *, redis_url: str, amqp_url: str, workers: int = 
     ``workers`` > 1 (rabbitmq only) runs that many worker subprocesses sharing the partitions and
     a remote client in this process (:func:`bench.distributed.subprocess_connect`).
     """
+    recipe = {"runtime": runtime, "redis_url": redis_url, "amqp_url": amqp_url, "workers": workers}
     if workers > 1:
         if runtime != "rabbitmq":
             raise ValueError("--workers > 1 needs --runtime rabbitmq")
         from bench.distributed import subprocess_connect
 
-        return subprocess_connect(workers, redis_url=redis_url, amqp_url=amqp_url)
+        return RuntimeConnect(subprocess_connect(workers, redis_url=redis_url, amqp_url=amqp_url), recipe)
     if runtime == "embedded":
         # Explicit empty URLs: HUTCH_REDIS_URL / HUTCH_AMQP_URL in the environment must not
         # silently turn the embedded figures into remote ones.
         settings = Settings(redis_url="", amqp_url="")
-        return lambda workflows: engine.connect(workflows, settings=settings)
+        return RuntimeConnect(lambda workflows: engine.connect(workflows, settings=settings), recipe)
 
     @contextlib.asynccontextmanager
     async def remote(workflows: Mapping[str, type[WorkflowEntrypoint]]) -> AsyncIterator[Client]:
@@ -80,7 +81,7 @@ def make_connect(runtime: str, *, redis_url: str, amqp_url: str, workers: int = 
             await store.close()
             await _drop_namespace(redis_url, namespace)
 
-    return remote
+    return RuntimeConnect(remote, recipe)
 
 
 async def _drop_namespace(redis_url: str, namespace: str, amqp_url: str = "") -> None:

@@ -28,10 +28,27 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from bench.child_process import die_with_parent
 from engine import Client, Instance, Status, WorkflowEntrypoint
 
 Connect = Callable[[Mapping[str, type[WorkflowEntrypoint]]], AbstractAsyncContextManager[Client]]
 """Opens a runtime with these workflows registered, e.g. ``lambda wfs: engine.connect(wfs)``."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConnect:
+    """A :data:`Connect` that a fresh interpreter can rebuild: ``bench.__main__.make_connect(**recipe)``.
+
+    MEM needs it: RSS growth means nothing in a process where earlier workloads freed memory the
+    sleepers then reuse, so MEM measures in a new interpreter opening the same runtime.
+    """
+
+    open: Connect = field(repr=False)
+    recipe: dict[str, Any]
+
+    def __call__(self, workflows: Mapping[str, type[WorkflowEntrypoint]]) -> AbstractAsyncContextManager[Client]:
+        return self.open(workflows)
+
 
 Metrics = dict[str, float]
 
@@ -260,17 +277,17 @@ async def mem_sleepers(connect: Connect, *, instances: int = 10_000, fresh_proce
 
     ``rss_mb`` is the process's RSS growth from before the creates to when every instance is
     ``waiting`` (after a garbage collection). Memory a previous run freed is reused without
-    growing RSS, so on the embedded runtime each run measures in a fresh Python process (set
-    ``fresh_process=False`` to measure here; on a remote runtime only a process's first run is
-    meaningful). The embedded store (fakeredis) lives in the process too: ``store_mb`` is the size
-    of its data (the Python objects reachable from its databases; 0 against a real Redis), and
-    ``worker_mb`` = ``rss_mb - store_mb`` is what the worker and the client hold — the figure the
-    target is about.
+    growing RSS, so given a :class:`RuntimeConnect` each run measures in a fresh Python process
+    opening the same runtime (``fresh_process=False``, or a plain ``Connect``, measures here: only
+    a process's first run is then meaningful). The embedded store (fakeredis) lives in the process
+    too: ``store_mb`` is the size of its data (the Python objects reachable from its databases; 0
+    against a real Redis), and ``worker_mb`` = ``rss_mb - store_mb`` is what the worker and the
+    client hold — the figure the target is about.
     """
+    if fresh_process and isinstance(connect, RuntimeConnect):
+        return await _mem_in_fresh_process(connect.recipe, instances)
     async with connect({"sleeper": SleepHour}) as client:
-        if not (fresh_process and _store_bytes(client)):
-            return await _measure_sleepers(client, instances)
-    return await _mem_in_fresh_process(instances)
+        return await _measure_sleepers(client, instances)
 
 
 async def _measure_sleepers(client: Client, instances: int) -> Metrics:
@@ -302,12 +319,12 @@ async def _measure_sleepers(client: Client, instances: int) -> Metrics:
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # where ``bench`` imports from
 
 
-async def _mem_in_fresh_process(instances: int) -> Metrics:
-    """Run the MEM measurement on an embedded runtime in a new interpreter; its metrics."""
+async def _mem_in_fresh_process(recipe: dict[str, Any], instances: int) -> Metrics:
+    """Run the MEM measurement in a new interpreter on the runtime ``recipe`` opens; its metrics."""
     code = (
-        "import asyncio, json, engine, bench.workloads as w\n"
-        "settings = engine.Settings(redis_url='', amqp_url='')\n"
-        "connect = lambda workflows: engine.connect(workflows, settings=settings)\n"
+        "import asyncio, json, bench.workloads as w\n"
+        "from bench.__main__ import make_connect\n"
+        f"connect = make_connect(**{recipe!r})\n"
         f"metrics = asyncio.run(w.mem_sleepers(connect, instances={instances}, fresh_process=False))\n"
         "print(json.dumps(metrics))\n"
     )
@@ -318,6 +335,7 @@ async def _mem_in_fresh_process(instances: int) -> Metrics:
         cwd=_REPO_ROOT,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        preexec_fn=die_with_parent,
     )
     out, err = await child.communicate()
     if child.returncode != 0:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from bench import timeline
+from bench.__main__ import make_connect
 from bench.distributed import counts_w1, counts_w2, redis_bytes_finished, subprocess_connect, worker_rss_sleepers
-from bench.workloads import w1_sequential, w6_start
+from bench.workloads import mem_sleepers, w1_sequential, w6_start
 
 
 async def test_counts_are_per_step_and_positive(redis_url: str, amqp_url: str) -> None:
@@ -34,3 +36,22 @@ async def test_two_worker_processes_share_the_work(redis_url: str, amqp_url: str
     assert metrics["steps_per_s"] > 0
     started = await w6_start(connect, instances=2)
     assert started["p50_ms"] > 0  # the step ran after the create, in another process
+
+
+async def test_timeline_stamps_every_hop_in_order(redis_url: str, amqp_url: str) -> None:
+    runs = await timeline.measure(redis_url, amqp_url, instances=3)
+    assert len(runs) == 3
+    for run in runs:
+        # The path of one start, in the order the hops happen (the confirm and the delivery race).
+        path = ["called", "created", "published", "delivered", "turn", "commit", "committed", "step-scheduled"]
+        assert [run[hop] for hop in path] == sorted(run[hop] for hop in path), run
+        assert run["confirmed"] > run["published"]
+    text = timeline.report(runs)
+    assert all(f"  {hop} " in text for hop in (*timeline.HOPS, "step-scheduled")), text
+
+
+async def test_mem_measures_the_real_runtime_in_a_fresh_process(redis_url: str, amqp_url: str) -> None:
+    connect = make_connect("rabbitmq", redis_url=redis_url, amqp_url=amqp_url)
+    metrics = await mem_sleepers(connect, instances=20)
+    assert set(metrics) == {"rss_mb", "store_mb", "worker_mb", "worker_kb_per_instance"}
+    assert metrics["store_mb"] == 0  # the data is in the real Redis, not in the measured process

@@ -1,0 +1,154 @@
+"""``python -m bench.timeline``: where W6's time goes, hop by hop, on the RabbitMQ + Redis runtime.
+
+W6 is one number (create call → first step body starts). This breaks it into the hops of the
+path with one in-process worker, by wrapping the functions each hop ends in and stamping
+``time.perf_counter()`` per instance:
+
+    create_many done → publish sent → publish confirmed → delivered to the worker
+    → orchestrator turn starts → commit starts → commit done → step body starts
+
+Each column is the p50 over the instances of the time since the create call, in ms. The wrappers
+cost a few microseconds per hop; the total is comparable to ``python -m bench --only W6``, not
+identical.
+
+Usage::
+
+    python -m bench.timeline [--instances 60] [--redis-url ...] [--amqp-url ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from bench.workloads import FirstStep, _finish, _warm_up, percentile
+
+HOPS = ("created", "published", "confirmed", "delivered", "turn", "commit", "committed", "step")
+
+
+class _Stamps:
+    """Per-instance hop times; the instance under way is the one the current create started."""
+
+    def __init__(self) -> None:
+        self.current: dict[str, float] | None = None
+        self.runs: list[dict[str, float]] = []
+
+    def begin(self) -> None:
+        self.current = {"called": time.perf_counter()}
+        self.runs.append(self.current)
+
+    def stamp(self, hop: str) -> None:
+        # Only the first time a hop is reached counts: a later batch (the step's result, the
+        # final commit) belongs to the same instance but is not on the path to its first step.
+        if self.current is not None and hop not in self.current:
+            self.current[hop] = time.perf_counter()
+
+
+@contextlib.contextmanager
+def _patched(owner: Any, name: str, make: Callable[[Any], Any]) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, make(original))
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def _after(stamps: _Stamps, hop: str, before: str | None = None) -> Callable[[Any], Any]:
+    """Wrap an async function: stamp ``before`` when it is called and ``hop`` when it returns."""
+
+    def make(original: Any) -> Any:
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if before is not None:
+                stamps.stamp(before)
+            result = await original(*args, **kwargs)
+            stamps.stamp(hop)
+            return result
+
+        return wrapper
+
+    return make
+
+
+async def measure(redis_url: str, amqp_url: str, instances: int) -> list[dict[str, float]]:
+    from bench.__main__ import make_connect
+    from broker.transports import rabbitmq
+    from consumers import orchestrator, steps
+    from engine.store.redis import RedisStore
+
+    stamps = _Stamps()
+
+    def on_message(original: Any) -> Any:
+        async def wrapper(self: Any, partition: int, message: Any) -> None:
+            stamps.stamp("delivered")
+            await original(self, partition, message)
+
+        return wrapper
+
+    def publish_one(original: Any) -> Any:
+        async def wrapper(publisher: Any, item: Any) -> None:
+            stamps.stamp("published")
+            await original(publisher, item)
+            stamps.stamp("confirmed")
+
+        return staticmethod(wrapper)
+
+    def runner_start(original: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> None:
+            stamps.stamp("step-scheduled")
+            original(*args, **kwargs)
+
+        return wrapper
+
+    connect = make_connect("rabbitmq", redis_url=redis_url, amqp_url=amqp_url)
+    with contextlib.ExitStack() as patches:
+        patches.enter_context(_patched(RedisStore, "create_many", _after(stamps, "created")))
+        patches.enter_context(_patched(rabbitmq.RabbitMQTransport, "_publish_one", publish_one))
+        patches.enter_context(_patched(rabbitmq._RabbitSubscription, "_on_message", on_message))
+        patches.enter_context(_patched(orchestrator.Orchestrator, "process", _after(stamps, "turn-done", "turn")))
+        patches.enter_context(_patched(RedisStore, "commit_many", _after(stamps, "committed", "commit")))
+        patches.enter_context(_patched(steps.StepRunner, "start", runner_start))
+        async with connect({"first": FirstStep}) as client:
+            wf = client.workflow("first")
+            await _warm_up(client, "first", {})
+            stamps.runs.clear()
+            for _ in range(instances):
+                stamps.begin()
+                called_wall = time.time()
+                output = await _finish(await wf.create(), timeout=60)
+                run = stamps.runs[-1]
+                # The step body stamps wall time (it may run in another process in other setups).
+                run["step"] = run["called"] + (output["t"] - called_wall)
+            stamps.current = None
+    return stamps.runs
+
+
+def report(runs: list[dict[str, float]]) -> str:
+    hops = [*HOPS[:-1], "step-scheduled", "step"]
+    lines = [f"W6 timeline, p50 over {len(runs)} instances, ms since the create call"]
+    previous = 0.0
+    for hop in hops:
+        values = [(run[hop] - run["called"]) * 1000 for run in runs if hop in run]
+        if not values:
+            continue
+        at = percentile(values, 50)
+        lines.append(f"  {hop:<15} {at:7.3f}   (+{at - previous:.3f})")
+        previous = at
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--instances", type=int, default=60)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
+    args = parser.parse_args()
+    print(report(asyncio.run(measure(args.redis_url, args.amqp_url, args.instances))))
+
+
+if __name__ == "__main__":
+    main()
