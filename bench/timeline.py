@@ -1,11 +1,11 @@
-"""``python -m bench.timeline``: where W6's time goes, hop by hop, on the RabbitMQ + Redis runtime.
+"""``python -m bench.timeline``: where W6's time goes, hop by hop.
 
 W6 is one number (create call → first step body starts). This breaks it into the hops of the
-path with one in-process worker, by wrapping the functions each hop ends in and stamping
-``time.perf_counter()`` per instance:
+path with one in-process worker (as ``python -m bench`` runs it), by wrapping the functions each
+hop ends in and stamping ``time.perf_counter()`` per instance:
 
-    create_many done → publish sent → publish confirmed → delivered to the worker
-    → orchestrator turn starts → commit starts → commit done → step body starts
+    create_many done → publish called → publish returned (RabbitMQ: confirmed) → delivered to the
+    worker → orchestrator turn starts → commit starts → commit done → step body starts
 
 Each column is the p50 over the instances of the time since the create call, in ms. The wrappers
 cost a few microseconds per hop; the total is comparable to ``python -m bench --only W6``, not
@@ -13,7 +13,7 @@ identical.
 
 Usage::
 
-    python -m bench.timeline [--instances 60] [--redis-url ...] [--amqp-url ...]
+    python -m bench.timeline [--runtime rabbitmq|embedded] [--instances 60] [--redis-url ...] [--amqp-url ...]
 """
 
 from __future__ import annotations
@@ -74,28 +74,21 @@ def _after(stamps: _Stamps, hop: str, before: str | None = None) -> Callable[[An
     return make
 
 
-async def measure(redis_url: str, amqp_url: str, instances: int) -> list[dict[str, float]]:
+async def measure(runtime: str, redis_url: str, amqp_url: str, instances: int) -> list[dict[str, float]]:
     from bench.__main__ import make_connect
-    from broker.transports import rabbitmq
+    from broker.transports.inprocess import InProcessTransport
+    from broker.transports.rabbitmq import RabbitMQTransport
     from consumers import orchestrator, steps
     from engine.store.redis import RedisStore
 
     stamps = _Stamps()
 
-    def on_message(original: Any) -> Any:
-        async def wrapper(self: Any, partition: int, message: Any) -> None:
+    def on_delivery(original: Any) -> Any:
+        def wrapper(self: Any, delivery: Any) -> None:
             stamps.stamp("delivered")
-            await original(self, partition, message)
+            original(self, delivery)
 
         return wrapper
-
-    def publish_one(original: Any) -> Any:
-        async def wrapper(publisher: Any, item: Any) -> None:
-            stamps.stamp("published")
-            await original(publisher, item)
-            stamps.stamp("confirmed")
-
-        return staticmethod(wrapper)
 
     def runner_start(original: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> None:
@@ -104,11 +97,12 @@ async def measure(redis_url: str, amqp_url: str, instances: int) -> list[dict[st
 
         return wrapper
 
-    connect = make_connect("rabbitmq", redis_url=redis_url, amqp_url=amqp_url)
+    connect = make_connect(runtime, redis_url=redis_url, amqp_url=amqp_url)
+    transport = RabbitMQTransport if runtime == "rabbitmq" else InProcessTransport
     with contextlib.ExitStack() as patches:
         patches.enter_context(_patched(RedisStore, "create_many", _after(stamps, "created")))
-        patches.enter_context(_patched(rabbitmq.RabbitMQTransport, "_publish_one", publish_one))
-        patches.enter_context(_patched(rabbitmq._RabbitSubscription, "_on_message", on_message))
+        patches.enter_context(_patched(transport, "publish", _after(stamps, "confirmed", "published")))
+        patches.enter_context(_patched(orchestrator.Orchestrator, "on_delivery", on_delivery))
         patches.enter_context(_patched(orchestrator.Orchestrator, "process", _after(stamps, "turn-done", "turn")))
         patches.enter_context(_patched(RedisStore, "commit_many", _after(stamps, "committed", "commit")))
         patches.enter_context(_patched(steps.StepRunner, "start", runner_start))
@@ -143,11 +137,13 @@ def report(runs: list[dict[str, float]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runtime", choices=("rabbitmq", "embedded"), default="rabbitmq")
     parser.add_argument("--instances", type=int, default=60)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--amqp-url", default="amqp://guest:guest@127.0.0.1:5672/")
     args = parser.parse_args()
-    print(report(asyncio.run(measure(args.redis_url, args.amqp_url, args.instances))))
+    redis_url, amqp_url = (args.redis_url, args.amqp_url) if args.runtime == "rabbitmq" else ("", "")
+    print(report(asyncio.run(measure(args.runtime, redis_url, amqp_url, args.instances))))
 
 
 if __name__ == "__main__":

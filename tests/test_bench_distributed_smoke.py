@@ -39,7 +39,7 @@ async def test_two_worker_processes_share_the_work(redis_url: str, amqp_url: str
 
 
 async def test_timeline_stamps_every_hop_in_order(redis_url: str, amqp_url: str) -> None:
-    runs = await timeline.measure(redis_url, amqp_url, instances=3)
+    runs = await timeline.measure("rabbitmq", redis_url, amqp_url, instances=3)
     assert len(runs) == 3
     for run in runs:
         # The path of one start, in the order the hops happen (the confirm and the delivery race).
