@@ -4,12 +4,16 @@ W6 is one number (create call → first step body starts). This breaks it into t
 path with one in-process worker (as ``python -m bench`` runs it), by wrapping the functions each
 hop ends in and stamping ``time.perf_counter()`` per instance:
 
-    create_many done → publish called → publish returned (RabbitMQ: confirmed) → delivered to the
-    worker → orchestrator turn starts → commit starts → commit done → step body starts
+    created (the create script returned) · noticed (the owner heard of it on the store's
+    "created" channel) · published / confirmed (the start message: publish called, returned —
+    on RabbitMQ once confirmed) · delivered (the start message reached the worker) · turn (the
+    orchestrator turn that starts it) · commit / committed (its first commit) · step-scheduled ·
+    step (the step body's first line)
 
-Each column is the p50 over the instances of the time since the create call, in ms. The wrappers
-cost a few microseconds per hop; the total is comparable to ``python -m bench --only W6``, not
-identical.
+Each line is the p50 over the instances of the time since the create call, in ms, in the order
+the hops happened; the first turn is whichever input came first (on the RabbitMQ runtime the
+creation notice, with the start message trailing behind). The wrappers cost a few microseconds
+per hop; the total is comparable to ``python -m bench --only W6``, not identical.
 
 Usage::
 
@@ -27,7 +31,18 @@ from typing import Any
 
 from bench.workloads import FirstStep, _finish, _warm_up, percentile
 
-HOPS = ("created", "published", "confirmed", "delivered", "turn", "commit", "committed", "step")
+HOPS = (
+    "created",
+    "noticed",
+    "published",
+    "confirmed",
+    "delivered",
+    "turn",
+    "commit",
+    "committed",
+    "step-scheduled",
+    "step",
+)
 
 
 class _Stamps:
@@ -90,6 +105,13 @@ async def measure(runtime: str, redis_url: str, amqp_url: str, instances: int) -
 
         return wrapper
 
+    def notice_created(original: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> None:
+            stamps.stamp("noticed")
+            original(*args, **kwargs)
+
+        return wrapper
+
     def runner_start(original: Any) -> Any:
         def wrapper(*args: Any, **kwargs: Any) -> None:
             stamps.stamp("step-scheduled")
@@ -103,6 +125,7 @@ async def measure(runtime: str, redis_url: str, amqp_url: str, instances: int) -
         patches.enter_context(_patched(RedisStore, "create_many", _after(stamps, "created")))
         patches.enter_context(_patched(transport, "publish", _after(stamps, "confirmed", "published")))
         patches.enter_context(_patched(orchestrator.Orchestrator, "on_delivery", on_delivery))
+        patches.enter_context(_patched(orchestrator.Orchestrator, "notice_created", notice_created))
         patches.enter_context(_patched(orchestrator.Orchestrator, "process", _after(stamps, "turn-done", "turn")))
         patches.enter_context(_patched(RedisStore, "commit_many", _after(stamps, "committed", "commit")))
         patches.enter_context(_patched(steps.StepRunner, "start", runner_start))
@@ -122,14 +145,15 @@ async def measure(runtime: str, redis_url: str, amqp_url: str, instances: int) -
 
 
 def report(runs: list[dict[str, float]]) -> str:
-    hops = [*HOPS[:-1], "step-scheduled", "step"]
+    """One line per hop reached: its p50 (ms since the create call), and the gap since the line above."""
+    medians = {}
+    for hop in HOPS:
+        values = [(run[hop] - run["called"]) * 1000 for run in runs if hop in run]
+        if values:
+            medians[hop] = percentile(values, 50)
     lines = [f"W6 timeline, p50 over {len(runs)} instances, ms since the create call"]
     previous = 0.0
-    for hop in hops:
-        values = [(run[hop] - run["called"]) * 1000 for run in runs if hop in run]
-        if not values:
-            continue
-        at = percentile(values, 50)
+    for hop, at in sorted(medians.items(), key=lambda item: item[1]):
         lines.append(f"  {hop:<15} {at:7.3f}   (+{at - previous:.3f})")
         previous = at
     return "\n".join(lines)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from broker.envelopes import Control, EventReceived, InstanceCreated, Message, Redrive, TimerFired
-from consumers.items import StepDone
+from consumers.items import CreatedNotice, StepDone
 from engine import tracing
 from engine.config import Limits, StepConfig
 from engine.entrypoint import Env, WorkflowEntrypoint
@@ -54,7 +54,7 @@ class Effects:
     evict: bool = False
 
 
-Input = Message | StepDone
+Input = Message | StepDone | CreatedNotice
 
 
 class InstanceActor:
@@ -207,6 +207,8 @@ class InstanceActor:
         elif isinstance(item, Control):
             self._on_control(item.action)
         elif isinstance(item, InstanceCreated | Redrive):
+            self._on_wake()
+        elif isinstance(item, CreatedNotice) and self.status == "queued":
             self._on_wake()
 
     def _on_wake(self) -> None:

@@ -1,4 +1,4 @@
-"""What a partition owner processes besides broker messages: results of local step attempts."""
+"""What a partition owner processes besides broker messages: local step results, creation notices."""
 
 from __future__ import annotations
 
@@ -24,3 +24,17 @@ class StepDone:
     value_bytes: bytes = b""
     error: dict[str, str] | None = None
     retryable: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedNotice:
+    """A client just created this instance (heard on the store's "created" channel).
+
+    It starts a still-queued instance ahead of its start message, which only confirms it later;
+    it does nothing to an instance already started.
+    """
+
+    partition: int
+    workflow: str
+    instance_id: str
+    meta: dict[str, Any] | None  # as a load would return it, when the notice carried it

@@ -13,13 +13,15 @@ import asyncio
 import contextlib
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from broker.envelopes import InstanceCreated, PoisonMessage, Redrive, TimerFired, decode
 from broker.transports.base import Delivery, PartitionListener
 from consumers.actor import Effects, Input, InstanceActor
-from consumers.items import StepDone
+from consumers.items import CreatedNotice, StepDone
 from consumers.steps import StepRunner
 from consumers.timers import TimerService
 from engine import tracing
@@ -33,6 +35,10 @@ from engine.watch import InstanceWatch
 log = logging.getLogger("hutch.worker")
 
 _ActorKey = tuple[str, str]
+
+# Instances this worker started, remembered so their start messages (arriving after a creation
+# notice started them) are acknowledged without a transition; a forgotten one costs a reload.
+_STARTED_REMEMBERED = 16_384
 
 
 @dataclass(slots=True)
@@ -99,6 +105,7 @@ class Orchestrator(PartitionListener):
         # uses it to reconcile ownership at once instead of stalling until its next heartbeat.
         self.on_fenced: Callable[[int], None] | None = None
         self._parked: dict[int, list[_Item]] = {}
+        self._started: OrderedDict[_ActorKey, int] = OrderedDict()  # -> creation ms
         self._retry_s = 0.2
         self.commits = 0
 
@@ -136,6 +143,17 @@ class Orchestrator(PartitionListener):
             if actor.partition == partition:
                 self._drop(key)
         log.info("worker %s released partition %d", self.worker_id, partition)
+
+    def notice_created(self, partition: int, workflow: str, instance_id: str, meta: dict[str, Any] | None) -> None:
+        """A client created this instance: start it now if this worker owns it, ahead of its start message.
+
+        The start message still comes through the broker and stays the durable path: a notice
+        that is lost, or heard by a worker that no longer owns the partition, only costs latency.
+        """
+        key = (workflow, instance_id)
+        if partition in self.owned and key not in self.actors and key not in self._started and not self.draining:
+            notice = CreatedNotice(partition, workflow, instance_id, meta)
+            self._inbox.put_nowait(_Item(partition, key, notice, None))
 
     def _post_step_done(self, done: StepDone) -> None:
         self._inbox.put_nowait(_Item(done.partition, (done.workflow, done.instance_id), done, None))
@@ -207,6 +225,8 @@ class Orchestrator(PartitionListener):
                     self._parked.setdefault(item.partition, []).append(item)
                 else:
                     await self._settle(item, "nack")
+            elif self._started_already(item):
+                await self._settle(item, "ack")  # a creation notice started it: nothing left to do
             else:
                 groups.setdefault(item.key, []).append(item)
         if not groups:
@@ -239,6 +259,8 @@ class Orchestrator(PartitionListener):
             key = (actor.workflow, actor.instance_id)
             if result is CommitResult.COMMITTED:
                 actor.committed(transition)
+                if "started" in transition.meta:
+                    self._remember_started(key, actor.created_ms)
                 if tracing.enabled():  # spans of what this transition recorded: never of replayed history
                     deliveries = [(i.input, i.delivery.headers) for i in items if i.delivery is not None]
                     tracing.emit_committed(actor, transition, deliveries, now_ms=self.clock.now_ms())
@@ -246,13 +268,17 @@ class Orchestrator(PartitionListener):
                     self.timers.committed(actor.partition, transition.timers_add, transition.timers_remove)
                 await self._after_commit(key, actor, effects, items)
                 continue
-            log.warning("instance %s/%s: commit rejected (%s); reloading", *key, result.name)
+            # A creation notice that lost the race to its start message is done with: the
+            # instance has started. Anything else is retried on the reloaded instance.
+            rest = [i for i in items if not isinstance(i.input, CreatedNotice)]
+            level = logging.WARNING if rest or result is not CommitResult.CONFLICT else logging.DEBUG
+            log.log(level, "instance %s/%s: commit rejected (%s); reloading", *key, result.name)
             self._drop(key)
             if result is CommitResult.FENCED and self.owned.get(actor.partition) == fences.get(actor.partition):
                 await self.on_revoked(actor.partition)
                 if self.on_fenced is not None:
                     self.on_fenced(actor.partition)
-            await self._nack(items)
+            await self._nack(rest)
 
     async def _load_missing(self, groups: dict[_ActorKey, list[_Item]]) -> None:
         missing = [key for key in groups if key not in self.actors]
@@ -305,6 +331,23 @@ class Orchestrator(PartitionListener):
         if self.watch is not None:
             self.watch.notify(*key, actor.status)
 
+    def _remember_started(self, key: _ActorKey, created_ms: int) -> None:
+        self._started[key] = created_ms
+        self._started.move_to_end(key)
+        if len(self._started) > _STARTED_REMEMBERED:
+            self._started.popitem(last=False)
+
+    def _started_already(self, item: _Item) -> bool:
+        """Whether ``item`` is the start message of an instance this worker already started.
+
+        The creation time tells this instance from an earlier one with the same id.
+        """
+        message = item.input
+        if not isinstance(message, InstanceCreated) or item.delivery is None:
+            return False
+        created = self._started.get(item.key)
+        return created is not None and created == meta_from_fields(message.fields or {}).get("created")
+
     def _drop(self, key: _ActorKey) -> None:
         actor = self.actors.pop(key, None)
         if actor is not None:
@@ -338,20 +381,23 @@ class Orchestrator(PartitionListener):
 
 
 def _fresh_snapshot(item: _Item) -> Snapshot | None:
-    """The snapshot of an instance that a first-delivery start message describes, else None (load it).
+    """The snapshot of an instance that a creation notice or a first-delivery start message describes.
 
-    The message carries the meta fields the client wrote at creation (params, creation time,
-    trigger, the trace context of engine.tracing...), so the instance needs no read and looks
-    exactly as a load would show it. If the message is stale (the instance already moved on, or
-    it is another instance with the same id), the first commit's sequence and creation-time checks
-    refuse it; the message is then redelivered and, being a redelivery, loads the instance.
+    Both carry the meta fields the client wrote at creation (params, creation time, trigger, the
+    trace context of engine.tracing...), so the instance needs no read and looks exactly as a load
+    would show it. If it is stale (the instance already moved on, or it is another instance with
+    the same id), the first commit's sequence and creation-time checks refuse it; a start message
+    is then redelivered and, being a redelivery, loads the instance. None: load it.
     """
     message = item.input
-    if not isinstance(message, InstanceCreated) or not message.fields or item.delivery is None:
+    if isinstance(message, CreatedNotice):
+        if message.meta is None:
+            return None
+        meta = message.meta
+    elif isinstance(message, InstanceCreated) and message.fields and item.delivery and not item.delivery.redelivered:
+        meta = meta_from_fields(message.fields)
+    else:
         return None
-    if item.delivery.redelivered:
-        return None
-    meta = meta_from_fields(message.fields)
     identity = (meta.get("wf"), meta.get("id"), meta.get("seq"), meta.get("status"))
     if identity != (message.workflow, message.instance_id, 0, "queued") or not isinstance(meta.get("created"), int):
         return None  # not the creation record of this instance: read the real one

@@ -22,8 +22,9 @@ from engine.config import Limits
 from engine.entrypoint import WorkflowEntrypoint
 from engine.errors import InvalidInputError, StoreUnavailable
 from engine.settings import Settings
+from engine.store.announcements import finished_member
 from engine.store.redis import RedisStore
-from engine.watch import FinishedFeed, InstanceWatch
+from engine.watch import ChannelFeed, InstanceWatch
 
 
 def open_store(settings: Settings) -> RedisStore:
@@ -42,7 +43,7 @@ def open_store(settings: Settings) -> RedisStore:
         retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError, OSError],
     )
-    return RedisStore(Redis.from_pool(pool), settings.partitions, namespace=settings.namespace)
+    return RedisStore(Redis.from_pool(pool), settings.partitions, namespace=settings.namespace, announce_created=True)
 
 
 async def connect_store(settings: Settings) -> RedisStore:
@@ -95,7 +96,7 @@ async def open_client(
         )
     store, transport = await connect_servers(settings)
     watch = InstanceWatch()
-    feed = FinishedFeed(store.redis, store.keys.finished_channel(), watch)
+    feed = ChannelFeed(store.redis, store.keys.finished_channel(), lambda data: watch.notify(*finished_member(data)))
     try:
         await feed.start()
     except BaseException:

@@ -7,6 +7,7 @@ import contextlib
 import enum
 import logging
 
+from broker.partitioning import partition_of
 from broker.transports.base import Delivery, PartitionListener, Subscription, Transport
 from consumers.membership import Membership
 from consumers.orchestrator import Orchestrator
@@ -16,8 +17,9 @@ from engine.clock import Clock
 from engine.config import DEFAULT_LIMITS, Limits
 from engine.entrypoint import Env, WorkflowEntrypoint
 from engine.settings import Settings
+from engine.store.announcements import created_instances
 from engine.store.redis import RedisStore
-from engine.watch import InstanceWatch
+from engine.watch import ChannelFeed, InstanceWatch
 
 log = logging.getLogger("hutch.worker")
 
@@ -101,7 +103,11 @@ class Worker:
         # Distributed workers share partitions through Redis heartbeats; an embedded worker
         # (or a single one) simply consumes every partition.
         self.membership: Membership | None = None
+        # A start message takes a broker round trip (a quorum queue's replicated, fsynced write)
+        # to arrive; the create's announcement on Redis pub/sub lets the owner start sooner.
+        self._notices: ChannelFeed | None = None
         if distributed:
+            self._notices = ChannelFeed(store.redis, store.keys.created_channel(), self._on_created)
             self.membership = Membership(
                 store.redis,
                 store.keys.workers(),
@@ -114,6 +120,11 @@ class Worker:
                 ttl_s=settings.worker_ttl_s,
             )
             self.orchestrator.on_fenced = self.membership.fenced
+
+    def _on_created(self, data: bytes) -> None:
+        for created in created_instances(data):
+            partition = partition_of(created.workflow, created.instance_id, self.transport.partitions)
+            self.orchestrator.notice_created(partition, created.workflow, created.instance_id, created.meta)
 
     @property
     def worker_id(self) -> str:
@@ -138,6 +149,8 @@ class Worker:
             raise RuntimeError(f"a worker cannot be started twice (it is {self._state.value})")
         self._state = _State.RUNNING
         await self.store.check_partition_count()
+        if self._notices is not None:
+            await self._notices.start()
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self.orchestrator.run(), name="hutch-orchestrator"),
@@ -188,6 +201,8 @@ class Worker:
             self._state = _State.STOPPED
             return
         self._state = _State.STOPPED
+        if self._notices is not None:
+            await self._notices.close()
         timeout = self.settings.shutdown_timeout_s if timeout is None else timeout
         runner = self.orchestrator.runner
         self.orchestrator.draining = True

@@ -66,6 +66,10 @@ class Keys:
         """Pub/sub channel on which commits announce instances that reached a final status."""
         return f"{self.namespace}:finished"
 
+    def created_channel(self) -> str:
+        """Pub/sub channel on which creates announce new instances, so owners start them at once."""
+        return f"{self.namespace}:created"
+
     def workers(self) -> str:
         """Sorted set of live workers' heartbeats (score: last heartbeat epoch ms)."""
         return f"{self.namespace}:workers"

@@ -1,7 +1,7 @@
 """Notification of instance changes, so clients wait without polling.
 
 Embedded and colocated clients share their worker's :class:`InstanceWatch`; a remote client's
-watch is fed from Redis pub/sub by :class:`FinishedFeed`.
+watch is fed from Redis pub/sub by a :class:`ChannelFeed`.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -53,26 +54,30 @@ class InstanceWatch:
                     del self._waiters[key]
 
 
-class FinishedFeed:
-    """Feeds an :class:`InstanceWatch` from the store's "finished" pub/sub channel.
+class ChannelFeed:
+    """Calls ``on_message(data)`` for each message published on a Redis pub/sub channel.
 
-    A remote client (no worker in its process) would otherwise learn that an instance finished
-    only by polling; commits publish the instance's member (``workflow:id``) on the channel once it
-    reached a final status. A lost subscription only costs latency: ``Instance.wait`` keeps polling
-    with backoff underneath, and the feed re-subscribes after a pause.
+    The store's scripts announce instances on channels (engine.store.announcements): commits those
+    that reached a final status (a remote client's :class:`InstanceWatch` hears of it instead of
+    polling), creates the new ones (their partition owner starts them without waiting for the
+    broker). Pub/sub delivers at most once, so a feed only ever saves latency: what it misses
+    still happens by the slower path (a poll, a start message), and a lost subscription is re-made
+    after a pause.
     """
 
-    def __init__(self, redis: Redis, channel: str, watch: InstanceWatch, *, retry_s: float = 1.0) -> None:
+    def __init__(
+        self, redis: Redis, channel: str, on_message: Callable[[bytes], object], *, retry_s: float = 1.0
+    ) -> None:
         self._redis = redis
         self._channel = channel
-        self._watch = watch
+        self._on_message = on_message
         self._retry_s = retry_s
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
     async def start(self) -> None:
-        """Subscribe (waits for the first subscription, so a wait begun next cannot miss a finish)."""
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="hutch-finished-feed")
+        """Subscribe (waits for the first subscription: nothing published after this returns is missed)."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=f"hutch-feed-{self._channel}")
         subscribed = asyncio.ensure_future(self._subscribed.wait())
         done, _ = await asyncio.wait([self._task, subscribed], return_when=asyncio.FIRST_COMPLETED)
         if self._task in done:
@@ -94,13 +99,14 @@ class FinishedFeed:
                 self._subscribed.set()
                 first = False
                 async for message in pubsub.listen():
-                    member = message["data"]
-                    workflow, _, instance_id = (member.decode() if isinstance(member, bytes) else member).partition(":")
-                    self._watch.notify(workflow, instance_id)
+                    try:
+                        self._on_message(message["data"])
+                    except Exception:
+                        log.exception("a message on %s could not be handled: %r", self._channel, message["data"][:200])
             except STORE_ERRORS as exc:
                 if first:
                     raise
-                log.warning("lost the finished-instances subscription (%s); re-subscribing", exc)
+                log.warning("lost the subscription to %s (%s); re-subscribing", self._channel, exc)
             finally:
                 with contextlib.suppress(*STORE_ERRORS):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

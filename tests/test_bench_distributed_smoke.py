@@ -42,12 +42,13 @@ async def test_timeline_stamps_every_hop_in_order(redis_url: str, amqp_url: str)
     runs = await timeline.measure("rabbitmq", redis_url, amqp_url, instances=3)
     assert len(runs) == 3
     for run in runs:
-        # The path of one start, in the order the hops happen (the confirm and the delivery race).
-        path = ["called", "created", "published", "delivered", "turn", "commit", "committed", "step-scheduled"]
+        # The path of one start, in the order the hops happen. Whether the creation notice or the
+        # start message reaches the worker first is a race (the notice, unless the machine stalls).
+        path = ["called", "created", "turn", "commit", "committed", "step-scheduled"]
         assert [run[hop] for hop in path] == sorted(run[hop] for hop in path), run
-        assert run["confirmed"] > run["published"]
+        assert run["created"] < run["noticed"] and run["published"] < run["confirmed"] and "delivered" in run
     text = timeline.report(runs)
-    assert all(f"  {hop} " in text for hop in (*timeline.HOPS, "step-scheduled")), text
+    assert all(f"  {hop} " in text for hop in timeline.HOPS), text
 
 
 async def test_mem_measures_the_real_runtime_in_a_fresh_process(redis_url: str, amqp_url: str) -> None:

@@ -149,10 +149,11 @@ async def test_a_stale_start_message_of_a_same_id_instance_never_runs(make_clien
     final = await client.workflow("nap").get(iid)
     status = await final.wait(timeout=10)
     # The commit refused the transition computed from the stale message, so nothing of it took effect
-    # (run() code outside steps may have run on it, as on any replay); the redelivery loaded the real one.
+    # (run() code outside steps may have run on it, as on any replay); the redelivery loaded the real
+    # one — or, distributed, the create's notice started the real one before the message arrived.
     assert (status.status, status.output) == (Status.COMPLETE, "real")
     assert STEPS[iid] == ["real"]
-    assert SEEN[iid][-1] == real
+    assert real in SEEN[iid]
     detail = await final.describe()
     assert detail.params == real
 

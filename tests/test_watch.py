@@ -12,7 +12,8 @@ from consumers.runtime import start_distributed
 from engine import Settings, WorkflowEntrypoint
 from engine.clock import Clock
 from engine.config import DEFAULT_LIMITS
-from engine.watch import FinishedFeed, InstanceWatch
+from engine.store.announcements import finished_member
+from engine.watch import ChannelFeed, InstanceWatch
 from tests.conftest import AMQP_URL, REDIS_URL, drop_namespace
 from tests.helpers import unique, wait_status
 
@@ -44,7 +45,7 @@ async def test_the_feed_wakes_a_waiter_when_a_commit_announces_a_finish(redis_ur
     redis = Redis.from_url(redis_url)
     watch = InstanceWatch()
     channel = f"{unique('test')}:finished"
-    feed = FinishedFeed(redis, channel, watch)
+    feed = ChannelFeed(redis, channel, lambda data: watch.notify(*finished_member(data)))
     await feed.start()
     try:
         waiter = asyncio.ensure_future(watch.changed("wait", "i-1", timeout=60))

@@ -30,6 +30,9 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (
 )
 """Errors that mean Redis is unreachable right now (retry later), as opposed to a bug."""
 
+ANNOUNCED_BLOB_MAX = 4096
+"""Created instances whose creation record (member, params, trigger...) is larger are announced by member only."""
+
 _TEXT_FIELDS = frozenset({"wf", "id", "status"})
 _INT_FIELDS = frozenset({"seq", "run", "created", "started", "ended"})
 
@@ -100,10 +103,9 @@ class _ScriptCall:
                 self.fences.append(fence)
         return slot
 
-    def command(self, *, fenced: bool, channel: str = "") -> tuple[list[str], list[Any]]:
-        """The call's KEYS and ARGV (commit.lua: fenced, with the finished channel)."""
-        head: list[Any] = [len(self.slots), *self.fences, channel] if fenced else [len(self.slots)]
-        return self.shared + self.keys, head + self.args
+    def command(self, *head: Any) -> tuple[list[str], list[Any]]:
+        """The call's KEYS and ARGV: P, the fences (commit.lua), then ``head``, then the items."""
+        return self.shared + self.keys, [len(self.slots), *self.fences, *head, *self.args]
 
 
 def _ungroup(total: int, calls: Sequence[_ScriptCall], grouped: Sequence[Sequence[Any]]) -> list[Any]:
@@ -128,15 +130,25 @@ class RedisStore:
             share its hash tag, so a call per partition stays in one Redis Cluster slot; a
             standalone server has no slots, and a batch then costs one script call in all.
             Default: False for a ``RedisCluster`` client, True otherwise.
+        announce_created: whether creates publish the new instances on the "created" channel,
+            where distributed workers hear of them and start the ones they own without waiting for
+            the start message's broker round trip (an embedded worker gets its messages at once).
     """
 
     def __init__(
-        self, redis: Redis, partitions: int, *, namespace: str = "hutch", cross_slot: bool | None = None
+        self,
+        redis: Redis,
+        partitions: int,
+        *,
+        namespace: str = "hutch",
+        cross_slot: bool | None = None,
+        announce_created: bool = False,
     ) -> None:
         self.redis = redis
         self.partitions = partitions
         self.keys = Keys(namespace)
         self.cross_slot = not isinstance(redis, RedisCluster) if cross_slot is None else cross_slot
+        self._created_channel = self.keys.created_channel() if announce_created else ""
         self._commit: AsyncScript = redis.register_script(_script("commit.lua"))
         self._create: AsyncScript = redis.register_script(_script("create.lua"))
         self._named: set[str] = set()  # workflow names this store has recorded in the workflows set
@@ -198,7 +210,7 @@ class RedisStore:
         ordered = list(calls.values())
         results = await self._evalsha_many(
             self._create,
-            [call.command(fenced=False) for call in ordered],
+            [call.command(self._created_channel, ANNOUNCED_BLOB_MAX) for call in ordered],
             then=(lambda pipe: pipe.sadd(self.keys.workflows(), *new_names)) if new_names else None,
         )
         self._named |= new_names
@@ -276,7 +288,7 @@ class RedisStore:
             slot = call.slot(p, self._partition_keys, fences.get(p, ""))
             self._commit_call(t, slot, call)
         channel = self.keys.finished_channel()
-        results = await self._evalsha_many(self._commit, [call.command(fenced=True, channel=channel) for call in calls])
+        results = await self._evalsha_many(self._commit, [call.command(channel) for call in calls])
         return [CommitResult(int(r)) for r in _ungroup(len(transitions), calls, results)]
 
     def _partition_keys(self, partition: int) -> list[str]:

@@ -1,0 +1,60 @@
+"""What the store's scripts publish on pub/sub, parsed: finished instances, created instances.
+
+commit.lua announces each instance that reaches a final status on ``<namespace>:finished`` (its
+member, ``workflow:id``); create.lua announces the instances one call created on
+``<namespace>:created``, one message per call. A created instance's record carries its meta
+fields when they are small (``ANNOUNCED_BLOB_MAX`` in engine.store.redis; the owner then starts
+it with no read, as from its start message) and only its member otherwise::
+
+    <slot> <created ms> <length of each part>\\n<member><field><value>...   (as create.lua got them)
+    - <member>\\n
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from engine.store.redis import decode_meta
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """An instance a create announced; ``meta`` is what a load would return, None when not carried."""
+
+    workflow: str
+    instance_id: str
+    meta: dict[str, Any] | None
+
+
+def finished_member(data: bytes) -> tuple[str, str]:
+    """The (workflow, instance id) of a message on the finished channel."""
+    workflow, _, instance_id = data.decode().partition(":")
+    return workflow, instance_id
+
+
+def created_instances(data: bytes) -> list[Created]:
+    """The instances of a message on the created channel.
+
+    Raises:
+        ValueError: the message is not in create.lua's format.
+    """
+    out: list[Created] = []
+    pos = 0
+    while pos < len(data):
+        end = data.index(b"\n", pos)
+        tokens = data[pos:end].split(b" ")
+        pos = end + 1
+        if tokens[0] == b"-":
+            workflow, _, instance_id = tokens[1].decode().partition(":")
+            out.append(Created(workflow, instance_id, None))
+            continue
+        parts = []
+        for length in map(int, tokens[2:]):
+            parts.append(data[pos : pos + length])
+            pos += length
+        if pos > len(data) or not parts:
+            raise ValueError("a created-instance announcement is truncated")
+        workflow, _, instance_id = parts[0].decode().partition(":")
+        out.append(Created(workflow, instance_id, decode_meta(dict(zip(parts[1::2], parts[2::2], strict=True)))))
+    return out

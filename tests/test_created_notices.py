@@ -1,0 +1,241 @@
+"""Creation notices: the owner starts a new instance on the create's Redis announcement.
+
+A start message waits for a quorum queue's replicated write before it is delivered; create.lua
+also publishes what it created on ``<namespace>:created``, and a distributed worker starts the
+instances it owns from that at once. The start message stays the durable path: a notice only
+ever saves time, and the message that trails it is acknowledged with no further work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from broker import Outgoing
+from broker.envelopes import InstanceCreated, encode
+from consumers import Worker
+from consumers.runtime import start_distributed
+from engine import Client, Settings, Status, WorkflowEntrypoint
+from engine.clock import Clock
+from engine.config import DEFAULT_LIMITS
+from engine.serialization import pack
+from engine.store.announcements import Created, created_instances
+from engine.store.redis import ANNOUNCED_BLOB_MAX, RedisStore, meta_from_fields
+from tests.conftest import AMQP_URL, REDIS_URL, drop_namespace
+from tests.helpers import eventually, unique
+
+pytestmark = [pytest.mark.redis]
+
+RAN: dict[str, int] = {}  # instance id -> executions of its one step
+
+
+class OneStep(WorkflowEntrypoint):
+    async def run(self, event: Any, step: Any) -> Any:
+        async def work() -> str:
+            RAN[event.instance_id] = RAN.get(event.instance_id, 0) + 1
+            return "done"
+
+        return await step.do("work", work)
+
+
+def _fields(iid: str, created: int, params: Any) -> dict[str, Any]:
+    """The meta fields a client writes at creation."""
+    return {
+        "wf": "one",
+        "id": iid,
+        "status": "queued",
+        "seq": 0,
+        "run": 0,
+        "params": pack(params),
+        "created": created,
+        "trigger": pack({"source": "api"}),
+    }
+
+
+async def _next_announcement(pubsub: PubSub) -> list[Created]:
+    async with asyncio.timeout(10):
+        while True:
+            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None:
+                return created_instances(message["data"])
+
+
+# ---------------------------------------------------------------------------- the announcement
+async def test_the_create_script_announces_only_what_it_created() -> None:
+    namespace = unique("test")
+    redis = Redis.from_url(REDIS_URL)
+    store = RedisStore(redis, 4, namespace=namespace, announce_created=True)
+    quiet = RedisStore(redis, 4, namespace=namespace)  # an embedded-style store announces nothing
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(store.keys.created_channel())
+    try:
+        small, large = unique("small"), unique("large")
+        rows = [
+            (1, "one", small, 1000, _fields(small, 1000, {"n": 1})),
+            (2, "one", large, 1001, _fields(large, 1001, {"blob": "x" * ANNOUNCED_BLOB_MAX})),
+        ]
+        assert await store.create_many(rows) == [True, True]
+        announced = await _next_announcement(pubsub)
+        # The small one carries the meta a load returns (its owner needs no read); the large one
+        # only names itself.
+        assert announced == [
+            Created("one", small, await store.read_meta(1, "one", small)),
+            Created("one", large, None),
+        ]
+
+        again, fresh, unheard = unique("fresh"), unique("fresh"), unique("unheard")
+        assert await quiet.create(3, "one", unheard, 1002, _fields(unheard, 1002, None))
+        assert await store.create_many(
+            [(1, "one", small, 1003, _fields(small, 1003, None)), (3, "one", fresh, 1004, _fields(fresh, 1004, None))]
+        ) == [False, True]
+        # The next message names only the instance created: not the existing id, not the quiet store's.
+        assert [c.instance_id for c in await _next_announcement(pubsub)] == [fresh]
+        assert again != fresh
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await redis.aclose()
+        await drop_namespace(namespace)
+
+
+def test_a_truncated_announcement_is_refused() -> None:
+    with pytest.raises(ValueError, match="truncated"):
+        created_instances(b"1 1000 9 2\none:i-1ab")  # promises a 9-byte member and a 2-byte part
+    with pytest.raises(ValueError):
+        created_instances(b"1 1000 9")  # no end of header
+
+
+# ---------------------------------------------------------------------------- the owner
+@pytest.fixture
+async def owner() -> AsyncIterator[tuple[Client, Worker]]:
+    """A distributed worker (and its colocated client) on the real servers, in a namespace of its own."""
+    pytest.importorskip("aio_pika")
+    namespace = unique("test")
+    settings = Settings(redis_url=REDIS_URL, amqp_url=AMQP_URL, namespace=namespace, partitions=4, heartbeat_s=0.2)
+    client, worker = await start_distributed(
+        {"one": OneStep}, settings=settings, limits=DEFAULT_LIMITS, clock=Clock(), resources={}, binding_names={}
+    )
+    try:
+        yield client, worker
+    finally:
+        await worker.shutdown(timeout=0)
+        await worker.transport.delete_topology()  # type: ignore[attr-defined]
+        await client.close()
+        await drop_namespace(namespace)
+
+
+def _count_loads(worker: Worker) -> list[tuple[int, str, str]]:
+    store = worker.orchestrator.store
+    loaded: list[tuple[int, str, str]] = []
+    load_many = store.load_many
+
+    async def spy(items: Any) -> Any:
+        loaded.extend(items)
+        return await load_many(items)
+
+    store.load_many = spy  # type: ignore[method-assign]
+    return loaded
+
+
+def _record_settles(worker: Worker) -> list[tuple[Any, str]]:
+    """Record (message, outcome) of every broker delivery the owner acks, nacks or rejects from now on."""
+    orchestrator = worker.orchestrator
+    settled: list[tuple[Any, str]] = []
+    settle = orchestrator._settle  # type: ignore[attr-defined]
+
+    async def spy(item: Any, outcome: str) -> None:
+        if item.delivery is not None and not item.settled:
+            settled.append((item.input, outcome))
+        await settle(item, outcome)
+
+    orchestrator._settle = spy  # type: ignore[attr-defined]
+    return settled
+
+
+@pytest.mark.rabbitmq
+async def test_the_notice_alone_starts_an_owned_instance_and_its_message_then_costs_nothing(
+    owner: tuple[Client, Worker], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, worker = owner
+    loaded = _count_loads(worker)
+    iid = unique("noticed")
+    partition = client._partition("one", iid)
+    fields = _fields(iid, client.clock.now_ms(), None)
+    # Created in Redis with no start message at all: only the notice can start it.
+    assert await client._store.create(partition, "one", iid, fields["created"], fields)
+    instance = await client.workflow("one").get(iid)
+    final = await instance.wait(timeout=10)
+    assert (final.status, final.output, RAN[iid]) == (Status.COMPLETE, "done", 1)
+
+    # The start message arriving now (as it would, a broker round trip later) is acknowledged as
+    # done: no read, no transition refused by the sequence check, the step not run again.
+    caplog.set_level(logging.DEBUG, logger="hutch.worker")
+    settled = _record_settles(worker)
+    message = InstanceCreated(workflow="one", instance_id=iid, fields=fields)
+    await worker.transport.publish([Outgoing(partition, encode(message))])
+
+    async def acked() -> bool:
+        return (message, "ack") in settled
+
+    await eventually(acked)
+    assert settled == [(message, "ack")]
+    assert loaded == []  # the notice carried the instance: it never read it either
+    assert not [r for r in caplog.records if "commit rejected" in r.getMessage()]
+    assert RAN[iid] == 1 and (await instance.status()).status == Status.COMPLETE
+
+
+@pytest.mark.rabbitmq
+async def test_a_large_instance_is_noticed_by_name_and_read_once(owner: tuple[Client, Worker]) -> None:
+    client, worker = owner
+    loaded = _count_loads(worker)
+    iid = unique("large")
+    partition = client._partition("one", iid)
+    fields = _fields(iid, client.clock.now_ms(), {"blob": "x" * ANNOUNCED_BLOB_MAX})
+    assert await client._store.create(partition, "one", iid, fields["created"], fields)
+    final = await (await client.workflow("one").get(iid)).wait(timeout=10)
+    assert (final.status, RAN[iid]) == (Status.COMPLETE, 1)
+    assert loaded == [(partition, "one", iid)]
+
+
+@pytest.mark.rabbitmq
+async def test_a_notice_that_lost_to_the_start_message_is_dropped_quietly(
+    owner: tuple[Client, Worker], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, worker = owner
+    orchestrator = worker.orchestrator
+    settled = _record_settles(worker)
+    instance = await client.workflow("one").create()
+    assert (await instance.wait(timeout=10)).status == Status.COMPLETE
+
+    async def start_message_acked() -> bool:
+        return [(m.instance_id, outcome) for m, outcome in settled] == [(instance.id, "ack")]
+
+    await eventually(start_message_acked)
+    partition = client._partition("one", instance.id)
+    meta = await client._store.read_meta(partition, "one", instance.id)
+    assert meta is not None
+    created = meta_from_fields(_fields(instance.id, meta["created"], None)) | {"params": meta["params"]}
+
+    # As if another worker had started it: this one has no memory of the start, and a notice
+    # describing the instance as created arrives late. Its commit is refused (the instance moved
+    # on); the notice is dropped, not retried, and not worth a warning.
+    orchestrator._started.clear()  # type: ignore[attr-defined]
+    caplog.set_level(logging.DEBUG, logger="hutch.worker")
+    commits = orchestrator.commits
+    orchestrator.notice_created(partition, "one", instance.id, created)
+    assert not orchestrator._inbox.empty()  # type: ignore[attr-defined]
+    await orchestrator.settle()
+    assert orchestrator._inbox.empty()  # type: ignore[attr-defined]
+    assert orchestrator.commits == commits + 1  # the one refused attempt
+    rejected = [r for r in caplog.records if "commit rejected" in r.getMessage()]
+    assert [r.levelno for r in rejected] == [logging.DEBUG]
+    assert RAN[instance.id] == 1 and (await instance.status()).output == "done"
+
+    # A notice for a partition this worker does not own is not even queued.
+    orchestrator.notice_created(worker.transport.partitions + 1, "one", instance.id, created)
+    assert orchestrator._inbox.empty()  # type: ignore[attr-defined]
