@@ -269,9 +269,11 @@ class Orchestrator(PartitionListener):
                 await self._after_commit(key, actor, effects, items)
                 continue
             # A creation notice that lost the race to its start message is done with: the
-            # instance has started. Anything else is retried on the reloaded instance.
+            # instance has started. Anything else is retried on the reloaded instance. A start
+            # that conflicts is the expected end of such a race (the other one started it).
             rest = [i for i in items if not isinstance(i.input, CreatedNotice)]
-            level = logging.WARNING if rest or result is not CommitResult.CONFLICT else logging.DEBUG
+            starts_only = all(isinstance(i.input, CreatedNotice | InstanceCreated) for i in items)
+            level = logging.DEBUG if result is CommitResult.CONFLICT and starts_only else logging.WARNING
             log.log(level, "instance %s/%s: commit rejected (%s); reloading", *key, result.name)
             self._drop(key)
             if result is CommitResult.FENCED and self.owned.get(actor.partition) == fences.get(actor.partition):

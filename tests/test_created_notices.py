@@ -239,3 +239,32 @@ async def test_a_notice_that_lost_to_the_start_message_is_dropped_quietly(
     # A notice for a partition this worker does not own is not even queued.
     orchestrator.notice_created(worker.transport.partitions + 1, "one", instance.id, created)
     assert orchestrator._inbox.empty()  # type: ignore[attr-defined]
+
+
+@pytest.mark.rabbitmq
+async def test_a_start_message_the_owner_forgot_it_had_started_is_settled_by_a_reload(
+    owner: tuple[Client, Worker], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, worker = owner
+    iid = unique("forgotten")
+    partition = client._partition("one", iid)
+    fields = _fields(iid, client.clock.now_ms(), None)
+    assert await client._store.create(partition, "one", iid, fields["created"], fields)
+    instance = await client.workflow("one").get(iid)
+    assert (await instance.wait(timeout=10)).status == Status.COMPLETE
+
+    # Its memory of starts is bounded (or the worker restarted): the trailing start message is
+    # tried, refused by the sequence check, redelivered, and the reloaded instance acks it.
+    worker.orchestrator._started.clear()  # type: ignore[attr-defined]
+    caplog.set_level(logging.DEBUG, logger="hutch.worker")
+    settled = _record_settles(worker)
+    message = InstanceCreated(workflow="one", instance_id=iid, fields=fields)
+    await worker.transport.publish([Outgoing(partition, encode(message))])
+
+    async def acked() -> bool:
+        return (message, "ack") in settled
+
+    await eventually(acked)
+    assert settled == [(message, "nack"), (message, "ack")]
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert RAN[iid] == 1 and (await instance.status()).output == "done"
