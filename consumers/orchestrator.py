@@ -61,6 +61,9 @@ class Orchestrator(PartitionListener):
         warm_horizon_s: a ``waiting`` instance whose next timer is due within this many seconds
             stays in memory, so a short sleep resumes the live ``run()`` with no load and no
             replay; longer sleeps and event waits are evicted (0: always evict).
+        noticed: creation notices reach this orchestrator (:meth:`notice_created`; distributed
+            workers), so it remembers the instances it started: their start messages, trailing
+            behind, are then acknowledged with no transition.
     """
 
     def __init__(
@@ -78,6 +81,7 @@ class Orchestrator(PartitionListener):
         max_instances: int = 16,
         worker_id: str | None = None,
         warm_horizon_s: float = 2.0,
+        noticed: bool = False,
     ) -> None:
         self.store = store
         self.workflows = workflows
@@ -105,6 +109,7 @@ class Orchestrator(PartitionListener):
         # uses it to reconcile ownership at once instead of stalling until its next heartbeat.
         self.on_fenced: Callable[[int], None] | None = None
         self._parked: dict[int, list[_Item]] = {}
+        self._noticed = noticed
         self._started: OrderedDict[_ActorKey, int] = OrderedDict()  # -> creation ms
         self._retry_s = 0.2
         self.commits = 0
@@ -259,7 +264,7 @@ class Orchestrator(PartitionListener):
             key = (actor.workflow, actor.instance_id)
             if result is CommitResult.COMMITTED:
                 actor.committed(transition)
-                if "started" in transition.meta:
+                if self._noticed and "started" in transition.meta:
                     self._remember_started(key, actor.created_ms)
                 if tracing.enabled():  # spans of what this transition recorded: never of replayed history
                     deliveries = [(i.input, i.delivery.headers) for i in items if i.delivery is not None]

@@ -84,6 +84,7 @@ class Worker:
             clock=clock,
             watch=watch,
             worker_id=worker_id,
+            noticed=distributed,
             runner_factory=lambda post: StepRunner(
                 post,
                 limits=limits,
