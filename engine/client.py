@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from engine.serialization import check_depth, encode_value, pack
 from engine.status import FINISHED, InstanceDetail, InstanceStatus, Status, build_detail, status_from_meta
 from engine.store.redis import RedisStore
 from engine.watch import InstanceWatch
+
+log = logging.getLogger("hutch.client")
 
 
 class InstancePage(BaseModel):
@@ -179,11 +182,14 @@ class WorkflowClient:
         if fresh:
             try:
                 await client._dispatcher.created([CreatedInstance(wf, iid, fields) for _, wf, iid, _, fields in fresh])
-            except BaseException:
-                # The broker did not take the start messages: undo, so nothing is left queued forever.
-                for partition, workflow, iid, _, _ in fresh:
-                    await client._store.delete(partition, workflow, iid)
-                raise
+            except BaseException as exc:
+                # The broker did not take the start messages: undo, so nothing is left queued
+                # forever — except instances their owner already started from the create's
+                # announcement, which run without one. Only if every instance runs did the call work.
+                undone = [await client._store.delete_unstarted(p, wf, iid) for p, wf, iid, _, _ in fresh]
+                if any(undone) or not isinstance(exc, Exception):
+                    raise
+                log.warning("the start messages of %d started instances were not sent: %r", len(fresh), exc)
         return [Instance(client, self.name, row[2]) for row in fresh]
 
     async def get(self, id: str) -> Instance:

@@ -24,6 +24,7 @@ from consumers.runtime import start_distributed
 from engine import Client, Settings, Status, WorkflowEntrypoint
 from engine.clock import Clock
 from engine.config import DEFAULT_LIMITS
+from engine.errors import InstanceNotFound
 from engine.serialization import pack
 from engine.store.announcements import Created, created_instances
 from engine.store.redis import ANNOUNCED_BLOB_MAX, RedisStore, meta_from_fields
@@ -268,3 +269,64 @@ async def test_a_start_message_the_owner_forgot_it_had_started_is_settled_by_a_r
     assert settled == [(message, "nack"), (message, "ack")]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert RAN[iid] == 1 and (await instance.status()).output == "done"
+
+
+# ---------------------------------------------------------------------------- a failed start message
+def _broker_fails(client: Client, error: BaseException, *, once_started: bool) -> None:
+    """Make the client's start-message publish fail, optionally only once the owner started the instance."""
+
+    async def created(items: Any) -> None:
+        if once_started:
+            for item in items:
+
+                async def started(item: Any = item) -> bool:
+                    partition = client._partition(item.workflow, item.instance_id)
+                    meta = await client._store.read_meta(partition, item.workflow, item.instance_id)
+                    return meta is not None and meta["seq"] > 0
+
+                await eventually(started)
+        raise error
+
+    client._dispatcher.created = created  # type: ignore[method-assign]
+
+
+@pytest.mark.rabbitmq
+async def test_a_create_whose_start_message_failed_keeps_the_instance_its_owner_started(
+    owner: tuple[Client, Worker], caplog: pytest.LogCaptureFixture
+) -> None:
+    client, _ = owner
+    _broker_fails(client, ConnectionError("broker unreachable"), once_started=True)
+
+    instance = await client.workflow("one").create()  # it runs: the call succeeded
+
+    assert (await instance.wait(timeout=10)).output == "done" and RAN[instance.id] == 1
+    assert [r.getMessage() for r in caplog.records if r.name == "hutch.client"] == [
+        "the start messages of 1 started instances were not sent: ConnectionError('broker unreachable')"
+    ]
+
+
+@pytest.mark.rabbitmq
+async def test_a_cancelled_create_stays_cancelled_even_if_its_instance_started(owner: tuple[Client, Worker]) -> None:
+    client, _ = owner
+    _broker_fails(client, asyncio.CancelledError(), once_started=True)
+    iid = unique("cancelled")
+
+    with pytest.raises(asyncio.CancelledError):
+        await client.workflow("one").create(id=iid)
+    assert (await (await client.workflow("one").get(iid)).wait(timeout=10)).output == "done"
+
+
+@pytest.mark.rabbitmq
+async def test_a_create_whose_start_message_failed_is_undone_when_nothing_started_it(
+    owner: tuple[Client, Worker],
+) -> None:
+    client, worker = owner
+    worker.orchestrator.notice_created = lambda *args: None  # type: ignore[method-assign]  # the notice is lost
+    _broker_fails(client, ConnectionError("broker unreachable"), once_started=False)
+    iid = unique("undone")
+
+    with pytest.raises(ConnectionError):
+        await client.workflow("one").create(id=iid)
+    with pytest.raises(InstanceNotFound):
+        await client.workflow("one").get(iid)
+    assert await client._store.active_instances(client._partition("one", iid)) == []

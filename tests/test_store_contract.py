@@ -232,14 +232,27 @@ async def test_load_many_and_reads_of_unknown_instances(store: RedisStore) -> No
     assert await store.history(3, WF, "nope") == []
 
 
-async def test_delete_removes_the_instance_everywhere(backend: Backend, store: RedisStore) -> None:
+async def test_delete_unstarted_removes_a_queued_instance_everywhere(backend: Backend, store: RedisStore) -> None:
     await create(store, "a")
-    await store.delete(1, WF, "a")
+    assert await store.delete_unstarted(1, WF, "a") is True
 
     assert await store.read_meta(1, WF, "a") is None
     assert await store.active_instances(1) == []
     assert await index(backend, store, "queued") == {}
     assert await index(backend, store, keys.ALL) == {}
+    assert await store.delete_unstarted(1, WF, "a") is False  # gone already
+
+
+async def test_delete_unstarted_keeps_an_instance_that_started(backend: Backend, store: RedisStore) -> None:
+    # Its owner started it (from the create's announcement) before the undo came.
+    await create(store, "a")
+    started = tx("a", 0, meta={"status": "running"}, status_from="queued", status_to="running")
+    assert await commit(store, started) is CommitResult.COMMITTED
+
+    assert await store.delete_unstarted(1, WF, "a") is False
+    meta = await store.read_meta(1, WF, "a")
+    assert meta is not None and meta["status"] == "running"
+    assert await store.active_instances(1) == [(WF, "a")]
 
 
 # ---------------------------------------------------------------------------- commits

@@ -151,6 +151,7 @@ class RedisStore:
         self._created_channel = self.keys.created_channel() if announce_created else ""
         self._commit: AsyncScript = redis.register_script(_script("commit.lua"))
         self._create: AsyncScript = redis.register_script(_script("create.lua"))
+        self._delete_unstarted: AsyncScript = redis.register_script(_script("delete_unstarted.lua"))
         self._named: set[str] = set()  # workflow names this store has recorded in the workflows set
 
     async def close(self) -> None:
@@ -216,19 +217,21 @@ class RedisStore:
         self._named |= new_names
         return [bool(r) for r in _ungroup(len(items), ordered, results)]
 
-    async def delete(self, partition: int, workflow: str, instance_id: str) -> None:
-        """Remove an instance entirely (used to undo a create whose message could not be sent)."""
-        member = keys.instance_member(workflow, instance_id)
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.delete(
+    async def delete_unstarted(self, partition: int, workflow: str, instance_id: str) -> bool:
+        """Remove an instance entirely unless it has started; True when it was removed.
+
+        The undo of a create whose start message could not be sent: an instance its owner started
+        from the create's announcement needs no start message and is kept.
+        """
+        keys_ = [
             self.keys.meta(partition, workflow, instance_id),
             self.keys.history(partition, workflow, instance_id),
             self.keys.event_buffer(partition, workflow, instance_id),
-        )
-        pipe.srem(self.keys.active(partition), member)
-        pipe.zrem(self.keys.status_index(partition, workflow, "queued"), member)
-        pipe.zrem(self.keys.status_index(partition, workflow, keys.ALL), member)
-        await pipe.execute()
+            self.keys.active(partition),
+            self.keys.status_index(partition, workflow, "queued"),
+            self.keys.status_index(partition, workflow, keys.ALL),
+        ]
+        return bool(await self._delete_unstarted(keys_, [keys.instance_member(workflow, instance_id)]))
 
     # ------------------------------------------------------------------ reads
     async def read_meta(self, partition: int, workflow: str, instance_id: str) -> dict[str, Any] | None:
