@@ -7,7 +7,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from engine import Instance, InstanceDetail, Status
+from consumers import Worker
+from engine import Client, Instance, InstanceDetail, Status
 
 T = TypeVar("T")
 
@@ -59,3 +60,24 @@ async def wait_step(instance: Instance, name: str, *, timeout: float = 10.0, **m
         return None
 
     return await eventually(check, timeout=timeout)
+
+
+def worker_of(client: Client) -> Worker:
+    """The worker running in the client's process (embedded, or a colocated distributed one)."""
+    worker = client.runtime_worker
+    assert isinstance(worker, Worker), "this runtime has no worker in the client's process"
+    return worker
+
+
+def count_loads(client: Client) -> list[tuple[int, str, str]]:
+    """Record every instance the client's worker reads from the store from now on."""
+    store = worker_of(client).orchestrator.store
+    loaded: list[tuple[int, str, str]] = []
+    load_many = store.load_many
+
+    async def spy(items: Any) -> Any:
+        loaded.extend(items)
+        return await load_many(items)
+
+    store.load_many = spy  # type: ignore[method-assign]
+    return loaded

@@ -21,7 +21,6 @@ import engine
 from broker import EventReceived, InProcessTransport, Outgoing, partition_of
 from broker.envelopes import encode
 from broker.transports.base import REASON_HEADER
-from consumers import Worker
 from engine import (
     BatchTooLarge,
     Client,
@@ -38,7 +37,7 @@ from engine import (
 from engine.events import WorkflowEvent
 from engine.serialization import pack
 from tests.conftest import MakeClient
-from tests.helpers import eventually, unique, wait_status
+from tests.helpers import eventually, unique, wait_status, worker_of
 
 
 class Echo(WorkflowEntrypoint):
@@ -57,12 +56,6 @@ async def assert_runtime_still_works(client: Client) -> None:
     instance = await client.workflow("echo").create(params={"v": "still alive"})
     final = await instance.wait(timeout=10)
     assert final.status == "complete" and final.output == "still alive", final
-
-
-def worker_of(client: Client) -> Worker:
-    worker = client.runtime_worker
-    assert isinstance(worker, Worker)
-    return worker
 
 
 # --------------------------------------------------------------------------- durations and configs

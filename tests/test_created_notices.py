@@ -29,7 +29,7 @@ from engine.serialization import pack
 from engine.store.announcements import Created, created_instances
 from engine.store.redis import ANNOUNCED_BLOB_MAX, RedisStore, meta_from_fields
 from tests.conftest import AMQP_URL, REDIS_URL, drop_namespace
-from tests.helpers import eventually, unique
+from tests.helpers import count_loads, eventually, unique
 
 pytestmark = [pytest.mark.redis]
 
@@ -130,19 +130,6 @@ async def owner() -> AsyncIterator[tuple[Client, Worker]]:
         await drop_namespace(namespace)
 
 
-def _count_loads(worker: Worker) -> list[tuple[int, str, str]]:
-    store = worker.orchestrator.store
-    loaded: list[tuple[int, str, str]] = []
-    load_many = store.load_many
-
-    async def spy(items: Any) -> Any:
-        loaded.extend(items)
-        return await load_many(items)
-
-    store.load_many = spy  # type: ignore[method-assign]
-    return loaded
-
-
 def _record_settles(worker: Worker) -> list[tuple[Any, str]]:
     """Record (message, outcome) of every broker delivery the owner acks, nacks or rejects from now on."""
     orchestrator = worker.orchestrator
@@ -158,12 +145,25 @@ def _record_settles(worker: Worker) -> list[tuple[Any, str]]:
     return settled
 
 
+async def _start_message_settled(worker: Worker, partition: int, iid: str, fields: dict[str, Any]) -> list[Any]:
+    """Publish the instance's start message now; how the owner settled it (outcomes until the ack)."""
+    settled = _record_settles(worker)
+    message = InstanceCreated(workflow="one", instance_id=iid, fields=fields)
+    await worker.transport.publish([Outgoing(partition, encode(message))])
+
+    async def acked() -> bool:
+        return (message, "ack") in settled
+
+    await eventually(acked)
+    return [outcome for m, outcome in settled if m == message]
+
+
 @pytest.mark.rabbitmq
 async def test_the_notice_alone_starts_an_owned_instance_and_its_message_then_costs_nothing(
     owner: tuple[Client, Worker], caplog: pytest.LogCaptureFixture
 ) -> None:
     client, worker = owner
-    loaded = _count_loads(worker)
+    loaded = count_loads(client)
     iid = unique("noticed")
     partition = client._partition("one", iid)
     fields = _fields(iid, client.clock.now_ms(), None)
@@ -176,15 +176,7 @@ async def test_the_notice_alone_starts_an_owned_instance_and_its_message_then_co
     # The start message arriving now (as it would, a broker round trip later) is acknowledged as
     # done: no read, no transition refused by the sequence check, the step not run again.
     caplog.set_level(logging.DEBUG, logger="hutch.worker")
-    settled = _record_settles(worker)
-    message = InstanceCreated(workflow="one", instance_id=iid, fields=fields)
-    await worker.transport.publish([Outgoing(partition, encode(message))])
-
-    async def acked() -> bool:
-        return (message, "ack") in settled
-
-    await eventually(acked)
-    assert settled == [(message, "ack")]
+    assert await _start_message_settled(worker, partition, iid, fields) == ["ack"]
     assert loaded == []  # the notice carried the instance: it never read it either
     assert not [r for r in caplog.records if "commit rejected" in r.getMessage()]
     assert RAN[iid] == 1 and (await instance.status()).status == Status.COMPLETE
@@ -192,8 +184,8 @@ async def test_the_notice_alone_starts_an_owned_instance_and_its_message_then_co
 
 @pytest.mark.rabbitmq
 async def test_a_large_instance_is_noticed_by_name_and_read_once(owner: tuple[Client, Worker]) -> None:
-    client, worker = owner
-    loaded = _count_loads(worker)
+    client, _ = owner
+    loaded = count_loads(client)
     iid = unique("large")
     partition = client._partition("one", iid)
     fields = _fields(iid, client.clock.now_ms(), {"blob": "x" * ANNOUNCED_BLOB_MAX})
@@ -258,15 +250,7 @@ async def test_a_start_message_the_owner_forgot_it_had_started_is_settled_by_a_r
     # tried, refused by the sequence check, redelivered, and the reloaded instance acks it.
     worker.orchestrator._started.clear()  # type: ignore[attr-defined]
     caplog.set_level(logging.DEBUG, logger="hutch.worker")
-    settled = _record_settles(worker)
-    message = InstanceCreated(workflow="one", instance_id=iid, fields=fields)
-    await worker.transport.publish([Outgoing(partition, encode(message))])
-
-    async def acked() -> bool:
-        return (message, "ack") in settled
-
-    await eventually(acked)
-    assert settled == [(message, "nack"), (message, "ack")]
+    assert await _start_message_settled(worker, partition, iid, fields) == ["nack", "ack"]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert RAN[iid] == 1 and (await instance.status()).output == "done"
 

@@ -22,8 +22,8 @@ from engine.dag import plan_dependencies
 from engine.serialization import pack
 from examples.dag import SalesReportWorkflow
 from tests.conftest import MakeClient
-from tests.helpers import eventually, unique, wait_step
-from tests.test_replay import crash_cache, new_run, worker_of
+from tests.helpers import eventually, unique, wait_step, worker_of
+from tests.test_replay import crash_cache, new_run
 
 EXECUTIONS: collections.Counter[tuple[str, str]] = collections.Counter()  # (instance, step) -> body runs
 RUNS: collections.Counter[str] = collections.Counter()  # instance -> run() executions (live + replays)

@@ -18,7 +18,6 @@ import pytest
 
 from broker import Outgoing, Redrive, partition_of
 from broker.envelopes import encode
-from consumers import Worker
 from engine import (
     Client,
     Limits,
@@ -33,7 +32,7 @@ from engine.executor import WorkflowRun
 from engine.history import Record
 from engine.serialization import pack
 from tests.conftest import MakeClient
-from tests.helpers import eventually, unique, wait_status, wait_step
+from tests.helpers import eventually, unique, wait_status, wait_step, worker_of
 
 # Side-effect counters and observations, keyed by instance id so tests never share state.
 EXECUTIONS: collections.Counter[tuple[str, str]] = collections.Counter()  # (instance, "name#count") -> runs
@@ -63,12 +62,6 @@ class ManualClock(Clock):
 
     def now_ms(self) -> int:
         return super().now_ms() + self.offset_ms
-
-
-def worker_of(client: Client) -> Worker:
-    worker = client.runtime_worker
-    assert isinstance(worker, Worker), "the embedded runtime exposes its worker as client.runtime_worker"
-    return worker
 
 
 def crash_cache(client: Client, workflow: str, instance_id: str) -> None:

@@ -27,8 +27,8 @@ from engine import (
 )
 from examples.saga import TripBookingWorkflow
 from tests.conftest import MakeClient
-from tests.helpers import eventually, unique, wait_step
-from tests.test_replay import crash_cache, new_run, worker_of
+from tests.helpers import eventually, unique, wait_step, worker_of
+from tests.test_replay import crash_cache, new_run
 
 EXECUTIONS: collections.Counter[tuple[str, str]] = collections.Counter()  # (instance, body) -> runs
 RUNS: collections.Counter[str] = collections.Counter()  # instance -> run() executions (live + replays)

@@ -12,12 +12,11 @@ from typing import Any
 
 from broker import Outgoing
 from broker.envelopes import Control, InstanceCreated, encode
-from consumers import Worker
-from engine import Client, Status, WorkflowEntrypoint
+from engine import Status, WorkflowEntrypoint
 from engine.clock import Clock
 from engine.serialization import pack
 from tests.conftest import MakeClient
-from tests.helpers import eventually, unique, wait_status
+from tests.helpers import count_loads, eventually, unique, wait_status, worker_of
 
 RUNS: collections.Counter[str] = collections.Counter()  # instance id -> run() executions (live or replay)
 SEEN: dict[str, list[Any]] = {}  # instance id -> the params each run() execution saw
@@ -49,26 +48,6 @@ class Nap(WorkflowEntrypoint):
 
         await step.do("after", after)
         return event.payload.get("version", "rested")
-
-
-def worker_of(client: Client) -> Worker:
-    worker = client.runtime_worker
-    assert isinstance(worker, Worker)
-    return worker
-
-
-def count_loads(client: Client) -> list[tuple[int, str, str]]:
-    """Record every instance the owner reads from the store from now on."""
-    store = worker_of(client).orchestrator.store
-    loaded: list[tuple[int, str, str]] = []
-    load_many = store.load_many
-
-    async def spy(items: Any) -> Any:
-        loaded.extend(items)
-        return await load_many(items)
-
-    store.load_many = spy  # type: ignore[method-assign]
-    return loaded
 
 
 async def test_a_new_instance_starts_from_its_message_without_reading_the_store(make_client: MakeClient) -> None:
