@@ -156,9 +156,12 @@ class Orchestrator(PartitionListener):
         that is lost, or heard by a worker that no longer owns the partition, only costs latency.
         """
         key = (workflow, instance_id)
-        if partition in self.owned and key not in self.actors and key not in self._started and not self.draining:
-            notice = CreatedNotice(partition, workflow, instance_id, meta)
-            self._inbox.put_nowait(_Item(partition, key, notice, None))
+        if partition not in self.owned or key in self.actors or self.draining:
+            return
+        started = self._started.get(key)
+        if started is not None and (meta is None or meta.get("created") == started):
+            return  # its start message got here first (a re-created id, noticed with its meta, is not)
+        self._inbox.put_nowait(_Item(partition, key, CreatedNotice(partition, workflow, instance_id, meta), None))
 
     def _post_step_done(self, done: StepDone) -> None:
         self._inbox.put_nowait(_Item(done.partition, (done.workflow, done.instance_id), done, None))

@@ -189,7 +189,11 @@ class WorkflowClient:
                 undone = [await client._store.delete_unstarted(p, wf, iid) for p, wf, iid, _, _ in fresh]
                 if any(undone) or not isinstance(exc, Exception):
                     raise
-                log.warning("the start messages of %d started instances were not sent: %r", len(fresh), exc)
+                log.warning(
+                    "%d instance(s) started from the create's announcement, but their start messages failed: %r",
+                    len(fresh),
+                    exc,
+                )
         return [Instance(client, self.name, row[2]) for row in fresh]
 
     async def get(self, id: str) -> Instance:

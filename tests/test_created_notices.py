@@ -285,7 +285,8 @@ async def test_a_create_whose_start_message_failed_keeps_the_instance_its_owner_
 
     assert (await instance.wait(timeout=10)).output == "done" and RAN[instance.id] == 1
     assert [r.getMessage() for r in caplog.records if r.name == "hutch.client"] == [
-        "the start messages of 1 started instances were not sent: ConnectionError('broker unreachable')"
+        "1 instance(s) started from the create's announcement, but their start messages failed: "
+        "ConnectionError('broker unreachable')"
     ]
 
 
