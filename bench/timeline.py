@@ -46,21 +46,29 @@ HOPS = (
 
 
 class _Stamps:
-    """Per-instance hop times; the instance under way is the one the current create started."""
+    """Per-instance hop times; the instance under way is the one the current create started.
+
+    The next create waits until the start message of the last one was delivered (with a creation
+    notice it trails the instance's end), so every stamp belongs to the instance it is kept for.
+    """
 
     def __init__(self) -> None:
         self.current: dict[str, float] | None = None
         self.runs: list[dict[str, float]] = []
+        self.delivered = asyncio.Event()
 
     def begin(self) -> None:
         self.current = {"called": time.perf_counter()}
         self.runs.append(self.current)
+        self.delivered.clear()
 
     def stamp(self, hop: str) -> None:
         # Only the first time a hop is reached counts: a later batch (the step's result, the
         # final commit) belongs to the same instance but is not on the path to its first step.
         if self.current is not None and hop not in self.current:
             self.current[hop] = time.perf_counter()
+            if hop == "delivered":
+                self.delivered.set()
 
 
 @contextlib.contextmanager
@@ -137,6 +145,7 @@ async def measure(runtime: str, redis_url: str, amqp_url: str, instances: int) -
                 stamps.begin()
                 called_wall = time.time()
                 output = await _finish(await wf.create(), timeout=60)
+                await asyncio.wait_for(stamps.delivered.wait(), timeout=10)
                 run = stamps.runs[-1]
                 # The step body stamps wall time (it may run in another process in other setups).
                 run["step"] = run["called"] + (output["t"] - called_wall)

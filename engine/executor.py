@@ -175,10 +175,16 @@ class WorkflowRun:
         self.steps[(name, record["c"])] = StepCall(name, record["c"], fn, resolved)
         return future
 
-    def issue_timer(self, kind: str, name: str, due_ms: int, event_type: str | None = None) -> asyncio.Future[Any]:
-        """``step.sleep`` / ``step.wait_for_event``: issue (or replay) a timer-backed command."""
+    def issue_timer(
+        self, kind: str, name: str, due_ms: int, event_type: str | None = None, *, issued_ms: int
+    ) -> asyncio.Future[Any]:
+        """``step.sleep`` / ``step.wait_for_event``: issue (or replay) a timer-backed command.
+
+        ``issued_ms`` is the instant ``due_ms`` was computed from: the command is stamped with it,
+        so a 1 s sleep reads as 1 s even when the clock ticked between the two.
+        """
         check_step_name(name, self.limits)
-        record: Record = {"k": kind, "n": name, "due": due_ms}
+        record: Record = {"k": kind, "n": name, "due": due_ms, "t": issued_ms}
         if event_type is not None:
             record["type"] = event_type
         future, _ = self._issue(record)
@@ -212,7 +218,7 @@ class WorkflowRun:
             record = expected
         else:
             record["g"] = self.group
-            record["t"] = self._now_ms()
+            record.setdefault("t", self._now_ms())
             self._new.append(record)
         if record["k"] != "cancel":
             self._pending[key_of(record)] = future

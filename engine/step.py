@@ -359,7 +359,8 @@ class WorkflowStep:
         """Suspend the instance for ``duration`` (a string like ``"3 days"``, seconds, or a timedelta)."""
         seconds = to_seconds(duration)
         self._check_sleep(name, seconds)
-        return StepAwaitable(self._run.issue_timer("sleep", name, self._run.now_ms() + round(seconds * 1000)))
+        now = self._run.now_ms()
+        return StepAwaitable(self._run.issue_timer("sleep", name, now + round(seconds * 1000), issued_ms=now))
 
     def sleep_until(self, name: str, when: datetime | int | float) -> StepAwaitable[None]:
         """Suspend the instance until ``when`` (an aware datetime, or epoch seconds)."""
@@ -373,7 +374,7 @@ class WorkflowStep:
             raise InvalidDuration(f"sleep_until {name!r}: {when!r} must be an aware datetime or epoch seconds")
         now = self._run.now_ms()
         self._check_sleep(name, max(0, due_ms - now) / 1000)
-        return StepAwaitable(self._run.issue_timer("sleep", name, max(due_ms, now)))
+        return StepAwaitable(self._run.issue_timer("sleep", name, max(due_ms, now), issued_ms=now))
 
     def wait_for_event(
         self, name: str, event_type: str, timeout: Duration = "24 hours"
@@ -386,8 +387,10 @@ class WorkflowStep:
             raise InvalidInputError(f"wait_for_event {name!r}: event type must be a non-empty string")
         seconds = to_seconds(timeout)
         self._check_sleep(name, seconds)
-        due = self._run.now_ms() + round(seconds * 1000)
-        return StepAwaitable(self._run.issue_timer("wait", name, due, event_type))
+        now = self._run.now_ms()
+        return StepAwaitable(
+            self._run.issue_timer("wait", name, now + round(seconds * 1000), event_type, issued_ms=now)
+        )
 
     def _check_sleep(self, name: str, seconds: float) -> None:
         limit = self._run.limits.max_sleep.total_seconds()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,6 +27,7 @@ from engine import (
     WaitTimeout,
     WorkflowEntrypoint,
 )
+from engine.clock import Clock
 from tests.conftest import MakeClient
 from tests.helpers import unique, wait_status, wait_step
 
@@ -544,3 +545,31 @@ async def test_list_pages_through_instances_created_in_the_same_millisecond(make
     listed = await _page_through(client, "noop", None, limit=7)
     assert len(listed) == len(set(listed))
     assert listed == sorted((i.id for i in created), reverse=True)
+
+
+class TickingClock(Clock):
+    """Every reading is a millisecond after the last: the clock always ticks between two reads."""
+
+    def __init__(self) -> None:
+        self._ms = super().now_ms()
+
+    def now_ms(self) -> int:
+        self._ms += 1
+        return self._ms
+
+
+class SleepThenWait(WorkflowEntrypoint):
+    async def run(self, event: Any, step: Any) -> None:
+        await step.sleep("nap", "1 ms")
+        await step.wait_for_event("approval", "approval", timeout="1 hour")
+
+
+async def test_a_timer_is_due_exactly_its_duration_after_it_was_issued(make_client: MakeClient) -> None:
+    # The due time and the command's timestamp are one reading of the clock: a 1 h wait shows as
+    # 1 h (describe, `hutch run`), not 59 min 59.999 s when the clock ticked between two readings.
+    client = await make_client({"timers": SleepThenWait}, clock=TickingClock())
+    instance = await client.workflow("timers").create()
+    detail = await wait_step(instance, "approval")
+    nap, approval = step_named(detail, "nap"), step_named(detail, "approval")
+    assert nap.due - nap.start == timedelta(milliseconds=1)
+    assert approval.due - approval.start == timedelta(hours=1)

@@ -152,15 +152,15 @@ class _RunProxy:
         body = _wrap(fn, self._decide)
         return self._run.issue_step(step_name, body, config, **options)
 
-    def issue_timer(self, kind: str, name: str, due_ms: int, event_type: str | None = None) -> Any:
+    def issue_timer(self, kind: str, name: str, due_ms: int, event_type: str | None = None, *, issued_ms: int) -> Any:
         interceptor, wf, iid = self._interceptor, self._workflow, self._instance_id
         count = self._run._counts.get(name, 0) + 1  # the count the run is about to give this command
         forced = False
         if kind == "sleep" and interceptor.skips_sleep(wf, iid, name):
-            due_ms = self._run.now_ms()
+            due_ms = issued_ms
         elif kind == "wait" and interceptor.times_out(wf, iid, name, count):
-            due_ms, forced = self._run.now_ms(), True
-        future = self._run.issue_timer(kind, name, due_ms, event_type)
+            due_ms, forced = issued_ms, True
+        future = self._run.issue_timer(kind, name, due_ms, event_type, issued_ms=issued_ms)
         if kind == "wait" and event_type is not None and not forced:
             interceptor.wait_reached(wf, iid, name, count, event_type)
         return future
