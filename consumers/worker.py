@@ -125,7 +125,8 @@ class Worker:
     def _on_created(self, data: bytes) -> None:
         for created in created_instances(data):
             partition = partition_of(created.workflow, created.instance_id, self.transport.partitions)
-            self.orchestrator.notice_created(partition, created.workflow, created.instance_id, created.meta)
+            if partition in self.orchestrator.owned:
+                self.orchestrator.notice_created(partition, created.workflow, created.instance_id, created.meta())
 
     @property
     def worker_id(self) -> str:

@@ -20,11 +20,15 @@ from engine.store.redis import decode_meta
 
 @dataclass(frozen=True, slots=True)
 class Created:
-    """An instance a create announced; ``meta`` is what a load would return, None when not carried."""
+    """An instance a create announced, with its meta hash as stored (None when not carried)."""
 
     workflow: str
     instance_id: str
-    meta: dict[str, Any] | None
+    raw: dict[bytes, bytes] | None
+
+    def meta(self) -> dict[str, Any] | None:
+        """What a load would return: decoded only when asked (every worker hears every create)."""
+        return None if self.raw is None else decode_meta(self.raw)
 
 
 def finished_member(data: bytes) -> tuple[str, str]:
@@ -56,5 +60,5 @@ def created_instances(data: bytes) -> list[Created]:
         if pos > len(data) or not parts:
             raise ValueError("a created-instance announcement is truncated")
         workflow, _, instance_id = parts[0].decode().partition(":")
-        out.append(Created(workflow, instance_id, decode_meta(dict(zip(parts[1::2], parts[2::2], strict=True)))))
+        out.append(Created(workflow, instance_id, dict(zip(parts[1::2], parts[2::2], strict=True))))
     return out
