@@ -81,15 +81,16 @@ def _patched(owner: Any, name: str, make: Callable[[Any], Any]) -> Iterator[None
         setattr(owner, name, original)
 
 
-def _after(stamps: _Stamps, hop: str, before: str | None = None) -> Callable[[Any], Any]:
-    """Wrap an async function: stamp ``before`` when it is called and ``hop`` when it returns."""
+def _stamped(stamps: _Stamps, *, called: str | None = None, returned: str | None = None) -> Callable[[Any], Any]:
+    """Wrap an async function: stamp ``called`` when it is called and ``returned`` when it returns."""
 
     def make(original: Any) -> Any:
         async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            if before is not None:
-                stamps.stamp(before)
+            if called is not None:
+                stamps.stamp(called)
             result = await original(*args, **kwargs)
-            stamps.stamp(hop)
+            if returned is not None:
+                stamps.stamp(returned)
             return result
 
         return wrapper
@@ -129,14 +130,18 @@ async def measure(runtime: str, redis_url: str, amqp_url: str, instances: int) -
 
     connect = make_connect(runtime, redis_url=redis_url, amqp_url=amqp_url)
     transport = RabbitMQTransport if runtime == "rabbitmq" else InProcessTransport
+    wrappers = [
+        (RedisStore, "create_many", _stamped(stamps, returned="created")),
+        (transport, "publish", _stamped(stamps, called="published", returned="confirmed")),
+        (orchestrator.Orchestrator, "on_delivery", on_delivery),
+        (orchestrator.Orchestrator, "notice_created", notice_created),
+        (orchestrator.Orchestrator, "process", _stamped(stamps, called="turn")),
+        (RedisStore, "commit_many", _stamped(stamps, called="commit", returned="committed")),
+        (steps.StepRunner, "start", runner_start),
+    ]
     with contextlib.ExitStack() as patches:
-        patches.enter_context(_patched(RedisStore, "create_many", _after(stamps, "created")))
-        patches.enter_context(_patched(transport, "publish", _after(stamps, "confirmed", "published")))
-        patches.enter_context(_patched(orchestrator.Orchestrator, "on_delivery", on_delivery))
-        patches.enter_context(_patched(orchestrator.Orchestrator, "notice_created", notice_created))
-        patches.enter_context(_patched(orchestrator.Orchestrator, "process", _after(stamps, "turn-done", "turn")))
-        patches.enter_context(_patched(RedisStore, "commit_many", _after(stamps, "committed", "commit")))
-        patches.enter_context(_patched(steps.StepRunner, "start", runner_start))
+        for owner, name, make in wrappers:
+            patches.enter_context(_patched(owner, name, make))
         async with connect({"first": FirstStep}) as client:
             wf = client.workflow("first")
             await _warm_up(client, "first", {})

@@ -353,10 +353,10 @@ class Orchestrator(PartitionListener):
         The creation time tells this instance from an earlier one with the same id.
         """
         message = item.input
-        if not isinstance(message, InstanceCreated) or item.delivery is None:
+        if not isinstance(message, InstanceCreated) or item.delivery is None or not message.fields:
             return False
-        created = self._started.get(item.key)
-        return created is not None and created == meta_from_fields(message.fields or {}).get("created")
+        started, created = self._started.get(item.key), message.fields.get("created")
+        return started is not None and created is not None and started == int(created)
 
     def _drop(self, key: _ActorKey) -> None:
         actor = self.actors.pop(key, None)
