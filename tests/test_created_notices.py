@@ -28,7 +28,7 @@ from engine.errors import InstanceNotFound
 from engine.serialization import pack
 from engine.store.announcements import Created, created_instances
 from engine.store.redis import ANNOUNCED_BLOB_MAX, RedisStore, meta_from_fields
-from tests.conftest import AMQP_URL, REDIS_URL, drop_namespace
+from tests.conftest import drop_namespace
 from tests.helpers import count_loads, eventually, unique
 
 pytestmark = [pytest.mark.redis]
@@ -68,9 +68,9 @@ async def _next_announcement(pubsub: PubSub) -> list[Created]:
 
 
 # ---------------------------------------------------------------------------- the announcement
-async def test_the_create_script_announces_only_what_it_created() -> None:
+async def test_the_create_script_announces_only_what_it_created(redis_url: str) -> None:
     namespace = unique("test")
-    redis = Redis.from_url(REDIS_URL)
+    redis = Redis.from_url(redis_url)
     store = RedisStore(redis, 4, namespace=namespace, announce_created=True)
     quiet = RedisStore(redis, 4, namespace=namespace)  # an embedded-style store announces nothing
     pubsub = redis.pubsub()
@@ -112,11 +112,10 @@ def test_a_truncated_announcement_is_refused() -> None:
 
 # ---------------------------------------------------------------------------- the owner
 @pytest.fixture
-async def owner() -> AsyncIterator[tuple[Client, Worker]]:
+async def owner(redis_url: str, amqp_url: str) -> AsyncIterator[tuple[Client, Worker]]:
     """A distributed worker (and its colocated client) on the real servers, in a namespace of its own."""
-    pytest.importorskip("aio_pika")
     namespace = unique("test")
-    settings = Settings(redis_url=REDIS_URL, amqp_url=AMQP_URL, namespace=namespace, partitions=4, heartbeat_s=0.2)
+    settings = Settings(redis_url=redis_url, amqp_url=amqp_url, namespace=namespace, partitions=4, heartbeat_s=0.2)
     client, worker = await start_distributed(
         {"one": OneStep}, settings=settings, limits=DEFAULT_LIMITS, clock=Clock(), resources={}, binding_names={}
     )

@@ -223,7 +223,7 @@ class RedisStore:
         The undo of a create whose start message could not be sent: an instance its owner started
         from the create's announcement needs no start message and is kept.
         """
-        keys_ = [
+        instance_keys = [
             self.keys.meta(partition, workflow, instance_id),
             self.keys.history(partition, workflow, instance_id),
             self.keys.event_buffer(partition, workflow, instance_id),
@@ -231,7 +231,7 @@ class RedisStore:
             self.keys.status_index(partition, workflow, "queued"),
             self.keys.status_index(partition, workflow, keys.ALL),
         ]
-        return bool(await self._delete_unstarted(keys_, [keys.instance_member(workflow, instance_id)]))
+        return bool(await self._delete_unstarted(instance_keys, [keys.instance_member(workflow, instance_id)]))
 
     # ------------------------------------------------------------------ reads
     async def read_meta(self, partition: int, workflow: str, instance_id: str) -> dict[str, Any] | None:
