@@ -109,5 +109,5 @@ class ChannelFeed:
                 log.warning("lost the subscription to %s (%s); re-subscribing", self._channel, exc)
             finally:
                 with contextlib.suppress(*STORE_ERRORS):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()
             await asyncio.sleep(self._retry_s)

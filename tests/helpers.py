@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -13,9 +14,13 @@ from engine import Client, Instance, InstanceDetail, Status
 T = TypeVar("T")
 
 
+# CI tags every name of its run, so that it can delete the queues this run left and no one else's.
+RUN_TAG = os.environ.get("HUTCH_TEST_RUN", "")
+
+
 def unique(prefix: str = "t") -> str:
     """A name no other test uses (instance ids, queue names, key prefixes)."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+    return f"{prefix}-{RUN_TAG}{uuid.uuid4().hex[:10]}"
 
 
 async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.005) -> T:

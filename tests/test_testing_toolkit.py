@@ -714,7 +714,9 @@ async def test_the_hutch_env_fixture_runs_the_overridden_workflows(hutch_env: Te
 def test_the_plugin_works_for_a_user_project_in_strict_asyncio_mode(tmp_path: Path) -> None:
     """A separate pytest run, as in a user's project: the plugin comes from the installed entry point,
     ``hutch_env`` runs the workflows of the project's hutch.toml, and pytest-asyncio is in strict mode."""
-    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = strict\nfilterwarnings = error\n")
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\nfilterwarnings = error\n"
+    )
     (tmp_path / "hutch.toml").write_text(
         '[[workflows]]\nname = "approval"\nclass_name = "examples.approval:ApprovalWorkflow"\n'
     )
