@@ -5,6 +5,7 @@ queued, folds each instance's inputs into one transition, commits all of them in
 pipelined Redis round trip (each transition atomic and sequence-checked, fenced by the
 partition owner's token), and only then acknowledges the deliveries and starts the step
 attempts the transitions scheduled. Acks never wait for a step body, a sleep or an event.
+While Redis is unreachable a turn is held and retried, never handed back to the broker.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class _Item:
     input: Input
     delivery: Delivery | None
     settled: bool = False  # the delivery was acked, nacked or rejected already
+    parked: bool = False  # kept in Orchestrator._parked for when its partition comes back
 
 
 class Orchestrator(PartitionListener):
@@ -111,7 +113,9 @@ class Orchestrator(PartitionListener):
         self._parked: dict[int, list[_Item]] = {}
         self._noticed = noticed
         self._started: OrderedDict[_ActorKey, int] = OrderedDict()  # -> creation ms
+        # Backoff between attempts at a turn while Redis is unreachable (redis-py's own retries come first).
         self._retry_s = 0.2
+        self._retry_max_s = 1.0
         self.commits = 0
 
     # ------------------------------------------------------------------ transport callbacks
@@ -130,6 +134,7 @@ class Orchestrator(PartitionListener):
         self.owned[partition] = token
         log.info("worker %s owns partition %d", self.worker_id, partition)
         for item in self._parked.pop(partition, []):
+            item.parked = False
             self._inbox.put_nowait(item)
         # Re-drive what the previous owner left in flight; its timers are fired by ours.
         for workflow, instance_id in await self.store.active_instances(partition):
@@ -185,16 +190,7 @@ class Orchestrator(PartitionListener):
                 keys.add(item.key)
                 batch.append(item)
             try:
-                await self.process(batch)
-            except STORE_ERRORS as exc:
-                # Redis is unreachable: nothing of this batch is known to be committed. Forget the
-                # instances (they reload from Redis), give deliveries back to the broker and retry
-                # local results after a pause; redis-py reconnects on the next command.
-                log.warning("store unavailable (%s); requeueing %d inputs", exc, len(batch))
-                for item in batch:
-                    self._drop(item.key)
-                await self._nack(batch)
-                await asyncio.sleep(self._retry_s)
+                await self._turn(batch)
             finally:
                 if inbox.empty() and self._carry is None:
                     self._idle.set()
@@ -202,6 +198,39 @@ class Orchestrator(PartitionListener):
                 # More is queued (a burst larger than a batch): let the step attempts this batch just
                 # started begin before the next batch's transitions and commit run.
                 await asyncio.sleep(0)
+
+    async def _turn(self, batch: list[_Item]) -> None:
+        """Process ``batch``; while Redis is unreachable, hold it and try again with backoff.
+
+        Its deliveries stay unacknowledged meanwhile rather than being nacked: every nack counts
+        toward the queue's delivery limit, which is there for poison messages, so an outage of 20
+        retry cycles would dead-letter every message that arrived during it. Holding them also
+        stops consumption, since the broker sends no more than the prefetch, and keeps their order.
+        A channel lost meanwhile (or closed by RabbitMQ's consumer timeout, 30 min by default)
+        returns them to the queue by itself. Ownership is checked and every commit fenced afresh on
+        each attempt, as on any turn.
+        """
+        delay_s, failures = self._retry_s, 0
+        while True:
+            try:
+                await self.process(batch)
+            except STORE_ERRORS as exc:
+                # Nothing of this turn is known to be committed: forget its instances (they reload
+                # from Redis on the next attempt) and keep what it did not settle or park.
+                for item in batch:
+                    self._drop(item.key)
+                batch = [item for item in batch if not item.settled and not item.parked]
+                failures += 1
+                if failures == 1:
+                    log.warning("store unavailable (%s); holding %d inputs until it is back", exc, len(batch))
+                if not batch:
+                    return
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, self._retry_max_s)
+                continue
+            if failures:
+                log.warning("store available again after %d failed attempts", failures)
+            return
 
     async def settle(self, timeout: float = 5.0) -> None:
         """Wait (up to ``timeout`` s) until every queued input has been processed."""
@@ -230,6 +259,7 @@ class Orchestrator(PartitionListener):
                     # us (still the queue's active consumer) and a few milliseconds of that loop
                     # would burn its delivery limit and dead-letter it. Releasing the partition
                     # closes the subscription, which returns such deliveries to the queue.
+                    item.parked = True
                     self._parked.setdefault(item.partition, []).append(item)
                 else:
                     await self._settle(item, "nack")
