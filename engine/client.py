@@ -123,7 +123,12 @@ class WorkflowClient:
         return created[0]
 
     async def create_batch(self, items: Sequence[dict[str, Any]]) -> list[Instance]:
-        """Create up to 100 instances at once; ids that already exist are skipped (not returned)."""
+        """Create 1 to 100 instances at once; ids that already exist are skipped (not returned).
+
+        An empty batch is an error, as on Cloudflare.
+        """
+        if not items:
+            raise InvalidInputError("create_batch needs at least one instance")
         if len(items) > self._client.limits.max_batch:
             raise BatchTooLarge(
                 f"create_batch got {len(items)} instances; the limit is {self._client.limits.max_batch}"

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from engine.errors import WorkflowCodeError
+from engine.step import StepAwaitable
 
 
 class WorkflowLoop(asyncio.AbstractEventLoop):
@@ -80,6 +81,16 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         context: contextvars.Context | None = None,
         **kwargs: Any,
     ) -> asyncio.Task[Any]:
+        if isinstance(coro, StepAwaitable):
+            # asyncio.create_task(step.do(...)) and TaskGroup.create_task(step.do(...)) land here. A
+            # step call is not a coroutine (asyncio.wait refuses coroutines), so run it in one. The
+            # command was issued at the call, so its (name, count) is the same whenever the task runs.
+            step = coro
+            task = asyncio.Task(_await_step(step), loop=self, name=name, context=context)
+            # The task owns the step: cancelled before it ever ran (a TaskGroup aborting, say), it
+            # never awaited the step, so cancel the step here as cancelling a started task would.
+            task.add_done_callback(lambda done: step.cancel() if done.cancelled() else None)
+            return task
         return asyncio.Task(coro, loop=self, name=name, context=context)
 
     def get_debug(self) -> bool:
@@ -117,3 +128,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         raise WorkflowCodeError("run() called run_in_executor; blocking work belongs inside step.do")
+
+
+async def _await_step(step: StepAwaitable[Any]) -> Any:
+    return await step

@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
-from collections.abc import Awaitable, Callable, Generator, Sequence
-from datetime import datetime
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
 from engine.config import StepConfig
@@ -164,16 +165,102 @@ def _check_depends(name: str, depends: Sequence[StepFunction[Any]]) -> tuple[Ste
     return tuple(depends)
 
 
-class StepAwaitable(Generic[T]):
-    """The awaitable a step call returns (a thin typed wrapper over the run's future)."""
+if TYPE_CHECKING:
 
-    __slots__ = ("_future",)
+    class _AsyncioCompatible(asyncio.Future[T], Coroutine[Any, Any, T]):
+        """How type checkers see a step call: what asyncio's stubs ask of the idioms that accept one.
+
+        ``create_task`` and ``TaskGroup.create_task`` are typed to take a coroutine, ``wait`` a set of
+        futures; the workflow loop accepts a step call as either (see :class:`StepAwaitable`), so
+        workflow code using them type-checks. Only the methods :class:`StepAwaitable` defines exist
+        at runtime.
+        """
+
+        def send(self, value: Any, /) -> Any:
+            raise NotImplementedError
+
+        def throw(self, typ: Any, val: Any = None, tb: Any = None, /) -> Any:
+            raise NotImplementedError
+
+        def close(self) -> None:
+            raise NotImplementedError
+
+else:
+
+    class _AsyncioCompatible(Generic[T]):
+        __slots__ = ()
+
+
+class StepAwaitable(_AsyncioCompatible[T]):
+    """What a step call returns: await it, or hand it to any asyncio combinator.
+
+    The command is issued when the step is *called*, so its identity ``(name, count)`` never
+    depends on when, or whether, it is awaited. The object is a thin wrapper over the run's
+    future for that command, and asyncio's idioms accept it:
+
+    * ``await``, ``asyncio.gather``, ``asyncio.ensure_future`` and ``asyncio.as_completed`` take
+      any awaitable;
+    * ``asyncio.wait`` watches it directly through the future methods below (since Python 3.11
+      ``wait`` neither wraps awaitables nor accepts coroutines), so ``step in done`` works;
+    * ``asyncio.create_task`` and ``TaskGroup.create_task`` demand a coroutine: the workflow loop
+      wraps a step call into one (see :meth:`engine.loop.WorkflowLoop.create_task`).
+
+    It deliberately is not an ``asyncio.Future`` (no ``_asyncio_future_blocking``): ``gather`` and
+    ``ensure_future`` then wrap it in a task exactly as they always did, so the order in which
+    workflow code wakes up — and so the order of the commands it issues — is unchanged for
+    histories recorded by earlier versions. Nor is it a coroutine, which ``wait`` would
+    refuse.
+    """
+
+    __slots__ = ("_future", "_relays")
 
     def __init__(self, future: asyncio.Future[Any]) -> None:
         self._future = future
+        # (callback as registered, the relay registered on the future in its place)
+        self._relays: list[tuple[Callable[[StepAwaitable[T]], object], Callable[[asyncio.Future[Any]], None]]] = []
 
     def __await__(self) -> Generator[Any, None, T]:
         return self._future.__await__()
+
+    # The subset of the Future API that asyncio.wait uses, and that code inspecting its ``done``
+    # set calls.
+    def done(self) -> bool:
+        return self._future.done()
+
+    def cancelled(self) -> bool:
+        return self._future.cancelled()
+
+    def cancel(self, msg: Any = None) -> bool:
+        """Cancel the step, sleep or wait; the run records the cancellation, so replay repeats it."""
+        return self._future.cancel(msg)
+
+    def result(self) -> T:
+        result: T = self._future.result()
+        return result
+
+    def exception(self) -> BaseException | None:
+        return self._future.exception()
+
+    def add_done_callback(
+        self, fn: Callable[[StepAwaitable[T]], object], *, context: contextvars.Context | None = None
+    ) -> None:
+        # Relayed so that ``fn`` receives this object, as the Future API promises, not the inner future.
+        def relay(_: asyncio.Future[Any]) -> None:
+            fn(self)
+
+        self._relays.append((fn, relay))
+        self._future.add_done_callback(relay, context=context)
+
+    def remove_done_callback(self, fn: Callable[[StepAwaitable[T]], object]) -> int:
+        removed = 0
+        kept = []
+        for registered, relay in self._relays:
+            if registered == fn:
+                removed += self._future.remove_done_callback(relay)
+            else:
+                kept.append((registered, relay))
+        self._relays = kept
+        return removed
 
 
 class StepDecorator:
@@ -356,14 +443,24 @@ class WorkflowStep:
         await self._saga.rollback_all(error, continue_on_error=continue_on_error)
 
     def sleep(self, name: str, duration: Duration) -> StepAwaitable[None]:
-        """Suspend the instance for ``duration`` (a string like ``"3 days"``, seconds, or a timedelta)."""
-        seconds = to_seconds(duration)
+        """Suspend the instance for ``duration`` (a string like ``"3 days"``, seconds, or a timedelta).
+
+        A negative duration completes at once, as on Cloudflare and like a ``sleep_until`` a past
+        time: a sleep computed as "deadline minus now" whose deadline already passed is not an error.
+        """
+        seconds = to_seconds(_at_least_zero(duration))
         self._check_sleep(name, seconds)
         now = self._run.now_ms()
         return StepAwaitable(self._run.issue_timer("sleep", name, now + round(seconds * 1000), issued_ms=now))
 
     def sleep_until(self, name: str, when: datetime | int | float) -> StepAwaitable[None]:
-        """Suspend the instance until ``when`` (an aware datetime, or epoch seconds)."""
+        """Suspend the instance until ``when`` (an aware datetime, or epoch seconds).
+
+        A time already past completes at once. Cloudflare raises there instead; Hutch does not,
+        deliberately: a deadline computed from data can be reached late (a retried step, a pause,
+        a backlog), and a replay — which always happens later than the live run — must not see a
+        different outcome than the live run did.
+        """
         if isinstance(when, datetime):
             if when.tzinfo is None:
                 raise InvalidDuration(f"sleep_until {name!r}: datetime {when!r} must be timezone-aware")
@@ -399,3 +496,12 @@ class WorkflowStep:
                 f"{name!r} would wait {seconds:.0f} s; the limit is {limit:.0f} s "
                 "(Limits.max_sleep, 365 days by default)"
             )
+
+
+def _at_least_zero(duration: Duration) -> Duration:
+    """A negative number of seconds or timedelta as zero; anything else unchanged, for ``to_seconds`` to check."""
+    if isinstance(duration, timedelta):
+        return max(duration, timedelta(0))
+    if isinstance(duration, int | float) and not isinstance(duration, bool) and -math.inf < duration < 0:
+        return 0
+    return duration

@@ -171,6 +171,45 @@ class Echo(WorkflowEntrypoint):
         return await step.do("echo", lambda: event.payload.get("v"))
 
 
+class AsyncioIdioms(WorkflowEntrypoint):
+    """Step calls handed to create_task, TaskGroup, ensure_future, asyncio.wait and as_completed.
+
+    'held' (gated) is in flight inside the TaskGroup while its siblings finish; the loser of the
+    asyncio.wait race is cancelled; a long sleep evicts the instance before the end.
+    """
+
+    async def run(self, event: WorkflowEvent, step: Any) -> Any:
+        iid = event.instance_id
+        RUNS[iid] += 1
+        seen: list[str] = []
+        TRACES.setdefault(iid, []).append(seen)
+
+        async with asyncio.TaskGroup() as tg:
+            held = tg.create_task(step.do("held", counted(iid, "h", gate=True)))
+            quick = [tg.create_task(step.do("quick", counted(iid, f"q{i}"))) for i in (1, 2)]
+        seen.append("group")
+        task = asyncio.create_task(step.do("task", counted(iid, "t")))
+        ensured = asyncio.ensure_future(step.do("ensured", counted(iid, "e")))
+        fast = step.do("fast", counted(iid, "f"))
+        never = step.wait_for_event("never", "nope", timeout="1 hour")
+        done, pending = await asyncio.wait({fast, never}, return_when=asyncio.FIRST_COMPLETED)
+        for loser in pending:
+            loser.cancel()
+        seen.append(f"wait done={fast in done} pending={never in pending}")
+        completed = [
+            await f for f in asyncio.as_completed([step.do("x", counted(iid, "x")), step.do("y", counted(iid, "y"))])
+        ]
+        seen.append("as_completed " + "".join(completed))
+        await step.sleep("nap", "1 hour")
+        return {
+            "group": [held.result(), *(t.result() for t in quick)],
+            "tasks": [await task, await ensured],
+            "fast": fast.result(),
+            "as_completed": completed,
+            "order": list(seen),
+        }
+
+
 # --------------------------------------------------------------------------- end to end
 
 
@@ -254,6 +293,49 @@ async def test_gather_chains_sleeps_and_buffered_events_replay_identically(make_
 
     waits = [s for s in (await instance.describe()).steps if s.type == "waitForEvent"]
     assert len(waits) == 1 and waits[0].outcome == "received"
+
+
+async def test_asyncio_idioms_over_step_calls_replay_identically_across_a_crash(make_client: MakeClient) -> None:
+    clock = ManualClock()
+    client = await make_client({"idioms": AsyncioIdioms}, clock=clock)
+    iid = unique("idioms")
+    GATES[iid] = asyncio.Event()
+    instance = await client.workflow("idioms").create(id=iid)
+
+    # Mid-TaskGroup: 'held' is in flight, its siblings are done, when the owner loses run().
+    await wait_step(instance, "quick", count=2, success=True)
+    crash_cache(client, "idioms", iid)
+    GATES[iid].set()
+
+    await wait_step(instance, "nap")
+    await wait_status(instance, "waiting")
+    assert await evicted(client, "idioms", iid)
+    await advance(client, clock, 2 * 3600)
+
+    final = await instance.wait(timeout=10)
+    assert final.status == "complete", final
+    out = final.output
+    assert out["group"] == ["h", "q1", "q2"] and out["tasks"] == ["t", "e"] and out["fast"] == "f"
+    assert sorted(out["as_completed"]) == ["x", "y"]
+    steps = ("held#1", "quick#1", "quick#2", "task#1", "ensured#1", "fast#1", "x#1", "y#1")
+    assert executions(iid) == dict.fromkeys(steps, 1), "no step ran twice"
+    assert RUNS[iid] >= 3, "live, after the crash, and after the evicting sleep"
+    for earlier in TRACES[iid][:-1]:
+        assert earlier == out["order"][: len(earlier)], f"replay diverged: {earlier} vs {out['order']}"
+    never = next(s for s in (await instance.describe()).steps if s.name == "never")
+    assert never.outcome == "cancelled"
+
+    # Rebuilt once more from the stored history: same commands (cancel included), same outcome.
+    history = await client._store.history(instance._partition, "idioms", iid)
+    created_ms = round((await instance.describe()).queued.timestamp() * 1000)
+    rebuilt = WorkflowRun(
+        AsyncioIdioms(), WorkflowEvent.build(None, created_ms, iid, "idioms"), limits=Limits(), now_ms=clock.now_ms
+    )
+    rebuilt.replay(history)
+    assert rebuilt.failure is None
+    assert rebuilt.take_commands() == []
+    assert rebuilt.outcome() == (True, out)
+    rebuilt.close()
 
 
 async def test_code_changed_during_a_sleep_errors_with_nondeterminism(make_client: MakeClient) -> None:

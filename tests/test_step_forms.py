@@ -24,6 +24,7 @@ from engine import (
     WorkflowStep,
 )
 from tests.conftest import MakeClient
+from tests.diagrams import corpus
 
 RunFn = Callable[[WorkflowEvent, WorkflowStep], Awaitable[Any]]
 
@@ -345,3 +346,202 @@ async def test_step_results_are_what_replay_returns(make_client: MakeClient) -> 
     values = {k: v for k, (v, _) in expected.items()}
     assert final.output == values
     assert {s.name: s.output for s in detail.steps if s.type == "step"} == values
+
+
+# --------------------------------------------------------------------------- every asyncio idiom over step calls
+
+
+def recorded(executions: list[str], name: str) -> Callable[[], str]:
+    """A sync step body that notes its execution and returns its name."""
+
+    def body() -> str:
+        executions.append(name)
+        return name
+
+    return body
+
+
+async def test_create_task_and_ensure_future_take_step_calls(make_client: MakeClient) -> None:
+    """A step's count is taken when it is called, not when its task first runs.
+
+    ``late`` is called second but started first: it is still ``("same", 2)``, live and on replay.
+    """
+    executions: list[str] = []
+    seen_by_run: list[list[Any]] = []
+
+    async def count(ctx: StepContext) -> int:
+        executions.append(f"same#{ctx.step.count}")
+        return ctx.step.count
+
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        @step.do("decorated", config=ONE_ATTEMPT)
+        async def decorated() -> str:
+            executions.append("decorated")
+            return "decorated"
+
+        early = step.do("same", count, config=ONE_ATTEMPT)
+        late = step.do("same", count, config=ONE_ATTEMPT)
+        started_late = asyncio.create_task(late)
+        started_early = asyncio.create_task(early)
+        ensured = asyncio.ensure_future(step.do("ensured", recorded(executions, "ensured"), config=ONE_ATTEMPT))
+        from_decorator = asyncio.create_task(decorated())
+        napped = asyncio.create_task(step.sleep("nap", 0.001))
+        results = [await started_late, await started_early, await ensured, await from_decorator, await napped]
+        seen_by_run.append(results)
+        await step.sleep("evict", EVICT)
+        return results
+
+    final, detail = await run_to_end(make_client, run)
+
+    assert final.status == "complete", final.error
+    assert final.output == [2, 1, "ensured", "decorated", None]
+    assert seen_by_run == [final.output, final.output]  # live, then replayed
+    assert sorted(executions) == ["decorated", "ensured", "same#1", "same#2"]  # none re-ran on replay
+    assert step_names(detail) == [("same", 1), ("same", 2), ("ensured", 1), ("decorated", 1)]
+
+
+async def test_task_group_takes_step_calls_and_decorated_step_calls(make_client: MakeClient) -> None:
+    executions: list[str] = []
+    seen_by_run: list[dict[str, Any]] = []
+
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        @step.do("shard", config=ONE_ATTEMPT)
+        async def shard(ctx: StepContext) -> str:
+            executions.append(f"shard#{ctx.step.count}")
+            return f"shard#{ctx.step.count}"
+
+        async with asyncio.TaskGroup() as tg:
+            regions = [
+                tg.create_task(step.do(f"sync {r}", recorded(executions, r), config=ONE_ATTEMPT)) for r in ("eu", "us")
+            ]
+            shards = [tg.create_task(shard()) for _ in range(2)]
+            inline = await step.do("inline", recorded(executions, "inline"), config=ONE_ATTEMPT)
+        results = {"regions": [t.result() for t in regions], "shards": [t.result() for t in shards], "inline": inline}
+        seen_by_run.append(results)
+        await step.sleep("evict", EVICT)
+        return results
+
+    final, detail = await run_to_end(make_client, run)
+
+    assert final.status == "complete", final.error
+    assert final.output == {"regions": ["eu", "us"], "shards": ["shard#1", "shard#2"], "inline": "inline"}
+    assert seen_by_run == [final.output, final.output]
+    assert sorted(executions) == ["eu", "inline", "shard#1", "shard#2", "us"]
+    assert step_names(detail) == [("sync eu", 1), ("sync us", 1), ("shard", 1), ("shard", 2), ("inline", 1)]
+
+
+async def test_the_diagram_corpus_task_group_workflow_runs(make_client: MakeClient) -> None:
+    """tests/diagrams/corpus.py's TaskGroupWorkflow is drawn from its code; it must also run."""
+    client = await make_client({"tg": corpus.TaskGroupWorkflow})
+    instance = await client.workflow("tg").create(params={"regions": ["eu", "us", "ap"]})
+
+    final = await instance.wait(timeout=15)
+
+    assert final.status == "complete", final.error
+    detail = await instance.describe()
+    assert sorted(step_names(detail)) == [
+        ("inline", 1),
+        ("sync ap", 1),
+        ("sync catalog", 1),
+        ("sync eu", 1),
+        ("sync eu", 2),
+        ("sync us", 1),
+        ("sync us", 2),
+    ]
+
+
+async def test_task_group_abort_cancels_the_step_of_a_task_that_never_ran(make_client: MakeClient) -> None:
+    """A task that owns a step call and is cancelled before it first ran still cancels its step.
+
+    The body raises right after ``create_task``: the TaskGroup cancels the task before it ever
+    awaited the step. Without that, the step would run on, unawaited, until its timeout.
+    """
+    never = asyncio.Event()
+
+    async def blocks() -> str:
+        await never.wait()
+        return "unreachable"
+
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(step.do("blocked", blocks, config={"retries": {"limit": 0}, "timeout": "1 hour"}))
+                raise ValueError("abort")
+        except* ValueError:
+            pass
+        await step.sleep("evict", EVICT)
+        return "aborted"
+
+    final, detail = await run_to_end(make_client, run)
+
+    assert final.status == "complete", final.error
+    assert final.output == "aborted"
+    blocked = next(s for s in detail.steps if s.name == "blocked")
+    assert blocked.outcome == "cancelled"
+
+
+async def test_asyncio_wait_first_completed_returns_the_step_calls_and_cancels_the_loser(
+    make_client: MakeClient,
+) -> None:
+    """``done``/``pending`` hold the step calls themselves; cancelling the pending wait is recorded and replayed."""
+    executions: list[str] = []
+    seen_by_run: list[dict[str, Any]] = []
+
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        work = step.do("work", recorded(executions, "work"), config=ONE_ATTEMPT)
+        approval = step.wait_for_event("approval", "approve", timeout="1 hour")
+        called_back: list[bool] = []
+        work.add_done_callback(lambda settled: called_back.append(settled is work))
+        done, pending = await asyncio.wait({work, approval}, return_when=asyncio.FIRST_COMPLETED)
+        outcome = {"done": work in done, "pending": approval in pending, "result": work.result(), "cb": called_back}
+        for loser in pending:
+            loser.cancel()
+        seen_by_run.append(outcome)
+        await step.sleep("evict", EVICT)
+        return outcome
+
+    final, detail = await run_to_end(make_client, run)
+
+    assert final.status == "complete", final.error
+    assert final.output == {"done": True, "pending": True, "result": "work", "cb": [True]}
+    assert seen_by_run == [final.output, final.output]
+    assert executions == ["work"]
+    waits = [s for s in detail.steps if s.type == "waitForEvent"]
+    assert [(w.name, w.outcome) for w in waits] == [("approval", "cancelled")]
+
+
+async def test_asyncio_wait_all_completed_and_as_completed_take_step_calls(make_client: MakeClient) -> None:
+    """ALL_COMPLETED hands back a failed step's error; as_completed yields in completion order, also on replay."""
+    y_finished = asyncio.Event()
+    seen_by_run: list[dict[str, Any]] = []
+
+    async def fails() -> None:
+        raise ValueError("out of stock")
+
+    async def x() -> str:
+        await y_finished.wait()  # x finishes after y although it was issued first
+        return "x"
+
+    async def y() -> str:
+        y_finished.set()
+        return "y"
+
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        ok = step.do("ok", lambda: 1, config=ONE_ATTEMPT)
+        bad = step.do("bad", fails, config=ONE_ATTEMPT)
+        done, pending = await asyncio.wait([ok, bad])
+        waited = {"done": len(done), "pending": len(pending), "ok": ok.result(), "bad": repr(bad.exception())}
+        completed = [await f for f in asyncio.as_completed([step.do("x", x), step.do("y", y)])]
+        outcome = {"waited": waited, "as_completed": completed}
+        seen_by_run.append(outcome)
+        await step.sleep("evict", EVICT)
+        return outcome
+
+    final, _ = await run_to_end(make_client, run)
+
+    assert final.status == "complete", final.error
+    assert final.output == {
+        "waited": {"done": 2, "pending": 0, "ok": 1, "bad": "ValueError('out of stock')"},
+        "as_completed": ["y", "x"],
+    }
+    assert seen_by_run == [final.output, final.output]

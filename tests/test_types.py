@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, assert_type
 
@@ -74,6 +75,21 @@ class Typed(WorkflowEntrypoint):
         undo_sync: Callable[[Exception, dict[str, str]], bool] = refund_sync
         assert undo_async is refund and undo_sync is refund_sync
         assert_type(await step.rollback_all(ValueError("x"), continue_on_error=True), None)
+
+        # asyncio idioms take step calls (asyncio's stubs want a coroutine for create_task, futures for wait).
+        task = asyncio.create_task(step.do("task", sync))
+        assert_type(await task, float)
+        async with asyncio.TaskGroup() as tg:
+            grouped = tg.create_task(fetch())
+        assert_type(grouped.result(), int)
+        assert_type(await asyncio.ensure_future(step.do("ensured", coro)), bytes)
+        first, second = step.do("first", sync), step.do("second", sync)
+        done, _ = await asyncio.wait({first, second}, return_when=asyncio.FIRST_COMPLETED)
+        assert_type(done, set[StepAwaitable[float]])
+        racing: set[asyncio.Future[Any]] = {step.do("a", sync), step.wait_for_event("race", "go")}
+        await asyncio.wait(racing)
+        for completed in asyncio.as_completed([first, second]):
+            assert_type(await completed, float)
         return {}
 
 
