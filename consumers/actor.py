@@ -69,7 +69,7 @@ class InstanceActor:
         env: Env,
         limits: Limits,
         now_ms: Callable[[], int],
-        is_executing: Callable[[str, str, int, str, int], bool],
+        is_executing: Callable[[str, str, int, str, int, int], bool],
         warm_ms: int = 0,
         from_message: bool = False,
     ) -> None:
@@ -233,7 +233,12 @@ class InstanceActor:
             call = run.steps.get((name, count))
             if call is not None:
                 st.config = call.config
-            if st.running and not self._is_executing(self.workflow, self.instance_id, self.run_no, name, count):
+            # The recorded attempt, not any attempt of the step: an earlier one still running here
+            # (the partition moved away and back) was declared lost by the owner in between, so its
+            # result can never be accepted, and the recorded one runs nowhere.
+            if st.running and not self._is_executing(
+                self.workflow, self.instance_id, self.run_no, name, count, st.attempts
+            ):
                 self._interrupted(name, count, st)
 
     def _interrupted(self, name: str, count: int, st: _StepState) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextvars
 import functools
 import inspect
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -27,7 +28,21 @@ from engine.errors import (
 from engine.executor import StepCall
 from engine.serialization import encode_value
 
-_Key = tuple[str, str, int, str, int]  # workflow, instance id, run number, step name, count
+_Key = tuple[str, str, int, str, int, int]  # workflow, instance id, run number, step name, count, attempt
+
+# What a synchronous body raises that cannot reach the event loop as itself: asyncio refuses to
+# set StopIteration on a future (the attempt would hang until its timeout), and a CancelledError
+# (asyncio's, or concurrent.futures' which asyncio converts to it) would read as the attempt's
+# own task being cancelled.
+_UNCARRIABLE = (StopIteration, asyncio.CancelledError, concurrent.futures.CancelledError)
+
+
+class _BodyRaised(Exception):
+    """A step body raised ``error``, which would not otherwise count as the attempt failing."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
 
 
 def _context_kwargs(fn: Callable[..., Any]) -> tuple[tuple[Any, ...], bool]:
@@ -89,9 +104,14 @@ class StepRunner:
         """Attempts currently running or waiting for a slot."""
         return len(self._tasks)
 
-    def executing(self, workflow: str, instance_id: str, run_no: int, name: str, count: int) -> bool:
-        """Whether this worker is running an attempt of that step right now."""
-        return (workflow, instance_id, run_no, name, count) in self._tasks
+    def executing(self, workflow: str, instance_id: str, run_no: int, name: str, count: int, attempt: int) -> bool:
+        """Whether this worker is running that attempt of that step right now.
+
+        Another attempt of the same step does not count: after its partition moved away and back,
+        this worker may still run attempt N while the owner in between declared N lost and recorded
+        N+1; N+1 then runs nowhere and must be re-driven.
+        """
+        return (workflow, instance_id, run_no, name, count, attempt) in self._tasks
 
     def start(
         self,
@@ -108,7 +128,14 @@ class StepRunner:
 
         ``trace`` is the instance's W3C traceparent: the attempt's ``step.do`` span continues it.
         """
-        key = (workflow, instance_id, run_no, call.name, call.count)
+        key = (workflow, instance_id, run_no, call.name, call.count, attempt)
+        # History records an attempt only after every earlier one ended (failed, or declared lost
+        # by a partition owner), so an earlier attempt still running here is superseded: its result
+        # would be discarded as stale. Stop it rather than run the body twice at once.
+        for other, running in list(self._tasks.items()):
+            if other[:5] == key[:5] and other[5] < attempt:
+                running.cancel()
+                del self._tasks[other]
         task = asyncio.get_running_loop().create_task(self._attempt(partition, key, call, attempt, trace))
         self._tasks[key] = task
         task.add_done_callback(lambda t: self._tasks.pop(key, None) if self._tasks.get(key) is t else None)
@@ -116,7 +143,7 @@ class StepRunner:
     def cancel(self, workflow: str, instance_id: str, step: tuple[str, int] | None = None) -> None:
         """Cancel attempts of one step, or of every step of the instance."""
         for key, task in list(self._tasks.items()):
-            if key[0] == workflow and key[1] == instance_id and (step is None or key[3:] == step):
+            if key[0] == workflow and key[1] == instance_id and (step is None or key[3:5] == step):
                 task.cancel()
                 del self._tasks[key]
 
@@ -137,7 +164,7 @@ class StepRunner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _attempt(self, partition: int, key: _Key, call: StepCall, attempt: int, trace: str | None) -> None:
-        workflow, instance_id, run_no, name, count = key
+        workflow, instance_id, run_no, name, count, _ = key
         async with self._semaphore:
             start = self._clock.now_ms()
             ctx = StepContext(StepInfo(name, count), attempt, call.config)
@@ -157,6 +184,8 @@ class StepRunner:
                     outcome = {"ok": False, "error": error_record(timed_out if deadline.expired() else exc)}
                 except NonRetryableError as exc:
                     outcome = {"ok": False, "error": error_record(exc), "retryable": False}
+                except _BodyRaised as exc:
+                    outcome = {"ok": False, "error": error_record(exc.error)}
                 except Exception as exc:
                     outcome = {"ok": False, "error": error_record(exc)}
                 tracing.attempt_outcome(span, outcome.get("error"))
@@ -180,14 +209,14 @@ class StepRunner:
         args = (ctx,) if positional else ()
         kwargs = {"ctx": ctx} if keyword else {}
         if inspect.iscoroutinefunction(fn):
-            return await fn(*args, **kwargs)
+            return await _body_awaited(fn(*args, **kwargs))
         # Sync callables may block, so they run in the pool. On timeout the thread cannot be
         # interrupted; it finishes in the background and its result is discarded. The thread runs
         # in a copy of this context (as asyncio.to_thread does), so it sees the step's span.
-        call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+        call = functools.partial(contextvars.copy_context().run, _body_called, fn, *args, **kwargs)
         result = await asyncio.get_running_loop().run_in_executor(self._pool, call)
         if inspect.isawaitable(result):
-            result = await result
+            result = await _body_awaited(result)
         return result
 
     def _encode(self, name: str, count: int, result: Any) -> tuple[bytes, Any]:
@@ -198,3 +227,27 @@ class StepRunner:
             raise StepResultNotSerializable(str(exc)) from None
         except PayloadTooLarge as exc:
             raise StepResultTooLarge(str(exc)) from None
+
+
+def _body_called(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a sync body (in a pool thread) so that whatever it raises reaches the loop as a failure."""
+    try:
+        return fn(*args, **kwargs)
+    except _UNCARRIABLE as exc:
+        raise _BodyRaised(exc) from exc
+
+
+async def _body_awaited(awaitable: Awaitable[Any]) -> Any:
+    """Await a body, telling a ``CancelledError`` it raised itself from the attempt being cancelled.
+
+    Only a cancellation requested of the attempt's task (its deadline, a cancelled step, shutdown)
+    leaves it pending on the task; one the body raised (a library's, or its own) is an error of
+    this attempt, to be recorded and retried like any other.
+    """
+    try:
+        return await awaitable
+    except asyncio.CancelledError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        raise _BodyRaised(exc) from exc

@@ -64,7 +64,7 @@ class TimerService:
         self._wake = asyncio.Event()
         self._heap: list[tuple[int, bytes, int]] = []  # (due ms, member, partition); stale entries skipped
         self._armed: dict[bytes, tuple[int, int]] = {}  # member -> (due, partition) of its live heap entry
-        self._fired: dict[bytes, int] = {}  # member -> when it was published (refire bookkeeping)
+        self._fired: dict[bytes, tuple[int, int]] = {}  # member -> (when published, partition): refire bookkeeping
         self._scan_at = 0  # the next Redis scan (epoch ms); 0: at once
         self._removed_in_scan: set[bytes] | None = None  # removals committed while a scan reads Redis
         self._stopping = False
@@ -105,6 +105,10 @@ class TimerService:
         """The partition was released: its timers are the next owner's to fire."""
         for member in [m for m, (_, p) in self._armed.items() if p == partition]:
             del self._armed[member]
+        # A timer fired just before the release was dropped unhandled (its partition was no longer
+        # ours). Should the partition come back, a scan must fire it at once, not refire_s later.
+        for member in [m for m, (_, p) in self._fired.items() if p == partition]:
+            del self._fired[member]
 
     @property
     def armed(self) -> int:
@@ -179,8 +183,8 @@ class TimerService:
                     self._arm(partition, member, due)
                 continue
             present.add(member)
-            fired_at = self._fired.get(member)
-            if fired_at is not None and now - fired_at < self._refire_ms:
+            fired = self._fired.get(member)
+            if fired is not None and now - fired[0] < self._refire_ms:
                 continue
             self._armed.pop(member, None)
             batch.append((partition, member))
@@ -207,8 +211,8 @@ class TimerService:
             # Marked fired only once the broker took the messages; if it did not, the next scan
             # (soon: see run) finds the timers still in Redis and fires them.
             await self._transport.publish([Outgoing(partition, encode(message)) for partition, message in messages])
-        for _, member in batch:
-            self._fired[member] = now
+        for partition, member in batch:
+            self._fired[member] = (now, partition)
 
 
 def _message(member: bytes) -> TimerFired:

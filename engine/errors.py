@@ -248,7 +248,9 @@ def error_from_record(record: dict[str, str]) -> BaseException:
     if engine_cls is not None:
         return engine_cls(message)
     builtin = getattr(builtins, name, None)
-    if isinstance(builtin, type) and issubclass(builtin, Exception):
+    # StopIteration cannot be set on the future run() awaits (asyncio refuses it, and a coroutine
+    # turns one it raises into RuntimeError), so it arrives as StepFailedError like a custom class.
+    if isinstance(builtin, type) and issubclass(builtin, Exception) and builtin is not StopIteration:
         try:
             return builtin(message)
         except Exception:  # a builtin whose constructor wants more arguments

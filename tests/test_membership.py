@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from typing import Any
+
 import fakeredis
 import pytest
 
@@ -38,16 +42,22 @@ def shared() -> tuple[fakeredis.FakeServer, InProcessTransport]:
 
 
 def _worker(
-    server: fakeredis.FakeServer, transport: InProcessTransport, name: str, *, heartbeat_s: float = 0.05
+    server: fakeredis.FakeServer,
+    transport: InProcessTransport,
+    name: str,
+    *,
+    heartbeat_s: float = 0.05,
+    workflows: dict[str, type[WorkflowEntrypoint]] | None = None,
+    distributed: bool = True,
 ) -> Worker:
     store = RedisStore(fakeredis.aioredis.FakeRedis(server=server), 8)
     settings = Settings(partitions=8, heartbeat_s=heartbeat_s, worker_ttl_s=heartbeat_s * 6)
     return Worker(
         store=store,
         transport=transport,
-        workflows={"three": Three},
+        workflows=workflows or {"three": Three},
         settings=settings,
-        distributed=True,
+        distributed=distributed,
         worker_id=name,
     )
 
@@ -171,3 +181,66 @@ async def test_deliveries_of_a_fenced_partition_wait_for_it_instead_of_burning_t
         assert await transport.dead_letters() == []
     finally:
         await worker.shutdown()
+
+
+async def test_a_partition_back_from_an_owner_that_died_reruns_the_attempt_that_owner_started(
+    shared: tuple[fakeredis.FakeServer, InProcessTransport],
+) -> None:
+    # A runs attempt 1; its partition moves to B, which declares attempt 1 lost and starts attempt 2;
+    # B dies and the partition comes back to A, which still runs attempt 1. Attempt 2 runs nowhere,
+    # so A must start attempt 3. Attempt 1 cannot stand in for it: B recorded it as ended (lost).
+    server, transport = shared
+    started: list[int] = []
+    cancelled: list[int] = []
+    hold = asyncio.Event()  # set at teardown only: attempts 1 and 2 end by cancellation
+
+    async def relay(ctx: Any) -> int:
+        started.append(ctx.attempt)
+        if ctx.attempt < 3:
+            try:
+                await hold.wait()
+            except asyncio.CancelledError:
+                cancelled.append(ctx.attempt)
+                raise
+        return int(ctx.attempt)
+
+    class Relay(WorkflowEntrypoint):
+        async def run(self, event, step):
+            return await step.do("relay", relay)
+
+    workflows: dict[str, type[WorkflowEntrypoint]] = {"relay": Relay}
+    a = _worker(server, transport, "a", heartbeat_s=60, workflows=workflows)
+    await a.start()
+    # B is a partition owner with no membership and no subscription: the test hands it the partition.
+    b = _worker(server, transport, "b", workflows=workflows, distributed=False)
+    b_loop = asyncio.create_task(b.orchestrator.run())
+    try:
+        client = _client(server, transport)
+        partition = client._partition("relay", "relay-1")
+        instance = await client.workflow("relay").create(id="relay-1", params={})
+        await eventually(lambda: _async(started == [1]), timeout=5)
+
+        await a.orchestrator.on_revoked(partition)  # A lets go; its attempt 1 runs on
+        await b.orchestrator.on_assigned(partition)
+        await eventually(lambda: _async(started == [1, 2]), timeout=5)
+
+        b_loop.cancel()  # B dies with its attempt 2
+        await b.orchestrator.runner.close()
+        await a.orchestrator.on_assigned(partition)
+
+        assert (await instance.wait(timeout=5)).output == 3
+        assert started == [1, 2, 3]
+        assert sorted(cancelled) == [1, 2]  # attempt 1 was stopped on A: it never reported a result
+        attempts = (await instance.describe()).steps[0].attempts
+        assert [att.error.name if att.error else "ok" for att in attempts] == [
+            "WorkerLostError",
+            "WorkerLostError",
+            "ok",
+        ]
+    finally:
+        hold.set()
+        b_loop.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await b_loop
+        await b.orchestrator.runner.close()
+        await a.shutdown()

@@ -590,6 +590,48 @@ async def test_other_errors_become_step_failed_error(
     assert final.output == {"error_name": name, "message": message, "str": f"{name}: {message}"}
 
 
+@pytest.mark.parametrize("kind", ["async-CancelledError", "sync-CancelledError", "sync-StopIteration"])
+async def test_errors_asyncio_cannot_carry_fail_the_attempt_and_are_retried(make_client: MakeClient, kind: str) -> None:
+    """A body raising them is an attempt that failed: not a hang, not a timeout 600 s later."""
+    attempts = 0
+
+    async def cancelled_async() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise asyncio.CancelledError()  # e.g. a client library's own cancellation, escaping the body
+
+    def cancelled_sync() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise asyncio.CancelledError()
+
+    def exhausted_sync() -> None:
+        nonlocal attempts
+        attempts += 1
+        next(iter(()))  # StopIteration: asyncio refuses to set it on the future the thread reports to
+
+    body: Callable[[], Any] = {
+        "async-CancelledError": cancelled_async,
+        "sync-CancelledError": cancelled_sync,
+        "sync-StopIteration": exhausted_sync,
+    }[kind]
+    name = kind.split("-")[1]
+
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        try:
+            await step.do("fragile", body, config={"retries": {"limit": 1, "delay": FAST}})
+        except StepFailedError as exc:
+            return {"error_name": exc.error_name, "message": exc.message}
+
+    instance = await start(make_client, run)
+    final = await instance.wait(timeout=10)
+
+    assert final.output == {"error_name": name, "message": ""}
+    assert attempts == 2
+    fragile = only_step(await instance.describe(), "fragile")
+    assert [a.error.name if a.error else None for a in fragile.attempts] == [name, name]
+
+
 async def test_caught_error_is_the_same_live_and_on_replay(make_client: MakeClient) -> None:
     caught: list[tuple[str, str, str]] = []
 

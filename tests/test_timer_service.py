@@ -200,3 +200,20 @@ async def test_a_fired_timer_left_in_redis_fires_again_only_after_refire_s(rig: 
     rig.clock.advance_to(T0 + 100 + 30_000)
     await rig.clock.parked()
     assert [f[1] for f in rig.fired] == [member, member]
+
+
+async def test_a_timer_fired_before_its_partition_left_fires_again_as_soon_as_it_is_back(rig: Rig) -> None:
+    # Fired into the owner's inbox just as the partition was released: the owner dropped it
+    # unhandled (not its partition any more). Back here, it is due and unhandled: fire it now.
+    member = await rig.add(0, "a", T0 + 100)
+    rig.clock.advance_to(T0 + 100)
+    await rig.clock.parked()
+    assert rig.fired == [(0, member, T0 + 100)]
+
+    rig.owned.discard(0)
+    rig.service.forget_partition(0)
+    rig.clock.advance_to(T0 + 200)
+    rig.owned.add(0)
+    rig.service.due_at(0)  # what acquiring a partition does
+    await rig.clock.parked()
+    assert rig.fired[1:] == [(0, member, T0 + 200)]

@@ -13,11 +13,12 @@ import pytest
 from redis.asyncio import Redis
 
 import engine
+from broker.partitioning import partition_of
 from broker.transports.rabbitmq import RabbitMQTransport
 from engine import Client, Settings
 from tests.conftest import AMQP_URL, REDIS_URL, drop_namespace
 from tests.distributed.procs import WorkerProcess
-from tests.distributed.workflows import HoldWorkflow, LedgerWorkflow, counter_key
+from tests.distributed.workflows import HoldWorkflow, LedgerWorkflow, RelayWorkflow, counter_key
 from tests.helpers import eventually, unique
 
 pytestmark = [pytest.mark.redis, pytest.mark.rabbitmq, pytest.mark.slow]
@@ -25,6 +26,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.rabbitmq, pytest.mark.slow]
 WORKFLOWS = {
     "ledger": "tests.distributed.workflows:LedgerWorkflow",
     "hold": "tests.distributed.workflows:HoldWorkflow",
+    "relay": "tests.distributed.workflows:RelayWorkflow",
 }
 STEPS = [name for name, _ in LedgerWorkflow.STEPS]
 
@@ -43,7 +45,8 @@ async def namespace(redis_url: str, amqp_url: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def client(namespace: str) -> AsyncIterator[Client]:
     settings = Settings(redis_url=REDIS_URL, amqp_url=AMQP_URL, namespace=namespace, partitions=8)
-    async with engine.connect({"ledger": LedgerWorkflow, "hold": HoldWorkflow}, settings=settings) as client:
+    workflows = {"ledger": LedgerWorkflow, "hold": HoldWorkflow, "relay": RelayWorkflow}
+    async with engine.connect(workflows, settings=settings) as client:
         yield client
 
 
@@ -120,6 +123,58 @@ async def test_sigkill_of_a_worker_mid_step_loses_nothing_and_reruns_only_interr
         await redis.aclose()
         await a.close()
         await b.close()
+
+
+async def test_steps_handed_back_by_a_worker_killed_after_taking_them_over_run_again(
+    namespace: str, client: Client
+) -> None:
+    # A and B run first attempts; C joins, takes partitions over (their running attempts are declared
+    # lost and started again, on C — or on A or B, as the assignment shifts for everyone) and is
+    # killed. The partitions go back while the first attempts still run there: the attempts recorded
+    # since run nowhere, and each must be started again, or its instance stays running for ever.
+    seconds = 12.0
+    a, b, c = (WorkerProcess(namespace, WORKFLOWS) for _ in range(3))
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        await a.start()
+        await b.start()
+
+        async def split(*workers: WorkerProcess) -> bool:
+            owned = [w.partitions() or [] for w in workers]
+            return sorted(p for ps in owned for p in ps) == list(range(8)) and all(owned)
+
+        await eventually(lambda: split(a, b), timeout=15)
+        relay = client.workflow("relay")
+        created = asyncio.get_running_loop().time()
+        instances = await relay.create_batch([{"params": {"seconds": seconds}} for _ in range(16)])
+        ids = [inst.id for inst in instances]
+
+        async def attempts_at_least(n: int, of: list[str]) -> bool:
+            return all(k >= n for k in await _counters(redis, namespace, "attempts", of, "relay"))
+
+        await eventually(lambda: attempts_at_least(1, ids), timeout=15)
+        await c.start()
+        await eventually(lambda: split(a, b, c), timeout=15)
+        taken_by_c = [iid for iid in ids if partition_of("relay", iid, 8) in (c.partitions() or [])]
+        assert taken_by_c, "C took over no running step; the test proved nothing"
+        await eventually(lambda: attempts_at_least(2, taken_by_c), timeout=15)
+        c.kill()
+        assert await c.wait(timeout=10) == -9
+
+        await eventually(lambda: split(a, b), timeout=10)
+        back = asyncio.get_running_loop().time() - created
+        assert back < seconds, f"partitions came back after {back:.1f} s: no first attempt was running any more"
+
+        for inst in instances:
+            final = await inst.wait(timeout=seconds + 20)
+            assert final.status == "complete", (inst.id, final)
+        assert await _counters(redis, namespace, "effects", ids, "relay") == [1] * len(ids)
+        attempts = await _counters(redis, namespace, "attempts", ids, "relay")
+        assert all(attempts[ids.index(iid)] >= 3 for iid in taken_by_c), attempts
+    finally:
+        await redis.aclose()
+        for worker in (a, b, c):
+            await worker.close()
 
 
 async def test_sigterm_drains_in_flight_steps_and_exits_zero(namespace: str, client: Client) -> None:

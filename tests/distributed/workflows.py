@@ -78,3 +78,19 @@ class HoldWorkflow(WorkflowEntrypoint):
     async def run(self, event, step):
         seconds = float(event.payload.get("seconds", 1.0))
         return await step.do("hold", lambda: _body(event.instance_id, "hold", seconds))
+
+
+class RelayWorkflow(WorkflowEntrypoint):
+    """One step whose first two attempts run for a while and any later one finishes at once.
+
+    Built for a step taken over by another worker and handed back: the original attempt is still
+    running when its partition returns, and only a re-driven third attempt ends the instance soon.
+    """
+
+    async def run(self, event, step):
+        iid, seconds = event.instance_id, float(event.payload.get("seconds", 10.0))
+
+        async def relay(ctx):
+            return await _body(iid, "relay", seconds if ctx.attempt <= 2 else 0.0)
+
+        return await step.do("relay", relay)
