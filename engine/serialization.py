@@ -10,6 +10,18 @@ from pydantic import BaseModel
 
 from engine.errors import NotSerializable, PayloadTooLarge
 
+INTEGER_RANGE = "integers must be between -2**63 and 2**64 - 1 (pass bigger ones as strings)"
+"""msgpack's integer range, as a sentence for error messages."""
+
+
+class _IntegerOutOfRange(OverflowError):
+    """An int msgpack cannot hold; said as such, since "type int is not serializable" reads as a contradiction."""
+
+    def __init__(self, value: int) -> None:
+        shown = str(value) if value.bit_length() <= 256 else f"of {value.bit_length()} bits"
+        size = "too large" if value > 0 else "too large in magnitude"
+        super().__init__(f"the integer {shown} is {size}; {INTEGER_RANGE}")
+
 
 def _default(value: object) -> object:
     if isinstance(value, BaseModel):
@@ -17,6 +29,8 @@ def _default(value: object) -> object:
     if isinstance(value, MappingProxyType):
         # The read-only view of params run() gets (event.payload); returning it must just work.
         return dict(value)
+    if isinstance(value, int):  # msgpack hands over the ints outside its 64-bit range
+        raise _IntegerOutOfRange(value)
     raise TypeError(f"type {type(value).__name__} is not serializable")
 
 
@@ -63,6 +77,8 @@ def encode_value(value: Any, *, what: str, limit: int) -> tuple[bytes, Any]:
     try:
         data: bytes = msgpack.packb(value, **_packer_kwargs)
         decoded = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except _IntegerOutOfRange as exc:
+        raise NotSerializable(f"{what} is not serializable: {exc}") from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise NotSerializable(
             f"{what} is not serializable: {exc}; return None, bool, int, float, str, bytes, "

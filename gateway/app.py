@@ -22,6 +22,7 @@ from gateway.api.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
 from gateway.api.deps import WorkflowNames
 from gateway.api.errors import install_error_handlers
 from gateway.api.metrics import MetricsMiddleware, RequestMetrics
+from gateway.api.openapi import install_schema
 from gateway.api.tracing import TracingMiddleware, fastapi_options
 
 API_VERSION = "1"
@@ -45,7 +46,8 @@ def create_app(
         max_body_bytes: request bodies over this size get 413 before they are read (default 1 MiB).
 
     Returns:
-        The FastAPI app; ``/openapi.json`` publishes its schema.
+        The FastAPI app; ``/openapi.json`` publishes its schema, with the client's limits, and without
+        bearer auth if the token check is overridden (``app.dependency_overrides[require_token]``).
 
     Raises:
         ValueError: no token, an empty token, or a negative ``max_body_bytes``.
@@ -69,6 +71,7 @@ def create_app(
     app.include_router(probes.router)
     for router in extra_routers:
         app.include_router(router)
+    install_schema(app, client.limits)
     # Added last = outermost: metrics see every answer, including a 413 from the body limit.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

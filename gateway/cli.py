@@ -22,7 +22,7 @@ import asyncio
 import functools
 import importlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -229,8 +229,12 @@ class Remote:
     token: str | None
     as_json: bool
 
-    def call(self, request: Callable[[GatewayClient], Awaitable[T]]) -> T:
-        """Run ``request`` against the gateway; API errors exit 1, connection failures exit 2."""
+    def call(self, request: Callable[[GatewayClient], Awaitable[T]], *, instead: Mapping[int, str] | None = None) -> T:
+        """Run ``request`` against the gateway; API errors exit 1, connection failures exit 2.
+
+        ``instead`` maps an HTTP status to what to print in place of the API's message, where the
+        command knows better: the API's hints name REST requests, a CLI user needs the command's options.
+        """
 
         async def go() -> T:
             async with GatewayClient(self.url, self.token) as api:
@@ -239,7 +243,7 @@ class Remote:
         try:
             return asyncio.run(go())
         except ApiRequestError as exc:
-            raise ApiFailed(_api_error_message(exc)) from None
+            raise ApiFailed(_api_error_message(exc, (instead or {}).get(exc.status_code))) from None
         except GatewayUnreachable as exc:
             raise Unreachable(f"{exc}. Is hutch dev or hutch gateway running there? (--url / HUTCH_URL)") from None
         except GatewayError as exc:
@@ -254,9 +258,9 @@ class Remote:
         console.print(human(console))
 
 
-def _api_error_message(exc: ApiRequestError) -> str:
+def _api_error_message(exc: ApiRequestError, message: str | None = None) -> str:
     codes = ", ".join(str(c) for c in exc.codes if c)
-    text = f"{exc} (HTTP {exc.status_code}" + (f", code {codes})" if codes else ")")
+    text = f"{message or exc} (HTTP {exc.status_code}" + (f", code {codes})" if codes else ")")
     if exc.status_code == 401:
         text += "; pass the gateway's API token with --token or HUTCH_TOKEN"
     return text
@@ -327,7 +331,9 @@ def workflows_trigger(name: str, params_json: str | None, instance_id: str | Non
       hutch workflows trigger order '{"orderId": "A-1", "items": []}' --id order-A-1
     """
     params = None if params_json is None else _parse_json(params_json, "PARAMS_JSON")
-    result = remote.call(lambda api: api.create_instance(name, params, id=instance_id))
+    # A 409 on create can only be a taken id (the API's own hint names its batch endpoint).
+    taken = f"instance {instance_id!r} of workflow {name!r} already exists; pass another --id, or none for a random one"
+    result = remote.call(lambda api: api.create_instance(name, params, id=instance_id), instead={409: taken})
     remote.show(result, lambda console: render.created_text(result))
 
 

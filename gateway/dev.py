@@ -7,11 +7,16 @@ the process runs a distributed worker on them next to the gateway.
 Authentication: by default ``hutch dev`` accepts API requests without a token, and for that
 reason refuses to listen on anything but a loopback address. ``--token`` (repeatable) turns
 bearer-token checks on, exactly as ``hutch gateway`` does them.
+
+Triggers: the ``[[triggers.crons]]`` of hutch.toml fire as they do under ``hutch worker``; its
+``[[queues.consumers]]`` consume their queues when RabbitMQ is given, and without it ``hutch dev``
+refuses to start rather than leave them unserved.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import sys
@@ -21,6 +26,8 @@ import click
 from pydantic import ValidationError
 
 import engine
+from consumers.crons import CronTrigger
+from consumers.queue_trigger import QueueTrigger
 from consumers.runtime import start_distributed
 from engine import Client, WorkflowEntrypoint, tracing
 from engine.clock import Clock
@@ -45,6 +52,12 @@ from gateway.worker_command import _parse_workflows
 
 DEFAULT_PORT = 8787
 EXIT_WORKER_DIED = 1
+
+
+class StartRefused(click.ClickException):
+    """Settings ``hutch dev`` cannot serve as given: one line on stderr, exit status 2 (bad usage)."""
+
+    exit_code = 2
 
 
 @click.command("dev")
@@ -109,6 +122,12 @@ def dev(
         raise click.UsageError(str(exc)) from None
     if not classes:
         raise click.UsageError("no workflows to serve: add [[workflows]] to hutch.toml or pass --workflow NAME=TARGET")
+    if settings.queues.consumers and not settings.amqp_url:
+        queues = ", ".join(repr(spec.queue) for spec in settings.queues.consumers)
+        raise StartRefused(
+            f"hutch.toml has [[queues.consumers]] (queue {queues}), which consume RabbitMQ queues, but hutch dev has "
+            "no RabbitMQ: set HUTCH_REDIS_URL and HUTCH_AMQP_URL (or --redis-url and --amqp-url), or remove them"
+        )
     token_list = [t.strip() for t in tokens if t.strip()]
     if not token_list and not is_loopback(host):
         raise click.UsageError(
@@ -158,21 +177,36 @@ async def _serve(
                     else "embedded backends (state lives in this process)"
                 )
                 auth = f"{len(tokens)} API token(s) required" if tokens else "no API token needed"
-                click.echo(f"hutch dev ready on {url}: workflows {', '.join(sorted(classes))}; {backends}; {auth}")
+                served = "".join(f"; {trigger}" for trigger in triggers)
+                click.echo(
+                    f"hutch dev ready on {url}: workflows {', '.join(sorted(classes))}{served}; {backends}; {auth}"
+                )
                 flags = "" if url == DEFAULT_URL else f" --url {url}"
                 click.echo(f"  try: hutch workflows list{flags}" + (" --token <token>" if tokens else ""))
                 sys.stdout.flush()
 
-            died = False
-            async with asyncio.TaskGroup() as tasks:
-                watch = tasks.create_task(_watch_worker(worker, server), name="dev-worker-watch")
+            async with contextlib.AsyncExitStack() as running:
                 try:
-                    await server.run(app, on_ready=ready)
-                finally:
-                    died = watch.done() and watch.result()
-                    watch.cancel()
-            # Embedded state dies with the process, so there is nothing to drain for; a distributed
-            # worker lets its in-flight steps finish (HUTCH_SHUTDOWN_TIMEOUT_S) before releasing partitions.
+                    triggers = await _start_triggers(running, client, settings)
+                except BACKEND_ERRORS as exc:
+                    server.close()
+                    click.echo(f"Error: {backend_failure(exc, settings)}", err=True)
+                    return 2
+                except HutchError as exc:
+                    server.close()
+                    click.echo(f"Error: {exc}", err=True)
+                    return 2
+                died = False
+                async with asyncio.TaskGroup() as tasks:
+                    watch = tasks.create_task(_watch_worker(worker, server), name="dev-worker-watch")
+                    try:
+                        await server.run(app, on_ready=ready)
+                    finally:
+                        died = watch.done() and watch.result()
+                        watch.cancel()
+            # The triggers stopped first (no more creations); embedded state dies with the process, so
+            # there is nothing to drain for; a distributed worker lets its in-flight steps finish
+            # (HUTCH_SHUTDOWN_TIMEOUT_S) before releasing partitions.
             await worker.shutdown(timeout=None if distributed else 0)
         finally:
             await client.close()
@@ -201,6 +235,30 @@ async def _open(settings: Settings, classes: dict[str, type[WorkflowEntrypoint]]
         binding_names=settings.binding_names(),
     )
     return client
+
+
+async def _start_triggers(running: contextlib.AsyncExitStack, client: Client, settings: Settings) -> list[str]:
+    """Start the crons and queue consumers of hutch.toml on ``running``, as ``hutch worker`` does; what runs.
+
+    Raises:
+        InvalidInputError: an entry names a workflow this process does not serve, or is malformed.
+    """
+    started = []
+    crons = settings.triggers.crons
+    if crons:
+        await running.enter_async_context(CronTrigger(client, crons))
+        started.append(f"crons {', '.join(sorted({spec.schedule for spec in crons}))}")
+    if settings.queues.consumers:
+        queues = QueueTrigger(
+            client,
+            settings.queues.consumers,
+            amqp_url=settings.amqp_url,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+            connection_name="hutch/dev-queue-trigger",
+        )
+        await running.enter_async_context(queues)
+        started.append(f"queues {', '.join(queues.queues)}")
+    return started
 
 
 async def _watch_worker(worker: Any, server: GatewayServer) -> bool:

@@ -23,6 +23,7 @@ import click
 import uvicorn
 from fastapi import APIRouter, FastAPI
 from pydantic import ValidationError
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 import engine
 from broker.transports.rabbitmq import CONNECTION_ERRORS
@@ -30,6 +31,7 @@ from engine import Client, tracing
 from engine.errors import HutchError
 from engine.settings import Settings
 from engine.store.redis import STORE_ERRORS
+from gateway.api.envelope import ErrorCode, error_response
 from gateway.app import create_app
 from gateway.settings import GatewaySettings
 from gateway.webhooks import webhook_router
@@ -50,6 +52,45 @@ class _State(enum.Enum):
     NEW = "new"
     RUNNING = "running"
     STOPPED = "stopped"
+
+
+_BAD_HTTP_MESSAGE = (
+    "the request is not valid HTTP/1.1 (a malformed request line or header, such as a Content-Length "
+    "that is not a number)"
+)
+
+
+def _write_bad_request(transport: asyncio.Transport) -> None:
+    """Answer a request uvicorn could not parse with the API's error envelope, then close the connection."""
+    body = error_response(400, ErrorCode.INVALID_INPUT, _BAD_HTTP_MESSAGE).body
+    head = (
+        b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\n"
+        b"content-length: " + str(len(body)).encode("ascii") + b"\r\nconnection: close\r\n\r\n"
+    )
+    transport.write(head + bytes(body))
+    transport.close()
+
+
+class _H11Protocol(H11Protocol):
+    # uvicorn answers an unparseable request in plain text, before the app sees it; clients of the
+    # API read every error from the envelope. The connection closes right after, so writing the
+    # answer past h11's state machine is safe.
+    def send_400_response(self, msg: str) -> None:
+        _write_bad_request(self.transport)
+
+
+def _http_protocol() -> type[asyncio.Protocol]:
+    """uvicorn's "auto" choice (httptools when installed, else h11), answering bad requests in the envelope."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return _H11Protocol
+
+    class _HttpToolsProtocol(HttpToolsProtocol):
+        def send_400_response(self, msg: str) -> None:
+            _write_bad_request(self.transport)
+
+    return _HttpToolsProtocol
 
 
 class _Uvicorn(uvicorn.Server):
@@ -115,6 +156,7 @@ class GatewayServer:
             log_config=None,
             log_level=self._log_level,
             access_log=self._access_log,
+            http=_http_protocol(),
             lifespan="auto",
             ws="none",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,

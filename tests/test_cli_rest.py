@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import aio_pika
 import httpx
 import pytest
 from click.testing import CliRunner, Result
@@ -319,6 +320,9 @@ def test_api_errors_exit_1_with_the_apis_message(dev: Server) -> None:
     iid = trigger_waiting_approval(dev.url)
     taken = hutch("workflows", "trigger", "approval", "--id", iid, "--url", dev.url)
     assert taken.exit_code == 1 and "HTTP 409" in taken.stderr and iid in taken.stderr
+    # The hint is the command's own (the API's names its batch endpoint, the engine's the SDK's create_batch).
+    assert "already exists; pass another --id, or none for a random one" in taken.stderr
+    assert "create_batch" not in taken.stderr and "/batch" not in taken.stderr
     bad_id = hutch("workflows", "trigger", "approval", "--id", "-bad id", "--url", dev.url)
     assert bad_id.exit_code == 1 and "HTTP 400" in bad_id.stderr
     ok_json("instances", "terminate", "approval", iid, "--url", dev.url)
@@ -399,6 +403,112 @@ def test_dev_refuses_what_it_cannot_do_safely_with_a_usage_error() -> None:
         taken.listen()
         busy = hutch("dev", *workflow, "--port", str(taken.getsockname()[1]), env=env)
     assert busy.exit_code == 2 and "cannot listen on 127.0.0.1:" in busy.stderr
+
+
+APPROVAL_TOML = '[[workflows]]\nname = "approval"\nclass_name = "examples.approval:ApprovalWorkflow"\n'
+EVERY_SECOND_TOML = '\n[[triggers.crons]]\nschedule = "* * * * * *"\nworkflow = "approval"\n'
+
+
+def cron_instances(url: str, at_least: int) -> list[str] | None:
+    """The ids of the approval instances the every-second cron created, once there are ``at_least``."""
+    ids = [row["id"] for row in ok_json("instances", "list", "approval", "--url", url)]
+    fired = [iid for iid in ids if iid.startswith("cron-approval-")]
+    return fired if len(fired) >= at_least else None
+
+
+def test_dev_fires_the_crons_of_hutch_toml(tmp_path: Path) -> None:
+    config = tmp_path / "hutch.toml"
+    config.write_text(APPROVAL_TOML + EVERY_SECOND_TOML)
+    server = start_server(tmp_path / "dev.log", "dev", "--no-access-log", env=clean_env(HUTCH_CONFIG=str(config)))
+    try:
+        # Two fire times: the schedule keeps firing, it is not only the catch-up of the last one at start.
+        fired = poll(lambda: cron_instances(server.url, at_least=2), timeout=20)
+        assert len(set(fired)) == len(fired)
+        assert "crons * * * * * *" in server.output  # the ready line says what runs
+    finally:
+        status = server.stop()
+    assert status == 0, server.output
+
+
+def test_dev_refuses_triggers_it_cannot_serve_in_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "hutch.toml"
+
+    def dev_exits(toml: str) -> str:
+        """Start hutch dev (embedded) on ``toml``; it must exit 2 at once with one line on stderr."""
+        config.write_text(toml)
+        run = subprocess.run(
+            [sys.executable, "-m", "gateway.cli", "dev", "--port", "0", "--no-access-log"],
+            cwd=ROOT,
+            env=clean_env(HUTCH_CONFIG=str(config)),
+            capture_output=True,
+            text=True,
+            timeout=60,  # a hutch dev that started anyway would serve until then
+        )
+        assert run.returncode == 2 and run.stdout == "", run
+        (line,) = run.stderr.splitlines()
+        return line
+
+    line = dev_exits(APPROVAL_TOML + '\n[[queues.consumers]]\nqueue = "orders"\nworkflow = "approval"\n')
+    assert line.startswith("Error: hutch.toml has [[queues.consumers]] (queue 'orders')"), line
+    assert "HUTCH_AMQP_URL" in line
+    line = dev_exits(APPROVAL_TOML + EVERY_SECOND_TOML.replace('workflow = "approval"', 'workflow = "report"'))
+    assert "[[triggers.crons]] workflow 'report'" in line and "not registered" in line, line
+
+
+def test_dev_with_servers_runs_crons_and_queue_consumers(redis_url: str, amqp_url: str, tmp_path: Path) -> None:
+    namespace, queue = unique("devtrig"), unique("dev-orders")
+    config = tmp_path / "hutch.toml"
+    config.write_text(
+        APPROVAL_TOML
+        + EVERY_SECOND_TOML
+        + f'\n[[queues.consumers]]\nqueue = "{queue}"\nworkflow = "approval"\nid = "{{body.requestId}}"\n'
+    )
+    env = clean_env(
+        HUTCH_CONFIG=str(config),
+        HUTCH_REDIS_URL=redis_url,
+        HUTCH_AMQP_URL=amqp_url,
+        HUTCH_NAMESPACE=namespace,
+        HUTCH_PARTITIONS="2",
+    )
+    try:
+        server = start_server(tmp_path / "dev.log", "dev", "--no-access-log", env=env)
+        try:
+            # The queue exists once hutch dev answers: the consumer declared it before serving.
+            asyncio.run(publish(amqp_url, queue, {"requestId": "from-queue"}))
+            created = poll(lambda: describe(server.url, "approval", "from-queue"), timeout=20)
+            assert created["trigger"]["source"] == "queue", created["trigger"]
+            poll(lambda: cron_instances(server.url, at_least=1), timeout=20)
+            assert f"queues {queue}" in server.output
+        finally:
+            status = server.stop()
+        assert status == 0, server.output
+    finally:
+        asyncio.run(drop_queues_and_namespace(amqp_url, namespace, [queue, f"{queue}.dead-letter"]))
+
+
+async def publish(amqp_url: str, queue: str, body: Any) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel(publisher_confirms=True)
+        message = aio_pika.Message(json.dumps(body).encode(), content_type="application/json")
+        await channel.default_exchange.publish(message, routing_key=queue)
+    finally:
+        await connection.close()
+
+
+async def drop_queues_and_namespace(amqp_url: str, namespace: str, queues: list[str]) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        for name in queues:
+            await channel.queue_delete(name)
+    finally:
+        await connection.close()
+    transport = RabbitMQTransport(amqp_url, partitions=2, namespace=namespace)
+    await transport.start()
+    await transport.delete_topology()
+    await transport.close()
+    await drop_namespace(namespace)
 
 
 def test_gateway_needs_backends_and_a_token() -> None:

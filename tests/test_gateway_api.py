@@ -34,6 +34,7 @@ from engine.settings import Settings
 from engine.step import WorkflowStep
 from gateway.api import ErrorCode, TokenSet, get_client, require_token
 from gateway.app import create_app
+from gateway.serve_gateway import GatewayServer
 from gateway.settings import GatewaySettings
 from tests.conftest import drop_namespace
 from tests.helpers import eventually, unique
@@ -451,7 +452,8 @@ async def in_process(
     workflows: dict[str, type[WorkflowEntrypoint]] | None = None, **options: Any
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Client, Any]]:
     """An embedded runtime, the app over it, and an authenticated in-process HTTP client."""
-    async with engine.connect(workflows or {**WORKFLOWS, "odd": Odd}) as client:
+    limits = options.pop("limits", Limits())
+    async with engine.connect(workflows or {**WORKFLOWS, "odd": Odd}, limits=limits) as client:
         app = create_app(client, tokens=options.pop("tokens", [TOKEN]), **options)
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=AUTH) as http:
@@ -548,9 +550,11 @@ async def test_json_edge_cases_are_client_errors() -> None:
             await http.post(base, content=b'{"params": "\\ud800"}', headers=headers), 400, ErrorCode.INVALID_INPUT
         )
         assert "\\ud800" in message
+        # Deeper than Python's parser goes: the same rule named, not "There was an error parsing the body".
         deep = b'{"params": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-        response = await http.post(base, content=deep, headers=headers)
-        assert response.status_code in (400, 413) and response.json()["success"] is False
+        for path in (base, f"{base}/anyone/events/approve"):
+            response = await http.post(path, content=deep, headers=headers)
+            assert_error(response, 422, ErrorCode.VALIDATION_FAILED, "body: nested too deeply", "at most 64 levels")
         # Nesting is capped (64 levels), so every stored value can be shown and replayed.
         too_deep = b'{"params": ' + b"[" * 65 + b"]" * 65 + b"}"
         assert_error(
@@ -749,6 +753,148 @@ async def test_auth_can_be_switched_off_by_overriding_the_dependency() -> None:
             assert_ok(await anonymous.post("/api/workflows/sleeper/instances", json={"id": "open-1"}), 201)
             bad = await anonymous.post("/api/workflows/sleeper/instances", content=b"{", headers=JSON)
             assert_error(bad, 422, ErrorCode.VALIDATION_FAILED, "not valid JSON")
+
+
+async def test_unknown_query_parameters_are_refused_not_ignored() -> None:
+    # A Cloudflare client pages with `page` and filters by date; ignoring those would give it page 1
+    # forever (and every instance, whatever the dates).
+    async with in_process() as (http, _, _):
+        base = "/api/workflows/sleeper/instances"
+        assert_ok(await http.post(base, json={"id": "q-1"}), 201)
+        paged = await http.get(base, params={"page": 2, "per_page": 1})
+        assert_error(
+            paged, 400, ErrorCode.INVALID_INPUT, "unknown query parameter 'page'", "takes cursor, per_page, status",
+            "pages are followed with cursor",
+        )  # fmt: skip
+        dated = await http.get(base, params={"date_start": "2024-01-01", "date_end": "2024-02-01"})
+        assert_error(dated, 400, ErrorCode.INVALID_INPUT, "unknown query parameters 'date_end', 'date_start'")
+        # Every API route, not only listings; the token check still comes first.
+        assert_error(await http.get("/api/workflows", params={"x": "1"}), 400, ErrorCode.INVALID_INPUT, "'x'")
+        assert_error(await http.post(base, params={"force": "1"}, json={}), 400, ErrorCode.INVALID_INPUT, "'force'")
+        async with httpx.AsyncClient(transport=http._transport, base_url="http://gateway") as anonymous:
+            assert_error(await anonymous.get(base, params={"page": 2}), 401, ErrorCode.UNAUTHORIZED)
+        # What the route declares still works, and an empty cursor (the schema allows it) is the first page.
+        assert_ok(await http.get(base, params={"status": "terminated", "per_page": 5, "cursor": ""}))
+        first = await http.get(f"{base}?cursor=")
+        assert [r["id"] for r in assert_ok(first)] == ["q-1"] and first.json()["result_info"]["cursor"] is None
+
+
+async def test_405_allow_lists_every_method_the_path_takes() -> None:
+    async with in_process() as (http, _, app):
+        paths = app.openapi()["paths"]
+        samples = {"{name}": "sleeper", "{instance_id}": "s-1", "{event_type}": "go"}
+        for template, operations in paths.items():
+            path = template
+            for placeholder, value in samples.items():
+                path = path.replace(placeholder, value)
+            response = await http.request("OPTIONS", path)
+            assert_error(response, 405, ErrorCode.METHOD_NOT_ALLOWED, f"method OPTIONS is not allowed on {path}")
+            expected = {method.upper() for method in operations}
+            if template.endswith("/batch"):
+                expected.add("GET")  # the path is also /instances/{instance_id}: GET describes an instance 'batch'
+            assert set(response.headers["allow"].split(", ")) == expected, path
+        put = await http.put("/api/workflows/sleeper/instances/s-1/status")
+        assert put.headers["allow"] == "GET, PATCH" and "it takes GET, PATCH" in put.json()["errors"][0]["message"]
+        assert (await http.delete("/api/workflows/sleeper/instances")).headers["allow"] == "GET, POST"
+
+
+async def test_open_mode_publishes_no_bearer_auth() -> None:
+    # `hutch dev` without --token overrides the token check; a schema still asking for a bearer
+    # token (and promising 401s) would make every client and fuzzer expect refusals that never come.
+    async with in_process() as (http, _, app):
+        guarded = (await http.get("/openapi.json")).json()
+        assert guarded["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+        app.dependency_overrides[require_token] = lambda: None
+        schema = (await http.get("/openapi.json")).json()
+        assert "securitySchemes" not in schema["components"]
+        operations = [op for ops in schema["paths"].values() for op in ops.values()]
+        assert len(operations) == 12
+        assert all("security" not in op and "401" not in op["responses"] for op in operations)
+        del app.dependency_overrides[require_token]
+        assert (await http.get("/openapi.json")).json() == guarded
+
+
+async def test_path_parameters_are_checked_as_the_schema_says_before_any_lookup() -> None:
+    async with in_process() as (http, _, app):
+        long_id = "x" * 101
+        # The id is invalid whether or not the workflow exists: 400 before the workflow's 404.
+        for workflow in ("sleeper", "nope"):
+            for suffix in ("", "/status"):
+                response = await http.get(f"/api/workflows/{workflow}/instances/{long_id}{suffix}")
+                assert_error(response, 400, ErrorCode.INVALID_INPUT, "is 101 characters; the limit is 100")
+        assert_error(await http.get(f"/api/workflows/{'n' * 65}"), 400, ErrorCode.INVALID_INPUT, "the limit is 64")
+        parameters = app.openapi()["paths"]["/api/workflows/{name}/instances/{instance_id}"]["get"]["parameters"]
+        assert {p["name"]: p["schema"]["maxLength"] for p in parameters} == {"name": 64, "instance_id": 100}
+
+    # Limits are a deployment's setting: the schema publishes the ones the client enforces.
+    async with in_process(limits=Limits(max_instance_id_length=10, max_batch=3)) as (http, _, app):
+        schema = app.openapi()
+        parameters = schema["paths"]["/api/workflows/{name}/instances/{instance_id}"]["get"]["parameters"]
+        assert {p["name"]: p["schema"]["maxLength"] for p in parameters} == {"name": 64, "instance_id": 10}
+        assert schema["components"]["schemas"]["CreateInstance"]["properties"]["id"]["maxLength"] == 10
+        batch = schema["paths"]["/api/workflows/{name}/instances/batch"]["post"]["requestBody"]
+        assert batch["content"]["application/json"]["schema"]["maxItems"] == 3
+        assert_error(await http.get(f"/api/workflows/nope/instances/{'x' * 11}"), 400, ErrorCode.INVALID_INPUT, "10")
+        assert_error(await http.get(f"/api/workflows/nope/instances/{'x' * 10}"), 404, ErrorCode.WORKFLOW_NOT_FOUND)
+
+
+async def test_errors_say_what_is_wrong_and_what_to_do() -> None:
+    async with in_process() as (http, _, _):
+        base = "/api/workflows/sleeper/instances"
+        # Integers beyond msgpack's 64 bits: "too large", not "type int is not serializable; return ... int".
+        for body in ({"params": 2**64}, {"params": {"n": [-(2**63) - 1]}}):
+            message = assert_error(await http.post(base, json=body), 400, ErrorCode.INVALID_INPUT, "is too large")
+            assert "-2**63 and 2**64 - 1" in message and "type int" not in message
+        huge = b'{"params": ' + b"9" * 5000 + b"}"  # over Python's 4300-digit parsing limit
+        assert_error(await http.post(base, content=huge, headers=JSON), 400, ErrorCode.INVALID_INPUT, "too large")
+        assert_ok(await http.post(base, json={"id": "e-1", "params": 2**64 - 1}), 201)
+        event = f"{base}/e-1/events/go"
+        assert_error(await http.post(event, json=2**64), 400, ErrorCode.INVALID_INPUT, "integer", "is too large")
+        assert_error(await http.post(event, content=b"9" * 5000), 400, ErrorCode.INVALID_INPUT, "too large")
+
+        # A JSON body sent as something else: 415 naming the Content-Type, on every route taking JSON.
+        plain = {"content-type": "text/plain"}
+        for method, path, raw in (
+            ("POST", base, b'{"id": "t-1"}'),
+            ("POST", f"{base}/batch", b'[{"id": "t-2"}]'),
+            ("PATCH", f"{base}/e-1/status", b'{"status": "pause"}'),
+        ):
+            response = await http.request(method, path, content=raw, headers=plain)
+            assert_error(response, 415, ErrorCode.UNSUPPORTED_MEDIA_TYPE, "application/json", "'text/plain'")
+        assert_ok(await http.post(base, headers=plain), 201)  # no body, nothing to misread
+        assert_ok(await http.post(base, content=b'{"id": "t-3"}', headers={"content-type": "application/x+json"}), 201)
+
+        # Deep nesting is named even before the token is checked, but the token check comes first.
+        deep = b"[" * 100_000 + b"]" * 100_000
+        async with httpx.AsyncClient(transport=http._transport, base_url="http://gateway") as anonymous:
+            assert_error(await anonymous.post(base, content=deep, headers=JSON), 401, ErrorCode.UNAUTHORIZED)
+
+        # A duplicate id: the hint names what a REST caller can do, not the Python SDK's create_batch.
+        message = assert_error(await http.post(base, json={"id": "e-1"}), 409, ErrorCode.INSTANCE_EXISTS)
+        assert "'e-1'" in message and "POST /api/workflows/sleeper/instances/batch" in message
+        assert "create_batch" not in message
+
+
+async def test_an_unparseable_http_request_gets_the_error_envelope() -> None:
+    # uvicorn itself answers these (the app never sees them), in plain text unless told otherwise.
+    async with engine.connect(WORKFLOWS) as client:
+        server = GatewayServer(host="127.0.0.1", port=0, access_log=False)
+        serving = asyncio.create_task(server.run(create_app(client, tokens=[TOKEN])))
+        try:
+            await server.wait_started()
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(b"POST /api/workflows/sleeper/instances HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n")
+            raw = await reader.read()  # the server closes the connection after answering
+            writer.close()
+        finally:
+            server.shutdown()
+            await serving
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in head.lower(), raw
+    envelope = json.loads(body)
+    assert envelope["success"] is False and envelope["result"] is None
+    (error,) = envelope["errors"]
+    assert error["code"] == ErrorCode.INVALID_INPUT and "Content-Length" in error["message"]
 
 
 def test_gateway_api_public_surface() -> None:

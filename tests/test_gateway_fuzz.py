@@ -5,6 +5,9 @@ ASGI app serving an embedded runtime. No response may be a 5xx, and every respon
 conform to the schema: a documented status code, the documented content type and a body
 that validates against the documented model (the envelope). Invalid requests must be rejected.
 
+Both auth modes are fuzzed: bearer tokens (``hutch gateway``), and the open mode of ``hutch dev``
+without ``--token``, whose schema must not ask for a token it does not check.
+
 The embedded runtime's objects belong to the event loop that created them, while schemathesis
 drives a synchronous Hypothesis test; so the runtime and the app live on a private loop that
 each example's request is run on.
@@ -23,6 +26,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
+    ignored_auth,
+    missing_required_header,
     negative_data_rejection,
     response_headers_conformance,
     response_schema_conformance,
@@ -33,6 +38,7 @@ import engine
 from engine import Client, WorkflowEntrypoint
 from engine.events import WorkflowEvent
 from engine.step import WorkflowStep
+from gateway.api import require_token
 from gateway.app import create_app
 
 TOKEN = "fuzz-token"
@@ -45,6 +51,8 @@ CHECKS = [
     response_schema_conformance,
     negative_data_rejection,
 ]
+# In open mode, a schema declaring bearer auth fails these: requests without a token are answered.
+OPEN_CHECKS = [*CHECKS, ignored_auth, missing_required_header]
 # Ids Hypothesis generates first for the id pattern: instances with these ids exist, so the
 # generated requests reach real instances and not only 404s.
 SEEDED_IDS = ["0", "00", "a", "A", "_", "aa", "0-"]
@@ -60,10 +68,12 @@ class Echo(WorkflowEntrypoint):
 class Harness:
     """An embedded runtime and the gateway app on a private event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, open_mode: bool = False) -> None:
         self.loop = asyncio.new_event_loop()
         self.client: Client = self.loop.run_until_complete(engine.connect({"echo": Echo, "0": Echo}))
         self.app = create_app(self.client, tokens=[TOKEN])
+        if open_mode:  # as hutch dev without --token does it
+            self.app.dependency_overrides[require_token] = _no_auth
         self.http = httpx.AsyncClient(transport=httpx.ASGITransport(self.app), base_url=BASE_URL, timeout=30)
         workflow = self.client.workflow("echo")
         self.loop.run_until_complete(workflow.create_batch([{"id": iid, "params": {"n": 1}} for iid in SEEDED_IDS]))
@@ -101,23 +111,50 @@ def harness() -> Iterator[Harness]:
         h.close()
 
 
+async def _no_auth() -> None:
+    pass
+
+
 @pytest.fixture(scope="module")
 def api_schema(harness: Harness) -> Any:
     return schemathesis.openapi.from_dict(harness.app.openapi())
 
 
+@pytest.fixture(scope="module")
+def open_harness() -> Iterator[Harness]:
+    h = Harness(open_mode=True)
+    try:
+        yield h
+    finally:
+        h.close()
+
+
+@pytest.fixture(scope="module")
+def open_api_schema(open_harness: Harness) -> Any:
+    return schemathesis.openapi.from_dict(open_harness.app.openapi())
+
+
 schema = schemathesis.pytest.from_fixture("api_schema")
-
-
-@schema.parametrize()
-@settings(
+open_schema = schemathesis.pytest.from_fixture("open_api_schema")
+FUZZ_SETTINGS = settings(
     max_examples=20,
     deadline=None,
     derandomize=True,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.function_scoped_fixture],
 )
+
+
+@schema.parametrize()
+@FUZZ_SETTINGS
 def test_every_operation_conforms_to_the_schema(case: Any, harness: Harness) -> None:
     request = case.as_transport_kwargs(base_url=BASE_URL, headers={"Authorization": f"Bearer {TOKEN}"})
     response = harness.send(request)
     case.validate_response(response, checks=CHECKS)
+
+
+@open_schema.parametrize()
+@FUZZ_SETTINGS
+def test_open_mode_conforms_to_its_schema(case: Any, open_harness: Harness) -> None:
+    response = open_harness.send(case.as_transport_kwargs(base_url=BASE_URL))
+    case.validate_response(response, checks=OPEN_CHECKS)

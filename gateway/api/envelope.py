@@ -34,6 +34,7 @@ class ErrorCode(IntEnum):
     METHOD_NOT_ALLOWED = 10009
     UNAVAILABLE = 10010
     INTERNAL = 10011
+    UNSUPPORTED_MEDIA_TYPE = 10012
 
 
 class ApiError(BaseModel):

@@ -5,11 +5,15 @@ failure                                status  code
 =====================================  ======  ===================
 missing or wrong bearer token          401     UNAUTHORIZED
 engine rule broken (id, name, cursor)  400     INVALID_INPUT
+unknown query parameter                400     INVALID_INPUT
 request does not match the schema      422     VALIDATION_FAILED
+body not JSON, or nested too deeply    422     VALIDATION_FAILED
 unknown workflow / instance / route    404     ..._NOT_FOUND
+method not allowed on the path         405     METHOD_NOT_ALLOWED
 duplicate instance id                  409     INSTANCE_EXISTS
 lifecycle change not allowed           409     ILLEGAL_TRANSITION
 body over the limit                    413     PAYLOAD_TOO_LARGE
+JSON body sent as another media type   415     UNSUPPORTED_MEDIA_TYPE
 Redis or RabbitMQ unreachable          503     UNAVAILABLE
 anything else (a bug)                  500     INTERNAL
 =====================================  ======  ===================
@@ -25,6 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from broker.transports.rabbitmq import CONNECTION_ERRORS
 from engine.errors import (
@@ -36,9 +41,11 @@ from engine.errors import (
     PayloadTooLarge,
     WorkflowNotFound,
 )
+from engine.serialization import INTEGER_RANGE
 from engine.store.redis import STORE_ERRORS
 from gateway.api.auth import Unauthorized, authorized, token_required
 from gateway.api.envelope import ErrorCode, error_response
+from gateway.api.models import MAX_INPUT_DEPTH
 
 log = logging.getLogger("gateway")
 
@@ -65,6 +72,7 @@ _HTTP_CODES: dict[int, ErrorCode] = {
     405: ErrorCode.METHOD_NOT_ALLOWED,
     409: ErrorCode.ILLEGAL_TRANSITION,
     413: ErrorCode.PAYLOAD_TOO_LARGE,
+    415: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
     422: ErrorCode.VALIDATION_FAILED,
     503: ErrorCode.UNAVAILABLE,
 }
@@ -85,6 +93,34 @@ def engine_error_status(exc: HutchError) -> tuple[int, ErrorCode]:
     if isinstance(exc, IllegalTransition):
         return 409, ErrorCode.ILLEGAL_TRANSITION
     return 500, ErrorCode.INTERNAL
+
+
+def engine_error_message(exc: HutchError) -> str:
+    """The message of an engine error, worded for a caller of the REST API."""
+    if isinstance(exc, InstanceAlreadyExists):
+        # The engine's own hint names the SDK's create_batch; over HTTP that is the batch endpoint.
+        return (
+            f"instance {exc.instance_id!r} of workflow {exc.workflow!r} already exists; send another id (or none, "
+            f"for a random one), or create through POST /api/workflows/{exc.workflow}/instances/batch, which "
+            "skips ids that exist"
+        )
+    return str(exc)
+
+
+def json_body_failure(exc: BaseException) -> tuple[int, str] | None:
+    """Status and message for a JSON body the parser gave up on without a syntax error; None for other errors.
+
+    Python's parser fails on such bodies with RecursionError (nesting), UnicodeDecodeError (not
+    UTF-8) or a bare ValueError (an integer over its 4300-digit limit); FastAPI reports all three
+    as "There was an error parsing the body", which says nothing about what to change.
+    """
+    if isinstance(exc, RecursionError):
+        return 422, f"body: nested too deeply to parse; JSON values may nest at most {MAX_INPUT_DEPTH} levels"
+    if isinstance(exc, UnicodeDecodeError):
+        return 422, f"body: not valid JSON: not {exc.encoding.upper()} text ({exc.reason} at byte {exc.start})"
+    if type(exc) is ValueError and "digits" in str(exc):
+        return 400, f"body: a number is too large; {INTEGER_RANGE}"
+    return None
 
 
 def validation_messages(errors: Sequence[Any]) -> list[str]:
@@ -108,7 +144,7 @@ async def _hutch_error(request: Request, exc: Exception) -> Response:
     if status == 500:
         log.error("unexpected engine error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(500, ErrorCode.INTERNAL, "internal error; the gateway log has the details")
-    return error_response(status, code, str(exc))
+    return error_response(status, code, engine_error_message(exc))
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:
@@ -121,15 +157,43 @@ async def _validation_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    failure = json_body_failure(exc.__cause__) if exc.status_code == 400 and exc.__cause__ is not None else None
+    if failure is not None:
+        # FastAPI's "There was an error parsing the body", raised from the parser's exception. The
+        # body is parsed before the token is checked; the token check still comes first.
+        if token_required(request) and not authorized(request):
+            return await _http_error(request, Unauthorized("missing or invalid bearer token"))
+        exc = StarletteHTTPException(*failure)
     code = _HTTP_CODES.get(exc.status_code, ErrorCode.INTERNAL if exc.status_code >= 500 else ErrorCode.INVALID_INPUT)
     message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    headers = exc.headers
     if exc.status_code == 404 and message == "Not Found":
         message = f"no route matches {request.method} {request.url.path}"
     elif exc.status_code == 405:
-        message = f"method {request.method} is not allowed on {request.url.path}"
+        allowed = _allowed_methods(request)
+        message = f"method {request.method} is not allowed on {request.url.path}; it takes {', '.join(allowed)}"
+        # Starlette names only the methods of the first route whose path matched.
+        headers = {**(headers or {}), "Allow": ", ".join(allowed)}
     if exc.status_code in (204, 304):  # no body allowed
-        return Response(status_code=exc.status_code, headers=exc.headers)
-    return error_response(exc.status_code, code, message, headers=exc.headers)
+        return Response(status_code=exc.status_code, headers=headers)
+    return error_response(exc.status_code, code, message, headers=headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods some route of the app fully matches on the request's path.
+
+    Asked of the routes themselves (``matches``), method by method, so routers included in any
+    way count; Starlette's own header names only the first route whose path matched.
+    """
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 async def _unavailable(request: Request, exc: Exception) -> Response:

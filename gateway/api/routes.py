@@ -19,14 +19,15 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 
 from engine import Client, IllegalTransition, InstanceDetail, InstanceStatus, Status
 from engine.config import check_instance_id
 from gateway.api.auth import require_token
-from gateway.api.deps import WorkflowNames, get_client, get_workflow_names
+from gateway.api.deps import WorkflowNames, check_request, get_client, get_workflow_names
 from gateway.api.envelope import CursorInfo, Envelope, ErrorEnvelope, ListEnvelope, ok
+from gateway.api.errors import json_body_failure
 from gateway.api.models import (
     EVENT_TYPE_SCHEMA,
     INSTANCE_ID_SCHEMA,
@@ -66,11 +67,12 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("Unknown workflow or i
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: _error("Duplicate instance id, or a lifecycle change the instance's status does not allow.")
 }
+NOT_JSON: dict[int | str, dict[str, Any]] = {415: _error("The body is sent with a Content-Type other than JSON.")}
 
 router = APIRouter(
     prefix="/api",
     tags=["workflows"],
-    dependencies=[Depends(require_token)],
+    dependencies=[Depends(require_token), Depends(check_request)],
     responses=COMMON_RESPONSES,
     strict_content_type=False,  # a JSON body without a Content-Type header is still JSON
 )
@@ -112,14 +114,16 @@ async def get_workflow(
 async def list_instances(
     name: str = WorkflowName,
     status: Status | None = Query(default=None, description="Only instances in this status."),
-    cursor: str | None = Query(default=None, max_length=200, description="`result_info.cursor` of the previous page."),
+    cursor: str | None = Query(
+        default=None, max_length=200, description="`result_info.cursor` of the previous page; empty: the first page."
+    ),
     per_page: int = Query(default=50, ge=1, le=100),
     client: Client = Depends(get_client),
     names: WorkflowNames = Depends(get_workflow_names),
 ) -> dict[str, Any]:
     """Instances of a workflow, newest first, one page at a time."""
     workflow = await names.reader(name)
-    page = await workflow.list(status, cursor=cursor, limit=per_page)
+    page = await workflow.list(status, cursor=cursor or None, limit=per_page)
     rows = await instance_summaries(client, name, page.instances)
     return {**ok(rows), "result_info": CursorInfo(count=len(rows), per_page=per_page, cursor=page.cursor)}
 
@@ -128,7 +132,7 @@ async def list_instances(
     "/workflows/{name}/instances",
     status_code=201,
     response_model=Envelope[InstanceRef],
-    responses={**NOT_FOUND, **CONFLICT},
+    responses={**NOT_FOUND, **CONFLICT, **NOT_JSON},
     summary="Create an instance",
 )
 async def create_instance(
@@ -147,7 +151,7 @@ async def create_instance(
     "/workflows/{name}/instances/batch",
     status_code=201,
     response_model=BatchEnvelope,
-    responses=NOT_FOUND,
+    responses={**NOT_FOUND, **NOT_JSON},
     summary="Create instances in a batch",
 )
 async def create_batch(
@@ -201,7 +205,7 @@ async def instance_status(
 @router.patch(
     "/workflows/{name}/instances/{instance_id}/status",
     response_model=Envelope[StatusChanged],
-    responses={**NOT_FOUND, **CONFLICT},
+    responses={**NOT_FOUND, **CONFLICT, **NOT_JSON},
     summary="Pause, resume, terminate or restart an instance",
 )
 async def change_status(
@@ -271,7 +275,9 @@ def _json_body(raw: bytes) -> Any:
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError) as exc:
-        # ValueError covers invalid JSON, invalid UTF-8 and over-long integer literals.
+        failure = json_body_failure(exc)
+        if failure is not None:
+            raise HTTPException(*failure) from None
         error = {"type": "json_invalid", "loc": ("body",), "msg": f"not valid JSON: {exc}"}
         raise RequestValidationError([error]) from None
     try:
