@@ -4,7 +4,7 @@ Write a workflow as a subclass of :class:`WorkflowEntrypoint` and run it with
 :func:`connect`. Every public name lives here.
 """
 
-from engine.client import Client, EventAccepted, Instance, InstancePage, WorkflowClient
+from engine.client import Client, ControlAccepted, EventAccepted, Instance, InstancePage, WorkflowClient
 from engine.config import Limits, RetryConfig, StepConfig
 from engine.connect import Connection, connect
 from engine.context import StepContext, StepInfo
@@ -51,6 +51,7 @@ __all__ = [
     "BrokerUnavailable",
     "Client",
     "Connection",
+    "ControlAccepted",
     "Env",
     "ErrorInfo",
     "EventAccepted",

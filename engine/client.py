@@ -47,6 +47,23 @@ class EventAccepted:
     instance_finished: bool
 
 
+@dataclass(frozen=True, slots=True)
+class ControlAccepted:
+    """What ``pause``, ``resume``, ``terminate`` and ``restart`` report.
+
+    Attributes:
+        applied: the instance's owner applied the change within the wait, or there was nothing to
+            do (pausing a paused instance). False: no worker applied it in time (none is running,
+            or the partition is changing hands). The request is durable: it stays queued and is
+            applied when a worker takes the instance's partition, so do not send it again for this
+            reason — a second restart would run the instance from the start twice.
+        status: the instance's status when the call returned.
+    """
+
+    applied: bool
+    status: Status
+
+
 class Client:
     """Talks to Hutch: to an embedded runtime in this process or to Redis + RabbitMQ.
 
@@ -63,6 +80,7 @@ class Client:
         clock: Clock | None = None,
         watch: InstanceWatch | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
+        control_timeout: float = 10.0,
     ) -> None:
         self._store = store
         self._dispatcher = dispatcher
@@ -72,6 +90,8 @@ class Client:
         self._watch = watch
         self._on_close = on_close
         self._closed = False
+        # How long pause/resume/terminate/restart wait for the owner to apply them by default.
+        self.control_timeout = control_timeout
         # The embedded runtime's consumers.Worker (None for a remote client). Typed loosely
         # because engine does not import consumers; tests reach it to simulate crashes.
         self.runtime_worker: Any = None
@@ -262,22 +282,27 @@ class Instance:
         history = await self._client._store.history(self._partition, self.workflow, self.id)
         return build_detail(meta, history)
 
-    async def pause(self) -> None:
-        """Pause: ``waitingForPause`` while a step runs, then ``paused``."""
-        await self._control("pause", {"queued", "running", "waiting"}, lambda m: m["status"] in _PAUSED)
+    async def pause(self, *, timeout: float | None = None) -> ControlAccepted:
+        """Pause: ``waitingForPause`` while a step runs, then ``paused``.
 
-    async def resume(self) -> None:
-        """Resume a paused instance (a no-op for one that is not paused)."""
-        await self._control("resume", _PAUSED, lambda m: m["status"] not in _PAUSED)
+        Waits up to ``timeout`` seconds (default ``Client.control_timeout``, 10 s) for the owner
+        to apply it (see :class:`ControlAccepted`); raises :class:`IllegalTransition` for a
+        finished instance.
+        """
+        return await self._control("pause", {"queued", "running", "waiting"}, lambda m: m["status"] in _PAUSED, timeout)
 
-    async def terminate(self) -> None:
+    async def resume(self, *, timeout: float | None = None) -> ControlAccepted:
+        """Resume a paused instance (nothing to do for one that is not paused); like :meth:`pause` otherwise."""
+        return await self._control("resume", _PAUSED, lambda m: m["status"] not in _PAUSED, timeout)
+
+    async def terminate(self, *, timeout: float | None = None) -> ControlAccepted:
         """Stop the instance for good; raises :class:`IllegalTransition` if it already finished."""
-        await self._control("terminate", _UNFINISHED, lambda m: m["status"] == "terminated")
+        return await self._control("terminate", _UNFINISHED, lambda m: m["status"] == "terminated", timeout)
 
-    async def restart(self) -> None:
-        """Run again from the beginning with the same params and timestamp."""
+    async def restart(self, *, timeout: float | None = None) -> ControlAccepted:
+        """Run again from the beginning with the same params and timestamp, in any status."""
         before = (await self._meta()).get("run", 0)
-        await self._control("restart", None, lambda m: m.get("run", 0) > before)
+        return await self._control("restart", None, lambda m: m.get("run", 0) > before, timeout)
 
     async def send_event(self, type: str, payload: Any = None) -> EventAccepted:
         """Send an event; it is buffered until a matching ``wait_for_event`` takes it.
@@ -321,24 +346,35 @@ class Instance:
         return None
 
     async def _control(
-        self, action: str, applies_to: frozenset[str] | set[str] | None, applied: Callable[[dict[str, Any]], bool]
-    ) -> None:
+        self,
+        action: str,
+        applies_to: frozenset[str] | set[str] | None,
+        applied: Callable[[dict[str, Any]], bool],
+        timeout: float | None,
+    ) -> ControlAccepted:
         meta = await self._meta()
         status = meta["status"]
-        if action == "terminate" and status in FINISHED:
+        if action != "restart" and status in FINISHED:
             raise IllegalTransition(self.id, action, status)
         if applies_to is not None and status not in applies_to:
-            return  # already in the requested state
+            return ControlAccepted(applied=True, status=Status(status))  # already as asked
         await self._client._dispatcher.control(self.workflow, self.id, action)
         # Applied by the partition owner; return once it committed so status() sees the effect.
-        # Without a live owner the request stays queued in the broker and this gives up waiting.
+        # Without a live owner the request stays queued in the broker: say so rather than wait on.
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10.0
+        deadline = loop.time() + (self._client.control_timeout if timeout is None else timeout)
         poll = 0.001
-        while loop.time() < deadline:
-            if applied(await self._meta()):
-                return
-            await self._changed(poll)
+        while True:
+            meta = await self._meta()
+            if applied(meta):
+                return ControlAccepted(applied=True, status=Status(meta["status"]))
+            if action != "restart" and meta["status"] in FINISHED:
+                # It finished on its own first; its owner ignores the request.
+                raise IllegalTransition(self.id, action, meta["status"])
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return ControlAccepted(applied=False, status=Status(meta["status"]))
+            await self._changed(min(poll, remaining))
             poll = min(poll * 2, 0.1)
 
 

@@ -58,6 +58,16 @@ class Keys:
         """Sorted set of a workflow's instances in one status (score: creation epoch ms)."""
         return f"{self._tag(partition)}:idx:{workflow}:{status}"
 
+    def retention(self, partition: int) -> str:
+        """Sorted set of the partition's finished instances (member: instance, score: epoch ms their retention ends).
+
+        Their data keys expire by themselves; this set is how a commit finds, without scanning, the
+        status index entries they leave behind. commit.lua builds the instance keys of a member it
+        prunes from this key's prefix (``<namespace>:{pN}``), so it must end in ``:retention`` and
+        the meta and status index keys above must keep their layout.
+        """
+        return f"{self._tag(partition)}:retention"
+
     def workflows(self) -> str:
         """Set of workflow names that have instances."""
         return f"{self.namespace}:workflows"

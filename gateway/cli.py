@@ -11,7 +11,8 @@ Clients of a gateway's REST API (``--url``/``HUTCH_URL``, ``--token``/``HUTCH_TO
 against ``hutch dev`` and a remote deployment alike: ``hutch workflows list|trigger``, ``hutch
 instances list|describe|pause|resume|terminate|restart``, ``hutch events send``. Each prints a
 table (:mod:`gateway.render`) or, with ``--json``, the API's ``result`` as JSON. Exit status: 0 ok,
-1 the API answered with an error (404, 409, 401...), 2 bad usage or the gateway cannot be reached.
+1 the API answered with an error (404, 409, 401...), 2 bad usage or the gateway cannot be reached,
+3 a lifecycle change accepted but not applied yet (no worker applied it within the gateway's wait).
 
 Commands stay thin: parse the arguments, call the API (:mod:`gateway.http_client`), render.
 """
@@ -48,6 +49,9 @@ from gateway.progress import HumanSink, JsonSink, ProgressSink, RunResult, follo
 T = TypeVar("T")
 
 EXIT_INTERRUPTED = 130
+EXIT_NOT_APPLIED = 3
+"""A lifecycle change the API accepted but no worker applied within its wait (HTTP 202): not an error,
+yet a script must not assume the change happened."""
 
 
 class LazyGroup(click.Group):
@@ -378,8 +382,13 @@ def _control_command(action: Action, summary: str) -> click.Command:
 
         iid, result = remote.call(request)
         remote.show(result, lambda console: render.status_changed_text(name, iid, action, result))
+        if result.get("applied") is False:
+            click.get_current_context().exit(EXIT_NOT_APPLIED)
 
-    command.__doc__ = f"{summary} (ID may be 'latest')."
+    command.__doc__ = (
+        f"{summary} (ID may be 'latest'). Exit status 3: no worker applied it within the gateway's wait "
+        "(it stays queued)."
+    )
     return click.command(action)(command)
 
 

@@ -208,7 +208,11 @@ class GatewayClient:
         return result
 
     async def change_status(self, name: str, instance_id: str, action: Action) -> dict[str, Any]:
-        """Pause, resume, terminate or restart an instance: ``{"status", "timestamp"}`` once applied."""
+        """Pause, resume, terminate or restart an instance: ``{"status", "applied", "timestamp"}``.
+
+        ``applied`` is false (HTTP 202) when no worker applied the change within the gateway's wait;
+        it stays queued and is applied when a worker takes the instance's partition.
+        """
         path = _path("workflows", name, "instances", instance_id, "status")
         result: dict[str, Any] = (await self._call("PATCH", path, json={"status": action}))["result"]
         return result

@@ -109,7 +109,16 @@ def instances_table(workflow: str, rows: Sequence[Mapping[str, Any]], *, now: da
 
 
 def status_changed_text(workflow: str, instance_id: str, action: str, result: Mapping[str, Any]) -> Text:
-    """``hutch instances pause|resume|terminate|restart``: what was asked and the status now."""
+    """``hutch instances pause|resume|terminate|restart``: what was asked and the status now.
+
+    A change no worker applied yet (``applied`` false) says so, and that it stays queued.
+    """
+    if result.get("applied") is False:
+        return Text.assemble(
+            ("Not applied yet: ", "yellow"), f"no worker applied the {action} of instance ", (instance_id, "bold"),
+            " of ", (workflow, "bold cyan"), " within the wait; it stays queued and is applied when a worker "
+            "takes the instance's partition. Status now ", status_text(str(result["status"])),
+        )  # fmt: skip
     past = {"pause": "Paused", "resume": "Resumed", "terminate": "Terminated", "restart": "Restarted"}[action]
     return Text.assemble(
         f"{past} instance ", (instance_id, "bold"), " of ", (workflow, "bold cyan"),

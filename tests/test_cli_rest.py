@@ -42,6 +42,8 @@ from gateway.cli import main
 from gateway.http_client import ApiRequestError, GatewayClient, GatewayUnreachable, UnexpectedResponse
 from tests.conftest import drop_namespace
 from tests.helpers import unique
+from tests.test_gateway_api import TOKEN as GATEWAY_TOKEN
+from tests.test_gateway_api import gateway_without_workers
 
 T = TypeVar("T")
 
@@ -581,6 +583,21 @@ async def test_the_cli_drives_a_remote_deployment_through_hutch_gateway(deployme
 
     denied = await asyncio.to_thread(hutch, "workflows", "list", "--url", url)
     assert denied.exit_code == 1 and "HTTP 401" in denied.stderr
+
+
+async def test_a_change_no_worker_applied_exits_3_and_says_it_stays_queued(redis_url: str, amqp_url: str) -> None:
+    async with gateway_without_workers(redis_url, amqp_url) as deployment:
+        await deployment.client.workflow("sleeper").create(id="idle-1")
+        remote = ("sleeper", "idle-1", "--url", deployment.url, "--token", GATEWAY_TOKEN)
+
+        paused = await asyncio.to_thread(hutch, "instances", "pause", *remote)
+        assert paused.exit_code == 3, paused.output
+        said = " ".join(paused.stdout.split())
+        assert "Not applied yet: no worker applied the pause of instance idle-1 of sleeper" in said
+        assert "it stays queued" in said and said.endswith("Status now queued")
+        terminated = await asyncio.to_thread(hutch, "instances", "terminate", *remote, "--json")
+        assert terminated.exit_code == 3, terminated.output
+        assert json.loads(terminated.stdout)["applied"] is False
 
 
 # ----------------------------------------------------------------------------- the HTTP client alone

@@ -28,6 +28,7 @@ ENGINE_ALL = [
     "BrokerUnavailable",
     "Client",
     "Connection",
+    "ControlAccepted",
     "Env",
     "ErrorInfo",
     "EventAccepted",

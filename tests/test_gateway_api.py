@@ -25,6 +25,8 @@ from fastapi import APIRouter, Request
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 import engine
+from broker.dispatch import BrokerDispatcher
+from broker.transports.rabbitmq import RabbitMQTransport
 from consumers.runtime import start_distributed
 from engine import Client, InstanceNotFound, NonRetryableError, WorkflowEntrypoint
 from engine.clock import Clock
@@ -269,20 +271,63 @@ async def test_http_lifecycle_changes(deployment: Deployment) -> None:
     await wait_http_status(http, path, "waiting")
 
     changed = assert_ok(await http.patch(f"{path}/status", json={"status": "pause"}))
-    assert changed["status"] == "paused" and changed["timestamp"].endswith("Z")
+    assert changed["status"] == "paused" and changed["applied"] is True and changed["timestamp"].endswith("Z")
     assert assert_ok(await http.patch(f"{path}/status", json={"status": "resume"}))["status"] in ("running", "waiting")
     assert assert_ok(await http.patch(f"{path}/status", json={"status": "terminate"}))["status"] == "terminated"
-    assert_error(
-        await http.patch(f"{path}/status", json={"status": "terminate"}),
-        409,
-        ErrorCode.ILLEGAL_TRANSITION,
-        "'terminated'",
-    )
+    for action in ("terminate", "pause", "resume"):  # none applies to a finished instance
+        assert_error(
+            await http.patch(f"{path}/status", json={"status": action}),
+            409,
+            ErrorCode.ILLEGAL_TRANSITION,
+            f"cannot {action} instance 'nap-1' since it is in status 'terminated'",
+        )
     assert_ok(await http.patch(f"{path}/status", json={"status": "restart"}))
     await wait_http_status(http, path, "waiting")
     detail = assert_ok(await http.get(path))
     assert [s["name"] for s in detail["steps"]] == ["nap"] and detail["steps"][0]["type"] == "sleep"
     assert detail["steps"][0]["due"] is not None
+
+
+@asynccontextmanager
+async def gateway_without_workers(redis_url: str, amqp_url: str) -> AsyncIterator[Deployment]:
+    """A gateway over real HTTP on a deployment with no worker: every lifecycle change stays queued.
+
+    Its client waits 0.2 s for a worker to apply a change, instead of the default 10 s.
+    """
+    namespace = unique("idle")
+    settings = Settings(partitions=2, redis_url=redis_url, amqp_url=amqp_url, namespace=namespace)
+    try:
+        async with engine.connect(WORKFLOWS, settings=settings) as client:
+            try:
+                client.control_timeout = 0.2
+                app = create_app(client, tokens=[TOKEN])
+                async with serve(app) as url, httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as http:
+                    yield Deployment(url, http, client)
+            finally:
+                dispatcher = client._dispatcher
+                assert isinstance(dispatcher, BrokerDispatcher) and isinstance(dispatcher.transport, RabbitMQTransport)
+                await dispatcher.transport.delete_topology()
+    finally:
+        await drop_namespace(namespace)
+
+
+async def test_http_lifecycle_change_no_worker_applied_is_202_accepted(redis_url: str, amqp_url: str) -> None:
+    async with gateway_without_workers(redis_url, amqp_url) as deployment:
+        http = deployment.http
+        assert_ok(await http.post("/api/workflows/sleeper/instances", json={"id": "idle-1"}), 201)
+        path = "/api/workflows/sleeper/instances/idle-1"
+
+        for action in ("pause", "terminate", "restart"):
+            response = await http.patch(f"{path}/status", json={"status": action})
+            assert response.status_code == 202, response.text
+            body = response.json()
+            assert body["success"] is True and body["errors"] == [], body
+            assert body["result"]["status"] == "queued" and body["result"]["applied"] is False
+            (message,) = body["messages"]
+            assert f"no worker applied the {action} of instance 'idle-1' yet; the request stays queued" in message
+        # A resume of an instance that is not paused has nothing to do: applied, no worker needed.
+        assert assert_ok(await http.patch(f"{path}/status", json={"status": "resume"}))["applied"] is True
+        assert assert_ok(await http.get(f"{path}/status"))["status"] == "queued"
 
 
 async def test_http_listing_batch_and_workflows(deployment: Deployment) -> None:

@@ -15,9 +15,13 @@ from typing import Any
 
 import pytest
 
+import engine
+from broker.dispatch import BrokerDispatcher
+from broker.transports.rabbitmq import RabbitMQTransport
 from engine import (
     BatchTooLarge,
     Client,
+    ControlAccepted,
     IllegalTransition,
     Instance,
     InstanceAlreadyExists,
@@ -28,8 +32,9 @@ from engine import (
     WorkflowEntrypoint,
 )
 from engine.clock import Clock
-from tests.conftest import MakeClient
-from tests.helpers import unique, wait_status, wait_step
+from engine.config import Limits
+from tests.conftest import MakeClient, drop_namespace
+from tests.helpers import eventually, unique, wait_status, wait_step
 
 
 class Hooks:
@@ -166,14 +171,32 @@ async def test_paused_time_does_not_count_toward_a_sleep(make_client: MakeClient
     assert nap.end is not None and nap.end >= nap.due
 
 
-async def test_pause_and_resume_of_a_finished_or_running_instance(make_client: MakeClient) -> None:
+async def test_pause_and_resume_of_a_finished_instance_are_illegal_transitions(make_client: MakeClient) -> None:
     client = await make_client({"noop": Noop})
-    instance = await client.workflow("noop").create(params={"x": 1})
+    instance = await client.workflow("noop").create(id="done-2", params={"x": 1})
     await instance.wait(timeout=10)
-    # Pausing or resuming a finished instance changes nothing; resuming a non-paused one is a no-op.
-    await instance.pause()
-    await instance.resume()
+
+    for action in ("pause", "resume"):
+        pattern = f"cannot {action} instance 'done-2' since it is in status 'complete'"
+        with pytest.raises(IllegalTransition, match=pattern) as info:
+            await getattr(instance, action)()
+        assert (info.value.action, info.value.status) == (action, "complete")
     assert (await instance.status()).status == Status.COMPLETE
+
+
+async def test_control_actions_report_that_they_were_applied(make_client: MakeClient) -> None:
+    client = await make_client({"sleeps": Sleeps})
+    instance = await client.workflow("sleeps").create()
+    await wait_step(instance, "nap")
+    # Resuming an instance that is not paused has nothing to do: applied, at once.
+    assert await instance.resume() == ControlAccepted(applied=True, status=Status.WAITING)
+
+    assert await instance.pause() == ControlAccepted(applied=True, status=Status.PAUSED)
+    assert await instance.pause() == ControlAccepted(applied=True, status=Status.PAUSED)  # already paused
+    assert await instance.resume() == ControlAccepted(applied=True, status=Status.WAITING)
+    restarted = await instance.restart()
+    assert restarted.applied and restarted.status in (Status.QUEUED, Status.RUNNING, Status.WAITING)
+    assert await instance.terminate() == ControlAccepted(applied=True, status=Status.TERMINATED)
 
 
 # --------------------------------------------------------------------------- rule 15: terminate
@@ -209,7 +232,8 @@ async def test_terminate_a_paused_sleeping_instance(make_client: MakeClient) -> 
     assert final.status == Status.TERMINATED
     assert final.output is None
     # Terminated is final: resume does not bring it back.
-    await instance.resume()
+    with pytest.raises(IllegalTransition, match="cannot resume"):
+        await instance.resume()
     assert (await instance.status()).status == Status.TERMINATED
 
 
@@ -237,6 +261,32 @@ async def test_terminate_a_finished_instance_is_an_illegal_transition(make_clien
     final = await instance.status()
     assert final.status == Status.COMPLETE
     assert final.output == {"x": 1}
+
+
+async def test_a_change_no_worker_applies_is_reported_as_not_applied(redis_url: str, amqp_url: str) -> None:
+    # A remote client, and no worker: the requests stay queued in RabbitMQ.
+    namespace = unique("idle")
+    settings = Settings(partitions=2, redis_url=redis_url, amqp_url=amqp_url, namespace=namespace)
+    try:
+        async with engine.connect({"sleeps": Sleeps}, settings=settings) as client:
+            try:
+                client.control_timeout = 0.2
+                instance = await client.workflow("sleeps").create(id="idle-1")
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+
+                assert await instance.pause() == ControlAccepted(applied=False, status=Status.QUEUED)
+                assert 0.2 <= loop.time() - started < 5  # the client's wait, not the default 10 s
+                assert await instance.terminate(timeout=0.05) == ControlAccepted(applied=False, status=Status.QUEUED)
+                assert await instance.restart(timeout=0) == ControlAccepted(applied=False, status=Status.QUEUED)
+                # Nothing to do for a resume of an instance that is not paused: applied without a worker.
+                assert await instance.resume() == ControlAccepted(applied=True, status=Status.QUEUED)
+            finally:
+                dispatcher = client._dispatcher
+                assert isinstance(dispatcher, BrokerDispatcher) and isinstance(dispatcher.transport, RabbitMQTransport)
+                await dispatcher.transport.delete_topology()
+    finally:
+        await drop_namespace(namespace)
 
 
 # --------------------------------------------------------------------------- rule 16: restart
@@ -545,6 +595,35 @@ async def test_list_pages_through_instances_created_in_the_same_millisecond(make
     listed = await _page_through(client, "noop", None, limit=7)
     assert len(listed) == len(set(listed))
     assert listed == sorted((i.id for i in created), reverse=True)
+
+
+async def test_a_finished_instance_leaves_the_listing_when_its_retention_ends(make_client: MakeClient) -> None:
+    # Retention 1 s: Redis expires the instance's keys, and the next finish in its partition (there
+    # is one partition) prunes its index entries.
+    limits = Limits(retention=timedelta(seconds=1))
+    client = await make_client({"noop": Noop}, settings=Settings(partitions=1), limits=limits)
+    workflow = client.workflow("noop")
+    first = await workflow.create(id="first", params={})
+    assert (await first.wait(timeout=10)).status == Status.COMPLETE
+    assert (await workflow.list()).instances == ["first"]
+
+    async def expired() -> bool:
+        try:
+            await workflow.get("first")
+        except InstanceNotFound:
+            return True
+        return False
+
+    await eventually(expired, timeout=5, interval=0.05)
+    # Not listed from the moment get() says it does not exist, though nothing pruned it yet.
+    assert (await workflow.list()).instances == []
+    assert (await workflow.list(Status.COMPLETE)).instances == []
+
+    second = await workflow.create(id="second", params={})
+    assert (await second.wait(timeout=10)).status == Status.COMPLETE
+    store = client._store
+    sets = [store.keys.status_index(0, "noop", s) for s in ("complete", "all")] + [store.keys.retention(0)]
+    assert [await store.redis.zrange(key, 0, -1) for key in sets] == [[b"noop:second"]] * 3
 
 
 class TickingClock(Clock):

@@ -544,6 +544,185 @@ async def test_check_partition_count_refuses_a_changed_count(backend: Backend, s
     await backend.store(8, namespace=f"{backend.namespace}:other").check_partition_count()
 
 
+# ---------------------------------------------------------------------------- retention of the indexes
+RETENTION_MS = RETENTION_S * 1000
+
+
+def finish(iid: str, seq: int, ended: int, *, status: str = "complete", partition: int = 1, **more: Any) -> Transition:
+    """The transition that ends an instance at ``ended`` (the engine's clock), as the actor makes it."""
+    return tx(
+        iid,
+        seq,
+        partition=partition,
+        meta={"status": status, "ended": ended},
+        active="-",
+        status_from="queued",
+        status_to=status,
+        ttl_s=RETENTION_S,
+        **more,
+    )
+
+
+async def expire(backend: Backend, store: RedisStore, iid: str, partition: int = 1) -> None:
+    """What Redis does to an instance when its retention ends: its data keys are gone."""
+    k = store.keys
+    await backend.redis.delete(
+        k.meta(partition, WF, iid), k.history(partition, WF, iid), k.event_buffer(partition, WF, iid)
+    )
+
+
+async def indexed(backend: Backend, store: RedisStore, partition: int = 1) -> dict[str, set[str]]:
+    """The ids in each of the partition's indexes that hold any, and in its retention set."""
+    out: dict[str, set[str]] = {}
+    for status in ("queued", "running", "complete", "errored", "terminated", keys.ALL):
+        members = {m.removeprefix(f"{WF}:") for m in await index(backend, store, status, partition)}
+        if members:
+            out[status] = members
+    retained = await backend.redis.zrange(store.keys.retention(partition), 0, -1)
+    if retained:
+        out["retention"] = {m.decode().removeprefix(f"{WF}:") for m in retained}
+    return out
+
+
+async def test_a_finish_records_when_the_retention_ends_and_a_restart_forgets_it(
+    backend: Backend, store: RedisStore
+) -> None:
+    await create(store, "a")
+    assert await commit(store, finish("a", 0, ended=T0 + 1000)) is CommitResult.COMMITTED
+
+    retention_key = store.keys.retention(1)
+    assert await backend.redis.zrange(retention_key, 0, -1, withscores=True) == [
+        (b"orders:a", T0 + 1000 + RETENTION_MS)
+    ]
+    # In the partition's slot, like every key a commit of the partition touches.
+    assert retention_key.startswith(f"{backend.namespace}:{{p1}}:")
+    assert key_slot(retention_key.encode()) == key_slot(store.keys.meta(1, WF, "a").encode())
+
+    restart = tx("a", 1, meta={"status": "running"}, status_from="complete", status_to="running", ttl_s=-1)
+    assert await commit(store, restart) is CommitResult.COMMITTED
+    assert await backend.redis.exists(retention_key) == 0  # running again: nothing to expire
+
+
+async def test_an_expired_instance_is_not_listed_and_a_later_finish_prunes_its_entries(
+    backend: Backend, store: RedisStore
+) -> None:
+    await create(store, "old")
+    for n, iid in enumerate(("early", "late"), start=1):
+        await create(store, iid, created_ms=T0 + n)
+    assert await commit(store, finish("old", 0, ended=T0 + 1000)) is CommitResult.COMMITTED
+    await expire(backend, store, "old")
+
+    # Listed only while it exists, though no finish has pruned its index entries yet.
+    assert await store.list_instances(WF, None, before=None, limit=10) == [("late", T0 + 2), ("early", T0 + 1)]
+    assert await store.list_instances(WF, "complete", before=None, limit=10) == []
+    # A commit that finishes nothing (every step's) leaves the indexes alone.
+    assert await commit(store, tx("early", 0, history=[rec("step", "x")])) is CommitResult.COMMITTED
+    # A finish before the old instance's retention ended does not touch it.
+    assert await commit(store, finish("early", 1, ended=T0 + 999 + RETENTION_MS)) is CommitResult.COMMITTED
+    assert await indexed(backend, store) == {
+        "queued": {"late"},
+        "complete": {"old", "early"},
+        "all": {"old", "early", "late"},
+        "retention": {"old", "early"},
+    }
+
+    assert await commit(store, finish("late", 0, ended=T0 + 1000 + RETENTION_MS)) is CommitResult.COMMITTED
+
+    assert await indexed(backend, store) == {
+        "complete": {"early", "late"},
+        "all": {"early", "late"},
+        "retention": {"early", "late"},
+    }
+
+
+@pytest.mark.parametrize("status", ["errored", "terminated"])
+async def test_every_final_status_index_is_pruned(backend: Backend, store: RedisStore, status: str) -> None:
+    await create(store, "old", partition=2)
+    await create(store, "new", partition=2)
+    assert await commit(store, finish("old", 0, ended=T0, status=status, partition=2)) is CommitResult.COMMITTED
+    await expire(backend, store, "old", partition=2)
+
+    assert await commit(store, finish("new", 0, ended=T0 + RETENTION_MS, partition=2)) is CommitResult.COMMITTED
+
+    assert await indexed(backend, store, partition=2) == {"complete": {"new"}, "all": {"new"}, "retention": {"new"}}
+
+
+async def test_pruning_does_a_bounded_share_per_finish_oldest_first(backend: Backend) -> None:
+    store = backend.store()
+    store.prune_per_finish = 2
+    old = [f"old{n}" for n in range(5)]
+    for n, iid in enumerate(old):
+        await create(store, iid)
+        # Finished in reverse order: the pruning goes by the end of retention, not by creation.
+        assert await commit(store, finish(iid, 0, ended=T0 + 10 - n)) is CommitResult.COMMITTED
+        await expire(backend, store, iid)
+    later = T0 + 100 + RETENTION_MS
+    for iid in ("a", "b", "c"):
+        await create(store, iid, created_ms=T0 + 50)
+
+    assert await commit(store, finish("a", 0, ended=later)) is CommitResult.COMMITTED
+    assert (await indexed(backend, store))["retention"] == {"old0", "old1", "old2", "a"}
+    # Two finishes in one call do two shares (a step's commit in it, none).
+    batch = [finish("b", 0, ended=later), finish("c", 0, ended=later), tx("a", 1, history=[rec("life", "note")])]
+    assert await store.commit_many(batch, {}) == [CommitResult.COMMITTED] * 3
+    done = {"a", "b", "c"}
+    assert await indexed(backend, store) == {"complete": done, "all": done, "retention": done}
+
+
+async def test_an_id_created_again_after_it_expired_keeps_only_its_new_entries(
+    backend: Backend, store: RedisStore
+) -> None:
+    await create(store, "x")
+    assert await commit(store, finish("x", 0, ended=T0)) is CommitResult.COMMITTED
+    await expire(backend, store, "x")
+    again = T0 + RETENTION_MS + 5
+    assert await create(store, "x", created_ms=again)
+
+    # The old incarnation's "complete" entry is still there, but x is queued now.
+    assert await store.list_instances(WF, None, before=None, limit=10) == [("x", again)]
+    assert await store.list_instances(WF, "queued", before=None, limit=10) == [("x", again)]
+    assert await store.list_instances(WF, "complete", before=None, limit=10) == []
+
+    await create(store, "y")
+    assert await commit(store, finish("y", 0, ended=again)) is CommitResult.COMMITTED
+
+    assert await indexed(backend, store) == {
+        "queued": {"x"},
+        "complete": {"y"},
+        "all": {"x", "y"},
+        "retention": {"y"},
+    }
+
+
+async def test_an_entry_due_by_a_workers_clock_stays_while_redis_keeps_the_instance(
+    backend: Backend, store: RedisStore
+) -> None:
+    # A worker whose clock runs ahead of Redis's finds the entry due before the keys expired.
+    await create(store, "a")
+    await create(store, "b")
+    assert await commit(store, finish("a", 0, ended=T0)) is CommitResult.COMMITTED
+
+    assert await commit(store, finish("b", 0, ended=T0 + RETENTION_MS + 1)) is CommitResult.COMMITTED
+
+    assert await indexed(backend, store) == {"complete": {"a", "b"}, "all": {"a", "b"}, "retention": {"a", "b"}}
+    assert [iid for iid, _ in await store.list_instances(WF, "complete", before=None, limit=10)] == ["b", "a"]
+
+
+async def test_listing_skips_many_expired_entries_and_still_fills_its_pages(
+    backend: Backend, store: RedisStore
+) -> None:
+    live = []
+    for n in range(250):
+        iid = f"i{n:03d}"
+        await create(store, iid, created_ms=T0 + n)
+        if n % 50 == 0:
+            live.append((iid, T0 + n))
+        else:
+            await expire(backend, store, iid)  # nothing has pruned them: more than one page of dead rows
+
+    assert await _page_through(store, None, 2) == sorted(live, key=lambda r: r[1], reverse=True)
+
+
 # ---------------------------------------------------------------------------- key layout
 async def test_every_key_of_an_instance_shares_its_partition_hash_tag(backend: Backend, store: RedisStore) -> None:
     await store.check_partition_count()

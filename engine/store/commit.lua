@@ -3,19 +3,21 @@
 -- Redis Cluster slot (redis.py makes one call per partition on a Cluster, one for all on a
 -- standalone server, where slots do not exist and every call saved is worth a fraction of a step).
 --
--- KEYS: for each of the call's P partitions its timers, active set and owner (3P keys); then per
---       transition its meta, history and event buffer keys, followed by the old and new status
---       index keys when the transition changes the status.
+-- KEYS: for each of the call's P partitions its timers, active set, owner and retention set (4P
+--       keys); then per transition its meta, history and event buffer keys, followed by the old and
+--       new status index keys when the transition changes the status.
 -- ARGV: 1 P; 2 .. P+1 each partition's fence token ('' = unfenced); P+2 the pub/sub channel that
---   hears of instances reaching a final status (remote clients wait on it instead of polling);
+--   hears of instances reaching a final status (remote clients wait on it instead of polling); P+3
+--   how many index entries whose retention ended each finish prunes at most;
 --   then two per transition:
 --   a header of space-separated tokens:
 --     1 the partition's position (1..P), 2 expected seq, 3 creation ms to check ('-' = none),
 --     4 active-set op (+ - .), 5 created ms (index score), 6 retention s (> 0 expire, < 0 persist),
 --     7 reset history (1/0), 8 meta field and value items, 9 history records, 10 timers to add,
 --     11 timers to remove, 12 events to buffer, 13 buffered events consumed, 14 status change (0 none,
---     1 changed, 2 changed to a final status: announced on the channel),
---     15.. the byte length of each blob part, then the due ms of each timer to add;
+--     1 changed, 2 changed to a final status: announced on the channel), 15 when it finished (epoch
+--     ms; read only when 6 > 0: the retention ends 6 seconds later),
+--     16.. the byte length of each blob part, then the due ms of each timer to add;
 --   a blob: the parts back to back, instance member first, then the items counted by 8..13 in order.
 --   (Two strings per transition rather than one per value: each argument costs more than its bytes
 --   in the client, on the wire and in the server's Lua bridge.)
@@ -24,14 +26,22 @@
 -- active sets, status indexes) are gathered and made once per key at the end, adds before removes:
 -- the transitions are of distinct instances, so their members differ, and within one transition a
 -- timer added then removed stays removed (the old and new status index are different keys).
+--
+-- Retention: a finished instance's data keys expire, but its status index entries would not. A
+-- finish records when its retention ends in the partition's retention set and, as its share of the
+-- cleaning, prunes up to ARGV[P+3] entries whose retention ended (the oldest first): bounded work,
+-- only on finishes (never on a step's commit), and no scan. The keys of a pruned member are not in
+-- KEYS (which members are due is only known here); they are built from the partition's prefix, so
+-- they share its hash tag and slot, as Redis Cluster requires of the keys a script touches.
 local P, fenced, results, shared, order, finished = tonumber(ARGV[1]), {}, {}, {}, {}, {}
-local k = 3 * P
+local prune_per_finish, pruning = tonumber(ARGV[P + 3]), {}
+local k = 4 * P
 local function later(command, key, ...)
   local id = command .. key
   if not shared[id] then shared[id] = {}; order[#order + 1] = {command, key, shared[id]} end
   for _, v in ipairs({...}) do table.insert(shared[id], v) end
 end
-for a = P + 3, #ARGV, 2 do
+for a = P + 4, #ARGV, 2 do
   local h, p, pos = {}, {}, 1
   for token in string.gmatch(ARGV[a], '%S+') do h[#h + 1] = tonumber(token) or token end
   local j, meta, hist, evbuf = h[1], KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]
@@ -42,28 +52,36 @@ for a = P + 3, #ARGV, 2 do
   -- message of an earlier instance with the same id must not run.
   elseif tonumber(seq[1]) ~= h[2] or (h[3] ~= '-' and tonumber(seq[2]) ~= h[3]) then result = 0
   elseif ARGV[1 + j] ~= '' then
-    if fenced[j] == nil then fenced[j] = redis.call('GET', KEYS[3 * j]) ~= ARGV[1 + j] end
+    if fenced[j] == nil then fenced[j] = redis.call('GET', KEYS[4 * j - 1]) ~= ARGV[1 + j] end
     if fenced[j] then result = -1 end
   end
   results[#results + 1] = result
   if result == 1 then
     local n = h[8] + h[9] + h[10] + h[11] + h[12] + h[13]
-    for i = 15, 15 + n do p[#p + 1] = string.sub(ARGV[a + 1], pos, pos + h[i] - 1); pos = pos + h[i] end
+    for i = 16, 16 + n do p[#p + 1] = string.sub(ARGV[a + 1], pos, pos + h[i] - 1); pos = pos + h[i] end
     local f = 2 + h[8]
     redis.call('HSET', meta, 'seq', seq[1] + 1, unpack(p, 2, f - 1))
     if h[7] == 1 then redis.call('DEL', hist, evbuf) end
     if h[9] > 0 then redis.call('RPUSH', hist, unpack(p, f, f + h[9] - 1)) end
     f = f + h[9]
-    for i = 1, h[10] do later('ZADD', KEYS[3 * j - 2], h[15 + n + i], p[f]); f = f + 1 end
-    for i = f, f + h[11] - 1 do later('ZREM', KEYS[3 * j - 2], p[i]) end
+    for i = 1, h[10] do later('ZADD', KEYS[4 * j - 3], h[16 + n + i], p[f]); f = f + 1 end
+    for i = f, f + h[11] - 1 do later('ZREM', KEYS[4 * j - 3], p[i]) end
     f = f + h[11]
     if h[12] > 0 then redis.call('RPUSH', evbuf, unpack(p, f, f + h[12] - 1)) end
     for i = f + h[12], f + h[12] + h[13] - 1 do redis.call('LREM', evbuf, 1, p[i]) end
-    if h[4] ~= '.' then later(h[4] == '+' and 'SADD' or 'SREM', KEYS[3 * j - 1], p[1]) end
+    if h[4] ~= '.' then later(h[4] == '+' and 'SADD' or 'SREM', KEYS[4 * j - 2], p[1]) end
     if h[14] > 0 then later('ZREM', KEYS[k + 4], p[1]); later('ZADD', KEYS[k + 5], h[5], p[1]) end
     if h[14] == 2 then finished[#finished + 1] = p[1] end
     for _, key in ipairs(h[6] ~= 0 and {meta, hist, evbuf} or {}) do
       if h[6] > 0 then redis.call('EXPIRE', key, h[6]) else redis.call('PERSIST', key) end
+    end
+    if h[6] > 0 then
+      later('ZADD', KEYS[4 * j], h[15] + h[6] * 1000, p[1])
+      local prune = pruning[j] or {now = h[15], budget = 0}
+      pruning[j] = prune
+      prune.now, prune.budget = math.max(prune.now, h[15]), prune.budget + prune_per_finish
+    elseif h[6] < 0 then
+      later('ZREM', KEYS[4 * j], p[1]) -- restarted: kept until it finishes again
     end
   end
   k = k + 3 + (h[14] > 0 and 2 or 0)
@@ -74,6 +92,28 @@ for _, adding in ipairs({'ADD', 'REM'}) do
       for i = 1, #w[3], 2000 do redis.call(w[1], w[2], unpack(w[3], i, math.min(i + 1999, #w[3]))) end
     end
   end
+end
+-- Pruned after the writes, so a member finishing in this call is seen with its new retention end.
+-- A due member whose meta is gone expired: it leaves every index. One whose meta exists was created
+-- again since (unfinished: a finish would have moved its retention end), so only the old
+-- incarnation's final-status entries go. One still finished has not expired on Redis's clock yet
+-- (the workers' clocks run ahead of it): it stays for a later finish to prune.
+local final = {complete = true, errored = true, terminated = true}
+for j, prune in pairs(pruning) do
+  local retention = KEYS[4 * j]
+  local tag = string.sub(retention, 1, #retention - #':retention')
+  local due = redis.call('ZRANGEBYSCORE', retention, '-inf', prune.now, 'LIMIT', 0, prune.budget)
+  local pruned = {}
+  for _, member in ipairs(due) do
+    local status = redis.call('HGET', tag .. ':i:' .. member .. ':meta', 'status')
+    if not final[status] then
+      local index = tag .. ':idx:' .. string.match(member, '^[^:]*') .. ':'
+      for s in pairs(final) do redis.call('ZREM', index .. s, member) end
+      if not status then redis.call('ZREM', index .. 'all', member) end
+      pruned[#pruned + 1] = member
+    end
+  end
+  if #pruned > 0 then redis.call('ZREM', retention, unpack(pruned)) end
 end
 -- Announced after the writes: a subscriber that reads the instance on hearing this sees them.
 for _, member in ipairs(finished) do redis.call('PUBLISH', ARGV[P + 2], member) end

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -32,6 +33,13 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (
 
 ANNOUNCED_BLOB_MAX = 4096
 """Created instances whose creation record (member, params, trigger...) is larger are announced by member only."""
+
+PRUNE_PER_FINISH = 8
+"""How many status index entries of instances whose retention ended each finish removes at most.
+
+More than one, so the cleaning catches up after a burst: a partition that finishes n instances a
+second removes up to 8n expired ones a second, while only n a second can expire in steady state.
+"""
 
 _TEXT_FIELDS = frozenset({"wf", "id", "status"})
 _INT_FIELDS = frozenset({"seq", "run", "created", "started", "ended"})
@@ -72,6 +80,14 @@ def _raw(value: bytes | str | int | float) -> bytes:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return repr(value).encode()
     raise TypeError(f"cannot store a {type(value).__name__} in Redis")
+
+
+def _finished_ms(t: Transition) -> int:
+    """When a finishing transition finished: its "ended" field, on the engine's clock (tests control it)."""
+    ended = t.meta.get("ended")
+    if isinstance(ended, int) and not isinstance(ended, bool):
+        return ended
+    return time.time_ns() // 1_000_000  # a transition that does not say (none of the engine's)
 
 
 def _part(value: bytes | str | int | float, header: list[Any], parts: list[bytes]) -> None:
@@ -133,6 +149,8 @@ class RedisStore:
         announce_created: whether creates publish the new instances on the "created" channel,
             where distributed workers hear of them and start the ones they own without waiting for
             the start message's broker round trip (an embedded worker gets its messages at once).
+        prune_per_finish: how many index entries of instances whose retention ended each finishing
+            commit removes at most (see commit.lua); at least 1.
     """
 
     def __init__(
@@ -143,7 +161,10 @@ class RedisStore:
         namespace: str = "hutch",
         cross_slot: bool | None = None,
         announce_created: bool = False,
+        prune_per_finish: int = PRUNE_PER_FINISH,
     ) -> None:
+        if prune_per_finish < 1:
+            raise ValueError(f"prune_per_finish must be at least 1, got {prune_per_finish}")
         self.redis = redis
         self.partitions = partitions
         self.keys = Keys(namespace)
@@ -152,6 +173,8 @@ class RedisStore:
         self._commit: AsyncScript = redis.register_script(_script("commit.lua"))
         self._create: AsyncScript = redis.register_script(_script("create.lua"))
         self._delete_unstarted: AsyncScript = redis.register_script(_script("delete_unstarted.lua"))
+        self._list: AsyncScript = redis.register_script(_script("list.lua"))
+        self.prune_per_finish = prune_per_finish
         self._named: set[str] = set()  # workflow names this store has recorded in the workflows set
 
     async def close(self) -> None:
@@ -291,11 +314,13 @@ class RedisStore:
             slot = call.slot(p, self._partition_keys, fences.get(p, ""))
             self._commit_call(t, slot, call)
         channel = self.keys.finished_channel()
-        results = await self._evalsha_many(self._commit, [call.command(channel) for call in calls])
+        commands = [call.command(channel, self.prune_per_finish) for call in calls]
+        results = await self._evalsha_many(self._commit, commands)
         return [CommitResult(int(r)) for r in _ungroup(len(transitions), calls, results)]
 
     def _partition_keys(self, partition: int) -> list[str]:
-        return [self.keys.timers(partition), self.keys.active(partition), self.keys.owner(partition)]
+        k = self.keys
+        return [k.timers(partition), k.active(partition), k.owner(partition), k.retention(partition)]
 
     async def _evalsha_many(
         self,
@@ -362,6 +387,7 @@ class RedisStore:
             len(t.events_push),
             len(t.events_remove),
             (2 if new in FINISHED else 1) if old != new else 0,
+            _finished_ms(t) if t.ttl_s > 0 else 0,
         ]
         parts: list[bytes] = []
         _part(keys.instance_member(wf, iid), header, parts)
@@ -419,24 +445,28 @@ class RedisStore:
         """Instance ids of ``workflow`` (optionally in one status), newest first.
 
         ``before`` is the (created ms, id) of the last row of the previous page. Returns
-        (instance id, created ms) pairs; the caller drops ids whose data has expired.
+        (instance id, created ms) pairs of instances that exist: index entries left by an
+        instance whose retention ended (and that no finish has pruned yet) are skipped (list.lua).
         """
         status_key = status or keys.ALL
-        pipe = self.redis.pipeline(transaction=False)
+        calls: list[tuple[list[str], list[Any]]] = []
         for p in range(self.partitions):
-            index = self.keys.status_index(p, workflow, status_key)
+            index = [self.keys.status_index(p, workflow, status_key)]
+            # The meta key of a member, as a prefix and a suffix around it (keys.py has the layout).
+            prefix, _, suffix = self.keys.meta(p, workflow, "x").rpartition(keys.instance_member(workflow, "x"))
+            checks = [status or "", prefix, suffix]
             if before is None:
-                pipe.zrevrangebyscore(index, "+inf", "-inf", start=0, num=limit, withscores=True)
+                calls.append((index, ["+inf", "-inf", limit, *checks]))
             else:
                 # Rows sharing the cursor's millisecond (a create_batch shares one) can outnumber a page
                 # and cannot be skipped by score: take them all, then a page of strictly older rows.
-                pipe.zrevrangebyscore(index, before[0], before[0], withscores=True)
-                pipe.zrevrangebyscore(index, f"({before[0]}", "-inf", start=0, num=limit, withscores=True)
+                calls.append((index, [before[0], before[0], 0, *checks]))
+                calls.append((index, [f"({before[0]}", "-inf", limit, *checks]))
         rows: list[tuple[int, str]] = []
-        for part in await pipe.execute():
-            for member, score in part:
-                iid = bytes(member).decode().split(":", 1)[1]
-                rows.append((int(score), iid))
+        for part in await self._evalsha_many(self._list, calls):
+            for i in range(0, len(part), 2):
+                iid = bytes(part[i]).decode().split(":", 1)[1]
+                rows.append((int(float(part[i + 1])), iid))
         ordered = heapq.nlargest(len(rows), rows)
         if before is not None:
             ordered = [r for r in ordered if (r[0], r[1]) < before]

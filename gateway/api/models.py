@@ -152,9 +152,13 @@ class BatchInfo(BaseModel):
 
 
 class StatusChanged(BaseModel):
-    """The instance's status once the change was applied."""
+    """The instance's status after a lifecycle change, and whether a worker applied the change."""
 
     status: Status
+    applied: bool = Field(
+        description="False: no worker applied it within the wait; it stays queued and is applied when a worker "
+        "takes the instance's partition (the response is then 202)."
+    )
     timestamp: datetime
 
 

@@ -19,10 +19,10 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 
-from engine import Client, IllegalTransition, InstanceDetail, InstanceStatus, Status
+from engine import Client, InstanceDetail, InstanceStatus, Status
 from engine.config import check_instance_id
 from gateway.api.auth import require_token
 from gateway.api.deps import WorkflowNames, check_request, get_client, get_workflow_names
@@ -66,6 +66,12 @@ COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: _error("Unknown workflow or instance.")}
 CONFLICT: dict[int | str, dict[str, Any]] = {
     409: _error("Duplicate instance id, or a lifecycle change the instance's status does not allow.")
+}
+NOT_APPLIED: dict[int | str, dict[str, Any]] = {
+    202: {
+        "model": Envelope[StatusChanged],
+        "description": "Accepted, not applied yet: no worker applied the change within the wait; it stays queued.",
+    }
 }
 NOT_JSON: dict[int | str, dict[str, Any]] = {415: _error("The body is sent with a Content-Type other than JSON.")}
 
@@ -205,35 +211,40 @@ async def instance_status(
 @router.patch(
     "/workflows/{name}/instances/{instance_id}/status",
     response_model=Envelope[StatusChanged],
-    responses={**NOT_FOUND, **CONFLICT, **NOT_JSON},
+    responses={**NOT_FOUND, **CONFLICT, **NOT_JSON, **NOT_APPLIED},
     summary="Pause, resume, terminate or restart an instance",
 )
 async def change_status(
     body: StatusChange,
+    response: Response,
     name: str = WorkflowName,
     instance_id: str = InstanceId,
     names: WorkflowNames = Depends(get_workflow_names),
 ) -> dict[str, Any]:
-    """Apply a lifecycle change and answer once the partition owner has applied it.
+    """Apply a lifecycle change: 200 once the partition owner applied it, 202 if none did in time.
 
     ``terminate``, ``pause`` and ``resume`` of a finished instance are 409; ``restart`` works
-    in any status; ``resume`` of an instance that is not paused changes nothing.
+    in any status; ``pause`` of a paused and ``resume`` of an unpaused instance change nothing (200).
+    202 (``applied: false``): no worker applied it within the wait (10 s); it stays queued and is
+    applied when a worker takes the instance's partition, so sending it again is not needed.
     """
     workflow = await names.reader(name)
     instance = await workflow.get(instance_id)
-    if body.status in ("pause", "resume"):
-        current = (await instance.status()).status
-        if current.finished:
-            raise IllegalTransition(instance_id, body.status, current.value)
     actions = {
         "pause": instance.pause,
         "resume": instance.resume,
         "terminate": instance.terminate,
         "restart": instance.restart,
     }
-    await actions[body.status]()
-    status = (await instance.status()).status
-    return ok(StatusChanged(status=status, timestamp=datetime.now(UTC)))
+    result = await actions[body.status]()
+    envelope = ok(StatusChanged(status=result.status, applied=result.applied, timestamp=datetime.now(UTC)))
+    if not result.applied:
+        response.status_code = 202
+        envelope["messages"] = [
+            f"no worker applied the {body.status} of instance {instance_id!r} yet; the request stays queued "
+            "and is applied when a worker takes the instance's partition"
+        ]
+    return envelope
 
 
 @router.post(
