@@ -62,11 +62,17 @@ def open_transport(settings: Settings) -> RabbitMQTransport:
     return RabbitMQTransport.from_settings(settings)
 
 
-async def connect_servers(settings: Settings) -> tuple[RedisStore, RabbitMQTransport]:
-    """The checked store and the started transport (the store is closed again if the broker fails)."""
+async def connect_servers(settings: Settings, limits: Limits) -> tuple[RedisStore, RabbitMQTransport]:
+    """The checked store and the started transport (the store is closed again if the broker fails).
+
+    The deployment's record is checked against ``settings.partitions`` and ``limits`` first
+    (:meth:`RedisStore.check_deployment`): a process configured unlike its deployment fails before
+    it declares partition queues the deployment does not have.
+    """
     store = await connect_store(settings)
     transport = open_transport(settings)
     try:
+        await store.check_deployment(limits)
         await transport.start()
     except BaseException:
         await store.close()
@@ -94,7 +100,9 @@ async def open_client(
             "the distributed runtime needs both redis_url and amqp_url (HUTCH_REDIS_URL, HUTCH_AMQP_URL); "
             "give neither for the embedded runtime"
         )
-    store, transport = await connect_servers(settings)
+    # connect_servers checks the deployment's record, once here and not on each create: a client
+    # with another partition count than the workers would write instances to keys no worker reads.
+    store, transport = await connect_servers(settings, limits)
     watch = InstanceWatch()
     feed = ChannelFeed(store.redis, store.keys.finished_channel(), lambda data: watch.notify(*finished_member(data)))
     try:
@@ -129,7 +137,7 @@ async def start_distributed(
     What ``hutch worker`` runs, minus the process: tests and benchmarks use it to exercise the
     real path without spawning processes.
     """
-    store, transport = await connect_servers(settings)
+    store, transport = await connect_servers(settings, limits)
     return await start_colocated(
         store,
         transport,

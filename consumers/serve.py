@@ -15,7 +15,6 @@ from consumers.runtime import connect_servers
 from consumers.worker import Worker
 from engine.client import Client, bindings
 from engine.clock import Clock
-from engine.config import DEFAULT_LIMITS
 from engine.entrypoint import Env, WorkflowEntrypoint
 from engine.errors import InvalidInputError
 from engine.settings import Settings
@@ -50,9 +49,11 @@ async def serve(
             "no workflows to run: add [[workflows]] to hutch.toml or pass --workflow NAME=module:Class"
         )
     clock = Clock()
-    store, transport = await connect_servers(settings)
+    store, transport = await connect_servers(settings, settings.limits)
     try:
-        client = Client(store, BrokerDispatcher(transport), workflows=list(classes), clock=clock)
+        client = Client(
+            store, BrokerDispatcher(transport), workflows=list(classes), limits=settings.limits, clock=clock
+        )
         env = Env({**bindings(client, classes, settings.binding_names()), **(resources or {})})
         worker = Worker(
             store=store,
@@ -60,7 +61,7 @@ async def serve(
             workflows=classes,
             settings=settings,
             env=env,
-            limits=DEFAULT_LIMITS,
+            limits=settings.limits,
             clock=clock,
             distributed=True,
         )

@@ -75,6 +75,7 @@ class Worker:
         self.store = store
         self.transport = transport
         self.settings = settings
+        self.limits = limits
         clock = clock or Clock()
         self.orchestrator = Orchestrator(
             store=store,
@@ -149,8 +150,13 @@ class Worker:
         """Start consuming every partition (the transport decides which this worker is active for)."""
         if self._state is not _State.NEW:
             raise RuntimeError(f"a worker cannot be started twice (it is {self._state.value})")
+        # Before the worker counts as running: a refused start has started nothing, so the worker
+        # stays new (start() may be called again once the cause is fixed) and shutdown() has
+        # nothing to drain.
+        await self.store.check_deployment(self.limits)
+        if self._state is not _State.NEW:  # shut down, or started, while the check ran
+            raise RuntimeError(f"a worker cannot be started twice or after shutdown() (it is {self._state.value})")
         self._state = _State.RUNNING
-        await self.store.check_partition_count()
         if self._notices is not None:
             await self._notices.start()
         loop = asyncio.get_running_loop()
@@ -199,9 +205,13 @@ class Worker:
 
     async def shutdown(self, timeout: float | None = None) -> None:
         """Finish in-flight steps up to ``timeout`` seconds, then release partitions; idempotent."""
-        if self._state is not _State.RUNNING:
+        if self._state is _State.NEW:
+            # Never started: nothing to drain, but wait_stopped() must return all the same.
             self._state = _State.STOPPED
+            self._stopped.set()
             return
+        if self._state is _State.STOPPED:
+            return  # a shutdown already ran (or runs): it sets _stopped when it is done
         self._state = _State.STOPPED
         if self._notices is not None:
             await self._notices.close()

@@ -15,7 +15,7 @@ from engine import tracing
 from engine.clock import Clock
 from engine.config import DEFAULT_LIMITS, Limits, check_instance_id, check_workflow_name
 from engine.dispatch import CreatedInstance, Dispatcher
-from engine.entrypoint import WorkflowEntrypoint
+from engine.entrypoint import WorkflowEntrypoint, default_binding_name
 from engine.errors import (
     BatchTooLarge,
     IllegalTransition,
@@ -384,4 +384,4 @@ _UNFINISHED = frozenset({"queued", "running", "waiting", "paused", "waitingForPa
 
 def bindings(client: Client, workflows: dict[str, type[WorkflowEntrypoint]], names: dict[str, str]) -> dict[str, Any]:
     """``self.env`` bindings: each workflow's client under its binding name."""
-    return {names.get(name, name.upper().replace("-", "_")): client.workflow(name) for name in workflows}
+    return {names.get(name) or default_binding_name(name): client.workflow(name) for name in workflows}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 from datetime import timedelta
 from typing import Any, Literal
@@ -84,18 +85,38 @@ def _first_error(exc: ValidationError) -> str:
 
 
 class Limits(BaseModel):
-    """Limits enforced on every instance; defaults are Cloudflare's."""
+    """Limits enforced on every instance; defaults are Cloudflare's.
+
+    Processes take them from the ``[limits]`` table of hutch.toml or ``HUTCH_LIMITS__<FIELD>``
+    (:class:`~engine.settings.Settings`); a deployment records them in Redis and every client
+    and worker must agree with the record (:class:`~engine.errors.DeploymentMismatch`).
+    ``max_sleep`` and ``retention`` take durations like ``"30 days"`` or seconds.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_instance_id_length: int = 100
-    max_workflow_name_length: int = 64
-    max_step_name_length: int = 256
-    max_payload_bytes: int = 1024 * 1024
-    max_steps: int = 10_000
-    max_sleep: timedelta = timedelta(days=365)
-    max_batch: int = 100
-    retention: timedelta = timedelta(days=30)
+    max_instance_id_length: int = Field(default=100, ge=1)
+    max_workflow_name_length: int = Field(default=64, ge=1)
+    max_step_name_length: int = Field(default=256, ge=1)
+    # Values live inline in the history, replayed whole: SPEC's bound for them (before claim checks).
+    max_payload_bytes: int = Field(default=1024 * 1024, ge=1, le=64 * 1024 * 1024)
+    max_steps: int = Field(default=10_000, ge=1)
+    max_sleep: timedelta = Field(default=timedelta(days=365), gt=timedelta(0))
+    max_batch: int = Field(default=100, ge=1)
+    retention: timedelta = Field(default=timedelta(days=30), gt=timedelta(0))
+
+    @field_validator("max_sleep", "retention", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        # The durations step.sleep takes ("30 days", seconds, "3600" from an environment variable);
+        # an ISO 8601 string ("P30D", how a deployment's record stores it) is left to pydantic.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.upper().startswith("P"):
+                return text
+            with contextlib.suppress(ValueError):
+                value = float(text)
+        return timedelta(seconds=to_seconds(value)) if isinstance(value, str | int | float) else value
 
 
 DEFAULT_LIMITS = Limits()

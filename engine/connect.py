@@ -8,7 +8,7 @@ from typing import Any
 
 from engine.client import Client
 from engine.clock import Clock
-from engine.config import DEFAULT_LIMITS, Limits, check_workflow_name
+from engine.config import Limits, check_workflow_name
 from engine.entrypoint import WorkflowEntrypoint
 from engine.errors import InvalidInputError
 from engine.settings import Settings
@@ -41,7 +41,7 @@ def connect(
     settings: Settings | None = None,
     resources: Mapping[str, Any] | None = None,
     bindings: Mapping[str, str] | None = None,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: Limits | None = None,
     clock: Clock | None = None,
 ) -> Connection:
     """Connect to Hutch.
@@ -57,8 +57,11 @@ def connect(
         amqp_url: the broker (``amqp://guest:guest@host:5672/``).
         settings: full settings (defaults come from the environment).
         resources: extra ``self.env`` bindings for workflows (database pools, HTTP clients...).
-        bindings: workflow name → binding name under ``self.env`` (default: upper-cased name).
-        limits: the limits to enforce.
+        bindings: workflow name → binding name under ``self.env`` (default:
+            :func:`~engine.entrypoint.default_binding_name`, ``order.v2`` → ``ORDER_V2``).
+        limits: the limits to enforce (default: ``settings.limits``). A distributed client checks
+            them, and the partition count, against its deployment's record when it connects
+            (:class:`~engine.errors.DeploymentMismatch`).
         clock: the engine's clock (tests use a controllable one).
     """
     return Connection(
@@ -81,10 +84,11 @@ async def _open(
     settings: Settings | None,
     resources: dict[str, Any],
     bindings: dict[str, str],
-    limits: Limits,
+    limits: Limits | None,
     clock: Clock | None,
 ) -> Client:
     settings = settings or Settings()
+    limits = settings.limits if limits is None else limits
     updates = {k: v for k, v in {"redis_url": redis_url, "amqp_url": amqp_url}.items() if v is not None}
     settings = settings.model_copy(update=updates)
     for name, cls in workflows.items():

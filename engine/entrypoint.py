@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from engine.events import WorkflowEvent
     from engine.step import WorkflowStep
+
+
+def default_binding_name(workflow: str) -> str:
+    """The name a workflow has under ``self.env`` when none is given: ``order.v2`` → ``ORDER_V2``.
+
+    Upper-cased, with every character that cannot be in an identifier replaced by ``_``, so the
+    binding is an attribute name (``self.env.ORDER_V2``) and an environment-variable-safe word.
+    ``connect(workflows=...)`` and hutch.toml's ``[[workflows]]`` both use this rule.
+    """
+    return re.sub(r"[^A-Za-z0-9_]", "_", workflow).upper()
 
 
 class Env:

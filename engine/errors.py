@@ -21,13 +21,15 @@ The tree::
      │    ├── NotSerializable
      │    ├── SleepTooLong
      │    ├── BatchTooLarge
-     │    └── StepLimitExceeded
+     │    ├── StepLimitExceeded
+     │    └── TargetError               a workflow class (file or module:Class) cannot be loaded
      ├── WorkflowNotFound (also KeyError)
      ├── InstanceNotFound (also KeyError)
      ├── InstanceAlreadyExists
      ├── IllegalTransition             e.g. terminate a finished instance
      ├── WaitTimeout                   Instance.wait() gave up before the instance finished
      ├── WorkflowCodeError             run() awaited something that is not a step
+     ├── DeploymentMismatch            partitions or limits differ from those the deployment recorded
      └── ServiceUnavailable            a server the runtime needs cannot be reached at start
           ├── BrokerUnavailable         RabbitMQ refused, timed out or failed the handshake
           └── StoreUnavailable          Redis refused or timed out
@@ -147,6 +149,10 @@ class StepLimitExceeded(InvalidInputError):
     """An instance called ``step.do`` more times than its limit allows."""
 
 
+class TargetError(InvalidInputError):
+    """A workflow class cannot be loaded: the file or module is missing, does not import, or has no such class."""
+
+
 class WorkflowNotFound(HutchError, KeyError):
     """No workflow is registered under that name."""
 
@@ -194,6 +200,16 @@ class IllegalTransition(HutchError):
 
 class WaitTimeout(HutchError, TimeoutError):
     """``Instance.wait()`` returned before the instance reached a final status."""
+
+
+class DeploymentMismatch(HutchError):
+    """This process is configured differently from what its deployment recorded in Redis.
+
+    The first client or worker of a namespace records its partition count and limits there; every
+    later one must match them. A partition count is part of every key (a client with another one
+    writes instances no worker ever sees), and workers with different limits would decide the same
+    replay differently. Fix the settings to the recorded values named in the message.
+    """
 
 
 class ServiceUnavailable(HutchError):

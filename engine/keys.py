@@ -85,5 +85,5 @@ class Keys:
         return f"{self.namespace}:workers"
 
     def config(self) -> str:
-        """Deployment-wide settings that must never change under running data (partition count)."""
+        """Deployment-wide settings every process must agree with (partition count, limits)."""
         return f"{self.namespace}:config"

@@ -2,17 +2,40 @@
 
 from __future__ import annotations
 
-import importlib
-import os
 import re
-from pathlib import Path
-from typing import Any
+import urllib.parse
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-from engine.errors import InvalidInputError
+from engine.config import Limits
+from engine.entrypoint import WorkflowEntrypoint, default_binding_name
+from engine.errors import TargetError
+from engine.loader import config_file, load_workflow
 from engine.triggers import QueuesConfig, TriggersConfig, WebhookRoutes
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced by ``***``, for messages and logs (the one redaction Hutch uses).
+
+    Covers a password in the user info (``amqp://guest:pw@host``, ``redis://:pw@host``, whatever
+    it contains) and redis-py's ``?password=`` query parameter; a URL without one is returned as is.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = parts.password
+    except ValueError:  # not parseable (a bad IPv6 literal...): hide everything before the host
+        return re.sub(r"(?<=://)[^/?#]*@", "***@", url)
+    netloc, query = parts.netloc, parts.query
+    if password is not None:
+        # The user info ends at the last "@" (as urlsplit reads it), so a password containing "@"
+        # or ":" is hidden whole.
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    query = re.sub(r"(?i)(^|&)(password=)[^&]*", r"\1\2***", query)
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 class WorkflowSpec(BaseModel):
@@ -31,18 +54,21 @@ class WorkflowSpec(BaseModel):
             raise ValueError(f"class_name {value!r} must look like 'package.module:ClassName'")
         return value
 
-    def load(self) -> type[Any]:
-        """Import the workflow class, with an error naming the entry when that fails."""
-        module_name, _, attr = self.class_name.partition(":")
+    def load(self) -> type[WorkflowEntrypoint]:
+        """Import the workflow class as ``hutch run`` and ``--workflow`` do (:mod:`engine.loader`).
+
+        Raises:
+            TargetError: naming this entry and what is wrong.
+        """
         try:
-            return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
-        except (ImportError, AttributeError) as exc:
-            raise InvalidInputError(f"workflow {self.name!r}: cannot import {self.class_name!r}: {exc}") from None
+            return load_workflow(self.class_name)
+        except TargetError as exc:
+            raise TargetError(f"workflow {self.name!r}: cannot import {self.class_name!r}: {exc}") from None
 
     @property
     def binding_name(self) -> str:
-        """The name under ``self.env`` (default: the workflow name upper-cased)."""
-        return self.binding or re.sub(r"[^A-Za-z0-9_]", "_", self.name).upper()
+        """The name under ``self.env`` (default: :func:`~engine.entrypoint.default_binding_name`)."""
+        return self.binding or default_binding_name(self.name)
 
 
 class Settings(BaseSettings):
@@ -66,13 +92,17 @@ class Settings(BaseSettings):
         redis_max_connections: Redis connections a process opens at most; beyond them, calls
             wait for a free one (up to ``redis_pool_timeout_s``) instead of failing.
         redis_pool_timeout_s: how long a call waits for a free Redis connection before failing.
+        limits: the :class:`~engine.config.Limits` (``[limits]`` in hutch.toml, or
+            ``HUTCH_LIMITS__MAX_STEPS=...`` and so on); recorded for the deployment like the
+            partition count, so every client and worker of a namespace enforces the same ones.
         workflows: the ``[[workflows]]`` of hutch.toml.
         webhooks: the ``[[webhooks]]`` routes of hutch.toml (``gateway.webhooks``).
         queues: the ``[queues]`` table: ``[[queues.consumers]]`` (``consumers.queue_trigger``).
         triggers: the ``[triggers]`` table: ``[[triggers.crons]]`` (``consumers.crons``).
     """
 
-    model_config = SettingsConfigDict(env_prefix="HUTCH_", extra="ignore")
+    # "__" reaches into tables: HUTCH_LIMITS__MAX_STEPS sets [limits] max_steps.
+    model_config = SettingsConfigDict(env_prefix="HUTCH_", env_nested_delimiter="__", extra="ignore")
 
     redis_url: str = ""
     amqp_url: str = ""
@@ -87,6 +117,7 @@ class Settings(BaseSettings):
     worker_ttl_s: float = Field(default=3.0, gt=0)
     redis_max_connections: int = Field(default=100, ge=2)
     redis_pool_timeout_s: float = Field(default=20.0, gt=0)
+    limits: Limits = Limits()
     workflows: list[WorkflowSpec] = []
     webhooks: WebhookRoutes = []
     queues: QueuesConfig = QueuesConfig()
@@ -101,13 +132,13 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = Path(os.environ.get("HUTCH_CONFIG", "hutch.toml"))
+        path = config_file()
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
-    def workflow_classes(self) -> dict[str, type[Any]]:
+    def workflow_classes(self) -> dict[str, type[WorkflowEntrypoint]]:
         """Import every configured workflow class: name → class."""
         return {spec.name: spec.load() for spec in self.workflows}
 
@@ -116,5 +147,5 @@ class Settings(BaseSettings):
         return {spec.name: spec.binding_name for spec in self.workflows}
 
     def redacted(self, url: str) -> str:
-        """A URL with its password hidden, for logs."""
-        return re.sub(r"(//[^:/@]+:)[^@]*@", r"\1***@", url)
+        """A URL with its password hidden, for logs: :func:`redact_url`."""
+        return redact_url(url)

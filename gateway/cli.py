@@ -93,6 +93,9 @@ class LazyGroup(click.Group):
         "worker": "gateway.worker_command:worker",
     },
 )
+# The installed distribution's version, read with importlib.metadata when --version is given, so
+# it is the one pyproject.toml declared at install time, with no copy to keep in sync.
+@click.version_option(package_name="hutch", prog_name="hutch", message="%(prog)s %(version)s")
 def main() -> None:
     """Hutch: durable workflows on RabbitMQ and Redis.
 

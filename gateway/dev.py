@@ -31,7 +31,6 @@ from consumers.queue_trigger import QueueTrigger
 from consumers.runtime import start_distributed
 from engine import Client, WorkflowEntrypoint, tracing
 from engine.clock import Clock
-from engine.config import DEFAULT_LIMITS
 from engine.errors import HutchError, InvalidInputError
 from engine.settings import Settings
 from gateway.api.auth import require_token
@@ -229,7 +228,7 @@ async def _open(settings: Settings, classes: dict[str, type[WorkflowEntrypoint]]
     client, _ = await start_distributed(
         classes,
         settings=settings,
-        limits=DEFAULT_LIMITS,
+        limits=settings.limits,
         clock=Clock(),
         resources={},
         binding_names=settings.binding_names(),

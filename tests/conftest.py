@@ -15,7 +15,7 @@ import engine
 from consumers.runtime import start_distributed
 from engine import Client, WorkflowEntrypoint
 from engine.clock import Clock
-from engine.config import DEFAULT_LIMITS, Limits
+from engine.config import Limits
 from engine.settings import Settings
 from tests.helpers import unique
 
@@ -104,7 +104,7 @@ async def _start_distributed(
     namespaces: list[str],
     *,
     settings: Settings | None = None,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: Limits | None = None,
     clock: Clock | None = None,
     resources: Mapping[str, Any] | None = None,
     bindings: Mapping[str, str] | None = None,
@@ -118,7 +118,7 @@ async def _start_distributed(
     client, _ = await start_distributed(
         workflows,
         settings=settings,
-        limits=limits,
+        limits=settings.limits if limits is None else limits,  # as engine.connect() does
         clock=clock or Clock(),
         resources=dict(resources or {}),
         binding_names=dict(bindings or {}),

@@ -6,6 +6,7 @@ Most tests drive the click command in-process with ``CliRunner``; one runs the r
 
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
 import json
 import os
@@ -18,9 +19,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner, Result
 
-from engine import AttemptDetail, InstanceDetail, Status, StepDetail
+from engine import AttemptDetail, InstanceDetail, Settings, Status, StepDetail
 from gateway.cli import main
-from gateway.loader import workflow_name
+from gateway.loader import load_workflow, workflow_name
 from gateway.progress import ProgressTracker
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -330,6 +331,65 @@ def test_workflow_names_are_derived_from_class_names() -> None:
     assert workflow_name(type("HTTPFetchWorkflow", (), {})) == "http-fetch-workflow"
     assert workflow_name(type("FanOutV2", (), {})) == "fan-out-v2"
     assert len(workflow_name(type("A" + "b" * 100, (), {}))) <= 64
+
+
+def test_version_prints_the_installed_distribution_version() -> None:
+    result = hutch("--version")
+
+    assert result.exit_code == 0
+    assert result.output == f"hutch {importlib.metadata.version('hutch')}\n"
+
+
+# --------------------------------------------------------------------------- one loader for every class path
+def test_hutch_toml_run_from_the_repository_root_finds_its_workflows_like_the_readme_says() -> None:
+    # README "Run it distributed": HUTCH_CONFIG=compose/hutch.toml hutch worker, from the repository
+    # root. A console script's sys.path lacks the current directory; python -P gives the same.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HUTCH_") and k != "PYTHONPATH"}
+    env |= {
+        "HUTCH_CONFIG": "compose/hutch.toml",
+        "HUTCH_REDIS_URL": "redis://127.0.0.1:1/0",  # refused: the worker gets as far as connecting
+        "HUTCH_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-P", "-m", "gateway.cli", "worker"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert "cannot import" not in proc.stderr, proc.stderr
+    assert "Error: cannot connect to Redis at redis://127.0.0.1:1/0" in proc.stderr, proc.stderr
+    assert proc.returncode == 1
+
+
+def test_hutch_toml_and_workflow_targets_resolve_modules_next_to_the_hutch_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = f"flows_{os.urandom(4).hex()}"  # a name no other test imports
+    project = tmp_path / "project"
+    (project / package).mkdir(parents=True)
+    (project / package / "__init__.py").write_text("")
+    (project / package / "local.py").write_text(
+        "from engine import WorkflowEntrypoint\n"
+        "class LocalFlow(WorkflowEntrypoint):\n    async def run(self, event, step): return 1\n"
+    )
+    (project / "hutch.toml").write_text(f'[[workflows]]\nname = "local"\nclass_name = "{package}.local:LocalFlow"\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    monkeypatch.setenv("HUTCH_CONFIG", "../project/hutch.toml")
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the loader's additions are undone after the test
+    try:
+        from_toml = Settings().workflow_classes()["local"]
+        from_target = load_workflow(f"{package}.local:LocalFlow")  # hutch worker/dev --workflow
+    finally:
+        for name in [m for m in sys.modules if m.split(".")[0] == package]:
+            del sys.modules[name]
+
+    assert from_toml.__name__ == "LocalFlow"
+    assert from_target is from_toml  # one loader, one module
 
 
 def test_gateway_public_surface_is_pinned() -> None:

@@ -8,9 +8,11 @@ proves by running another instance to completion in the same runtime.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 import engine
 from engine import (
@@ -29,6 +31,7 @@ from engine import (
     WorkflowEntrypoint,
 )
 from engine.events import WorkflowEvent
+from engine.settings import Settings
 from tests.conftest import MakeClient
 from tests.helpers import unique, wait_status
 
@@ -296,6 +299,37 @@ async def test_the_sixth_step_fails_when_max_steps_is_5_and_sleeps_do_not_count(
     assert (final.error.name, final.error.message) == ("StepLimitExceeded", "The limit of 5 steps has been reached")
     assert issubclass(StepLimitExceeded, HutchError)
     await assert_runtime_still_works(client)
+
+
+async def test_limits_are_settings_from_hutch_toml_and_hutch_limits_variables(
+    make_client: MakeClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "hutch.toml"
+    config.write_text('[limits]\nmax_steps = 5\nretention = "7 days"\n')
+    monkeypatch.setenv("HUTCH_CONFIG", str(config))
+    monkeypatch.setenv("HUTCH_LIMITS__MAX_SLEEP", "3600")  # seconds, as an environment variable gives them
+    monkeypatch.setenv("HUTCH_LIMITS__MAX_PAYLOAD_BYTES", "4096")
+    settings = Settings(redis_url="", amqp_url="")
+
+    assert settings.limits == Limits(
+        max_steps=5, retention=timedelta(days=7), max_sleep=timedelta(hours=1), max_payload_bytes=4096
+    )
+    # No limits= argument: the runtime enforces the settings' limits, as hutch worker and hutch dev do.
+    client = await make_client({"many": ManySteps, "echo": Echo}, settings=settings)
+    final = await (await client.workflow("many").create()).wait(timeout=10)
+    assert final.output == {"total": 5, "caught": "The limit of 5 steps has been reached"}, final
+    with pytest.raises(PayloadTooLarge):
+        await client.workflow("echo").create(params={"v": "x" * 5000})
+
+
+def test_invalid_limit_settings_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HUTCH_LIMITS__MAX_STEPS", "0")
+    with pytest.raises(ValidationError, match=r"limits\.max_steps"):
+        Settings()
+    monkeypatch.setenv("HUTCH_LIMITS__MAX_STEPS", "5")
+    monkeypatch.setenv("HUTCH_LIMITS__RETENTION", "forever")
+    with pytest.raises(ValidationError, match="duration 'forever' is not understood"):
+        Settings()
 
 
 # --------------------------------------------------------------------------- sleeps

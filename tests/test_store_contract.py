@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from engine import WorkflowEntrypoint, keys
+from engine import DeploymentMismatch, Limits, WorkflowEntrypoint, keys
 from engine.serialization import pack, unpack
 from engine.store.base import CommitResult, Snapshot, Transition
 from engine.store.redis import RedisStore, meta_from_fields
@@ -534,14 +534,41 @@ async def test_list_instances_pages_through_many_instances_created_in_one_millis
     assert [iid for iid, _ in listed] == [f"b{n:03d}" for n in reversed(range(100))]
 
 
-async def test_check_partition_count_refuses_a_changed_count(backend: Backend, store: RedisStore) -> None:
-    await store.check_partition_count()
-    await backend.store(PARTITIONS).check_partition_count()  # same count: fine, and idempotent
+async def test_check_deployment_refuses_a_changed_partition_count(backend: Backend, store: RedisStore) -> None:
+    await store.check_deployment(Limits())
+    await backend.store(PARTITIONS).check_deployment(Limits())  # same settings: fine, and idempotent
 
-    with pytest.raises(RuntimeError, match=rf"holds data for {PARTITIONS} partitions.*HUTCH_PARTITIONS=8"):
-        await backend.store(8).check_partition_count()
+    with pytest.raises(
+        DeploymentMismatch,
+        match=rf"holds data for {PARTITIONS} partitions.*HUTCH_PARTITIONS=8.*partitions = {PARTITIONS}",
+    ):
+        await backend.store(8).check_deployment(Limits())
     # Another namespace on the same Redis is another deployment.
-    await backend.store(8, namespace=f"{backend.namespace}:other").check_partition_count()
+    await backend.store(8, namespace=f"{backend.namespace}:other").check_deployment(Limits())
+
+
+async def test_check_deployment_records_the_limits_and_refuses_others(backend: Backend, store: RedisStore) -> None:
+    recorded = Limits(max_steps=5, retention="7 days")
+    await store.check_deployment(recorded)
+    await backend.store().check_deployment(Limits(max_steps=5, retention=7 * 86400))  # equal, however written
+
+    with pytest.raises(DeploymentMismatch) as caught:
+        await backend.store().check_deployment(Limits())  # a process left on the defaults
+    message = str(caught.value)
+    assert "enforces the limits max_steps=5, retention='P7D'" in message
+    assert "this process has max_steps=10000, retention='P30D'" in message
+    assert f"HDEL {backend.namespace}:config limits" in message
+    assert "max_payload_bytes" not in message  # only what differs is named
+
+
+async def test_check_deployment_records_limits_where_only_the_partition_count_was(
+    backend: Backend, store: RedisStore
+) -> None:
+    # A deployment from before limits were recorded: its next process records them, then they hold.
+    await backend.redis.hset(f"{backend.namespace}:config", "partitions", PARTITIONS)
+    await store.check_deployment(Limits(max_steps=7))
+    with pytest.raises(DeploymentMismatch, match="max_steps=7"):
+        await backend.store().check_deployment(Limits())
 
 
 # ---------------------------------------------------------------------------- retention of the indexes
@@ -725,7 +752,7 @@ async def test_listing_skips_many_expired_entries_and_still_fills_its_pages(
 
 # ---------------------------------------------------------------------------- key layout
 async def test_every_key_of_an_instance_shares_its_partition_hash_tag(backend: Backend, store: RedisStore) -> None:
-    await store.check_partition_count()
+    await store.check_deployment(Limits())
     await create(store, "a", partition=3)
     await store.claim(3, "me")
     t = tx(

@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 import engine
 from broker.transports.rabbitmq import RabbitMQTransport
-from engine import BrokerUnavailable, ServiceUnavailable, StoreUnavailable
+from engine import BrokerUnavailable, ServiceUnavailable, Settings, StoreUnavailable
+from engine.settings import redact_url
 from examples.order import OrderWorkflow
 from gateway.cli import main
 from tests.conftest import AMQP_URL, REDIS_URL
@@ -72,7 +73,7 @@ async def test_connecting_a_client_to_a_refused_redis_is_store_unavailable(refus
             pass
 
 
-@pytest.mark.parametrize("server", ["redis", pytest.param("rabbitmq", marks=pytest.mark.redis)])
+@pytest.mark.parametrize("server", ["redis", "redis-with-password", pytest.param("rabbitmq", marks=pytest.mark.redis)])
 def test_hutch_worker_names_the_unreachable_server_and_exits_1(
     server: str, refused_port: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -80,6 +81,9 @@ def test_hutch_worker_names_the_unreachable_server_and_exits_1(
     if server == "redis":
         urls["HUTCH_REDIS_URL"] = f"redis://127.0.0.1:{refused_port}/0"
         expected = f"Error: cannot connect to Redis at redis://127.0.0.1:{refused_port}/0"
+    elif server == "redis-with-password":
+        urls["HUTCH_REDIS_URL"] = f"redis://:s3cret@127.0.0.1:{refused_port}/0"  # Redis's password-only form
+        expected = f"Error: cannot connect to Redis at redis://:***@127.0.0.1:{refused_port}/0"
     else:
         urls["HUTCH_AMQP_URL"] = f"amqp://guest:guest@127.0.0.1:{refused_port}/"
         expected = f"Error: cannot connect to RabbitMQ at amqp://guest:***@127.0.0.1:{refused_port}/"
@@ -88,4 +92,26 @@ def test_hutch_worker_names_the_unreachable_server_and_exits_1(
     result = CliRunner().invoke(main, ["worker", "--workflow", "order=examples.order:OrderWorkflow"])
     assert result.exit_code == 1, result.output
     assert expected in result.output
+    assert "s3cret" not in result.output
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://:s3cret@db:6379/0", "redis://:***@db:6379/0"),
+        ("rediss://default:s3cret@db:6380/1", "rediss://default:***@db:6380/1"),
+        ("amqp://guest:s3cret@mq:5672/vhost", "amqp://guest:***@mq:5672/vhost"),
+        ("redis://:s3:c@r@et@db/0", "redis://:***@db/0"),  # ":" and "@" in the password hide it whole
+        ("redis://db/0?password=s3cret&db=1", "redis://db/0?password=***&db=1"),  # redis-py's query form
+        ("redis://:s3cret@[::1/0", "redis://***@[::1/0"),  # unparseable: everything before the host
+        ("redis://db:6379/0", "redis://db:6379/0"),
+        ("amqp://guest@mq/", "amqp://guest@mq/"),
+        ("", ""),
+    ],
+)
+def test_one_redaction_hides_every_password_form_wherever_a_url_is_shown(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+    assert Settings().redacted(url) == shown  # what hutch worker, gateway and dev print at start
+    if url:
+        assert RabbitMQTransport(url, namespace="tt-redact")._display_url == shown  # the broker's messages

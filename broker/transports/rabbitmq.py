@@ -72,6 +72,7 @@ from broker.transports.base import (
     Transport,
 )
 from engine.errors import BrokerUnavailable
+from engine.settings import redact_url
 
 if TYPE_CHECKING:
     from engine.settings import Settings
@@ -92,15 +93,6 @@ _PERSISTENT = 2
 # Headers RabbitMQ adds on redelivery and dead-lettering; not part of the message a producer sent.
 _BROKER_HEADERS = frozenset({"x-death", "x-delivery-count"})
 _BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 def _user_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:
@@ -380,7 +372,7 @@ class RabbitMQTransport(Transport):
         self.close_timeout_s = close_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.connection_name = connection_name or f"hutch/{namespace}"
-        self._display_url = _redacted(url)
+        self._display_url = redact_url(url)
         self._queue_arguments = names.partition_queue_arguments(
             dead_letter_exchange=names.dead_letter_exchange(namespace), delivery_limit=delivery_limit
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import json
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from engine import keys
+from engine.config import Limits
+from engine.errors import DeploymentMismatch
 from engine.keys import Keys
 from engine.serialization import unpack
 from engine.status import FINISHED
@@ -40,6 +43,14 @@ PRUNE_PER_FINISH = 8
 More than one, so the cleaning catches up after a burst: a partition that finishes n instances a
 second removes up to 8n expired ones a second, while only n a second can expire in steady state.
 """
+
+_RECORD_DEPLOYMENT = """
+redis.call('HSETNX', KEYS[1], 'partitions', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'limits', ARGV[2])
+return redis.call('HMGET', KEYS[1], 'partitions', 'limits')
+"""
+"""Records a deployment's settings unless recorded, and returns the record: one script, so two first
+processes starting at once cannot leave a record that mixes their settings."""
 
 _TEXT_FIELDS = frozenset({"wf", "id", "status"})
 _INT_FIELDS = frozenset({"seq", "run", "created", "started", "ended"})
@@ -175,20 +186,46 @@ class RedisStore:
         self._delete_unstarted: AsyncScript = redis.register_script(_script("delete_unstarted.lua"))
         self._list: AsyncScript = redis.register_script(_script("list.lua"))
         self.prune_per_finish = prune_per_finish
+        self._record_deployment: AsyncScript = redis.register_script(_RECORD_DEPLOYMENT)
         self._named: set[str] = set()  # workflow names this store has recorded in the workflows set
 
     async def close(self) -> None:
         """Close the client's connections."""
         await self.redis.aclose()
 
-    async def check_partition_count(self) -> None:
-        """Record the partition count on first use; refuse to run with a different one."""
-        await self.redis.hsetnx(self.keys.config(), "partitions", self.partitions)
-        stored = int(await self.redis.hget(self.keys.config(), "partitions") or self.partitions)
+    async def check_deployment(self, limits: Limits) -> None:
+        """Record the partition count and the limits on first use; refuse to run with different ones.
+
+        Workers call it at start and clients when they connect (one round trip), so a process
+        configured unlike its deployment fails at once instead of stranding instances on
+        partitions no worker consumes, or deciding the same replay differently.
+
+        Raises:
+            DeploymentMismatch: naming what differs and the recorded value.
+        """
+        key = self.keys.config()
+        mine = limits.model_dump(mode="json")
+        stored_partitions, stored_limits = await self._record_deployment(
+            [key], [self.partitions, json.dumps(mine, sort_keys=True)]
+        )
+        namespace = self.keys.namespace
+        stored = int(stored_partitions or self.partitions)
         if stored != self.partitions:
-            raise RuntimeError(
-                f"this Redis holds data for {stored} partitions but HUTCH_PARTITIONS={self.partitions}; "
-                "the partition count is part of every key and cannot change under existing data"
+            raise DeploymentMismatch(
+                f"this Redis holds data for {stored} partitions (namespace {namespace!r}) but this process has "
+                f"HUTCH_PARTITIONS={self.partitions}; the partition count is part of every key and cannot change "
+                f"under existing data: set partitions = {stored} (HUTCH_PARTITIONS or hutch.toml)"
+            )
+        recorded: dict[str, Any] = json.loads(stored_limits) if stored_limits else mine
+        differ = sorted(name for name in mine.keys() | recorded.keys() if mine.get(name) != recorded.get(name))
+        if differ:
+            theirs = ", ".join(f"{name}={recorded.get(name)!r}" for name in differ)
+            ours = ", ".join(f"{name}={mine.get(name)!r}" for name in differ)
+            raise DeploymentMismatch(
+                f"the deployment in namespace {namespace!r} enforces the limits {theirs} but this process has {ours}; "
+                "every client and worker of a deployment enforces the same limits: set them to the recorded values "
+                "([limits] in hutch.toml or HUTCH_LIMITS__<NAME>), or change the deployment's with every process "
+                f"stopped: delete the record (redis-cli HDEL {key} limits) and start with the new ones"
             )
 
     # ------------------------------------------------------------------ creation
