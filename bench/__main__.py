@@ -8,6 +8,7 @@ Examples::
     python -m bench --profile W2             # pyinstrument profile of one W2 run
     python -m bench --runtime rabbitmq       # against RabbitMQ + Redis (URLs from the options/env)
     python -m bench --runtime rabbitmq --workers 2   # two `hutch worker` processes, remote client
+    python -m bench --runtime rabbitmq --redis-url redis+cluster://127.0.0.1:7000,127.0.0.1:7001  # on a Redis Cluster
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ async def _drop_namespace(redis_url: str, namespace: str, amqp_url: str = "") ->
     hundred of them exhaust a default (``ulimit -n 1024``) broker, which then stops accepting
     connections.
     """
-    from redis.asyncio import Redis
+    from consumers.runtime import open_redis
 
     if amqp_url:
         from broker.transports.rabbitmq import RabbitMQTransport
@@ -102,7 +103,7 @@ async def _drop_namespace(redis_url: str, namespace: str, amqp_url: str = "") ->
             await transport.delete_topology()
         finally:
             await transport.close()
-    redis = Redis.from_url(redis_url)
+    redis = open_redis(redis_url)  # a redis+cluster:// URL: every node's keys
     try:
         batch = [key async for key in redis.scan_iter(match=f"{namespace}:*", count=1000)]
         for i in range(0, len(batch), 500):
@@ -191,7 +192,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--smoke", action="store_true", help="tiny sizes, to check the bench runs (figures mean nothing)"
     )
     parser.add_argument(
-        "--redis-url", default=os.environ.get("HUTCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"), help="rabbitmq only"
+        "--redis-url",
+        default=os.environ.get("HUTCH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"),
+        help="rabbitmq only; redis+cluster://host:port[,host:port...] for a Redis Cluster",
     )
     parser.add_argument(
         "--amqp-url",

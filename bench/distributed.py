@@ -352,9 +352,9 @@ async def worker_rss_sleepers(redis_url: str, amqp_url: str, instances: int) -> 
 
 
 async def _namespace_bytes(redis_url: str, namespace: str) -> int:
-    from redis.asyncio import Redis
+    from consumers.runtime import open_redis
 
-    redis = Redis.from_url(redis_url)
+    redis = open_redis(redis_url)  # a redis+cluster:// URL: every node's keys
     try:
         total = 0
         async for key in redis.scan_iter(match=f"{namespace}:*", count=1000):
@@ -370,9 +370,8 @@ async def redis_bytes_finished(redis_url: str, amqp_url: str, instances: int, st
     ``shared_bytes_per_instance`` is its share of the partition-wide keys (status indexes etc.:
     the namespace total minus the per-instance keys, divided by the instances).
     """
-    from redis.asyncio import Redis
-
     from broker.partitioning import partition_of
+    from consumers.runtime import open_redis
     from engine.keys import Keys
 
     inst = Instrumented(redis_url, amqp_url)
@@ -385,7 +384,7 @@ async def redis_bytes_finished(redis_url: str, amqp_url: str, instances: int, st
         for instance in created:
             await _finish(instance, timeout=120)
         keys, partitions = Keys(inst.namespace), Settings().partitions
-        redis = Redis.from_url(redis_url)
+        redis = open_redis(redis_url)
         try:
             own = 0
             for instance in created:

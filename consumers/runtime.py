@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from broker.dispatch import BrokerDispatcher
@@ -21,39 +24,121 @@ from engine.clock import Clock
 from engine.config import Limits
 from engine.entrypoint import WorkflowEntrypoint
 from engine.errors import InvalidInputError, StoreUnavailable
-from engine.settings import Settings
+from engine.settings import Settings, redact_url
 from engine.store.announcements import finished_member
 from engine.store.redis import RedisStore
 from engine.watch import ChannelFeed, InstanceWatch
 
+CLUSTER_SCHEMES = ("redis+cluster",)
+"""URL schemes of a Redis Cluster: ``redis+cluster://[user:password@]host:port[,host:port...]``."""
 
-def open_store(settings: Settings) -> RedisStore:
-    """The checkpoint store on the configured Redis."""
+
+def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """The startup nodes, user name and password of a ``redis+cluster://`` URL.
+
+    Several nodes, so that a client starts while one of them is down; any one is enough to learn
+    the whole cluster. Redis Cluster has only database 0 (``/0`` may be given) and this URL takes no
+    query options.
+
+    Raises:
+        InvalidInputError: the URL is not of that form.
+    """
+    parts = urllib.parse.urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    if parts.scheme not in CLUSTER_SCHEMES or not hosts or parts.path not in ("", "/", "/0") or parts.query:
+        raise InvalidInputError(
+            f"a Redis Cluster URL is redis+cluster://[user:password@]host:port[,host:port...] (database 0, no "
+            f"options), got {redact_url(url)!r}"
+        )
+    nodes: list[tuple[str, int]] = []
+    for address in hosts.split(","):
+        if address.startswith("["):  # an IPv6 literal: [::1]:7000
+            host, _, port = address[1:].partition("]")
+            port = port.removeprefix(":")
+        else:
+            host, _, port = address.partition(":")
+        try:
+            nodes.append((host or "127.0.0.1", int(port or 6379)))
+        except ValueError:
+            raise InvalidInputError(f"bad Redis Cluster node {address!r} in {redact_url(url)!r}") from None
+    unquote = urllib.parse.unquote
+    return nodes, unquote(user) or None, unquote(password) if userinfo and ":" in userinfo else None
+
+
+def open_redis(url: str, *, max_connections: int = 100, pool_timeout_s: float = 20.0) -> Redis | RedisCluster:
+    """A redis-py asyncio client for ``url``: a ``RedisCluster`` for ``redis+cluster://``, else a ``Redis``."""
     # Retries ride over a dropped connection (every pooled connection may be dead after a network
     # cut). A retried commit is safe: it is sequence-checked, so a duplicate is rejected.
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.01), retries=8)
+    if urllib.parse.urlsplit(url).scheme in CLUSTER_SCHEMES:
+        nodes, username, password = cluster_nodes(url)
+        # The same retries, here the cluster client's: they also refresh its view of the cluster
+        # after a failover. Its pools are per node and do not block: a call beyond
+        # max_connections to one node fails (MaxConnectionsError, a ConnectionError) rather than
+        # waiting, which the engine treats like an unreachable Redis (retried later).
+        return RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+            username=username,
+            password=password,
+            max_connections=max_connections,
+            decode_responses=False,
+            health_check_interval=10,
+            retry=retry,
+        )
     # A blocking pool: a burst of concurrent calls (a gateway under load, a fan-out of reads) waits
     # for a connection instead of failing with "Too many connections" at the pool's limit.
     pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=settings.redis_max_connections,
-        timeout=settings.redis_pool_timeout_s,
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout_s,
         decode_responses=False,
         health_check_interval=10,
         retry=retry,
         retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError, OSError],
     )
-    return RedisStore(Redis.from_pool(pool), settings.partitions, namespace=settings.namespace, announce_created=True)
+    return Redis.from_pool(pool)
+
+
+def open_store(settings: Settings) -> RedisStore:
+    """The checkpoint store on the configured Redis (a single server, or a cluster: :func:`open_redis`)."""
+    redis = open_redis(
+        settings.redis_url,
+        max_connections=settings.redis_max_connections,
+        pool_timeout_s=settings.redis_pool_timeout_s,
+    )
+    return RedisStore(redis, settings.partitions, namespace=settings.namespace, announce_created=True)
 
 
 async def connect_store(settings: Settings) -> RedisStore:
-    """:func:`open_store`, checked with a ``PING``: a wrong URL or a down Redis fails here, clearly."""
+    """:func:`open_store`, checked: a wrong URL, a down Redis, one older than 7, or a node of a
+    cluster given as a single server fails here, clearly (one ``INFO`` round trip per server)."""
     store = open_store(settings)
+    url = settings.redacted(settings.redis_url)
+    cluster = urllib.parse.urlsplit(settings.redis_url).scheme in CLUSTER_SCHEMES
     try:
-        await store.redis.ping()
-    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        try:
+            if cluster:
+                infos = list((await store.redis.info("server", target_nodes=RedisCluster.PRIMARIES)).values())
+            else:
+                infos = [await store.redis.info("server")]
+        except (RedisConnectionError, RedisTimeoutError, OSError, RedisClusterException) as exc:
+            # A RedisClusterException: no startup node answered, or the server is not in cluster mode.
+            raise StoreUnavailable(f"cannot connect to Redis at {url}: {exc}") from exc
+        for info in infos:
+            version = str(info.get("redis_version", "0"))
+            if tuple(int(n) for n in version.split(".")[:2] if n.isdigit()) < (7, 0):
+                # The store's scripts announce on sharded pub/sub (SPUBLISH), which Redis 7 brought.
+                raise InvalidInputError(f"Hutch needs Redis 7 or later; the Redis at {url} is {version}")
+            if not cluster and info.get("redis_mode") == "cluster":
+                # A plain client reaches one node: every key of another node's slots answers MOVED.
+                raise InvalidInputError(
+                    f"the Redis at {url} is a node of a Redis Cluster: give the cluster as "
+                    "redis_url = redis+cluster://host:port[,host:port...]"
+                )
+    except BaseException:
         await store.close()
-        raise StoreUnavailable(f"cannot connect to Redis at {settings.redacted(settings.redis_url)}: {exc}") from exc
+        raise
     return store
 
 
@@ -104,9 +189,10 @@ async def open_client(
     # with another partition count than the workers would write instances to keys no worker reads.
     store, transport = await connect_servers(settings, limits)
     watch = InstanceWatch()
-    feed = ChannelFeed(store.redis, store.keys.finished_channel(), lambda data: watch.notify(*finished_member(data)))
+    feed = ChannelFeed(store.redis, lambda data: watch.notify(*finished_member(data)))
     try:
-        await feed.start()
+        # Every partition's finished channel, once: a wait then costs no subscription of its own.
+        await feed.start(store.keys.finished_channel(p) for p in range(store.partitions))
     except BaseException:
         await transport.close()
         await store.close()

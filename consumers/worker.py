@@ -106,10 +106,11 @@ class Worker:
         # (or a single one) simply consumes every partition.
         self.membership: Membership | None = None
         # A start message takes a broker round trip (a quorum queue's replicated, fsynced write)
-        # to arrive; the create's announcement on Redis pub/sub lets the owner start sooner.
+        # to arrive; the create's announcement on Redis pub/sub lets the owner start sooner. Each
+        # partition has its channel, heard from acquiring the partition to releasing it.
         self._notices: ChannelFeed | None = None
         if distributed:
-            self._notices = ChannelFeed(store.redis, store.keys.created_channel(), self._on_created)
+            self._notices = ChannelFeed(store.redis, self._on_created)
             self.membership = Membership(
                 store.redis,
                 store.keys.workers(),
@@ -170,11 +171,15 @@ class Worker:
             )
         else:
             await self.membership.tick()
+            if self._notices is not None:  # the first partitions' channels confirmed: later creates are heard
+                await self._notices.settled()
             self._tasks.append(loop.create_task(self.membership.run(), name="hutch-membership"))
         for task in self._tasks:
             task.add_done_callback(self._on_task_done)
 
     async def _acquire(self, partition: int) -> None:
+        if self._notices is not None:  # subscribed in the background (it never holds up an acquire)
+            self._notices.subscribe([self.store.keys.created_channel(partition)])
         listener = _SubscriptionListener(self.orchestrator)
         self._listeners[partition] = listener
         self._subscriptions[partition] = await self.transport.subscribe(
@@ -182,6 +187,8 @@ class Worker:
         )
 
     async def _release(self, partition: int) -> None:
+        if self._notices is not None:
+            self._notices.unsubscribe([self.store.keys.created_channel(partition)])
         self.orchestrator.forget_partition(partition)
         listener = self._listeners.pop(partition, None)
         if listener is not None:

@@ -5,7 +5,11 @@ partition's timers, active set, owner token and status indexes, so the one-scrip
 transition stays in one slot on Redis Cluster. The partition count is therefore fixed for a
 deployment (like Temporal's history shard count); it is recorded under :meth:`Keys.config`.
 A namespace (default ``hutch``) prefixes everything, so several deployments or test runs can
-share one Redis.
+share one Redis. The announcements (created and finished instances) go to per-partition sharded
+pub/sub channels under the same tag, so on a cluster each is published and heard on the node that
+holds its partition, not broadcast to every node. Only :meth:`Keys.config`, :meth:`Keys.workflows`
+and :meth:`Keys.workers` are namespace-wide; no script or transaction writes them together with a
+partition's keys.
 """
 
 from __future__ import annotations
@@ -14,6 +18,12 @@ from dataclasses import dataclass
 
 ALL = "all"
 """Pseudo-status whose index lists every instance of a workflow."""
+
+FINISHED_SUFFIX = ":finished"
+"""What follows a partition's prefix (``<namespace>:{pN}``) in its finished channel (:meth:`Keys.finished_channel`)."""
+
+CREATED_SUFFIX = ":created"
+"""What follows a partition's prefix in its created channel (:meth:`Keys.created_channel`)."""
 
 
 def instance_member(workflow: str, instance_id: str) -> str:
@@ -47,7 +57,11 @@ class Keys:
         return f"{self._tag(partition)}:timers"
 
     def active(self, partition: int) -> str:
-        """Set of the partition's instances a new owner must re-drive (queued/running/waitingForPause)."""
+        """Set of the partition's instances a new owner must re-drive (queued/running/waitingForPause).
+
+        create.lua builds the partition's created channel from this key's prefix, so it must end in
+        ``:active``.
+        """
         return f"{self._tag(partition)}:active"
 
     def owner(self, partition: int) -> str:
@@ -72,13 +86,21 @@ class Keys:
         """Set of workflow names that have instances."""
         return f"{self.namespace}:workflows"
 
-    def finished_channel(self) -> str:
-        """Pub/sub channel on which commits announce instances that reached a final status."""
-        return f"{self.namespace}:finished"
+    def finished_channel(self, partition: int) -> str:
+        """Sharded pub/sub channel on which commits announce the partition's instances reaching a final status.
 
-    def created_channel(self) -> str:
-        """Pub/sub channel on which creates announce new instances, so owners start them at once."""
-        return f"{self.namespace}:created"
+        Published (``SPUBLISH``) by commit.lua, which builds it from the partition's prefix and
+        :data:`FINISHED_SUFFIX`: on Redis Cluster a script's shard channel must hash to the script's
+        slot, and the partition's hash tag sees to that.
+        """
+        return f"{self._tag(partition)}{FINISHED_SUFFIX}"
+
+    def created_channel(self, partition: int) -> str:
+        """Sharded pub/sub channel on which creates announce the partition's new instances (its owner starts them).
+
+        Published by create.lua, built like :meth:`finished_channel` (:data:`CREATED_SUFFIX`).
+        """
+        return f"{self._tag(partition)}{CREATED_SUFFIX}"
 
     def workers(self) -> str:
         """Sorted set of live workers' heartbeats (score: last heartbeat epoch ms)."""

@@ -78,7 +78,10 @@ class Settings(BaseSettings):
     ``hutch.toml`` file (path from ``HUTCH_CONFIG``, default ``./hutch.toml``), defaults.
 
     Attributes:
-        redis_url: the checkpoint store; empty means embedded (fakeredis in this process).
+        redis_url: the checkpoint store; empty means embedded (fakeredis in this process). A single
+            server is ``redis://[:password@]host:port/db`` (or ``rediss://``, redis-py's URL forms);
+            a Redis Cluster is ``redis+cluster://[user:password@]host:port[,host:port...]`` (the
+            startup nodes: any reachable one finds the rest). Redis 7 or later.
         amqp_url: the broker; empty means embedded (the in-process transport).
         namespace: prefix of every Redis key and RabbitMQ name, so deployments can share servers.
         partitions: partition count, fixed for a deployment (part of every Redis key).

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
 import engine
-from consumers.runtime import start_distributed
+from consumers.runtime import open_redis, start_distributed
 from engine import Client, WorkflowEntrypoint
 from engine.clock import Clock
 from engine.config import Limits
@@ -52,6 +52,33 @@ def redis_url() -> str:
 def amqp_url() -> str:
     require_server("RabbitMQ", "127.0.0.1", 5672)
     return AMQP_URL
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> Iterator[str]:
+    """A private 3-master Redis Cluster for the whole session (``redis+cluster://`` URL).
+
+    Started once, from the ``redis-server`` and ``redis-cli`` on the PATH; skipped locally when
+    they are missing or the cluster does not come up, failing in CI.
+    """
+    from tests.private_servers import PrivateRedisCluster
+
+    def unavailable(message: str) -> None:
+        if IN_CI:
+            pytest.fail(f"{message} (CI must run the Redis Cluster tests)")
+        pytest.skip(message)
+
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        unavailable("redis-server and redis-cli are needed for a private Redis Cluster")
+    cluster = PrivateRedisCluster()
+    try:
+        cluster.start()
+    except Exception as exc:
+        unavailable(f"the private Redis Cluster did not start: {exc}")
+    try:
+        yield cluster.url
+    finally:
+        cluster.close()
 
 
 MakeClient = Callable[..., Awaitable[Client]]
@@ -126,9 +153,9 @@ async def _start_distributed(
     return client
 
 
-async def drop_namespace(namespace: str) -> None:
-    """Delete every Redis key of a test namespace."""
-    redis = Redis.from_url(REDIS_URL)
+async def drop_namespace(namespace: str, redis_url: str = REDIS_URL) -> None:
+    """Delete every Redis key of a test namespace (on every node of a ``redis+cluster://`` URL)."""
+    redis = open_redis(redis_url)
     try:
         keys = [key async for key in redis.scan_iter(match=f"{namespace}:*", count=1000)]
         for i in range(0, len(keys), 500):

@@ -13,16 +13,29 @@ Example::
         store = RedisStore(Redis.from_url(server.url), 4)
         await server.stop()   # clients get "connection refused"
         await server.start()  # back, with its data
+
+A :class:`PrivateRedisCluster` is three ``redis-server`` masters joined into one Redis Cluster (no
+replicas, no persistence); it is started and stopped synchronously, so one session-scoped fixture
+can outlive every test's event loop (``redis_cluster_url`` in tests/conftest.py).
+
+Example::
+
+    with PrivateRedisCluster() as cluster:
+        store = RedisStore(open_redis(cluster.url), 4)  # redis+cluster://...: a RedisCluster (consumers.runtime)
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -38,6 +51,28 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_cluster_port() -> int:
+    """A port P free for a Redis Cluster node: P and its cluster bus port P + 10000 are both unused.
+
+    Drawn below the kernel's ephemeral range (``free_port()`` answers from it, and P + 10000 of such
+    a port may be past 65535 or taken by an outgoing connection).
+    """
+    for _ in range(200):
+        port = random.randrange(20000, 30000)
+        if _port_free(port) and _port_free(port + 10000):
+            return port
+    raise RuntimeError("found no free port pair (P, P + 10000) for a Redis Cluster node")
 
 
 class PrivateRedis:
@@ -136,3 +171,140 @@ class PrivateRedis:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.close()
+
+
+class PrivateRedisCluster:
+    """``size`` ``redis-server`` masters (no replicas) joined into one Redis Cluster owned by the tests.
+
+    Each node runs with ``--cluster-enabled yes`` on a port whose bus port (+10000) is free too, in
+    a directory of its own, without persistence; ``redis-cli --cluster create`` spreads the 16384
+    slots over them. Every node is stopped by its PID and killed with the test run if that dies.
+    Synchronous, unlike :class:`PrivateRedis`: a session-scoped fixture starts it once, outside any
+    test's event loop.
+    """
+
+    def __init__(self, size: int = 3) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="hutch-redis-cluster-"))
+        self.ports: list[int] = []
+        for _ in range(size):
+            port = free_cluster_port()
+            while port in self.ports:
+                port = free_cluster_port()
+            self.ports.append(port)
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        """The Hutch settings URL of the cluster (every node a startup node)."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{port}" for port in self.ports)
+
+    @property
+    def node_urls(self) -> list[str]:
+        """A plain ``redis://`` URL per node (``RedisCluster.from_url`` takes any of them)."""
+        return [f"redis://127.0.0.1:{port}/0" for port in self.ports]
+
+    def log(self) -> str:
+        return "\n".join(
+            path.read_text(errors="replace")[-4000:] for path in sorted(self._dir.glob("*/redis.log")) if path.exists()
+        )
+
+    def start(self) -> PrivateRedisCluster:
+        """Start the nodes, create the cluster, and wait until every node reports ``cluster_state:ok``."""
+        executable, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if executable is None or cli is None:
+            raise RuntimeError("redis-server and redis-cli are needed for a private Redis Cluster")
+        try:
+            for port in self.ports:
+                node_dir = self._dir / str(port)
+                node_dir.mkdir()
+                self.procs.append(
+                    subprocess.Popen(
+                        [
+                            executable,
+                            "--port",
+                            str(port),
+                            "--bind",
+                            "127.0.0.1",
+                            "--cluster-enabled",
+                            "yes",
+                            "--cluster-config-file",
+                            f"nodes-{port}.conf",
+                            "--save",
+                            "",
+                            "--appendonly",
+                            "no",
+                            "--dir",
+                            str(node_dir),
+                            "--logfile",
+                            "redis.log",
+                        ],
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                        preexec_fn=die_with_parent,  # never outlives a killed test run
+                    )
+                )
+            for port in self.ports:
+                self._until(lambda port=port: self._cli(port, "ping") == "PONG", "answer PING")
+            created = subprocess.run(
+                [cli, "--cluster", "create", *self._addresses(), "--cluster-replicas", "0", "--cluster-yes"],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            if created.returncode != 0:
+                raise RuntimeError(
+                    f"redis-cli --cluster create failed:\n{created.stdout.decode()}{created.stderr.decode()}"
+                )
+            for port in self.ports:
+                self._until(lambda port=port: self._agrees(port), "report cluster_state:ok with every node")
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _addresses(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.ports]
+
+    def _cli(self, port: int, *args: str) -> str:
+        result = subprocess.run(
+            ["redis-cli", "-p", str(port), *args], stdin=subprocess.DEVNULL, capture_output=True, timeout=5, check=False
+        )
+        return result.stdout.decode(errors="replace").strip()
+
+    def _agrees(self, port: int) -> bool:
+        info = self._cli(port, "cluster", "info")
+        return "cluster_state:ok" in info and f"cluster_known_nodes:{len(self.ports)}" in info
+
+    def _until(self, check: Callable[[], bool], what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            for proc in self.procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"a cluster node exited with {proc.returncode}:\n{self.log()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the private Redis Cluster did not {what} within {timeout} s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def close(self) -> None:
+        """Stop every node (SIGTERM, then SIGKILL after 10 s) and delete their directories; idempotent."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> PrivateRedisCluster:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

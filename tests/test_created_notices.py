@@ -1,9 +1,10 @@
 """Creation notices: the owner starts a new instance on the create's Redis announcement.
 
 A start message waits for a quorum queue's replicated write before it is delivered; create.lua
-also publishes what it created on ``<namespace>:created``, and a distributed worker starts the
-instances it owns from that at once. The start message stays the durable path: a notice only
-ever saves time, and the message that trails it is acknowledged with no further work.
+also publishes what it created on its partition's sharded channel ``<namespace>:{pN}:created``, and
+a distributed worker, subscribed to the channels of the partitions it owns, starts them from that at
+once. The start message stays the durable path: a notice only ever saves time, and the message that
+trails it is acknowledged with no further work.
 """
 
 from __future__ import annotations
@@ -59,12 +60,13 @@ def _fields(iid: str, created: int, params: Any) -> dict[str, Any]:
     }
 
 
-async def _next_announcement(pubsub: PubSub) -> list[Created]:
+async def _next_announcement(pubsub: PubSub) -> tuple[str, list[Created]]:
+    """The channel and the instances of the next creation notice."""
     async with asyncio.timeout(10):
         while True:
-            message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            message = await pubsub.get_sharded_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is not None:
-                return created_instances(message["data"])
+                return message["channel"].decode(), created_instances(message["data"])
 
 
 # ---------------------------------------------------------------------------- the announcement
@@ -74,21 +76,29 @@ async def test_the_create_script_announces_only_what_it_created(redis_url: str) 
     store = RedisStore(redis, 4, namespace=namespace, announce_created=True)
     quiet = RedisStore(redis, 4, namespace=namespace)  # an embedded-style store announces nothing
     pubsub = redis.pubsub()
-    await pubsub.subscribe(store.keys.created_channel())
+    await pubsub.ssubscribe(*(store.keys.created_channel(p) for p in range(4)))
     try:
-        small, large = unique("small"), unique("large")
+        small, large, also = unique("small"), unique("large"), unique("also")
         rows = [
             (1, "one", small, 1000, _fields(small, 1000, {"n": 1})),
             (2, "one", large, 1001, _fields(large, 1001, {"blob": "x" * ANNOUNCED_BLOB_MAX})),
+            (1, "one", also, 1001, _fields(also, 1001, None)),
         ]
-        assert await store.create_many(rows) == [True, True]
-        announced = await _next_announcement(pubsub)
-        # The small one carries the meta a load returns (its owner needs no read); the large one
+        assert await store.create_many(rows) == [True, True, True]
+        # One message per partition, on the partition's own channel.
+        announced = {}
+        for _ in range(2):
+            channel, created = await _next_announcement(pubsub)
+            announced[channel] = [(c.workflow, c.instance_id, c.meta()) for c in created]
+        # The small ones carry the meta a load returns (their owner needs no read); the large one
         # only names itself.
-        assert [(c.workflow, c.instance_id, c.meta()) for c in announced] == [
-            ("one", small, await store.read_meta(1, "one", small)),
-            ("one", large, None),
-        ]
+        assert announced == {
+            store.keys.created_channel(1): [
+                ("one", small, await store.read_meta(1, "one", small)),
+                ("one", also, await store.read_meta(1, "one", also)),
+            ],
+            store.keys.created_channel(2): [("one", large, None)],
+        }
 
         fresh, unheard = unique("fresh"), unique("unheard")
         assert await quiet.create(3, "one", unheard, 1002, _fields(unheard, 1002, None))
@@ -96,7 +106,8 @@ async def test_the_create_script_announces_only_what_it_created(redis_url: str) 
             [(1, "one", small, 1003, _fields(small, 1003, None)), (3, "one", fresh, 1004, _fields(fresh, 1004, None))]
         ) == [False, True]
         # The next message names only the instance created: not the existing id, not the quiet store's.
-        assert [c.instance_id for c in await _next_announcement(pubsub)] == [fresh]
+        channel, created = await _next_announcement(pubsub)
+        assert (channel, [c.instance_id for c in created]) == (store.keys.created_channel(3), [fresh])
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]
         await redis.aclose()

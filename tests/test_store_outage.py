@@ -158,8 +158,9 @@ async def test_events_survive_a_store_outage_longer_than_the_delivery_limit(
     store = worker.store
 
     async def feed_resubscribed() -> bool:
-        [(_, subscribers)] = await store.redis.pubsub_numsub(store.keys.created_channel())
-        return int(subscribers) >= 1
+        channels = [store.keys.created_channel(p) for p in worker.partitions]
+        counts = await store.redis.pubsub_shardnumsub(*channels)
+        return bool(channels) and all(int(n) >= 1 for _, n in counts)
 
     await eventually(feed_resubscribed, timeout=10)
     later = await client.workflow("awaits").create(params={})

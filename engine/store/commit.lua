@@ -6,8 +6,10 @@
 -- KEYS: for each of the call's P partitions its timers, active set, owner and retention set (4P
 --       keys); then per transition its meta, history and event buffer keys, followed by the old and
 --       new status index keys when the transition changes the status.
--- ARGV: 1 P; 2 .. P+1 each partition's fence token ('' = unfenced); P+2 the pub/sub channel that
---   hears of instances reaching a final status (remote clients wait on it instead of polling); P+3
+-- ARGV: 1 P; 2 .. P+1 each partition's fence token ('' = unfenced); P+2 the suffix of the sharded
+--   pub/sub channels that hear of instances reaching a final status (remote clients wait on them
+--   instead of polling): a partition's channel is its prefix (its retention key without
+--   ':retention') and this suffix, in its slot as a script's SPUBLISH must be on Redis Cluster; P+3
 --   how many index entries whose retention ended each finish prunes at most;
 --   then two per transition:
 --   a header of space-separated tokens:
@@ -71,7 +73,7 @@ for a = P + 4, #ARGV, 2 do
     for i = f + h[12], f + h[12] + h[13] - 1 do redis.call('LREM', evbuf, 1, p[i]) end
     if h[4] ~= '.' then later(h[4] == '+' and 'SADD' or 'SREM', KEYS[4 * j - 2], p[1]) end
     if h[14] > 0 then later('ZREM', KEYS[k + 4], p[1]); later('ZADD', KEYS[k + 5], h[5], p[1]) end
-    if h[14] == 2 then finished[#finished + 1] = p[1] end
+    if h[14] == 2 then finished[#finished + 1] = {j, p[1]} end
     for _, key in ipairs(h[6] ~= 0 and {meta, hist, evbuf} or {}) do
       if h[6] > 0 then redis.call('EXPIRE', key, h[6]) else redis.call('PERSIST', key) end
     end
@@ -99,9 +101,9 @@ end
 -- incarnation's final-status entries go. One still finished has not expired on Redis's clock yet
 -- (the workers' clocks run ahead of it): it stays for a later finish to prune.
 local final = {complete = true, errored = true, terminated = true}
+local function prefix(j) return string.sub(KEYS[4 * j], 1, #KEYS[4 * j] - #':retention') end
 for j, prune in pairs(pruning) do
-  local retention = KEYS[4 * j]
-  local tag = string.sub(retention, 1, #retention - #':retention')
+  local retention, tag = KEYS[4 * j], prefix(j)
   local due = redis.call('ZRANGEBYSCORE', retention, '-inf', prune.now, 'LIMIT', 0, prune.budget)
   local pruned = {}
   for _, member in ipairs(due) do
@@ -116,5 +118,5 @@ for j, prune in pairs(pruning) do
   if #pruned > 0 then redis.call('ZREM', retention, unpack(pruned)) end
 end
 -- Announced after the writes: a subscriber that reads the instance on hearing this sees them.
-for _, member in ipairs(finished) do redis.call('PUBLISH', ARGV[P + 2], member) end
+for _, f in ipairs(finished) do redis.call('SPUBLISH', prefix(f[1]) .. ARGV[P + 2], f[2]) end
 return results

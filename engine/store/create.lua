@@ -1,17 +1,20 @@
 -- Create instances, each unless its id exists, of one partition or of several (see commit.lua).
 -- KEYS: the active set of each of the call's P partitions; then 3 per instance: meta, its
 --       workflow's queued index, its "all" index.
--- ARGV: 1 P; 2 the pub/sub channel that hears of the created instances ('' = none), so partition
---       owners start them without waiting for the broker: one message per call, a record per
---       instance (engine/store/announcements.py), its header and blob when the blob is at most
---       ARGV 3 bytes, else '- ' and its member; then two per instance, a header and a blob (see
+-- ARGV: 1 P; 2 the suffix of the sharded pub/sub channels that hear of the created instances
+--       ('' = none), so partition owners start them without waiting for the broker: each
+--       partition's channel is its prefix (its active set's key without ':active') and this suffix,
+--       so it hashes to the partition's slot, as Redis Cluster requires of a script's SPUBLISH. One
+--       message per partition and call, a record per instance (engine/store/announcements.py), its
+--       header and blob when the blob is at most ARGV 3 bytes, else '- ' and its member; then two
+--       per instance, a header and a blob (see
 --       commit.lua): the header is space-separated tokens, the partition's position (1..P), created
 --       ms, then the byte length of each blob part; the blob holds the instance member followed by
 --       the meta field/value items.
 -- Returns one code per instance: 1 created, 0 already exists.
 local parts, carried = tonumber(ARGV[1]), tonumber(ARGV[3])
 local results, active, created = {}, {}, {}
-for j = 1, parts do active[j] = {} end
+for j = 1, parts do active[j] = {}; created[j] = {} end
 local queued, all_index, workflows = {}, {}, {}
 local k = parts
 for a = 4, #ARGV, 2 do
@@ -30,9 +33,11 @@ for a = 4, #ARGV, 2 do
     local q = KEYS[k + 2]
     if not queued[q] then queued[q] = {}; all_index[q] = KEYS[k + 3]; workflows[#workflows + 1] = q end
     local list = queued[q]; list[#list + 1] = h[2]; list[#list + 1] = member
-    local set = active[tonumber(h[1])]; set[#set + 1] = member
+    local j = tonumber(h[1])
+    local set = active[j]; set[#set + 1] = member
     if ARGV[2] ~= '' then
-      created[#created + 1] = #blob <= carried and (ARGV[a] .. '\n' .. blob) or ('- ' .. member .. '\n')
+      local notices = created[j]
+      notices[#notices + 1] = #blob <= carried and (ARGV[a] .. '\n' .. blob) or ('- ' .. member .. '\n')
     end
     results[#results + 1] = 1
   end
@@ -52,5 +57,9 @@ for j = 1, parts do
   for i = 1, #set, 2000 do redis.call('SADD', KEYS[j], unpack(set, i, math.min(i + 1999, #set))) end
 end
 -- Announced after the writes: an owner that loads an instance on hearing this sees it.
-if #created > 0 then redis.call('PUBLISH', ARGV[2], table.concat(created)) end
+for j = 1, parts do
+  if #created[j] > 0 then
+    redis.call('SPUBLISH', string.sub(KEYS[j], 1, #KEYS[j] - #':active') .. ARGV[2], table.concat(created[j]))
+  end
+end
 return results

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis
@@ -31,6 +31,12 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (
     ConnectionError,
     OSError,
     TimeoutError,
+    # A Redis Cluster's: no node reachable, a slot without a node or a node down during a failover
+    # (CLUSTERDOWN, MASTERDOWN), redirections without end or TRYAGAIN while a slot moves.
+    redis_exceptions.RedisClusterUnreachableError,
+    redis_exceptions.SlotNotCoveredError,
+    redis_exceptions.ClusterError,
+    redis_exceptions.TryAgainError,
 )
 """Errors that mean Redis is unreachable right now (retry later), as opposed to a bug."""
 
@@ -150,23 +156,26 @@ class RedisStore:
     """Instances, histories, timers and indexes in Redis.
 
     Args:
-        redis: a ``redis.asyncio.Redis`` (or fakeredis) client with ``decode_responses=False``.
+        redis: a ``redis.asyncio.Redis`` (or fakeredis) or ``redis.asyncio.cluster.RedisCluster`` client
+            with ``decode_responses=False``: one implementation for a single server and a cluster, whose
+            scripts and MULTI-free pipelines never need two partitions' keys in one command.
         partitions: the deployment's partition count (fixed; part of every key's hash tag).
         namespace: prefix of every key, so deployments (or tests) can share a Redis.
         cross_slot: whether one script call may write several partitions. Every partition's keys
             share its hash tag, so a call per partition stays in one Redis Cluster slot; a
             standalone server has no slots, and a batch then costs one script call in all.
             Default: False for a ``RedisCluster`` client, True otherwise.
-        announce_created: whether creates publish the new instances on the "created" channel,
-            where distributed workers hear of them and start the ones they own without waiting for
-            the start message's broker round trip (an embedded worker gets its messages at once).
+        announce_created: whether creates publish the new instances on their partition's "created"
+            channel (sharded pub/sub), where the partition's owner hears of them and starts them
+            without waiting for the start message's broker round trip (an embedded worker gets its
+            messages at once).
         prune_per_finish: how many index entries of instances whose retention ended each finishing
             commit removes at most (see commit.lua); at least 1.
     """
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Redis | RedisCluster,
         partitions: int,
         *,
         namespace: str = "hutch",
@@ -176,11 +185,14 @@ class RedisStore:
     ) -> None:
         if prune_per_finish < 1:
             raise ValueError(f"prune_per_finish must be at least 1, got {prune_per_finish}")
-        self.redis = redis
+        # Typed as a Redis for the store's users: a RedisCluster has every command they call on it
+        # (single-key commands, and pipelines without MULTI, which it splits by node).
+        self.redis: Redis = cast("Redis", redis)
         self.partitions = partitions
         self.keys = Keys(namespace)
         self.cross_slot = not isinstance(redis, RedisCluster) if cross_slot is None else cross_slot
-        self._created_channel = self.keys.created_channel() if announce_created else ""
+        # The channels' suffix: the scripts publish on each partition's own channel (keys.py).
+        self._created_channel = keys.CREATED_SUFFIX if announce_created else ""
         self._commit: AsyncScript = redis.register_script(_script("commit.lua"))
         self._create: AsyncScript = redis.register_script(_script("create.lua"))
         self._delete_unstarted: AsyncScript = redis.register_script(_script("delete_unstarted.lua"))
@@ -350,8 +362,7 @@ class RedisStore:
             call.order.append(n)
             slot = call.slot(p, self._partition_keys, fences.get(p, ""))
             self._commit_call(t, slot, call)
-        channel = self.keys.finished_channel()
-        commands = [call.command(channel, self.prune_per_finish) for call in calls]
+        commands = [call.command(keys.FINISHED_SUFFIX, self.prune_per_finish) for call in calls]
         results = await self._evalsha_many(self._commit, commands)
         return [CommitResult(int(r)) for r in _ungroup(len(transitions), calls, results)]
 
