@@ -7,6 +7,7 @@ several deployments, or several test runs, can share one broker::
     hutch.p0 .. pN-1  one quorum queue per partition (single active consumer, delivery limit)
     hutch.dlx         fanout exchange the partition queues dead-letter to
     hutch.dlq         the dead-letter queue operators read
+    hutch.repartition where ``hutch admin repartition`` stages queued messages (exists only meanwhile)
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def dead_letter_exchange(namespace: str) -> str:
 def dead_letter_queue(namespace: str) -> str:
     """The queue holding dead-lettered messages until an operator looks at them."""
     return f"{namespace}.dlq"
+
+
+def repartition_queue(namespace: str) -> str:
+    """The quorum queue ``hutch admin repartition`` stages the partition queues' messages in (broker/repartition.py)."""
+    return f"{namespace}.repartition"
 
 
 def consumer_tag(namespace: str, partition: int, subscriber: str) -> str:

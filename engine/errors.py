@@ -30,6 +30,7 @@ The tree::
      ├── WaitTimeout                   Instance.wait() gave up before the instance finished
      ├── WorkflowCodeError             run() awaited something that is not a step
      ├── DeploymentMismatch            partitions or limits differ from those the deployment recorded
+     ├── RepartitionRefused            hutch admin repartition cannot start or go on (e.g. a worker runs)
      └── ServiceUnavailable            a server the runtime needs cannot be reached at start
           ├── BrokerUnavailable         RabbitMQ refused, timed out or failed the handshake
           └── StoreUnavailable          Redis refused or timed out
@@ -209,6 +210,14 @@ class DeploymentMismatch(HutchError):
     later one must match them. A partition count is part of every key (a client with another one
     writes instances no worker ever sees), and workers with different limits would decide the same
     replay differently. Fix the settings to the recorded values named in the message.
+    """
+
+
+class RepartitionRefused(HutchError):
+    """``hutch admin repartition`` cannot start or go on; the message says why and what to do.
+
+    A worker of the deployment is alive (it would go on using the old layout), the namespace has
+    no deployment recorded, or another repartition (to another count) is under way.
     """
 
 

@@ -14,10 +14,16 @@ partition's keys.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+from engine.status import Status
 
 ALL = "all"
 """Pseudo-status whose index lists every instance of a workflow."""
+
+INDEXED_STATUSES: tuple[str, ...] = (*(s.value for s in Status), ALL)
+"""Every status a status index may exist for (those an instance can be in, and :data:`ALL`)."""
 
 FINISHED_SUFFIX = ":finished"
 """What follows a partition's prefix (``<namespace>:{pN}``) in its finished channel (:meth:`Keys.finished_channel`)."""
@@ -29,6 +35,24 @@ CREATED_SUFFIX = ":created"
 def instance_member(workflow: str, instance_id: str) -> str:
     """How an instance is named inside partition sets (neither part may contain ':')."""
     return f"{workflow}:{instance_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionSet:
+    """A partition-wide set or sorted set whose members each name one instance of the partition.
+
+    Attributes:
+        key: the key.
+        scored: a sorted set (the scores mean something and must be kept), else a plain set.
+        timers: members are packed timer ids (msgpack ``[kind, workflow, instance id, ...]``);
+            otherwise they are :func:`instance_member` names.
+        names_every_instance: every instance of the partition (of the set's workflow) is a member.
+    """
+
+    key: str
+    scored: bool
+    timers: bool = False
+    names_every_instance: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +75,17 @@ class Keys:
     def event_buffer(self, partition: int, workflow: str, instance_id: str) -> str:
         """List of events received before a matching wait (msgpack, FIFO)."""
         return f"{self._tag(partition)}:i:{workflow}:{instance_id}:evbuf"
+
+    def instance_keys(self, partition: int, workflow: str, instance_id: str) -> tuple[str, ...]:
+        """Every key holding the instance's own data: what moving it to another partition takes.
+
+        A key added per instance must be added here, or a repartition leaves it behind.
+        """
+        return (
+            self.meta(partition, workflow, instance_id),
+            self.history(partition, workflow, instance_id),
+            self.event_buffer(partition, workflow, instance_id),
+        )
 
     def timers(self, partition: int) -> str:
         """Sorted set of the partition's due timers (member: packed timer id, score: due epoch ms)."""
@@ -82,6 +117,26 @@ class Keys:
         """
         return f"{self._tag(partition)}:retention"
 
+    def partition_sets(self, partition: int, workflows: Iterable[str]) -> list[PartitionSet]:
+        """Every partition-wide key whose members name instances, for these workflow names.
+
+        The same position holds the same set in every partition's list, so ``partition_sets(q,
+        ...)[i]`` is where an entry of ``partition_sets(p, ...)[i]`` goes when its instance moves
+        from ``p`` to ``q``. The one other partition key, :meth:`owner`, names no instance: a
+        partition's next owner writes it. A partition-wide key added here must be listed, or a
+        repartition leaves its entries behind.
+        """
+        sets = [
+            PartitionSet(self.timers(partition), scored=True, timers=True),
+            PartitionSet(self.active(partition), scored=False),
+            PartitionSet(self.retention(partition), scored=True),
+        ]
+        for workflow in sorted(set(workflows)):
+            for status in INDEXED_STATUSES:
+                index = self.status_index(partition, workflow, status)
+                sets.append(PartitionSet(index, scored=True, names_every_instance=status == ALL))
+        return sets
+
     def workflows(self) -> str:
         """Set of workflow names that have instances."""
         return f"{self.namespace}:workflows"
@@ -107,5 +162,9 @@ class Keys:
         return f"{self.namespace}:workers"
 
     def config(self) -> str:
-        """Deployment-wide settings every process must agree with (partition count, limits)."""
+        """Deployment-wide settings every process must agree with (partition count, limits).
+
+        While ``hutch admin repartition`` runs, its progress is recorded here too (field
+        ``repartition``), and no process starts.
+        """
         return f"{self.namespace}:config"

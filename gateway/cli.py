@@ -5,7 +5,9 @@ Servers and local runs:
 * ``hutch run FILE[:Class] --params JSON`` runs one instance to completion on the embedded runtime
   (in this process, no servers needed) and shows its progress live (:mod:`gateway.progress`);
 * ``hutch dev`` (:mod:`gateway.dev`), ``hutch gateway`` (:mod:`gateway.serve_gateway`) and
-  ``hutch worker`` (:mod:`gateway.worker_command`) run until SIGINT/SIGTERM.
+  ``hutch worker`` (:mod:`gateway.worker_command`) run until SIGINT/SIGTERM;
+* ``hutch admin repartition`` (:mod:`gateway.admin_command`) changes a stopped deployment's
+  partition count.
 
 Clients of a gateway's REST API (``--url``/``HUTCH_URL``, ``--token``/``HUTCH_TOKEN``), so they work
 against ``hutch dev`` and a remote deployment alike: ``hutch workflows list|trigger``, ``hutch
@@ -88,6 +90,7 @@ class LazyGroup(click.Group):
     cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
     lazy_subcommands={
+        "admin": "gateway.admin_command:admin",
         "dev": "gateway.dev:dev",
         "gateway": "gateway.serve_gateway:gateway",
         "worker": "gateway.worker_command:worker",
@@ -102,6 +105,7 @@ def main() -> None:
     \b
     Local:     hutch run, hutch dev
     Servers:   hutch worker, hutch gateway
+    Operating: hutch admin repartition --to N
     REST API:  hutch workflows, hutch instances, hutch events
                (--url / HUTCH_URL, default http://127.0.0.1:8787; --token / HUTCH_TOKEN)
     """

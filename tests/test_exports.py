@@ -53,6 +53,7 @@ ENGINE_ALL = [
     "NotSerializable",
     "PayloadTooLarge",
     "ReceivedEvent",
+    "RepartitionRefused",
     "RetryConfig",
     "RollbackStep",
     "ServiceUnavailable",

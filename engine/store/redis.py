@@ -53,10 +53,12 @@ second removes up to 8n expired ones a second, while only n a second can expire 
 _RECORD_DEPLOYMENT = """
 redis.call('HSETNX', KEYS[1], 'partitions', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'limits', ARGV[2])
-return redis.call('HMGET', KEYS[1], 'partitions', 'limits')
+return redis.call('HMGET', KEYS[1], 'partitions', 'limits', 'repartition')
 """
 """Records a deployment's settings unless recorded, and returns the record: one script, so two first
-processes starting at once cannot leave a record that mixes their settings."""
+processes starting at once cannot leave a record that mixes their settings. The record's
+``repartition`` field is the progress of a running (or interrupted) ``hutch admin repartition``
+(engine/store/repartition.py)."""
 
 _TEXT_FIELDS = frozenset({"wf", "id", "status"})
 _INT_FIELDS = frozenset({"seq", "run", "created", "started", "ended"})
@@ -213,20 +215,31 @@ class RedisStore:
         partitions no worker consumes, or deciding the same replay differently.
 
         Raises:
-            DeploymentMismatch: naming what differs and the recorded value.
+            DeploymentMismatch: naming what differs and the recorded value, or saying that the
+                deployment is being repartitioned (no process may run until that is done).
         """
         key = self.keys.config()
         mine = limits.model_dump(mode="json")
-        stored_partitions, stored_limits = await self._record_deployment(
+        stored_partitions, stored_limits, repartitioning = await self._record_deployment(
             [key], [self.partitions, json.dumps(mine, sort_keys=True)]
         )
         namespace = self.keys.namespace
+        if repartitioning:
+            # Keys and queues are half moved: a process on either partition count would miss some.
+            plan = json.loads(repartitioning)
+            raise DeploymentMismatch(
+                f"the deployment in namespace {namespace!r} is being repartitioned from {plan.get('from')} to "
+                f"{plan.get('to')} partitions (hutch admin repartition); nothing may run until it is done: run "
+                f"hutch admin repartition --to {plan.get('to')} to finish it if it was interrupted, then start "
+                f"every process with partitions = {plan.get('to')}"
+            )
         stored = int(stored_partitions or self.partitions)
         if stored != self.partitions:
             raise DeploymentMismatch(
                 f"this Redis holds data for {stored} partitions (namespace {namespace!r}) but this process has "
-                f"HUTCH_PARTITIONS={self.partitions}; the partition count is part of every key and cannot change "
-                f"under existing data: set partitions = {stored} (HUTCH_PARTITIONS or hutch.toml)"
+                f"HUTCH_PARTITIONS={self.partitions}; the partition count is part of every key: set partitions = "
+                f"{stored} (HUTCH_PARTITIONS or hutch.toml), or change the deployment's with every process stopped: "
+                f"hutch admin repartition --to {self.partitions}"
             )
         recorded: dict[str, Any] = json.loads(stored_limits) if stored_limits else mine
         differ = sorted(name for name in mine.keys() | recorded.keys() if mine.get(name) != recorded.get(name))
