@@ -10,8 +10,9 @@ stopped nothing consumes the queues, and the messages are moved (consumed, since
    one staging queue (``<namespace>.repartition``, a quorum queue like the partition queues). The
    old partition numbers and the new ones overlap (``p3`` exists under 4 partitions and under 8), so
    messages cannot be re-routed in place: a queue being drained would receive messages meanwhile.
-   Then the old queues no new partition has are deleted and the new topology is declared (by the
-   caller, with the transport's own declarations).
+   A partition's own markers (:func:`names_no_instance`) are dropped instead. Then the old queues
+   no new partition has are deleted and the new topology is declared (by the caller, with the
+   transport's own declarations).
 2. distribute: the staging queue is emptied in order, each message to the queue of its instance's
    new partition (through the work exchange, as the dispatcher publishes). A message that does not
    decode goes to the dead-letter queue with the reason, as a consumer would have sent it.
@@ -72,6 +73,16 @@ class _Publish:
     routing_key: str
     body: bytes
     headers: dict[str, str]
+
+
+def names_no_instance(body: bytes) -> bool:
+    """Whether a partition queue's message is the partition's own rather than an instance's.
+
+    Every instance message is a msgpack map (broker/envelopes.py), never empty; an empty body is a
+    marker a worker keeps in the queue of a partition it owns (its lease). Such a marker means
+    something in its old queue only: it is dropped, and the partition's next owner writes its own.
+    """
+    return not body
 
 
 class QueueMover:
@@ -165,19 +176,25 @@ class QueueMover:
         return 0 if state is None else state.messages
 
     # ------------------------------------------------------------------ moving
-    async def drain(self, partitions: Iterable[int], advance: Advance) -> int:
-        """Move every message of these partitions' queues (those that exist) to the staging queue, in order."""
+    async def drain(self, partitions: Iterable[int], advance: Advance) -> tuple[int, int]:
+        """Move every message of these partitions' queues (those that exist) to the staging queue, in
+        order: (staged, dropped). Dropped are the partitions' own markers (:func:`names_no_instance`)."""
         raw = await self._raw()
         await raw.queue_declare(self.staging, durable=True, arguments=STAGING_ARGUMENTS)
+        dropped = 0
+
+        def target(message: DeliveredMessage) -> _Publish | None:
+            nonlocal dropped
+            if names_no_instance(message.body):
+                dropped += 1
+                return None
+            return _Publish("", self.staging, message.body, _user_headers(message.header.properties.headers))
+
         moved = 0
         for p in partitions:
             # A queue an earlier run drained and deleted is skipped (_move finds it missing).
-            moved += await self._move(
-                names.partition_queue(self.namespace, p),
-                lambda m: _Publish("", self.staging, m.body, _user_headers(m.header.properties.headers)),
-                advance,
-            )
-        return moved
+            moved += await self._move(names.partition_queue(self.namespace, p), target, advance)
+        return moved - dropped, dropped
 
     async def delete_partition_queues(self, partitions: Iterable[int]) -> int:
         """Delete these partitions' queues (drained: no new partition has them); how many existed."""
@@ -199,7 +216,7 @@ class QueueMover:
         dead_letters = names.dead_letter_exchange(self.namespace)
         dead = 0
 
-        def target(message: DeliveredMessage) -> _Publish:
+        def target(message: DeliveredMessage) -> _Publish | None:
             nonlocal dead
             headers = _user_headers(message.header.properties.headers)
             try:
@@ -219,7 +236,7 @@ class QueueMover:
         raw = await self._raw()
         await raw.queue_delete(self.staging)
 
-    async def _move(self, queue: str, target: Callable[[DeliveredMessage], _Publish], advance: Advance) -> int:
+    async def _move(self, queue: str, target: Callable[[DeliveredMessage], _Publish | None], advance: Advance) -> int:
         """Publish elsewhere and acknowledge every message of ``queue``, a batch at a time, in order.
 
         Partition queues have a single active consumer, and RabbitMQ refuses ``basic.get`` on such
@@ -241,7 +258,7 @@ class QueueMover:
             moved += taken
 
     async def _consume(
-        self, queue: str, expected: int, target: Callable[[DeliveredMessage], _Publish], advance: Advance
+        self, queue: str, expected: int, target: Callable[[DeliveredMessage], _Publish | None], advance: Advance
     ) -> int:
         if self._connection is None:
             raise RuntimeError("QueueMover is not connected; use it as `async with QueueMover(...)`")
@@ -268,7 +285,8 @@ class QueueMover:
                     fetched.append(inbox.get_nowait())
                 # Published concurrently but in order: aiormq writes a channel's publishes under a
                 # FIFO lock, so the destination receives them in the order they were delivered.
-                await asyncio.gather(*(self._publish(publisher, target(m)) for m in fetched))
+                publishes = [item for item in map(target, fetched) if item is not None]
+                await asyncio.gather(*(self._publish(publisher, item) for item in publishes))
                 await raw.basic_ack(fetched[-1].delivery_tag or 0, multiple=True)
                 taken += len(fetched)
                 advance(len(fetched))

@@ -71,6 +71,7 @@ class RepartitionSummary:
         resumed: this run finished an interrupted one.
         redis: the instances, keys and set entries moved.
         staged: messages drained from the old partition queues.
+        dropped: partition markers (workers' leases) found in the old queues, dropped.
         rerouted: messages published to their new partition queues.
         dead_lettered: staged messages that did not decode (sent to the dead-letter queue).
         queues_deleted: old partition queues deleted (those no new partition has).
@@ -83,6 +84,7 @@ class RepartitionSummary:
     resumed: bool = False
     redis: RedisCounts = field(default_factory=RedisCounts)
     staged: int = 0
+    dropped: int = 0
     rerouted: int = 0
     dead_lettered: int = 0
     queues_deleted: int = 0
@@ -183,7 +185,7 @@ async def _carry_out(
     if plan.phase == "drain":
         states = await queues.partition_states(range(plan.source))
         reporter.phase("drain", "RabbitMQ: staging queued messages", sum(s.messages for s in states.values()))
-        summary.staged = await queues.drain(range(plan.source), reporter.advance)
+        summary.staged, summary.dropped = await queues.drain(range(plan.source), reporter.advance)
         summary.queues_deleted = await queues.delete_partition_queues(range(plan.target, plan.source))
         # Declared as the workers declare them (arguments, dead-lettering), by the transport itself.
         transport = open_transport(settings.model_copy(update={"partitions": plan.target}))
@@ -245,6 +247,8 @@ def _summary_table(summary: RepartitionSummary) -> Table:
     if counts.unreadable:
         table.add_row("entries naming no instance (left)", str(counts.unreadable))
     table.add_row("queued messages re-routed", str(summary.rerouted))
+    if summary.dropped:
+        table.add_row("partition markers (leases) dropped", str(summary.dropped))
     if summary.dead_lettered:
         table.add_row("undecodable messages dead-lettered", str(summary.dead_lettered))
     table.add_row("old partition queues deleted", str(summary.queues_deleted))

@@ -27,7 +27,7 @@ from broker import names
 from broker.partitioning import partition_of
 from broker.repartition import QueueMover
 from broker.transports.rabbitmq import RabbitMQTransport
-from consumers.runtime import start_distributed
+from consumers.runtime import open_redis, start_distributed
 from engine import (
     Client,
     DeploymentMismatch,
@@ -88,14 +88,17 @@ class Server:
         return ns
 
 
-@pytest.fixture(params=["fake", "real"])
+@pytest.fixture(params=["fake", "real", "cluster"])
 async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
-    """fakeredis, or the real Redis (skipped locally when absent, failing in CI)."""
+    """fakeredis, the real Redis, or the private Redis Cluster, where an instance's old and new keys
+    are in different slots (the servers are skipped locally when absent, failing in CI)."""
     if request.param == "fake":
         client: Any = fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer())
-    else:
+    elif request.param == "real":
         request.getfixturevalue("redis_url")
         client = aioredis.Redis.from_url(REDIS_URL)
+    else:
+        client = open_redis(request.getfixturevalue("redis_cluster_url"))
     server = Server(client)
     yield server
     for namespace in server.namespaces:
@@ -265,13 +268,13 @@ CLASSES: dict[str, type[WorkflowEntrypoint]] = {
 }
 
 
-def settings_for(namespace: str, partitions: int) -> Settings:
-    return Settings(redis_url=REDIS_URL, amqp_url=AMQP_URL, namespace=namespace, partitions=partitions, heartbeat_s=0.2)
+def settings_for(namespace: str, partitions: int, redis_url: str = REDIS_URL) -> Settings:
+    return Settings(redis_url=redis_url, amqp_url=AMQP_URL, namespace=namespace, partitions=partitions, heartbeat_s=0.2)
 
 
-async def start_worker(namespace: str, partitions: int) -> Client:
+async def start_worker(namespace: str, partitions: int, redis_url: str = REDIS_URL) -> Client:
     """A distributed worker in this process (it heartbeats and consumes its partitions) and a client."""
-    settings = settings_for(namespace, partitions)
+    settings = settings_for(namespace, partitions, redis_url)
     client, _ = await start_distributed(
         CLASSES, settings=settings, limits=settings.limits, clock=Clock(), resources={}, binding_names={}
     )
@@ -423,11 +426,12 @@ async def test_every_instance_survives_a_repartition_and_the_unfinished_ones_com
 
     assert (summary.source, summary.target, summary.resumed) == (source, target, False)
     assert summary.redis.instances > 0 and summary.redis.instances + summary.redis.stayed == len(d.everyone)
-    assert summary.rerouted == sum(queued_before.values()) and summary.dead_lettered == 0
+    # Every message is re-routed but the partitions' own markers (workers' leases), dropped.
+    assert summary.rerouted + summary.dropped == sum(queued_before.values()) and summary.dead_lettered == 0
     assert summary.queues_deleted == max(0, source - target)
     queued_after = await ready_messages(namespace, max(source, target))
     assert set(queued_after) == set(range(target)), "the old partitions' queues are gone, the new ones exist"
-    assert sum(queued_after.values()) == sum(queued_before.values())
+    assert sum(queued_after.values()) == summary.rerouted
     async with QueueMover(AMQP_URL, namespace) as queues:
         assert await queues.state(names.repartition_queue(namespace)) is None
     await assert_keys_laid_out_for(namespace, target)
@@ -457,6 +461,51 @@ async def test_every_instance_survives_a_repartition_and_the_unfinished_ones_com
                 assert [len(s.attempts) for s in detail.steps] == [2]
     finally:
         await client.close()
+
+
+async def test_a_deployment_on_a_redis_cluster_is_repartitioned_too(namespace: str, redis_cluster_url: str) -> None:
+    """Every instance changes slot with its partition: moved key by key, never by one cross-slot script."""
+    d = Deployment()
+    client = await start_worker(namespace, 6, redis_cluster_url)
+    try:
+        for _ in range(4):
+            inst = await client.workflow("waiter").create(id=unique("wait"))
+            await inst.send_event("b", "B")
+            await wait_status(inst, Status.WAITING)
+            d.to_complete[inst.id] = (inst, ["A", "B"])
+            d.buffered_waiters.append(inst)
+        for _ in range(3):
+            inst = await client.workflow("sleeper").create(id=unique("nap"), params={"nap": "1 second"})
+            await wait_status(inst, Status.WAITING)
+            d.to_complete[inst.id] = (inst, "woke")
+        inst = await client.workflow("quick").create(id=unique("done"), params={})
+        await wait_status(inst, Status.COMPLETE)
+        d.finished.append(inst)
+    finally:
+        await client.close()
+    try:
+        async with engine.connect(settings=settings_for(namespace, 6, redis_cluster_url)) as remote:
+            for n in range(3):
+                inst = await remote.workflow("quick").create(id=unique("queued"), params={"q": n})
+                d.to_complete[inst.id] = (inst, {"q": n})
+            described, listings = await snapshot(remote, d)
+
+        summary = await repartition(settings_for(namespace, 6, redis_cluster_url), 4)
+
+        assert summary.redis.instances > 0 and summary.rerouted == 3 and summary.queues_deleted == 2
+        async with engine.connect(settings=settings_for(namespace, 4, redis_cluster_url)) as remote:
+            assert await snapshot(remote, d) == (described, listings)
+        client = await start_worker(namespace, 4, redis_cluster_url)
+        try:
+            for inst in d.buffered_waiters:
+                await Instance(client, "waiter", inst.id).send_event("a", "A")
+            for iid, (inst, output) in d.to_complete.items():
+                final = await Instance(client, inst.workflow, iid).wait(timeout=30)
+                assert (final.status, final.output) == (Status.COMPLETE, output), iid
+        finally:
+            await client.close()
+    finally:
+        await drop_namespace(namespace, redis_cluster_url)
 
 
 # ============================================================================ refusing, resuming, the CLI
@@ -535,8 +584,7 @@ async def test_an_interrupted_repartition_resumes_where_it_stopped(namespace: st
         described, listings = await snapshot(remote, d)
     settings = settings_for(namespace, 4)
 
-    queued = sum((await ready_messages(namespace, 4)).values())
-    assert queued == 8  # 6 starts, 2 events
+    queued = 8  # 6 starts, 2 events (and maybe the stopped worker's leases)
     for key, recorded in [("redis", Plan(4, 6, "redis", 2)), ("drain", Plan(4, 6, "drain", 4)), ("distribute", None)]:
         with pytest.raises(Interrupt):
             await repartition(settings, 6, reporter=InterruptingReporter(key, 2), message_batch=1)
@@ -550,7 +598,7 @@ async def test_an_interrupted_repartition_resumes_where_it_stopped(namespace: st
     summary = await repartition(settings, 6, message_batch=1)
 
     assert summary.resumed and (summary.source, summary.target) == (4, 6)
-    assert summary.rerouted == queued - 2  # the interrupted runs re-routed 2
+    assert summary.rerouted == queued - 2  # the interrupted run re-routed 2
     now_queued = await ready_messages(namespace, 6)
     assert set(now_queued) == set(range(6)) and sum(now_queued.values()) == queued  # none lost, none doubled
     await assert_keys_laid_out_for(namespace, 6)
