@@ -6,7 +6,7 @@ several deployments, or several test runs, can share one broker::
     hutch.work        direct exchange: every partition message, routed by its queue name
     hutch.p0 .. pN-1  one quorum queue per partition (single active consumer, delivery limit)
     hutch.dlx         fanout exchange the partition queues dead-letter to
-    hutch.dlq         the dead-letter queue operators read
+    hutch.dlq         the dead-letter queue operators read (a quorum queue too)
     hutch.repartition where ``hutch admin repartition`` stages queued messages (exists only meanwhile)
 """
 
@@ -82,11 +82,20 @@ def partition_queue_arguments(*, dead_letter_exchange: str, delivery_limit: int)
     }
 
 
-def dead_letter_queue_arguments() -> QueueArguments:
-    """Arguments of the dead-letter queue.
+def dead_letter_queue_arguments(*, broker_version: str | None = None) -> QueueArguments:
+    """Arguments of the dead-letter queue, for a broker of ``broker_version`` (its ``version`` server property).
 
-    A classic queue on purpose: operators peek at it by fetching messages and returning them,
-    and a quorum queue counts every return toward its delivery limit (20 by default since
-    RabbitMQ 4.0), so peeking would eventually drop dead letters.
+    A quorum queue, like every queue Hutch declares: a classic queue lives on one node, and while
+    that node is down nothing could declare it (every process's start failed with ``NOT_FOUND -
+    home node ... is down``) nor dead-letter into it.
+
+    Operators peek at it by fetching messages and returning them, so it must have no delivery
+    limit: RabbitMQ 3.x quorum queues have none unless given one (and read ``-1`` as a limit of
+    zero), while 4.x gives each a default of 20 that ``-1`` turns off (4.0 to 4.2 count every
+    return, a peek included, toward it).
     """
-    return {"x-queue-type": "classic"}
+    arguments: QueueArguments = {"x-queue-type": "quorum"}
+    major = (broker_version or "").split(".", 1)[0]
+    if major.isdecimal() and int(major) >= 4:
+        arguments["x-delivery-limit"] = -1
+    return arguments

@@ -5,6 +5,11 @@ workers are those seen within ``ttl_s``. Each worker computes the same assignmen
 sorted list — partition p goes to live worker ``p mod n`` — and consumes exactly its share. A
 worker that dies stops heartbeating and its partitions move within ``ttl_s + heartbeat_s``.
 
+Ownership follows the ability to consume: a worker whose transport cannot consume (its broker
+connection is down, see ``Transport.can_consume``) stops heartbeating, so the others take its
+partitions once its last heartbeat is ``ttl_s`` old; it releases them itself a heartbeat earlier,
+and rejoins as soon as it can consume again. A connection back within ``ttl_s`` changes nothing.
+
 Two workers may briefly disagree while the membership changes; safety does not depend on this
 layer: RabbitMQ's single-active-consumer delivers a partition to one consumer at a time, and a
 worker taking a partition writes a new fencing token that makes every later commit of the
@@ -46,6 +51,7 @@ class Membership:
         partitions: the deployment's partition count.
         acquire: called with a partition this worker should start consuming.
         release: called with a partition this worker must stop consuming.
+        can_consume: whether this worker can consume right now (default: always).
     """
 
     def __init__(
@@ -60,6 +66,7 @@ class Membership:
         clock: Clock,
         heartbeat_s: float = 1.0,
         ttl_s: float = 3.0,
+        can_consume: Callable[[], bool] | None = None,
     ) -> None:
         self._redis = redis
         self._key = key
@@ -74,6 +81,8 @@ class Membership:
         self._wake = asyncio.Event()
         self.assigned: set[int] = set()
         self._fenced: set[int] = set()  # assigned partitions another worker claimed from us
+        self._can_consume = can_consume
+        self._unable_since_ms: int | None = None  # when this worker last became unable to consume
 
     async def live_workers(self) -> list[str]:
         """Ids of workers that heartbeated within the TTL."""
@@ -86,6 +95,23 @@ class Membership:
 
     async def tick(self) -> None:
         """Heartbeat once and reconcile the partitions this worker consumes."""
+        if not self._consumable():
+            # The others count this worker dead once its last heartbeat (at most one interval
+            # before it became unable) is ttl old: release a heartbeat before that, so that a
+            # consumer the broker connection restores later never competes with the new owners.
+            assert self._unable_since_ms is not None
+            if (
+                self.assigned
+                and self._clock.now_ms() - self._unable_since_ms >= self._ttl_ms - self._heartbeat_s * 1000
+            ):
+                log.warning(
+                    "worker %s gives up partitions %s: it cannot consume", self.worker_id, sorted(self.assigned)
+                )
+                for p in sorted(self.assigned):
+                    await self._release(p)
+                self.assigned = set()
+                self._fenced.clear()
+            return
         await self._redis.zadd(self._key, {self.worker_id: self._clock.now_ms()})
         workers = await self.live_workers()
         if self.worker_id not in workers:
@@ -122,6 +148,22 @@ class Membership:
                 async with asyncio.timeout(self._heartbeat_s):
                     await self._wake.wait()
             self._wake.clear()
+
+    def _consumable(self) -> bool:
+        """Whether this worker can consume; notes when that changes."""
+        if self._can_consume is None or self._can_consume():
+            if self._unable_since_ms is not None:
+                self._unable_since_ms = None
+                log.info("worker %s can consume again; rejoining", self.worker_id)
+            return True
+        if self._unable_since_ms is None:
+            self._unable_since_ms = self._clock.now_ms()
+            log.warning("worker %s cannot consume (its broker is unreachable); not heartbeating", self.worker_id)
+        return False
+
+    def wake(self) -> None:
+        """Reconcile now rather than at the next heartbeat (e.g. the transport's consumability changed)."""
+        self._wake.set()
 
     def fenced(self, partition: int) -> None:
         """A commit of ours for ``partition`` was fenced: reconcile it now, not at the next heartbeat."""

@@ -20,8 +20,11 @@ on with the next message. Failures of Redis or of Hutch's broker are retried wit
 long as it takes (the message stays unacknowledged meanwhile); an unexpected error is retried a
 few times and then dead-lettered with the error.
 
-The queue is declared durable when it does not exist; an existing queue is used as it is, whatever
-its type and arguments. The dead-letter queue likewise.
+The queue is declared when it does not exist, as a quorum queue without a delivery limit (Hutch
+dead-letters what it cannot use itself), so that it survives the loss of a node; an existing queue
+is used as it is, whatever its type and arguments. The dead-letter queue likewise. The connection is
+Hutch's (:mod:`broker.connection`): given a cluster's URLs it connects to any live node, moves to
+another when its node fails or stops answering, and consumes again there.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ import aiormq
 import msgpack
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
 
+from broker import names
+from broker.connection import ClusterConnection, ConnectionOptions, connect
 from broker.transports.base import REASON_HEADER
 from broker.transports.rabbitmq import CONNECTION_ERRORS
 from consumers.templates import QUEUE_ROOTS, MessageContext, Template, TemplateError
@@ -257,9 +262,12 @@ class QueueTrigger:
     Args:
         client: creates the instances (embedded or remote).
         consumers: the entries (``Settings.queues.consumers``).
-        amqp_url: the broker holding the user's queues (usually ``Settings.amqp_url``).
+        amqp_url: the broker holding the user's queues (usually ``Settings.amqp_url``; a cluster's
+            nodes comma-separated, or a list).
         shutdown_timeout_s: how long ``shutdown`` lets in-flight messages finish.
         connection_name: shown in the RabbitMQ management UI.
+        connection_options: heartbeat, liveness and connect timeouts (default: the defaults of the
+            ``amqp_*`` settings; ``ConnectionOptions.from_settings(settings)`` for the configured ones).
 
     Raises:
         InvalidInputError: an entry's id template is malformed or its workflow unknown to the client.
@@ -270,12 +278,14 @@ class QueueTrigger:
         client: Client,
         consumers: Sequence[QueueConsumerSpec],
         *,
-        amqp_url: str,
+        amqp_url: str | Sequence[str],
         shutdown_timeout_s: float = 30.0,
         connection_name: str = "hutch/queue-trigger",
+        connection_options: ConnectionOptions | None = None,
     ) -> None:
         self._client = client
         self._url = amqp_url
+        self._options = connection_options or ConnectionOptions()
         self.shutdown_timeout_s = shutdown_timeout_s
         self._connection_name = connection_name
         self._consumers: list[_Consumer] = []
@@ -286,7 +296,7 @@ class QueueTrigger:
                 raise InvalidInputError(f"[[queues.consumers]] queue {spec.queue!r}: {exc}") from None
             self._consumers.append(_Consumer(self, spec, workflow))
         self._state = _State.NEW
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: ClusterConnection | None = None
         self._stopping: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
         self._running: asyncio.Event | None = None  # set while run() handles messages
@@ -307,11 +317,9 @@ class QueueTrigger:
         self._state = _State.RUNNING
         self._stopping = asyncio.Event()
         try:
-            await self._declare()
-            connection = await aio_pika.connect_robust(
-                self._url, client_properties={"connection_name": self._connection_name}
-            )
+            connection = await connect(self._url, options=self._options, name=self._connection_name)
             self._connection = connection
+            await self._declare(connection)
             for consumer in self._consumers:
                 await consumer.start(connection)
         except BaseException:
@@ -325,25 +333,27 @@ class QueueTrigger:
                 consumer.spec.dead_letter_queue_name,
             )
 
-    async def _declare(self) -> None:
-        # A short-lived plain connection probes for each queue: a passive declare of a missing
-        # queue closes its channel, which a robust channel would try to restore. Only missing
-        # queues are declared, so an existing queue's own type and arguments are never contested.
-        connection = await aio_pika.connect(self._url, client_properties={"connection_name": self._connection_name})
-        try:
-            for consumer in self._consumers:
-                for name in (consumer.spec.queue, consumer.spec.dead_letter_queue_name):
-                    channel = await connection.channel()
-                    try:
-                        await channel.declare_queue(name, passive=True)
-                    except aiormq.exceptions.ChannelNotFoundEntity:
-                        channel = await connection.channel()
-                        await channel.declare_queue(name, durable=True)
-                        log.info("declared missing durable queue %s", name)
-                    with contextlib.suppress(*CONNECTION_ERRORS):
-                        await channel.close()
-        finally:
-            await connection.close()
+    async def _declare(self, connection: ClusterConnection) -> None:
+        # Plain (not robust) channels of the connection probe for each queue: a passive declare of
+        # a missing queue closes its channel, which a robust channel would try to restore. Only
+        # missing queues are declared, so an existing queue's own type and arguments are never
+        # contested.
+        assert connection.transport is not None
+        raw = connection.transport.connection
+        # A quorum queue, replicated like every queue Hutch declares; no broker delivery limit (it
+        # is the same rule as for Hutch's own dead-letter queue, which operators peek at).
+        arguments = names.dead_letter_queue_arguments(broker_version=connection.broker_version)
+        for consumer in self._consumers:
+            for name in (consumer.spec.queue, consumer.spec.dead_letter_queue_name):
+                channel = await raw.channel(publisher_confirms=False)
+                try:
+                    await channel.queue_declare(name, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    channel = await raw.channel(publisher_confirms=False)
+                    await channel.queue_declare(name, durable=True, arguments=arguments)
+                    log.info("declared missing quorum queue %s", name)
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await channel.close()
 
     async def run(self) -> None:
         """Handle messages until :meth:`shutdown` (starts first if needed)."""

@@ -24,7 +24,7 @@ from engine.clock import Clock
 from engine.config import Limits
 from engine.entrypoint import WorkflowEntrypoint
 from engine.errors import InvalidInputError, StoreUnavailable
-from engine.settings import Settings, redact_url
+from engine.settings import Settings, redact_url, redis_socket_options
 from engine.store.announcements import finished_member
 from engine.store.redis import RedisStore
 from engine.watch import ChannelFeed, InstanceWatch
@@ -66,8 +66,20 @@ def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, str | No
     return nodes, unquote(user) or None, unquote(password) if userinfo and ":" in userinfo else None
 
 
-def open_redis(url: str, *, max_connections: int = 100, pool_timeout_s: float = 20.0) -> Redis | RedisCluster:
-    """A redis-py asyncio client for ``url``: a ``RedisCluster`` for ``redis+cluster://``, else a ``Redis``."""
+def open_redis(
+    url: str,
+    *,
+    max_connections: int = 100,
+    pool_timeout_s: float = 20.0,
+    socket_options: Mapping[str, Any] | None = None,
+) -> Redis | RedisCluster:
+    """A redis-py asyncio client for ``url``: a ``RedisCluster`` for ``redis+cluster://``, else a ``Redis``.
+
+    ``socket_options``: timeouts and keepalive (default: those of the default settings,
+    :func:`~engine.settings.redis_socket_options`), so a dead connection fails within seconds and
+    the retries below go to a new one.
+    """
+    sockets = dict(socket_options) if socket_options is not None else redis_socket_options()
     # Retries ride over a dropped connection (every pooled connection may be dead after a network
     # cut). A retried commit is safe: it is sequence-checked, so a duplicate is rejected.
     retry = Retry(ExponentialBackoff(cap=1.0, base=0.01), retries=8)
@@ -83,8 +95,8 @@ def open_redis(url: str, *, max_connections: int = 100, pool_timeout_s: float = 
             password=password,
             max_connections=max_connections,
             decode_responses=False,
-            health_check_interval=10,
             retry=retry,
+            **sockets,
         )
     # A blocking pool: a burst of concurrent calls (a gateway under load, a fan-out of reads) waits
     # for a connection instead of failing with "Too many connections" at the pool's limit.
@@ -93,8 +105,8 @@ def open_redis(url: str, *, max_connections: int = 100, pool_timeout_s: float = 
         max_connections=max_connections,
         timeout=pool_timeout_s,
         decode_responses=False,
-        health_check_interval=10,
         retry=retry,
+        **sockets,
         retry_on_error=[RedisConnectionError, RedisTimeoutError, ConnectionError, OSError],
     )
     return Redis.from_pool(pool)
@@ -106,6 +118,7 @@ def open_store(settings: Settings) -> RedisStore:
         settings.redis_url,
         max_connections=settings.redis_max_connections,
         pool_timeout_s=settings.redis_pool_timeout_s,
+        socket_options=settings.redis_socket_options(),
     )
     return RedisStore(redis, settings.partitions, namespace=settings.namespace, announce_created=True)
 

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from broker.connection import ConnectionOptions
 from broker.dispatch import BrokerDispatcher
 from consumers.crons import CronTrigger
 from consumers.queue_trigger import QueueTrigger
@@ -79,6 +80,7 @@ async def serve(
                             settings.queues.consumers,
                             amqp_url=settings.amqp_url,
                             shutdown_timeout_s=settings.shutdown_timeout_s,
+                            connection_options=ConnectionOptions.from_settings(settings),
                         )
                     )
                 if on_ready is not None:

@@ -121,8 +121,12 @@ class Worker:
                 clock=clock,
                 heartbeat_s=settings.heartbeat_s,
                 ttl_s=settings.worker_ttl_s,
+                # Ownership follows the ability to consume: a worker cut off from the broker stops
+                # heartbeating, so the workers that can consume take its partitions.
+                can_consume=lambda: transport.can_consume,
             )
             self.orchestrator.on_fenced = self.membership.fenced
+            transport.on_consumability(self.membership.wake)
 
     def _on_created(self, data: bytes) -> None:
         for created in created_instances(data):

@@ -26,6 +26,7 @@ import click
 from pydantic import ValidationError
 
 import engine
+from broker.connection import ConnectionOptions
 from consumers.crons import CronTrigger
 from consumers.queue_trigger import QueueTrigger
 from consumers.runtime import start_distributed
@@ -254,6 +255,7 @@ async def _start_triggers(running: contextlib.AsyncExitStack, client: Client, se
             amqp_url=settings.amqp_url,
             shutdown_timeout_s=settings.shutdown_timeout_s,
             connection_name="hutch/dev-queue-trigger",
+            connection_options=ConnectionOptions.from_settings(settings),
         )
         await running.enter_async_context(queues)
         started.append(f"queues {', '.join(queues.queues)}")

@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiormq
 import pytest
 
 from broker import names
@@ -431,3 +432,79 @@ def test_partition_queue_arguments() -> None:
     }
     with pytest.raises(ValueError, match="at least 1"):
         names.partition_queue_arguments(dead_letter_exchange="acme.dlx", delivery_limit=0)
+
+
+# --------------------------------------------------------------------------- dead-letter queue, cancels
+
+
+async def _raw_channel(url: str) -> tuple[aiormq.abc.AbstractConnection, aiormq.abc.AbstractChannel]:
+    connection = await aiormq.connect(url)
+    return connection, await connection.channel()
+
+
+async def test_the_dead_letter_queue_is_a_quorum_queue(amqp_url: str) -> None:
+    transport = RabbitMQTransport(amqp_url, partitions=1, namespace=unique("hutch-test"))
+    await transport.start()
+    connection, channel = await _raw_channel(amqp_url)
+    try:
+        dlq = names.dead_letter_queue(transport.namespace)
+        with pytest.raises(
+            aiormq.exceptions.ChannelPreconditionFailed, match="received 'classic' but current is 'quorum'"
+        ):
+            await channel.queue_declare(dlq, durable=True, arguments={"x-queue-type": "classic"})
+    finally:
+        await connection.close()
+        await transport.delete_topology()
+        await transport.close()
+
+
+async def test_an_existing_classic_dead_letter_queue_is_kept_with_a_warning(
+    amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A deployment made before dead-letter queues were quorum queues.
+    namespace = unique("hutch-test")
+    connection, channel = await _raw_channel(amqp_url)
+    await channel.queue_declare(names.dead_letter_queue(namespace), durable=True, arguments={"x-queue-type": "classic"})
+    transport = RabbitMQTransport(amqp_url, partitions=1, namespace=namespace)
+    try:
+        with caplog.at_level("WARNING", logger="broker.transports.rabbitmq"):
+            await transport.start()
+        warning = next(r.getMessage() for r in caplog.records if "dead-letter queue" in r.getMessage())
+        assert f"rabbitmqctl delete_queue {namespace}.dlq" in warning
+        recorder = Recorder()
+        await transport.subscribe([0], recorder, prefetch=10)
+        await transport.publish(messages(0, "poison"))
+        (delivery,) = await recorder.wait_for(1)
+        await delivery.reject("kept in the old queue")
+        dead = await eventually(transport.dead_letters)
+        assert [(d.body, d.reason) for d in dead] == [(b"poison", "kept in the old queue")]
+    finally:
+        await connection.close()
+        await transport.delete_topology()
+        await transport.close()
+
+
+async def test_a_consumer_the_broker_cancels_is_revoked_until_it_consumes_again(amqp_url: str) -> None:
+    transport = RabbitMQTransport(amqp_url, partitions=2, namespace=unique("hutch-test"), reconnect_interval_s=0.1)
+    await transport.start()
+    connection, channel = await _raw_channel(amqp_url)
+    try:
+        recorder = Recorder()
+        await transport.subscribe([0, 1], recorder, prefetch=10)
+        changes: list[frozenset[int]] = []
+        transport.on_consumability(lambda: changes.append(transport.cannot_consume))
+        # Deleting the queue under its consumer makes the broker cancel it (basic.cancel).
+        await channel.queue_delete(names.partition_queue(transport.namespace, 0))
+        await eventually(lambda: _true(frozenset({0}) in changes))
+        # aio-pika declares the queue again and consumes it: the partition is assigned again.
+        await eventually(lambda: _true(changes[-1] == frozenset() and recorder.events[-1] == ("assigned", 0)))
+        assert recorder.events == [("assigned", 0), ("assigned", 1), ("revoked", 0), ("assigned", 0)]
+        assert transport.can_consume  # the connection itself never went away
+    finally:
+        await connection.close()
+        await transport.delete_topology()
+        await transport.close()
+
+
+async def _true(value: bool) -> bool:
+    return value

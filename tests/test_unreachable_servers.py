@@ -11,12 +11,14 @@ import pytest
 from click.testing import CliRunner
 
 import engine
+from broker.connection import connect, connect_once
 from broker.transports.rabbitmq import RabbitMQTransport
-from engine import BrokerUnavailable, ServiceUnavailable, Settings, StoreUnavailable
-from engine.settings import redact_url
+from engine import BrokerUnavailable, InvalidInputError, ServiceUnavailable, Settings, StoreUnavailable
+from engine.settings import parse_amqp_urls, redact_url
 from examples.order import OrderWorkflow
 from gateway.cli import main
 from tests.conftest import AMQP_URL, REDIS_URL
+from tests.helpers import unique
 
 
 @pytest.fixture
@@ -115,3 +117,59 @@ def test_one_redaction_hides_every_password_form_wherever_a_url_is_shown(url: st
     assert Settings().redacted(url) == shown  # what hutch worker, gateway and dev print at start
     if url:
         assert RabbitMQTransport(url, namespace="tt-redact")._display_url == shown  # the broker's messages
+
+
+@pytest.mark.parametrize(
+    ("urls", "shown"),
+    [
+        ("amqp://guest:s3cret@mq1:5672,mq2:5672/vh", "amqp://guest:***@mq1:5672,mq2:5672/vh"),
+        ("amqp://u:s3cret@mq1/vh,amqp://u:s3cret@mq2/vh", "amqp://u:***@mq1/vh,amqp://u:***@mq2/vh"),
+        ("amqp://u:s3c,ret@mq1/", "amqp://u:***@mq1/"),  # an unencoded comma in the password hides it whole
+    ],
+)
+def test_several_broker_urls_are_redacted_each(urls: str, shown: str) -> None:
+    assert Settings().redacted(urls) == shown
+    assert RabbitMQTransport(urls, namespace="tt-redact")._display_url == shown
+
+
+async def test_a_broker_cluster_starts_on_any_live_node(refused_port: int, amqp_url: str) -> None:
+    dead = f"amqp://guest:s3cret@127.0.0.1:{refused_port}/"
+    connection = await connect([dead, amqp_url], shuffle=False)  # the dead node first: it is skipped
+    try:
+        assert connection.node == redact_url(amqp_url)
+    finally:
+        await connection.close()
+    plain = await connect_once(f"{dead},{amqp_url}")  # the same for tools that want no reconnects
+    await plain.close()
+    namespace = unique("tt-any-node")
+    for order in ([dead, amqp_url], [amqp_url, dead]):
+        transport = RabbitMQTransport(order, partitions=1, namespace=namespace)
+        await transport.start()
+        await transport.close()
+    await _delete_topology(amqp_url, namespace)
+
+
+async def test_a_broker_cluster_with_no_live_node_is_broker_unavailable_naming_each(refused_port: int) -> None:
+    urls = f"amqp://guest:s3cret@127.0.0.1:{refused_port},127.0.0.2:{refused_port}/"
+    with pytest.raises(BrokerUnavailable) as caught:
+        await RabbitMQTransport(urls, namespace="tt-refused").start()
+    message = str(caught.value)
+    assert message.startswith("cannot connect to any RabbitMQ node of ")
+    assert f"amqp://guest:***@127.0.0.1:{refused_port}/: " in message
+    assert f"amqp://guest:***@127.0.0.2:{refused_port}/: " in message
+    assert "s3cret" not in message
+
+
+def test_a_malformed_broker_url_list_is_a_usage_error_without_the_password() -> None:
+    with pytest.raises(InvalidInputError, match="percent-encode a comma") as caught:
+        parse_amqp_urls("amqp://guest:s3c,r@et@mq/")
+    assert "s3c" not in str(caught.value)
+
+
+async def _delete_topology(url: str, namespace: str) -> None:
+    transport = RabbitMQTransport(url, partitions=1, namespace=namespace)
+    await transport.start()
+    try:
+        await transport.delete_topology()
+    finally:
+        await transport.close()

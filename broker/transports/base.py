@@ -10,10 +10,14 @@ goes to the dead-letter queue with that reason in its headers.
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 REASON_HEADER = "x-hutch-dead-letter-reason"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -108,3 +112,40 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def dead_letters(self) -> list[DeadLetter]:
         """The messages in the dead-letter queue (for operators and tests)."""
+
+    # ----------------------------------------------------------------- consumability
+    # Partition ownership follows the ability to consume: a worker whose broker connection is down
+    # (or whose consumers the broker cancelled) should let a worker that can consume take over.
+    # A transport that is always able to (the in-process one) keeps these defaults.
+
+    @property
+    def can_consume(self) -> bool:
+        """Whether this transport can consume at all right now (for a broker: its connection is up)."""
+        return True
+
+    @property
+    def cannot_consume(self) -> frozenset[int]:
+        """Subscribed partitions not being consumed right now, until the transport consumes them again."""
+        return frozenset()
+
+    def on_consumability(self, listener: Callable[[], object]) -> Callable[[], None]:
+        """Call ``listener()`` whenever ``can_consume`` or ``cannot_consume`` may have changed.
+
+        It runs in the event loop, synchronously, and must not block; read the two properties in
+        it. Returns a function that removes the listener.
+        """
+        listeners: list[Callable[[], object]] = self.__dict__.setdefault("_consumability_listeners", [])
+        listeners.append(listener)
+
+        def remove() -> None:
+            with contextlib.suppress(ValueError):
+                listeners.remove(listener)
+
+        return remove
+
+    def _consumability_changed(self) -> None:
+        for listener in list(self.__dict__.get("_consumability_listeners", ())):
+            try:
+                listener()
+            except Exception:
+                log.exception("a consumability listener failed")

@@ -1,14 +1,22 @@
 """The RabbitMQ transport over aio-pika: partition queues with single active consumer.
 
-Topology (names from :mod:`broker.names`, declared idempotently by :meth:`RabbitMQTransport.start`
-and re-declared by aio-pika's robust connection after every reconnect):
+Topology (names from :mod:`broker.names`, declared idempotently by :meth:`RabbitMQTransport.start`;
+the exchanges and partition queues are re-declared by aio-pika's robust connection after every
+reconnect):
 
 - a direct *work* exchange; each partition's quorum queue is bound to it with its own name as the
   routing key, and messages are published with ``mandatory`` so a missing queue is an error, not a
   silent drop;
 - one quorum queue per partition with ``x-single-active-consumer`` (the broker guarantees at most
   one consumer receives a partition's messages) and ``x-delivery-limit``; its dead letters go
-  through a fanout exchange to one classic dead-letter queue.
+  through a fanout exchange to one dead-letter queue, a quorum queue as well, so that no start and
+  no partition depends on one node. A deployment made before that has a classic one: it is kept
+  as it is, with a warning saying how to migrate (:meth:`RabbitMQTransport._declare_dead_letter_queue`).
+
+Connections (:mod:`broker.connection`): the transport is given every node's URL, connects to any
+live node and, when that connection is lost or stops answering (within ``dead_after_s``),
+reconnects to the next live one, where aio-pika restores its channels, publisher confirms and
+consumers.
 
 Semantics, and where RabbitMQ differs from a naive reading of AMQP:
 
@@ -39,7 +47,11 @@ Semantics, and where RabbitMQ differs from a naive reading of AMQP:
   from the Redis-lease membership service and fencing on every commit, with single active consumer
   as the backstop that keeps two workers from receiving one partition's messages at once.
   Deliveries that arrive before ``on_assigned`` has returned are held and handed over right after
-  it, in order.
+  it, in order. A consumer the broker cancels (``basic.cancel``: its queue deleted, or moved away
+  from under it) revokes its partition the same way until aio-pika has consumed it again.
+- Whether the transport can consume is published to its owner (:meth:`Transport.on_consumability`):
+  ``can_consume`` is false while the connection is down, and ``cannot_consume`` names the
+  subscribed partitions not being consumed right now, so ownership can move to a worker that can.
 """
 
 from __future__ import annotations
@@ -48,7 +60,6 @@ import asyncio
 import contextlib
 import functools
 import logging
-import urllib.parse
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -56,12 +67,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection, AbstractRobustQueue
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 from pamqp.common import FieldTable
 
 from broker import names
+from broker.connection import ClusterConnection, ConnectionOptions, connect
 from broker.transports.base import (
     REASON_HEADER,
     DeadLetter,
@@ -71,8 +83,7 @@ from broker.transports.base import (
     Subscription,
     Transport,
 )
-from engine.errors import BrokerUnavailable
-from engine.settings import redact_url
+from engine.settings import redact_urls
 
 if TYPE_CHECKING:
     from engine.settings import Settings
@@ -190,11 +201,14 @@ class _RabbitSubscription(Subscription):
         self._partitions = list(partitions)
         self._listener = listener
         self._queues: dict[int, tuple[AbstractRobustQueue, str]] = {}
+        self._tags: dict[str, int] = {}  # consumer tag → partition
+        self.unconsumable: set[int] = set()  # consumed once, not consuming right now (lost, cancelled)
         self._active: set[int] = set()  # deliveries go straight to the listener
         self._assigned: set[int] = set()  # the listener was told it consumes these
         self._held: dict[int, list[_RabbitDelivery]] = {p: [] for p in partitions}
         self._events: asyncio.Queue[tuple[bool, int]] = asyncio.Queue()
         self._supervisor: asyncio.Task[None] | None = None
+        self._restoring: set[asyncio.Task[None]] = set()  # waiting for aio-pika to consume a cancelled consumer again
         self._lost = False
         self._closed = False
 
@@ -208,6 +222,7 @@ class _RabbitSubscription(Subscription):
             consumer_tag=names.consumer_tag(self.transport.namespace, partition, self.id),
         )
         self._queues[partition] = (queue, tag)
+        self._tags[tag] = partition
 
     async def _on_message(self, partition: int, message: AbstractIncomingMessage) -> None:
         if self._closed:
@@ -227,11 +242,17 @@ class _RabbitSubscription(Subscription):
             )
 
     # ----------------------------------------------------------------- ownership
-    def _watch(self) -> None:
-        """Follow the channel: revoke on loss, re-assign once the robust connection restored it."""
+    async def _watch(self) -> None:
+        """Follow the channel: revoke on loss or cancel, re-assign once it consumes again."""
         self._channel.close_callbacks.add(self._on_channel_closed)
         self._channel.reopen_callbacks.add(self._on_channel_reopened)
+        await self._hear_cancels()
         self._supervisor = asyncio.create_task(self._supervise(), name=f"hutch-rabbitmq-subscription-{self.id}")
+
+    async def _hear_cancels(self) -> None:
+        # Registered on each incarnation of the channel: a restored channel is a new aiormq channel.
+        raw = await self._channel.get_underlay_channel()
+        raw.on_consumer_cancel_callbacks.add(self._on_consumer_cancelled)
 
     def _on_channel_closed(self, _sender: object, exc: BaseException | None) -> None:
         # Failed restore attempts close the channel again; one loss is reported once.
@@ -244,16 +265,58 @@ class _RabbitSubscription(Subscription):
         self._active.clear()
         for held in self._held.values():
             held.clear()  # their channel is gone; the broker requeues them
+        self.unconsumable.update(self._partitions)
+        self.transport._consumability_changed()
         for p in self._partitions:
             self._events.put_nowait((False, p))
 
-    def _on_channel_reopened(self, _sender: object) -> None:
+    async def _on_channel_reopened(self, _sender: object) -> None:
         if self._closed:
             return
+        # aio-pika restored every consumer of the channel before calling this (or the reopen failed).
         self._lost = False
+        await self._hear_cancels()
         log.info("RabbitMQ channel of subscription %s restored; re-assigning its partitions", self.id)
+        self.unconsumable.clear()
+        self.transport._consumability_changed()
         for p in self._partitions:
             self._events.put_nowait((True, p))
+
+    def _on_consumer_cancelled(self, frame: spec.Basic.Cancel) -> None:
+        # The broker ended one consumer (its queue deleted, or gone from under it); the channel lives
+        # on and aio-pika consumes the queue again on it as soon as it can.
+        partition = self._tags.get(frame.consumer_tag or "")
+        if partition is None or self._closed or self._lost or partition in self.unconsumable:
+            return
+        log.warning(
+            "RabbitMQ cancelled the consumer of partition %d (subscription %s); revoked until it consumes again",
+            partition,
+            self.id,
+        )
+        self._active.discard(partition)
+        self._held[partition].clear()  # the broker requeued them with the cancel
+        self.unconsumable.add(partition)
+        self.transport._consumability_changed()
+        self._events.put_nowait((False, partition))
+        task = asyncio.get_running_loop().create_task(
+            self._await_consumer(partition, frame.consumer_tag or ""), name=f"hutch-rabbitmq-reconsume-{partition}"
+        )
+        self._restoring.add(task)
+        task.add_done_callback(self._restoring.discard)
+
+    async def _await_consumer(self, partition: int, tag: str) -> None:
+        # aio-pika re-consumes a cancelled consumer with the same tag but says nothing when it has:
+        # watch the channel's consumers for it. A lost channel ends this (its reopen re-assigns).
+        while not (self._closed or self._lost):
+            await asyncio.sleep(0.1)
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                raw = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+                if tag in raw.consumers and not (self._closed or self._lost):
+                    log.info("RabbitMQ consumes partition %d again (subscription %s)", partition, self.id)
+                    self.unconsumable.discard(partition)
+                    self.transport._consumability_changed()
+                    self._events.put_nowait((True, partition))
+                    return
 
     async def _supervise(self) -> None:
         # One task applies ownership changes in order, so on_revoked(p) always precedes the
@@ -300,17 +363,22 @@ class _RabbitSubscription(Subscription):
             return
         self._closed = True
         self.transport._subscriptions.discard(self)
+        if self.unconsumable:  # no longer the transport's concern
+            self.unconsumable.clear()
+            self.transport._consumability_changed()
         self._channel.close_callbacks.discard(self._on_channel_closed)
         self._channel.reopen_callbacks.discard(self._on_channel_reopened)
-        if self._supervisor is not None:
-            self._supervisor.cancel()
-            await asyncio.gather(self._supervisor, return_exceptions=True)
+        tasks = [t for t in (self._supervisor, *self._restoring) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._active.clear()
         for held in self._held.values():
             held.clear()
         timeout_s = self.transport.close_timeout_s
-        for queue, tag in self._queues.values():
-            # While the connection is down cancel() would wait for it to come back: bound it.
+        for queue, tag in self._queues.values() if not self._lost else ():
+            # cancel() waits for a lost connection to come back (bounded here); a lost channel's
+            # consumers are gone with it, so there is nothing to cancel then.
             with contextlib.suppress(*CONNECTION_ERRORS, TimeoutError):
                 async with asyncio.timeout(timeout_s):
                     await queue.cancel(tag)
@@ -329,118 +397,193 @@ class RabbitMQTransport(Transport):
 
     Args:
         url: the AMQP URL, e.g. ``amqp://guest:guest@127.0.0.1:5672/`` (query parameters such as
-            ``heartbeat`` are passed to aio-pika).
+            ``heartbeat`` are passed to aio-pika), or one per node of a cluster: a list, or
+            comma-separated in one string (:func:`~engine.settings.parse_amqp_urls`).
         partitions: the number of partition queues (fixed for a deployment).
         namespace: prefix of every queue and exchange name (``Settings.namespace``).
         delivery_limit: deliveries of one message before it is dead-lettered.
-        reconnect_interval_s: pause between reconnection attempts of the robust connection.
+        reconnect_interval_s: pause before trying the nodes again once each failed in a row.
         heartbeat_s: AMQP heartbeat proposed unless the URL sets ``heartbeat``. It bounds how long
             the broker keeps a silently dead connection's consumers (a network partition, not a
             killed process, whose socket the OS closes at once), during which single active
             consumer keeps that partition away from every other worker.
+        dead_after_s: a connection whose broker has not answered the transport's probe for this
+            long is dropped and another node tried (0: no probe); see :mod:`broker.connection`.
         publish_timeout_s: how long ``publish`` keeps retrying unconfirmed messages across
             reconnects before raising ``TimeoutError``.
         close_timeout_s: bound on each broker call made while closing.
-        connect_timeout_s: how long ``start`` waits for the first connection before raising
-            :class:`~engine.errors.BrokerUnavailable`.
+        connect_timeout_s: how long ``start`` waits for each node before trying the next, and
+            raising :class:`~engine.errors.BrokerUnavailable` after the last.
         connection_name: shown in the management UI; defaults to ``hutch/<namespace>``.
     """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         partitions: int = 16,
         namespace: str = "hutch",
         delivery_limit: int = 20,
         reconnect_interval_s: float = 1.0,
-        heartbeat_s: int = 10,
+        heartbeat_s: int = 1,
+        dead_after_s: float = 2.0,
         publish_timeout_s: float = 30.0,
         close_timeout_s: float = 5.0,
-        connect_timeout_s: float = 15.0,
+        connect_timeout_s: float = 5.0,
         connection_name: str | None = None,
     ) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be at least 1, got {partitions}")
-        self.url = url
+        self.url = url if isinstance(url, str) else ",".join(url)
         self.partitions = partitions
         self.namespace = namespace
         self.delivery_limit = delivery_limit
         self.reconnect_interval_s = reconnect_interval_s
         self.heartbeat_s = heartbeat_s
+        self.dead_after_s = dead_after_s
         self.publish_timeout_s = publish_timeout_s
         self.close_timeout_s = close_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.connection_name = connection_name or f"hutch/{namespace}"
-        self._display_url = redact_url(url)
+        self._display_url = redact_urls(self.url)
         self._queue_arguments = names.partition_queue_arguments(
             dead_letter_exchange=names.dead_letter_exchange(namespace), delivery_limit=delivery_limit
         )
         self._work_exchange = names.work_exchange(namespace)
         self._routing_keys = [names.partition_queue(namespace, p) for p in range(partitions)]
-        self._connection: AbstractRobustConnection | None = None
+        self._connection: ClusterConnection | None = None
         self._publisher: AbstractRobustChannel | None = None
         self._subscriptions: set[_RabbitSubscription] = set()
         self._start_lock = asyncio.Lock()
+        self._up = False  # the connection is open and its channels restored
 
     @classmethod
     def from_settings(cls, settings: Settings, **options: Any) -> RabbitMQTransport:
-        """A transport for ``settings.amqp_url`` with the deployment's namespace and partition count."""
-        return cls(settings.amqp_url, partitions=settings.partitions, namespace=settings.namespace, **options)
+        """A transport for ``settings.amqp_url``: the deployment's namespace and partitions, the ``amqp_*`` settings."""
+        defaults: dict[str, Any] = {
+            "heartbeat_s": settings.amqp_heartbeat_s,
+            "dead_after_s": settings.amqp_dead_after_s,
+            "connect_timeout_s": settings.amqp_connect_timeout_s,
+        }
+        return cls(
+            settings.amqp_url,
+            partitions=settings.partitions,
+            namespace=settings.namespace,
+            **{**defaults, **options},
+        )
+
+    @property
+    def connection_options(self) -> ConnectionOptions:
+        """How this transport connects (for other connections that should behave alike)."""
+        return ConnectionOptions(
+            heartbeat_s=self.heartbeat_s,
+            dead_after_s=self.dead_after_s,
+            connect_timeout_s=self.connect_timeout_s,
+            reconnect_interval_s=self.reconnect_interval_s,
+        )
+
+    @property
+    def node(self) -> str | None:
+        """The URL of the node the transport is connected to (password hidden); None before ``start``."""
+        return self._connection.node if self._connection is not None else None
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        """Connect (robustly) and declare the topology; idempotent."""
+        """Connect to any live node (robustly) and declare the topology; idempotent.
+
+        Raises:
+            BrokerUnavailable: no node could be connected to.
+            InvalidInputError: the URL is malformed.
+        """
         async with self._start_lock:
             if self._publisher is not None:
                 return
-            options: dict[str, Any] = {"reconnect_interval": self.reconnect_interval_s}
-            if "heartbeat" not in urllib.parse.parse_qs(urllib.parse.urlsplit(self.url).query):
-                options["heartbeat"] = self.heartbeat_s
-            connection = await self._connect(options)
+            connection = await connect(self.url, options=self.connection_options, name=self.connection_name)
             try:
                 publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                await self._declare(publisher)
+                await self._declare(connection, publisher)
             except BaseException:
                 await connection.close()
                 raise
+            connection.close_callbacks.add(self._on_connection_lost)
+            connection.reconnect_callbacks.add(self._on_connection_restored)
             self._connection, self._publisher = connection, publisher
+            self._up = True
+            log.info("connected to RabbitMQ at %s", connection.node)
 
-    async def _connect(self, options: dict[str, Any]) -> AbstractRobustConnection:
-        # aio-pika's own timeout, not a cancellation from outside: a cancelled first attempt would
-        # leave the robust connection reconnecting in the background forever.
-        try:
-            connection = await aio_pika.connect_robust(
-                self.url,
-                client_properties={"connection_name": self.connection_name},
-                timeout=self.connect_timeout_s,
-                **options,
-            )
-        except TimeoutError:
-            # The TCP connect succeeded (a refused one fails at once) but the broker never opened the
-            # AMQP connection: a broker that ran out of file handles behaves exactly like this.
-            raise BrokerUnavailable(
-                f"RabbitMQ at {self._display_url} did not complete the AMQP handshake within "
-                f"{self.connect_timeout_s:g} s; check the broker's health and its file-handle limit "
-                "(`rabbitmq-diagnostics status`; every quorum queue reserves file handles)"
-            ) from None
-        except (aiormq.exceptions.AMQPError, OSError) as exc:
-            raise BrokerUnavailable(f"cannot connect to RabbitMQ at {self._display_url}: {exc}") from exc
-        return cast(AbstractRobustConnection, connection)
-
-    async def _declare(self, channel: AbstractRobustChannel) -> None:
-        # Declared on a robust channel, so aio-pika declares them again after every reconnect.
-        dlx = await channel.declare_exchange(
-            names.dead_letter_exchange(self.namespace), aio_pika.ExchangeType.FANOUT, durable=True
-        )
-        dlq = await channel.declare_queue(
-            names.dead_letter_queue(self.namespace), durable=True, arguments=names.dead_letter_queue_arguments()
-        )
-        await dlq.bind(dlx, routing_key="")
+    async def _declare(self, connection: ClusterConnection, channel: AbstractRobustChannel) -> None:
+        # The exchanges and partition queues are declared on a robust channel, so aio-pika declares
+        # them again after every reconnect; the dead-letter queue once, as it may be an old one.
+        dlx = names.dead_letter_exchange(self.namespace)
+        await channel.declare_exchange(dlx, aio_pika.ExchangeType.FANOUT, durable=True)
+        await self._declare_dead_letter_queue(connection)
         work = await channel.declare_exchange(self._work_exchange, aio_pika.ExchangeType.DIRECT, durable=True)
         for name in self._routing_keys:
             queue = await channel.declare_queue(name, durable=True, arguments=self._queue_arguments)
             await queue.bind(work, routing_key=name)
+
+    async def _declare_dead_letter_queue(self, connection: ClusterConnection) -> None:
+        """Declare the dead-letter queue as a quorum queue, or keep the one a deployment already has.
+
+        Deployments made before dead-letter queues were quorum queues have a classic one, and
+        declaring it anew fails (``PRECONDITION_FAILED``; queue arguments cannot change). It is kept
+        as it is, so its dead letters stay where operators look, with a warning: while it is
+        classic it lives on one node, and dead letters cannot reach it while that node is down.
+        Neither that nor any other trouble with it stops the start: nothing but dead-lettering
+        needs it. Done once, on throwaway channels (a failed declare closes its channel; on a
+        robust channel aio-pika would repeat it on every reconnect).
+        """
+        assert connection.transport is not None
+        raw = connection.transport.connection
+        name = names.dead_letter_queue(self.namespace)
+        arguments = names.dead_letter_queue_arguments(broker_version=connection.broker_version)
+        channel = await raw.channel(publisher_confirms=False)
+        try:
+            try:
+                await channel.queue_declare(name, durable=True, arguments=arguments)
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                log.warning(
+                    "the dead-letter queue %s exists with other arguments (%s); using it as it is. If it is a "
+                    "classic queue it lives on one RabbitMQ node, and nothing can be dead-lettered while that node "
+                    "is down. To make it a replicated quorum queue: stop every process of namespace %r, move its "
+                    "messages elsewhere if you need them (e.g. with a shovel), delete it (`rabbitmqctl "
+                    "delete_queue %s`) and start the processes again; the first declares it anew.",
+                    name,
+                    exc,
+                    self.namespace,
+                    name,
+                )
+                channel = await raw.channel(publisher_confirms=False)
+            await channel.queue_bind(name, names.dead_letter_exchange(self.namespace), routing_key="")
+        except aiormq.exceptions.ChannelClosed as exc:  # e.g. NOT_FOUND: a classic queue's home node is down
+            log.error("the dead-letter queue %s is unavailable (%s); starting without it", name, exc)
+        finally:
+            with contextlib.suppress(*CONNECTION_ERRORS):
+                await channel.close()
+
+    # ----------------------------------------------------------------- consumability
+    @property
+    def can_consume(self) -> bool:
+        """Whether the broker connection is up (False before ``start``, after ``close`` and while reconnecting)."""
+        return self._up
+
+    @property
+    def cannot_consume(self) -> frozenset[int]:
+        """The subscribed partitions not consumed right now: their channel is lost or the broker cancelled them."""
+        return frozenset(p for subscription in self._subscriptions for p in subscription.unconsumable)
+
+    def _on_connection_lost(self, _sender: object, exc: BaseException | None) -> None:
+        # Also called for each failed reconnect attempt; the change is reported once.
+        if self._up:
+            self._up = False
+            log.warning("lost the connection to RabbitMQ (%s); reconnecting to any live node", exc)
+            self._consumability_changed()
+
+    def _on_connection_restored(self, _sender: object) -> None:
+        # After aio-pika restored every channel (and so every subscription's consumers).
+        if not self._up and self._publisher is not None:
+            self._up = True
+            self._consumability_changed()
 
     async def close(self) -> None:
         """Close every subscription (revoking its partitions), then the connection; idempotent."""
@@ -448,9 +591,14 @@ class RabbitMQTransport(Transport):
             await subscription.close()
         connection, self._connection, self._publisher = self._connection, None, None
         if connection is not None:
+            connection.close_callbacks.discard(self._on_connection_lost)
+            connection.reconnect_callbacks.discard(self._on_connection_restored)
             with contextlib.suppress(*CONNECTION_ERRORS, TimeoutError):
                 async with asyncio.timeout(self.close_timeout_s):
                     await connection.close()
+        if self._up:
+            self._up = False
+            self._consumability_changed()
 
     def _require_started(self) -> AbstractRobustChannel:
         if self._publisher is None:
@@ -544,7 +692,7 @@ class RabbitMQTransport(Transport):
             for p in wanted:
                 await subscription._consume(p, self._queue_arguments)
                 await subscription._assign(p, retry=False)
-            subscription._watch()
+            await subscription._watch()
         except BaseException:
             await subscription.close()
             raise
