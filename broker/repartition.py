@@ -35,18 +35,16 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import cast
 
-import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
 
 from broker import names
+from broker.connection import ConnectionOptions, connect_once
 from broker.envelopes import PoisonMessage, decode
 from broker.transports.base import REASON_HEADER
 from broker.transports.rabbitmq import _user_headers
-from engine.errors import BrokerUnavailable
-from engine.settings import redact_url
 
 _PERSISTENT = 2
 STAGING_ARGUMENTS: names.QueueArguments = {"x-queue-type": "quorum"}
@@ -89,7 +87,7 @@ class QueueMover:
     """Moves messages between a deployment's queues; ``async with`` it to connect.
 
     Args:
-        url: the broker's AMQP URL.
+        url: the broker's AMQP URL, or several (any live node of a cluster).
         namespace: the deployment's namespace.
         batch: messages fetched, published and acknowledged together.
         connect_timeout_s: how long connecting may take.
@@ -117,14 +115,12 @@ class QueueMover:
         self._channel: AbstractChannel | None = None
 
     async def __aenter__(self) -> QueueMover:
-        try:
-            self._connection = await aio_pika.connect(
-                self.url,
-                client_properties={"connection_name": f"hutch/{self.namespace}/repartition"},
-                timeout=self.connect_timeout_s,
-            )
-        except (TimeoutError, aiormq.exceptions.AMQPError, OSError) as exc:
-            raise BrokerUnavailable(f"cannot connect to RabbitMQ at {redact_url(self.url)}: {exc}") from exc
+        # Any live node of a cluster (several URLs); BrokerUnavailable names each node's failure.
+        self._connection = await connect_once(
+            self.url,
+            options=ConnectionOptions(connect_timeout_s=self.connect_timeout_s),
+            name=f"hutch/{self.namespace}/repartition",
+        )
         # Confirms and returns: a publish returns once the broker holds the message, and one no queue
         # takes (a missing queue) raises instead of vanishing.
         self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
