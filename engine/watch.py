@@ -199,14 +199,16 @@ class ChannelFeed:
             await self._changed.wait()
             self._changed.clear()
             settling, self._settling = self._settling, []
+            error: BaseException | None = None
             try:
                 error = await self._pass()
             except Exception as exc:  # a bug: keep the feed alive, and say so
                 log.exception("the pub/sub feed failed to apply its subscriptions")
                 error = exc
-            for done in settling:
-                if not done.done():
-                    done.set_result(error)
+            finally:  # also when close() cancels the pass: no settled() caller waits forever
+                for done in settling:
+                    if not done.done():
+                        done.set_result(error)
             if error is not None:
                 self._changed.set()
                 await asyncio.sleep(self._retry_s)

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import fakeredis
 import pytest
 from redis.asyncio import Redis
 
@@ -180,3 +181,38 @@ async def test_a_channel_whose_slot_moved_is_heard_again_on_its_new_node(redis_c
         await feed.close()
         await _move_empty_slot(redis, slot, home)  # leave the session's cluster as it was
         await redis.aclose()
+
+
+async def test_the_feed_works_on_fakeredis_too() -> None:
+    # The embedded runtime's store: its scripts' SPUBLISH reaches an SSUBSCRIBE there as on a server.
+    redis = fakeredis.aioredis.FakeRedis()
+    heard: list[bytes] = []
+    feed = ChannelFeed(redis, heard.append)
+    channel = Keys(unique("test")).finished_channel(2)
+    try:
+        await feed.start([channel])
+        assert await redis.eval("return redis.call('SPUBLISH', KEYS[1], 'wf:i-1')", 1, channel) == 1
+
+        async def heard_it() -> bool:
+            return heard == [b"wf:i-1"]
+
+        await eventually(heard_it)
+    finally:
+        await feed.close()
+        await redis.aclose()
+
+
+async def test_closing_the_feed_releases_a_caller_waiting_for_it_to_settle() -> None:
+    feed = ChannelFeed(fakeredis.aioredis.FakeRedis(), lambda data: None)
+    stuck = asyncio.Event()
+
+    async def never_answers(channels: set[str]) -> BaseException | None:
+        await stuck.wait()
+        return None
+
+    feed._attach = never_answers  # type: ignore[method-assign]  # a server that never confirms
+    feed.subscribe([Keys("t").created_channel(0)])
+    waiting = asyncio.ensure_future(feed.settled())
+    await asyncio.sleep(0.01)
+    await feed.close()
+    assert await asyncio.wait_for(waiting, timeout=1) is None
