@@ -107,6 +107,7 @@ class InstanceActor:
 
     # ------------------------------------------------------------------ loading
     def _rebuild_state(self, events: list[bytes]) -> None:
+        pause_group: int | None = None  # the group results join while paused (histories before it: None)
         for r in self.history:
             k = r["k"]
             if k == "step":
@@ -115,6 +116,10 @@ class InstanceActor:
                 st = self._steps.get((r["n"], r["c"]))
                 if st is not None:
                     st.attempts, st.running = r["a"], True
+                    if st.retry_member is not None:
+                        # This attempt is the retry: its timer fired and the commit removed it.
+                        self._timers.pop(st.retry_member, None)
+                        st.retry_member = None
             elif k == "attend":
                 st = self._steps.get((r["n"], r["c"]))
                 if st is not None:
@@ -138,12 +143,24 @@ class InstanceActor:
                     self._group = max(self._group, r["g"] + 1)
                     if "ev" in r:
                         self._seen_events.add(r["ev"]["id"])
+            elif k == "life":
+                pause_group = r.get("g") if r["what"] == "paused" else None
         for raw in events:
             event = unpack(raw)
             self._buffer.append((raw, event))
             self._seen_events.add(event["id"])
         for member in self._paused:
             self._timers.pop(member, None)
+        if self.status in FINISHED:
+            # Whatever history left unresolved ended with the instance (terminate, or run() returning
+            # or raising with work in flight): nothing of it may resolve, retry or re-arm later.
+            self._steps.clear()
+            self._sleeps.clear()
+            self._waits.clear()
+            self._timers.clear()
+        elif self.status in ("paused", "waitingForPause") and pause_group is not None:
+            # Results committed during the pause join the group it recorded (see apply).
+            self._group = pause_group
 
     def _forget(self, kind: str, key: tuple[str, int]) -> None:
         member: bytes | None = None
@@ -175,9 +192,12 @@ class InstanceActor:
             self._set_status("running")
         if self.status == "running":
             self._drive()
-        if self._res:  # resolved while not live (paused): replay will deliver them as this group
-            self._res = []
-            self._group += 1
+        # Resolved while not live (paused): every result of the pause joins one group, which replay
+        # delivers at once on resume — the workflow sees them together, as if they had arrived in
+        # one batch. A group per arrival would let the first wake the workflow before the others
+        # exist for it: it could then cancel a command whose outcome is already committed, or
+        # leave an event consumed by a wait it cancelled.
+        self._res = []
         self._settle_status()
         return self._close_tx(), self._effects
 
@@ -228,6 +248,9 @@ class InstanceActor:
         run = WorkflowRun(self._workflow_cls(self._env), event, limits=self._limits, now_ms=self._now_ms)
         run.replay(self.history)
         self.run = run
+        # Replay delivered every recorded group, the one results joined while paused included:
+        # whatever resolves from now on is a later group.
+        self._group = max(self._group, run.group)
         # A copy: an attempt lost with the last allowed one resolves (removes) its step meanwhile.
         for (name, count), st in list(self._steps.items()):
             call = run.steps.get((name, count))
@@ -303,6 +326,9 @@ class InstanceActor:
         if kind == "step":
             st = self._steps.pop(key, None)
             member = st.retry_member if st else None
+            # An attempt this transition scheduled (a re-drive of a lost one, say) must not start:
+            # cancelling runs before executing once the transition committed.
+            self._effects.execute = [(c, a) for c, a in self._effects.execute if (c.name, c.count) != key]
         elif kind == "sleep":
             member = self._sleeps.pop(key, None)
         else:
@@ -394,10 +420,12 @@ class InstanceActor:
         elif kind == "retry":
             st = self._steps.get(key)
             if st is not None and st.retry_member == member:
-                st.retry_member = None
                 if self.run is None and self.status in ("running", "waiting"):
                     self._set_status("running")
+                    # Before the retry is marked due: rebuilding the run starts the attempts nothing
+                    # else will, and this one is this timer's to start, once.
                     self._ensure_run()
+                st.retry_member = None
                 if self.run is not None:
                     self._start_attempt(name, count, st)
 
@@ -440,7 +468,9 @@ class InstanceActor:
                 self._tx.timers_remove.append(member)
             self._timers.clear()
             self._tx.meta["paused"] = pack(self._paused or None)
-            self._record({"k": "life", "what": "paused"})
+            # Every result that arrives during the pause joins this group (see apply); recorded, so
+            # an actor rebuilt during the pause puts later ones there too.
+            self._record({"k": "life", "what": "paused", "g": self._group})
             self.close()
         elif action == "resume" and self.status in ("paused", "waitingForPause"):
             self._set_status("running")
@@ -448,8 +478,10 @@ class InstanceActor:
                 due = self._now + remaining
                 self._add_timer(due, member)
                 kind, _, _, _, name, count = unpack(member)
-                if kind != "retry":
-                    self._record({"k": "retime", "ref": kind, "n": name, "c": count, "due": due})
+                # A retry's too (describe() has no row for it and skips it): an actor rebuilt from
+                # history must know the timer's new due time, or a later pause would compute the
+                # time left from the old one.
+                self._record({"k": "retime", "ref": kind, "n": name, "c": count, "due": due})
             self._paused.clear()
             self._tx.meta["paused"] = pack(None)
             self._record({"k": "life", "what": "resumed"})
@@ -476,6 +508,7 @@ class InstanceActor:
     def _end(self, status: str, meta: dict[str, Any]) -> None:
         """Stop everything in flight: cancel local attempts, disarm timers, drop the run."""
         self._effects.cancel_all = True
+        self._effects.execute.clear()  # scheduled by this transition before it ended: never started
         for member in self._timers:
             self._tx.timers_remove.append(member)
         self._tx.timers_remove.extend(self._paused)

@@ -4,6 +4,8 @@ Write a workflow as a subclass of :class:`WorkflowEntrypoint` and run it with
 :func:`connect`. Every public name lives here.
 """
 
+import importlib.metadata
+
 from engine.client import Client, ControlAccepted, EventAccepted, Instance, InstancePage, WorkflowClient
 from engine.config import Limits, RetryConfig, StepConfig
 from engine.connect import Connection, connect
@@ -47,6 +49,12 @@ from engine.events import ReceivedEvent, WorkflowEvent
 from engine.settings import Settings
 from engine.status import AttemptDetail, ErrorInfo, InstanceDetail, InstanceStatus, Status, StepDetail
 from engine.step import RollbackStep, StepFunction, WorkflowStep
+
+try:
+    # The installed distribution's, so pyproject.toml stays the one place the version is written.
+    __version__ = importlib.metadata.version("hutch")
+except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "AttemptDetail",

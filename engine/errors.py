@@ -35,8 +35,11 @@ The tree::
           ├── BrokerUnavailable         RabbitMQ refused, timed out or failed the handshake
           └── StoreUnavailable          Redis refused or timed out
 
-Engine control flow that must cross user ``except Exception`` blocks uses
-``BaseException`` subclasses defined in the executor, not here.
+No engine control flow travels through workflow code as an exception it could swallow:
+evicting, pausing, terminating or restarting an instance cancels its run's tasks (asyncio's
+``CancelledError``, a ``BaseException``), and the executor fails a run by itself when replay
+diverges (``NondeterminismError``) or ``run()`` awaits what it cannot replay
+(``WorkflowCodeError``), whatever ``run()`` does with the error raised at its ``await``.
 """
 
 from __future__ import annotations
@@ -103,7 +106,53 @@ class EventTimeoutError(HutchError):
 
 
 class NondeterminismError(HutchError):
-    """Replay asked for a different step than history recorded at the same position."""
+    """Replay asked for a different step than history recorded at the same position.
+
+    Attributes:
+        workflow: the workflow's name.
+        instance_id: the instance's id.
+        position: where in the instance's commands replay diverged (1 is the first command).
+        expected: the command history recorded there, as ``"step 'charge card'#1"``.
+        actual: the command replay asked for instead, or None when replay no longer asks for
+            any (the command was removed).
+
+    The identifiers are None on an error rebuilt from a stored ``{"name", "message"}`` record.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow: str | None = None,
+        instance_id: str | None = None,
+        position: int | None = None,
+        expected: str | None = None,
+        actual: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.workflow = workflow
+        self.instance_id = instance_id
+        self.position = position
+        self.expected = expected
+        self.actual = actual
+
+    @classmethod
+    def diverged(
+        cls, *, workflow: str, instance_id: str, position: int, expected: str, actual: str | None
+    ) -> NondeterminismError:
+        """The error for replay asking for ``actual`` where history has ``expected`` (None: asking for nothing)."""
+        if actual is None:
+            what = f"history has {expected} at position {position} but replay no longer asks for it"
+        else:
+            what = f"replay asked for {actual} but history has {expected} at position {position}"
+        return cls(
+            f"instance {instance_id}: {what} — the workflow code changed; restart the instance or version the change",
+            workflow=workflow,
+            instance_id=instance_id,
+            position=position,
+            expected=expected,
+            actual=actual,
+        )
 
 
 class WorkflowCodeError(HutchError):

@@ -59,7 +59,8 @@ class WorkflowRun:
         self.event = event
         self.limits = limits
         self._now_ms = now_ms
-        self.loop = WorkflowLoop()  # type: ignore[abstract]  # implements what tasks and futures use
+        # Abstract for mypy: the loop implements only what tasks and futures use.
+        self.loop = WorkflowLoop(on_code_error=self._code_error)  # type: ignore[abstract]
         self.step = WorkflowStep(self)
         self._recorded: list[Record] = []
         self._cursor = 0
@@ -95,14 +96,7 @@ class WorkflowRun:
         finally:
             self.replaying = False
         if self.failure is None and self._cursor < len(self._recorded):
-            missing = self._recorded[self._cursor]
-            self._fail(
-                NondeterminismError(
-                    f"instance {self.event.instance_id}: history has {describe_command(missing)} at position "
-                    f"{self._cursor + 1} but replay no longer asks for it — the workflow code changed; "
-                    "restart the instance or version the change"
-                )
-            )
+            self._fail(self._diverged(None))
 
     def deliver(self, resolutions: list[Record]) -> None:
         """Settle the commands these resolutions refer to, then run until blocked."""
@@ -137,10 +131,6 @@ class WorkflowRun:
         exc = self._task.exception()
         if exc is None:
             return True, self._task.result()
-        if isinstance(exc, RuntimeError) and "attached to a different loop" in str(exc):
-            return False, WorkflowCodeError(
-                f"run() awaited I/O outside a step ({exc}); put it inside step.do so it runs once and is checkpointed"
-            )
         return False, exc
 
     def close(self) -> None:
@@ -206,13 +196,7 @@ class WorkflowRun:
         if self._cursor < len(self._recorded):
             expected = self._recorded[self._cursor]
             if expected["k"] != record["k"] or expected["n"] != name or expected.get("ref") != record.get("ref"):
-                self._fail(
-                    NondeterminismError(
-                        f"instance {self.event.instance_id}: replay asked for {describe_command(record)} but history "
-                        f"has {describe_command(expected)} at position {self._cursor + 1} — the workflow code "
-                        "changed; restart the instance or version the change"
-                    )
-                )
+                self._fail(self._diverged(record))
                 return future, record
             self._cursor += 1
             record = expected
@@ -239,6 +223,21 @@ class WorkflowRun:
 
     def _fail(self, error: HutchError) -> None:
         self.failure = error
+
+    def _diverged(self, asked: Record | None) -> NondeterminismError:
+        """Replay asked for ``asked`` (None: for nothing more) where history has the command at the cursor."""
+        return NondeterminismError.diverged(
+            workflow=self.event.workflow_name,
+            instance_id=self.event.instance_id,
+            position=self._cursor + 1,
+            expected=describe_command(self._recorded[self._cursor]),
+            actual=None if asked is None else describe_command(asked),
+        )
+
+    def _code_error(self, error: WorkflowCodeError) -> None:
+        # Raised into workflow code by the loop; failing the run here means catching it changes nothing.
+        if self.failure is None:
+            self.failure = error
 
     def _value(self, record: Record) -> Any:
         ref = record["ref"]

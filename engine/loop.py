@@ -5,7 +5,8 @@ real event loop (where I/O completions interleave at random). Each instance gets
 it only runs callbacks that workflow code itself scheduled, in FIFO order, and the executor
 drives it until nothing is ready ("quiescent"). ``asyncio.gather``, ``asyncio.wait``,
 ``TaskGroup`` and task cancellation all work; timers (``asyncio.sleep(n)``,
-``asyncio.timeout``) do not, because wall-clock time is not replayable — ``step.sleep`` is.
+``asyncio.timeout``) do not, because wall-clock time is not replayable — ``step.sleep`` is — and
+neither does awaiting a future of another loop (I/O begun outside a step): both fail the run.
 The same technique as temporalio's ``_WorkflowInstanceImpl``.
 """
 
@@ -15,7 +16,7 @@ import asyncio
 import collections
 import contextvars
 from asyncio import events
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 from engine.errors import WorkflowCodeError
@@ -23,12 +24,26 @@ from engine.step import StepAwaitable
 
 
 class WorkflowLoop(asyncio.AbstractEventLoop):
-    """Runs workflow callbacks on demand; never blocks, never does I/O."""
+    """Runs workflow callbacks on demand; never blocks, never does I/O.
 
-    def __init__(self) -> None:
+    Args:
+        on_code_error: told of each :class:`WorkflowCodeError` the loop raises into workflow code
+            (a foreign future awaited, an asyncio timer), so the run fails even when workflow code
+            catches the error.
+    """
+
+    def __init__(self, on_code_error: Callable[[WorkflowCodeError], None] | None = None) -> None:
         self._ready: collections.deque[asyncio.Handle] = collections.deque()
         self._closed = False
         self.unhandled: list[dict[str, Any]] = []
+        self._on_code_error = on_code_error
+
+    def code_error(self, message: str) -> WorkflowCodeError:
+        """The error to raise into workflow code for something it cannot do; the run is told first."""
+        error = WorkflowCodeError(message)
+        if self._on_code_error is not None:
+            self._on_code_error(error)
+        return error
 
     def run_until_quiescent(self) -> None:
         """Run ready callbacks until none are left; the real running loop is restored after."""
@@ -54,12 +69,13 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     def call_soon_threadsafe(
         self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
     ) -> asyncio.Handle:
+        # Not code_error(): called from another thread, it must not touch the run's state.
         raise WorkflowCodeError("workflow code cannot be driven from another thread; do that work inside step.do")
 
     def call_later(
         self, delay: float, callback: Callable[..., object], *args: Any, **kwargs: Any
     ) -> asyncio.TimerHandle:
-        raise WorkflowCodeError(
+        raise self.code_error(
             "run() used an asyncio timer (asyncio.sleep with a delay, asyncio.timeout or wait_for); "
             "wall-clock time is not replayable, use step.sleep / step.wait_for_event(timeout=...) instead"
         )
@@ -91,7 +107,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             # never awaited the step, so cancel the step here as cancelling a started task would.
             task.add_done_callback(lambda done: step.cancel() if done.cancelled() else None)
             return task
-        return asyncio.Task(coro, loop=self, name=name, context=context)
+        return asyncio.Task(_Guarded(coro, self), loop=self, name=name, context=context)
 
     def get_debug(self) -> bool:
         return False
@@ -127,8 +143,57 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         raise WorkflowCodeError("workflow code cannot install a task factory")
 
     def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        raise WorkflowCodeError("run() called run_in_executor; blocking work belongs inside step.do")
+        raise self.code_error("run() called run_in_executor; blocking work belongs inside step.do")
 
 
 async def _await_step(step: StepAwaitable[Any]) -> Any:
     return await step
+
+
+_SHOWN = frozenset({"__name__", "__qualname__", "cr_await", "cr_code", "cr_frame", "cr_running"})
+
+
+class _Guarded(Coroutine[Any, Any, Any]):
+    """Workflow code's coroutine as its task drives it, stopped where it awaits another loop's future.
+
+    A future of another event loop is I/O begun outside the workflow (a client or connection made
+    on the worker's loop). Left to asyncio, the task would throw a ``RuntimeError`` into the
+    coroutine, recognisable only by its wording; here the future is recognised by its loop's
+    identity, the run is failed with a :class:`WorkflowCodeError` (which workflow code catching the
+    error cannot undo), and that error is thrown in at the ``await``.
+    """
+
+    __slots__ = ("_coro", "_loop")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], loop: WorkflowLoop) -> None:
+        self._coro = coro
+        self._loop = loop
+
+    def send(self, value: Any) -> Any:
+        return self._checked(self._coro.send(value))
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        # Tasks throw an exception instance alone; the three-argument form is deprecated.
+        error = typ if val is None else val
+        return self._checked(self._coro.throw(error if tb is None else error.with_traceback(tb)))
+
+    def close(self) -> None:
+        self._coro.close()
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._coro.__await__()
+
+    def __getattr__(self, name: str) -> Any:
+        # What asyncio shows in a task's repr and stack (get_stack, print_stack) is the workflow's.
+        if name in _SHOWN:
+            return getattr(self._coro, name)
+        raise AttributeError(name)
+
+    def _checked(self, yielded: Any) -> Any:
+        while asyncio.isfuture(yielded) and yielded.get_loop() is not self._loop:
+            error = self._loop.code_error(
+                f"run() awaited I/O outside a step ({yielded!r} belongs to another event loop); "
+                "put it inside step.do so it runs once and is checkpointed"
+            )
+            yielded = self._coro.throw(error)
+        return yielded

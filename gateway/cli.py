@@ -96,9 +96,8 @@ class LazyGroup(click.Group):
         "worker": "gateway.worker_command:worker",
     },
 )
-# The installed distribution's version, read with importlib.metadata when --version is given, so
-# it is the one pyproject.toml declared at install time, with no copy to keep in sync.
-@click.version_option(package_name="hutch", prog_name="hutch", message="%(prog)s %(version)s")
+# engine.__version__: the installed distribution's, as pyproject.toml declared it at install time.
+@click.version_option(engine.__version__, prog_name="hutch", message="%(prog)s %(version)s")
 def main() -> None:
     """Hutch: durable workflows on RabbitMQ and Redis.
 

@@ -8,6 +8,7 @@ boundaries in thread pools, multiprocessing and test runners).
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import inspect
 import pickle
 import pkgutil
@@ -233,6 +234,11 @@ def test_special_error_attributes() -> None:
     illegal = engine.IllegalTransition("order-42", "terminate", "complete")
     assert str(illegal) == "cannot terminate instance 'order-42' since it is in status 'complete'"
     assert issubclass(engine.WaitTimeout, TimeoutError)
+
+
+def test_version_is_the_installed_distributions() -> None:
+    assert engine.__version__ == importlib.metadata.version("hutch")
+    assert "__version__" not in engine.__all__, "a dunder, read as engine.__version__, not star-imported"
 
 
 def test_poison_message_survives_a_pickle_round_trip() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import pickle
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +25,7 @@ from engine import (
     NondeterminismError,
     StepContext,
     StepFailedError,
+    WorkflowCodeError,
     WorkflowEntrypoint,
 )
 from engine.clock import Clock
@@ -592,3 +594,109 @@ def test_a_history_replayed_by_unchanged_code_is_not_flagged() -> None:
     run.replay(pair_history("b", "a"))
     assert run.failure is None and not run.finished
     run.close()
+
+
+def test_nondeterminism_error_carries_its_ids_as_attributes() -> None:
+    run = new_run(PairV2Renamed)
+    run.replay(pair_history("a", "b"))
+    renamed = run.failure
+    run.close()
+    assert isinstance(renamed, NondeterminismError)
+    ids = (renamed.workflow, renamed.instance_id, renamed.position, renamed.expected, renamed.actual)
+    assert ids == ("unit", "unit-1", 2, "step 'b'#1", "step 'b2'#1")
+    copy = pickle.loads(pickle.dumps(renamed))
+    assert (copy.workflow, copy.instance_id, copy.position, copy.expected, copy.actual) == ids
+    assert str(copy) == str(renamed)
+
+    run = new_run(PairV2Removed)
+    run.replay(pair_history("a", "b"))
+    removed = run.failure
+    run.close()
+    assert isinstance(removed, NondeterminismError)
+    assert (removed.position, removed.expected, removed.actual) == (2, "step 'b'#1", None), "nothing asked for"
+
+
+# --------------------------------------------------------------------------- unit: code replay cannot repeat
+
+OTHER_LOOP_FUTURES: dict[str, asyncio.Future[Any]] = {}  # instance -> a future of a loop that is not the run's
+
+
+class AwaitsIO(WorkflowEntrypoint):
+    """Awaits, outside any step, a future of another event loop: I/O the workflow started on its own."""
+
+    async def run(self, event: WorkflowEvent, step: Any) -> Any:
+        await step.do("before", _unit_body("before", 1))
+        return await OTHER_LOOP_FUTURES[event.instance_id]
+
+
+class SwallowsIO(WorkflowEntrypoint):
+    """Catches whatever awaiting the other loop's future raises and carries on with a step."""
+
+    async def run(self, event: WorkflowEvent, step: Any) -> Any:
+        try:
+            await OTHER_LOOP_FUTURES[event.instance_id]
+        except Exception:
+            pass
+        return await step.do("after", _unit_body("after", 2))
+
+
+class SwallowsTimer(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: Any) -> Any:
+        try:
+            await asyncio.sleep(5)
+        except Exception:
+            pass
+        return await step.do("after", _unit_body("after", 2))
+
+
+@pytest.fixture
+def other_loop_future() -> Any:
+    loop = asyncio.new_event_loop()
+    OTHER_LOOP_FUTURES["unit-1"] = loop.create_future()
+    yield OTHER_LOOP_FUTURES["unit-1"]
+    del OTHER_LOOP_FUTURES["unit-1"]
+    loop.close()
+
+
+def test_io_awaited_outside_a_step_errors_the_run(other_loop_future: asyncio.Future[Any]) -> None:
+    run = new_run(AwaitsIO)
+    run.start()
+    assert [c["n"] for c in run.take_commands()] == ["before"]
+    run.deliver([ok("step", "before", 0, 1)])
+    assert run.finished
+    succeeded, error = run.outcome()
+    assert not succeeded and isinstance(error, WorkflowCodeError)
+    assert str(error).startswith("run() awaited I/O outside a step (<Future pending")
+    assert str(error).endswith(
+        "belongs to another event loop); put it inside step.do so it runs once and is checkpointed"
+    )
+    run.close()
+
+
+@pytest.mark.parametrize("workflow", [SwallowsIO, SwallowsTimer], ids=["io", "asyncio timer"])
+def test_code_replay_cannot_repeat_errors_the_run_even_when_caught(
+    other_loop_future: asyncio.Future[Any], workflow: type[WorkflowEntrypoint]
+) -> None:
+    run = new_run(workflow)
+    run.start()
+    assert run.finished, "the run failed at the await, whatever run() did with the error next"
+    assert run.take_commands() == [], "nothing it issued afterwards is recorded"
+    succeeded, error = run.outcome()
+    assert not succeeded and isinstance(error, WorkflowCodeError)
+    run.close()
+
+
+async def test_io_awaited_outside_a_step_errors_the_instance(make_client: MakeClient) -> None:
+    # A future of the worker's own event loop, as a client or connection made at start-up hands out.
+    reply: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    client = await make_client({"io": AwaitsIO})
+    iid = unique("io")
+    OTHER_LOOP_FUTURES[iid] = reply
+    try:
+        final = await (await client.workflow("io").create(id=iid)).wait(timeout=10)
+    finally:
+        del OTHER_LOOP_FUTURES[iid]
+    assert final.status == "errored"
+    assert final.error is not None and final.error.name == "WorkflowCodeError"
+    assert "awaited I/O outside a step" in final.error.message
+    assert not reply.done()
