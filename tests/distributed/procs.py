@@ -18,10 +18,18 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class WorkerProcess:
-    """One ``hutch worker`` process with its output in a temporary file."""
+    """One ``hutch worker`` process with its output in a temporary file.
 
-    def __init__(self, namespace: str, workflows: dict[str, str], *, partitions: int = 8, **env: str) -> None:
+    ``netns`` runs it inside that Linux network namespace (``ip netns exec``: another "host", see
+    tests/chaos/netns.py). After it exited (killed, say) :meth:`start` starts it again, appending to
+    the same output.
+    """
+
+    def __init__(
+        self, namespace: str, workflows: dict[str, str], *, partitions: int = 8, netns: str | None = None, **env: str
+    ) -> None:
         self.namespace = namespace
+        self.netns = netns
         self._workflows = workflows
         self._env = {
             **os.environ,
@@ -37,11 +45,17 @@ class WorkerProcess:
         }
         self._log = tempfile.NamedTemporaryFile(prefix="hutch-worker-", suffix=".log", delete=False)
         self.proc: asyncio.subprocess.Process | None = None
+        self._started_at = 0  # where the current process's output begins in the log
 
     async def start(self) -> WorkerProcess:
+        if self.proc is not None and self.proc.returncode is None:
+            raise RuntimeError("the worker is already running")
         args = [sys.executable, "-m", "gateway.cli", "worker"]
         for name, target in self._workflows.items():
             args += ["--workflow", f"{name}={target}"]
+        if self.netns is not None:
+            args = ["ip", "netns", "exec", self.netns, *args]  # ip execs the worker: the PID is the worker's
+        self._started_at = len(self.output)
         self.proc = await asyncio.create_subprocess_exec(
             *args,
             cwd=ROOT,
@@ -61,7 +75,15 @@ class WorkerProcess:
         assert self.proc is not None
         if self.proc.returncode is not None:
             raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.output}")
-        return "hutch worker" in self.output and "connected to" in self.output
+        output = self.output[self._started_at :]
+        return "hutch worker" in output and "connected to" in output
+
+    def worker_id(self) -> str | None:
+        """The id the running process printed when it was ready (None before)."""
+        for line in reversed(self.output[self._started_at :].splitlines()):
+            if line.startswith("hutch worker ") and " connected to " in line:
+                return line.split()[2]
+        return None
 
     def partitions(self) -> list[int] | None:
         """The partitions the worker last said it owns (from its log), or None before it said."""
@@ -75,6 +97,16 @@ class WorkerProcess:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
 
+    def pause(self) -> None:
+        """Freeze the process (SIGSTOP): its connections stay open, it neither heartbeats nor answers."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Let a paused process run again (SIGCONT)."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
     def terminate(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
@@ -86,7 +118,7 @@ class WorkerProcess:
 
     async def close(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
+            self.proc.kill()  # a stopped (SIGSTOP) process dies of SIGKILL all the same
             await self.proc.wait()
         self._log.close()
         os.unlink(self._log.name)
