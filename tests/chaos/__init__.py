@@ -9,5 +9,6 @@
 - ``harness.py``: one run (private Redis, RabbitMQ, proxies, workers, load, fault primitives).
 - ``scenarios.py``: which faults each scenario injects.
 - ``checker.py``: the guarantees, checked from Redis, the ledger and the broker, and the table.
+- ``queues.py``: whether the partition queues drained (read from RabbitMQ).
 - ``netns.py``: simulated hosts (network namespaces and veth pairs) for ``host-cut``.
 """

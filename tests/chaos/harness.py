@@ -29,22 +29,20 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
-import aiormq
 import msgpack
 import redis.exceptions as redis_exceptions
 from redis.asyncio import Redis
 
 import engine
-from broker import names
 from broker.envelopes import EventReceived, decode, encode
 from broker.partitioning import partition_of
 from broker.transports.base import Outgoing
 from broker.transports.rabbitmq import RabbitMQTransport
-from consumers import membership
 from engine import Client, Instance, Settings, WorkflowClient
 from engine.store.redis import STORE_ERRORS
 from tests.chaos.checker import InstanceRecord, Report, check_dead_letters, check_instance, decode_execution
 from tests.chaos.netns import HostNetwork
+from tests.chaos.queues import undrained
 from tests.chaos.workflow import TARGET, WORKFLOW, ChaosWorkflow, executions_key
 from tests.conftest import AMQP_URL, REDIS_URL, drop_namespace
 from tests.distributed.procs import WorkerProcess
@@ -54,8 +52,6 @@ from tests.tcp_proxy import TCPProxy
 
 log = logging.getLogger("tests.chaos")
 
-#: The header of the lease message each partition queue holds (consumers/membership.py).
-LEASE_HEADER = getattr(membership, "LEASE_HEADER", "x-hutch-lease")
 T = TypeVar("T")
 
 
@@ -579,14 +575,7 @@ class ChaosRun:
         )
 
     async def _check_broker(self, report: Report) -> None:
-        """Dead letters, and whether the partition queues drained.
-
-        Once every instance finished, nothing may wait in a partition queue, nor sit delivered to a
-        consumer that never acknowledges it (that blocks its partition's queue). The workers are
-        stopped first, which hands back whatever they held, and the queues must then hold nothing
-        but their lease (consumers/membership.py: one message per partition queue that its owner
-        keeps unacknowledged on purpose).
-        """
+        """Dead letters, and whether the partition queues drained (tests/chaos/queues.py)."""
 
         async def dead_lettered() -> bool:
             letters = await self.transport.dead_letters()
@@ -595,70 +584,8 @@ class ChaosRun:
 
         with contextlib.suppress(AssertionError):
             await eventually(dead_lettered, timeout=15, interval=0.2)
-
-        async def nothing_ready() -> bool:
-            report.left_in_queues = sum(ready for ready, _ in await self._queue_counts())
-            return report.left_in_queues <= self.partitions  # a lease may be between owners
-
-        with contextlib.suppress(AssertionError):
-            await eventually(nothing_ready, timeout=15, interval=0.2)
-        for worker in self.workers:  # killed, not closed: their output stays for the report
-            if worker.proc is not None and worker.proc.returncode is None:
-                worker.kill()
-                await worker.wait(timeout=10)
-
-        async def handed_back() -> bool:
-            return not any(consumers for _, consumers in await self._queue_counts())
-
-        with contextlib.suppress(AssertionError):
-            await eventually(handed_back, timeout=15, interval=0.2)
-        report.left_in_queues = await self._messages_but_leases()
-
-    def _amqp_url(self) -> str:
-        """One URL of a live node (for the test's own connections)."""
-        return AMQP_URL if self.cluster is None else next(node.url for node in self.cluster.nodes if node.running)
-
-    async def _queue_counts(self) -> list[tuple[int, int]]:
-        """Ready messages and consumers of each partition queue (a passive declare: exact, not a statistic)."""
-        connection = await aiormq.connect(self._amqp_url())
-        try:
-            channel = await connection.channel()
-            counts = []
-            for p in range(self.partitions):
-                ok = await channel.queue_declare(names.partition_queue(self.namespace, p), passive=True)
-                counts.append((int(ok.message_count or 0), int(ok.consumer_count or 0)))
-            return counts
-        finally:
-            await connection.close()
-
-    async def _messages_but_leases(self) -> int:
-        """How many messages the partition queues hold besides their leases (nobody consumes them now).
-
-        Read by consuming without acknowledging; closing the connection puts them back.
-        """
-        connection = await aiormq.connect(self._amqp_url())
-        try:
-            channel = await connection.channel()
-            await channel.basic_qos(prefetch_count=1000)
-            seen: list[dict[str, Any]] = []
-            expected = 0
-            for p in range(self.partitions):
-                queue = names.partition_queue(self.namespace, p)
-                expected += int((await channel.queue_declare(queue, passive=True)).message_count or 0)
-
-                async def on_message(message: aiormq.abc.DeliveredMessage) -> None:
-                    seen.append(dict(message.header.properties.headers or {}))
-
-                await channel.basic_consume(queue, on_message, no_ack=False)
-
-            async def all_seen() -> bool:
-                return len(seen) >= expected
-
-            with contextlib.suppress(AssertionError):
-                await eventually(all_seen, timeout=10, interval=0.05)
-            return sum(1 for headers in seen if LEASE_HEADER not in headers)
-        finally:
-            await connection.close()
+        url = AMQP_URL if self.cluster is None else next(node.url for node in self.cluster.nodes if node.running)
+        report.left_in_queues = await undrained(url, self.namespace, self.partitions, self.workers)
 
     def worker_logs(self, tail: int = 40) -> str:
         """The last lines of every worker's output (for failure messages)."""
