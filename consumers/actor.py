@@ -103,6 +103,12 @@ class InstanceActor:
         self._buffer: list[tuple[bytes, dict[str, Any]]] = []
         self._seen_events: set[str] = set()
         self._group = 0
+        # Set while the instance's partition is being handed over (see Orchestrator.hold): results
+        # still commit, but no new attempt starts here; such steps wait in _deferred, recorded as
+        # issued and not attempted, for the next owner's re-drive (or this one's, if the handover
+        # is called off). Running one here would only have its result thrown away.
+        self.hold = False
+        self._deferred: dict[tuple[str, int], None] = {}
         self._rebuild_state(snapshot.events)
 
     # ------------------------------------------------------------------ loading
@@ -191,6 +197,8 @@ class InstanceActor:
         if self._res and self.status == "waiting":
             self._set_status("running")
         if self.status == "running":
+            if self._deferred and not self.hold and self.run is not None:
+                self._start_deferred()
             self._drive()
         # Resolved while not live (paused): every result of the pause joins one group, which replay
         # delivers at once on resume — the workflow sees them together, as if they had arrived in
@@ -263,6 +271,10 @@ class InstanceActor:
                 self.workflow, self.instance_id, self.run_no, name, count, st.attempts
             ):
                 self._interrupted(name, count, st)
+            elif not st.running and st.retry_member is None:
+                # Issued and never attempted (its attempt was deferred by a handover) or its retry
+                # came due during one: no timer will start it, so this owner does.
+                self._start_attempt(name, count, st)
 
     def _interrupted(self, name: str, count: int, st: _StepState) -> None:
         # The worker running this attempt died (we are its successor): the attempt counts.
@@ -339,11 +351,23 @@ class InstanceActor:
 
     # ------------------------------------------------------------------ steps
     def _start_attempt(self, name: str, count: int, st: _StepState) -> None:
+        if self.hold:
+            st.running = False
+            self._deferred[(name, count)] = None
+            return
+        self._deferred.pop((name, count), None)
         st.attempts += 1
         st.running = True
         self._record({"k": "att", "n": name, "c": count, "a": st.attempts})
         if self.run is not None:
             self._effects.execute.append((self.run.steps[(name, count)], st.attempts))
+
+    def _start_deferred(self) -> None:
+        deferred, self._deferred = self._deferred, {}
+        for key in deferred:
+            st = self._steps.get(key)
+            if st is not None and not st.running and st.retry_member is None:
+                self._start_attempt(key[0], key[1], st)
 
     def _on_step_done(self, done: StepDone) -> None:
         st = self._steps.get((done.name, done.count))

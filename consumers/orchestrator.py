@@ -6,6 +6,11 @@ pipelined Redis round trip (each transition atomic and sequence-checked, fenced 
 partition owner's token), and only then acknowledges the deliveries and starts the step
 attempts the transitions scheduled. Acks never wait for a step body, a sleep or an event.
 While Redis is unreachable a turn is held and retried, never handed back to the broker.
+
+A partition being handed over to another worker (and every partition of a stopping worker) is
+*held*: its inputs are still processed and committed, but no new step attempt starts; once its
+running attempts ended and their results are committed (:meth:`Orchestrator.wait_quiet`) the
+partition can go, and its next owner starts the steps left (consumers/membership.py).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from broker.envelopes import InstanceCreated, PoisonMessage, Redrive, TimerFired
 from broker.transports.base import Delivery, PartitionListener
 from consumers.actor import Effects, Input, InstanceActor
 from consumers.items import CreatedNotice, StepDone
+from consumers.membership import LEASE_HEADER
 from consumers.steps import StepRunner
 from consumers.timers import TimerService
 from engine import tracing
@@ -50,6 +56,7 @@ class _Item:
     delivery: Delivery | None
     settled: bool = False  # the delivery was acked, nacked or rejected already
     parked: bool = False  # kept in Orchestrator._parked for when its partition comes back
+    generation: int = 0  # of its partition's subscription when it arrived (see Orchestrator.forget_partition)
 
 
 class Orchestrator(PartitionListener):
@@ -106,7 +113,20 @@ class Orchestrator(PartitionListener):
         self._carry: _Item | None = None  # taken from the inbox for the next turn (the last one was full)
         self._idle = asyncio.Event()
         self._idle.set()
-        self.draining = False
+        # Partitions being handed over (or every one, while shutting down): their instances go on
+        # committing what arrives, but start no new step attempt (see InstanceActor.hold).
+        self._holding: set[int] = set()
+        self._hold_all = False
+        # What a handover waits for before it lets a partition go: its step results still queued
+        # here, and the partitions of the turn being processed (set each turn, with _progress).
+        self._queued_results: dict[int, int] = {}
+        self._turn_partitions: set[int] = set()
+        self._progress = asyncio.Event()
+        # Bumped each time this worker stops consuming a partition: deliveries of an older
+        # subscription still in the inbox must not be parked for the next one (their channel is
+        # closed, so the broker hands them out again).
+        self._generation: dict[int, int] = {}
+        self._lease_acks: set[asyncio.Task[None]] = set()
         # Called with a partition whose commit was fenced (another worker claimed it); the worker
         # uses it to reconcile ownership at once instead of stalling until its next heartbeat.
         self.on_fenced: Callable[[int], None] | None = None
@@ -120,31 +140,140 @@ class Orchestrator(PartitionListener):
 
     # ------------------------------------------------------------------ transport callbacks
     def on_delivery(self, delivery: Delivery) -> None:
+        if LEASE_HEADER in delivery.headers:
+            # Partition leases are the worker's (consumers/worker.py); one reaching a consumer that
+            # has no use for it (every partition's, embedded) is no poison, just not needed.
+            task = asyncio.get_running_loop().create_task(delivery.ack())
+            self._lease_acks.add(task)
+            task.add_done_callback(self._lease_acks.discard)
+            return
         try:
             message = decode(delivery.body)
         except PoisonMessage as exc:
-            self._inbox.put_nowait(_Item(delivery.partition, ("", ""), exc, delivery))  # type: ignore[arg-type]
+            generation = self._generation.get(delivery.partition, 0)
+            self._inbox.put_nowait(_Item(delivery.partition, ("", ""), exc, delivery, generation=generation))  # type: ignore[arg-type]
             return
-        item = _Item(delivery.partition, (message.workflow, message.instance_id), message, delivery)
-        self._inbox.put_nowait(item)
+        key = (message.workflow, message.instance_id)
+        generation = self._generation.get(delivery.partition, 0)
+        self._inbox.put_nowait(_Item(delivery.partition, key, message, delivery, generation=generation))
 
     async def on_assigned(self, partition: int) -> None:
-        token = f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
+        """Claim the partition (a new fencing token) and take it over: the embedded worker's way."""
+        token = self.new_token()
         await self.store.claim(partition, token)
-        self.owned[partition] = token
-        log.info("worker %s owns partition %d", self.worker_id, partition)
-        for item in self._parked.pop(partition, []):
-            item.parked = False
-            self._inbox.put_nowait(item)
-        # Re-drive what the previous owner left in flight; its timers are fired by ours.
-        for workflow, instance_id in await self.store.active_instances(partition):
-            redrive = Redrive(workflow=workflow, instance_id=instance_id)
-            self._inbox.put_nowait(_Item(partition, (workflow, instance_id), redrive, None))
+        await self.adopt({partition: token})
+
+    def new_token(self) -> str:
+        """A fencing token of this worker's (``<worker id>:<nonce>``: the id tells whose it is)."""
+        return f"{self.worker_id}:{uuid.uuid4().hex[:8]}"
+
+    async def adopt(self, tokens: dict[int, str]) -> None:
+        """Take over partitions claimed with these tokens: commit with them and re-drive what was in flight.
+
+        The previous owner's running instances are re-driven (a lost attempt runs again; one it
+        deferred while handing over starts) and its timers are fired by ours, all partitions' with
+        one Redis round trip.
+        """
+        if not tokens:
+            return
+        self.owned.update(tokens)
+        for partition in sorted(tokens):
+            log.info("worker %s owns partition %d", self.worker_id, partition)
+            for item in self._parked.pop(partition, []):
+                item.parked = False
+                if isinstance(item.input, StepDone):
+                    self._queued_results[partition] = self._queued_results.get(partition, 0) + 1
+                self._inbox.put_nowait(item)
+        await self._redrive(sorted(tokens))
         self.timers.due_at(0)
 
+    async def _redrive(self, partitions: list[int]) -> None:
+        delay_s = self._retry_s
+        while True:
+            try:
+                pipe = self.store.redis.pipeline(transaction=False)
+                for partition in partitions:
+                    pipe.smembers(self.store.keys.active(partition))
+                active = await pipe.execute()
+                break
+            except STORE_ERRORS as exc:
+                # The partitions are ours already: what ran on them must not wait for a new owner.
+                log.warning("re-drive of partitions %s failed, retrying: %s", partitions, exc)
+                await asyncio.sleep(delay_s)
+                delay_s = min(delay_s * 2, self._retry_max_s)
+                partitions = [p for p in partitions if p in self.owned]
+                if not partitions:
+                    return
+        for partition, members in zip(partitions, active, strict=True):
+            if self.owned.get(partition) is None:
+                continue  # released again meanwhile
+            for member in members:
+                workflow, instance_id = member.decode().split(":", 1)
+                redrive = Redrive(workflow=workflow, instance_id=instance_id)
+                self._inbox.put_nowait(_Item(partition, (workflow, instance_id), redrive, None))
+
+    # ------------------------------------------------------------------ handing partitions over
+    def hold(self, partition: int | None = None) -> None:
+        """Start no new step attempt on ``partition`` (None: on every partition, for good: shutdown).
+
+        Inputs are still processed and committed, so the attempts running here end in history;
+        the steps the workflows issue meanwhile are left for the partition's next owner.
+        """
+        if partition is None:
+            self._hold_all = True
+        else:
+            self._holding.add(partition)
+
+    async def unhold(self, partition: int) -> None:
+        """The handover of ``partition`` is called off: start what was deferred, it stays here."""
+        self._holding.discard(partition)
+        if partition in self.owned:
+            await self._redrive([partition])
+
+    def holding(self, partition: int) -> bool:
+        """Whether ``partition`` starts no new attempts right now."""
+        return self._hold_all or partition in self._holding
+
+    def quiet(self, partition: int) -> bool:
+        """Whether nothing of ``partition`` is left to commit: no attempt running, no result queued or in a turn."""
+        return (
+            self.runner.in_flight_on(partition) == 0
+            and not self._queued_results.get(partition)
+            and partition not in self._turn_partitions
+        )
+
+    async def wait_quiet(self, partitions: set[int] | None, timeout: float) -> set[int]:
+        """Wait up to ``timeout`` s until each of ``partitions`` (None: every one) is :meth:`quiet`.
+
+        Returns the partitions still busy (for None: those with attempts running).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if partitions is None:
+                busy = set(self.runner.partitions())
+                if self._queued_results or self._turn_partitions:
+                    busy |= {-1}
+            else:
+                busy = {p for p in partitions if not self.quiet(p)}
+            remaining = deadline - loop.time()
+            if not busy or remaining <= 0:
+                return busy
+            # Every result ends up in a turn (a cancelled attempt posts none, but is cancelled in one).
+            self._progress.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await self._progress.wait()
+
     def forget_partition(self, partition: int) -> None:
-        """This worker gives the partition up for good: drop results parked for its return."""
+        """This worker stops consuming the partition: drop results parked for its return.
+
+        Deliveries of the closed subscription still queued here are dropped instead of parked:
+        the broker hands them out again.
+        """
         self._parked.pop(partition, None)
+        self._holding.discard(partition)
+        self._generation[partition] = self._generation.get(partition, 0) + 1
 
     async def on_revoked(self, partition: int) -> None:
         self.owned.pop(partition, None)
@@ -161,7 +290,7 @@ class Orchestrator(PartitionListener):
         that is lost, or heard by a worker that no longer owns the partition, only costs latency.
         """
         key = (workflow, instance_id)
-        if partition not in self.owned or key in self.actors or self.draining:
+        if partition not in self.owned or key in self.actors or self.holding(partition):
             return
         started = self._started.get(key)
         if started is not None and (meta is None or meta.get("created") == started):
@@ -169,6 +298,7 @@ class Orchestrator(PartitionListener):
         self._inbox.put_nowait(_Item(partition, key, CreatedNotice(partition, workflow, instance_id, meta), None))
 
     def _post_step_done(self, done: StepDone) -> None:
+        self._queued_results[done.partition] = self._queued_results.get(done.partition, 0) + 1
         self._inbox.put_nowait(_Item(done.partition, (done.workflow, done.instance_id), done, None))
 
     def _post_timer(self, partition: int, fired: TimerFired) -> None:
@@ -189,9 +319,15 @@ class Orchestrator(PartitionListener):
                     break
                 keys.add(item.key)
                 batch.append(item)
+            self._turn_partitions = {item.partition for item in batch}
+            for item in batch:
+                if isinstance(item.input, StepDone):
+                    self._unqueue_result(item.partition)
             try:
                 await self._turn(batch)
             finally:
+                self._turn_partitions = set()
+                self._progress.set()
                 if inbox.empty() and self._carry is None:
                     self._idle.set()
             if self._carry is not None or not inbox.empty():
@@ -252,6 +388,8 @@ class Orchestrator(PartitionListener):
                 log.warning("dead-lettering a message on partition %d: %s", item.partition, item.input.reason)
                 await self._settle(item, item.input.reason)
             elif item.partition not in self.owned:
+                if item.delivery is not None and item.generation != self._generation.get(item.partition, 0):
+                    continue  # its subscription was closed: the broker delivers it again
                 if item.delivery is not None or isinstance(item.input, StepDone):
                     # Kept for when the partition comes back. A result that finished while it was
                     # away (a broker reconnect) is not run again; a broker delivery that arrived
@@ -275,6 +413,7 @@ class Orchestrator(PartitionListener):
             actor = self.actors.get(key)
             if actor is None:
                 continue
+            actor.hold = self.holding(actor.partition)
             try:
                 transition, effects = actor.apply([i.input for i in items])
             except Exception:
@@ -362,7 +501,7 @@ class Orchestrator(PartitionListener):
             self.runner.cancel(*key)
         for step in effects.cancel:
             self.runner.cancel(*key, step)
-        for call, attempt in [] if self.draining else effects.execute:
+        for call, attempt in effects.execute:
             self.runner.start(
                 actor.partition, actor.workflow, actor.instance_id, actor.run_no, call, attempt, trace=actor.trace
             )
@@ -417,7 +556,16 @@ class Orchestrator(PartitionListener):
             elif requeue_local:
                 # Local inputs (step results, re-drives) have no broker to redeliver them: retry
                 # them once the instance reloads.
+                if isinstance(item.input, StepDone):
+                    self._queued_results[item.partition] = self._queued_results.get(item.partition, 0) + 1
                 self._inbox.put_nowait(item)
+
+    def _unqueue_result(self, partition: int) -> None:
+        left = self._queued_results.get(partition, 0) - 1
+        if left > 0:
+            self._queued_results[partition] = left
+        else:
+            self._queued_results.pop(partition, None)
 
 
 def _fresh_snapshot(item: _Item) -> Snapshot | None:

@@ -98,11 +98,37 @@ class StepRunner:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hutch-step")
         # Every attempt task is tracked here until it ends; shutdown drains, then cancels them.
         self._tasks: dict[_Key, asyncio.Task[None]] = {}
+        # Tracked attempts per partition: a partition being handed over waits for its own to end.
+        self._partition: dict[_Key, int] = {}
+        self._per_partition: dict[int, int] = {}
 
     @property
     def in_flight(self) -> int:
         """Attempts currently running or waiting for a slot."""
         return len(self._tasks)
+
+    def in_flight_on(self, partition: int) -> int:
+        """Attempts of ``partition``'s instances currently running or waiting for a slot."""
+        return self._per_partition.get(partition, 0)
+
+    def partitions(self) -> list[int]:
+        """The partitions with attempts running or waiting for a slot."""
+        return list(self._per_partition)
+
+    def _track(self, key: _Key, partition: int, task: asyncio.Task[None]) -> None:
+        self._tasks[key] = task
+        self._partition[key] = partition
+        self._per_partition[partition] = self._per_partition.get(partition, 0) + 1
+
+    def _untrack(self, key: _Key) -> None:
+        self._tasks.pop(key, None)
+        partition = self._partition.pop(key, None)
+        if partition is not None:
+            left = self._per_partition[partition] - 1
+            if left:
+                self._per_partition[partition] = left
+            else:
+                del self._per_partition[partition]
 
     def executing(self, workflow: str, instance_id: str, run_no: int, name: str, count: int, attempt: int) -> bool:
         """Whether this worker is running that attempt of that step right now.
@@ -135,17 +161,18 @@ class StepRunner:
         for other, running in list(self._tasks.items()):
             if other[:5] == key[:5] and other[5] < attempt:
                 running.cancel()
-                del self._tasks[other]
+                self._untrack(other)
         task = asyncio.get_running_loop().create_task(self._attempt(partition, key, call, attempt, trace))
-        self._tasks[key] = task
-        task.add_done_callback(lambda t: self._tasks.pop(key, None) if self._tasks.get(key) is t else None)
+        self._untrack(key)  # the same attempt started again (not expected): count it once
+        self._track(key, partition, task)
+        task.add_done_callback(lambda t: self._untrack(key) if self._tasks.get(key) is t else None)
 
     def cancel(self, workflow: str, instance_id: str, step: tuple[str, int] | None = None) -> None:
         """Cancel attempts of one step, or of every step of the instance."""
         for key, task in list(self._tasks.items()):
             if key[0] == workflow and key[1] == instance_id and (step is None or key[3:5] == step):
                 task.cancel()
-                del self._tasks[key]
+                self._untrack(key)
 
     async def drain(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for running attempts; True when none is left."""
@@ -161,6 +188,8 @@ class StepRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._partition.clear()
+        self._per_partition.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _attempt(self, partition: int, key: _Key, call: StepCall, attempt: int, trace: str | None) -> None:

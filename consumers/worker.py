@@ -1,4 +1,16 @@
-"""A worker process's engine room: partition ownership, transitions, step execution, timers."""
+"""A worker process's engine room: partition ownership, transitions, step execution, timers.
+
+Leases. Each partition queue holds one *lease*: an empty message (header ``LEASE_HEADER``) that the
+partition's holder keeps unacknowledged. It costs nothing while the holder lives; when the holder's
+connection closes (the process died, or lost the broker), RabbitMQ returns it to the queue and
+delivers it at once to the next consumer in line — the standby that membership keeps subscribed
+there — which claims the partition, even with no other message queued. A holder that finds no
+lease (the first holder of a queue, or one whose lease is still held by a stopped process)
+publishes one; of two, it keeps the newer. It replaces its lease when the one it holds was
+redelivered (a redelivery counts toward the queue's delivery limit) and every ``LEASE_MAX_AGE_S``
+(RabbitMQ closes a channel whose delivery stays unacknowledged past its consumer timeout, 30
+minutes by default).
+"""
 
 from __future__ import annotations
 
@@ -6,10 +18,13 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
+from collections.abc import Coroutine
+from typing import Any
 
 from broker.partitioning import partition_of
-from broker.transports.base import Delivery, PartitionListener, Subscription, Transport
-from consumers.membership import Membership
+from broker.transports.base import Delivery, Outgoing, PartitionListener, Subscription, Transport
+from consumers.membership import LEASE_HEADER, Membership
 from consumers.orchestrator import Orchestrator
 from consumers.steps import StepRunner
 from consumers.timers import TimerService
@@ -23,6 +38,12 @@ from engine.watch import ChannelFeed, InstanceWatch
 
 log = logging.getLogger("hutch.worker")
 
+LEASE_MAX_AGE_S = 600.0
+"""A held lease older than this is replaced (below RabbitMQ's default consumer timeout of 30 minutes)."""
+
+_LEASE_CHECK_S = 5.0  # how often leases are checked (and ones that failed to publish retried)
+_LEASE_RESEND_S = 30.0  # a published lease not received after this long is published again
+
 
 class _State(enum.Enum):
     NEW = "new"
@@ -31,24 +52,29 @@ class _State(enum.Enum):
 
 
 class _SubscriptionListener(PartitionListener):
-    """Forwards one subscription's callbacks to the orchestrator until that subscription is released."""
+    """Forwards one partition subscription's callbacks to the worker until that subscription is closed.
 
-    def __init__(self, orchestrator: Orchestrator) -> None:
-        self._orchestrator = orchestrator
+    ``on_assigned`` means "consuming", not "the active consumer" (AMQP never tells a standby it
+    became active): the first delivery says that. ``on_revoked`` means the consumer went away
+    (its channel was lost, or the broker cancelled it).
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self._worker = worker
         self.active = True
 
     def on_delivery(self, delivery: Delivery) -> None:
         # A stale subscription's channel is being closed; the broker requeues what it delivered.
         if self.active:
-            self._orchestrator.on_delivery(delivery)
+            self._worker._on_delivery(delivery)
 
     async def on_assigned(self, partition: int) -> None:
-        if self.active:
-            await self._orchestrator.on_assigned(partition)
+        if self.active and self._worker.membership is not None:
+            self._worker.membership.wake()
 
     async def on_revoked(self, partition: int) -> None:
         if self.active:
-            await self._orchestrator.on_revoked(partition)
+            await self._worker._on_consumer_lost(partition)
 
 
 class Worker:
@@ -101,6 +127,9 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._subscriptions: dict[int, Subscription] = {}
         self._listeners: dict[int, _SubscriptionListener] = {}
+        self._leases: dict[int, tuple[Delivery, float]] = {}  # partition → the lease held, when received
+        self._lease_sent: dict[int, float] = {}  # partition → when this worker last published its lease
+        self._background: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
         # Distributed workers share partitions through Redis heartbeats; an embedded worker
         # (or a single one) simply consumes every partition.
@@ -113,17 +142,19 @@ class Worker:
             self._notices = ChannelFeed(store.redis, self._on_created)
             self.membership = Membership(
                 store.redis,
-                store.keys.workers(),
+                store.keys,
                 self.orchestrator.worker_id,
                 transport.partitions,
-                acquire=self._acquire,
-                release=self._release,
+                host=self,
                 clock=clock,
                 heartbeat_s=settings.heartbeat_s,
                 ttl_s=settings.worker_ttl_s,
+                handover_timeout_s=settings.shutdown_timeout_s,
                 # Ownership follows the ability to consume: a worker cut off from the broker stops
                 # heartbeating, so the workers that can consume take its partitions.
                 can_consume=lambda: transport.can_consume,
+                # ... and so does each partition a worker cannot consume.
+                cannot_consume=lambda: transport.cannot_consume,
             )
             self.orchestrator.on_fenced = self.membership.fenced
             transport.on_consumability(self.membership.wake)
@@ -178,32 +209,143 @@ class Worker:
             if self._notices is not None:  # the first partitions' channels confirmed: later creates are heard
                 await self._notices.settled()
             self._tasks.append(loop.create_task(self.membership.run(), name="hutch-membership"))
+            self._tasks.append(loop.create_task(self._check_leases(), name="hutch-leases"))
         for task in self._tasks:
             task.add_done_callback(self._on_task_done)
 
-    async def _acquire(self, partition: int) -> None:
-        if self._notices is not None:  # subscribed in the background (it never holds up an acquire)
-            self._notices.subscribe([self.store.keys.created_channel(partition)])
-        listener = _SubscriptionListener(self.orchestrator)
-        self._listeners[partition] = listener
-        self._subscriptions[partition] = await self.transport.subscribe(
-            [partition], listener, prefetch=self.settings.prefetch
-        )
+    # ------------------------------------------------------------------ what membership drives
+    def new_token(self) -> str:
+        """A fresh fencing token of this worker's."""
+        return self.orchestrator.new_token()
 
-    async def _release(self, partition: int) -> None:
-        if self._notices is not None:
-            self._notices.unsubscribe([self.store.keys.created_channel(partition)])
+    async def subscribe(self, partition: int) -> None:
+        """Consume the partition's queue: as its active consumer, or as a standby until the broker activates it."""
+        listener = _SubscriptionListener(self)
+        self._listeners[partition] = listener
+        try:
+            # One more than the prefetch: the lease this consumer holds takes a slot for good.
+            self._subscriptions[partition] = await self.transport.subscribe(
+                [partition], listener, prefetch=self.settings.prefetch + 1
+            )
+        except BaseException:
+            listener.active = False
+            self._listeners.pop(partition, None)
+            raise
+
+    async def unsubscribe(self, partition: int, *, retire_lease: bool = False) -> None:
+        """Stop consuming the partition: the broker takes back what this consumer held, the lease too
+        unless ``retire_lease`` (then it is acknowledged: no worker is left to hand the partition to)."""
         self.orchestrator.forget_partition(partition)
         listener = self._listeners.pop(partition, None)
         if listener is not None:
             # Callbacks of the old subscription that arrive late (its close, a reconnect) must not
             # revoke or re-assign what a newer subscription of the same partition holds.
             listener.active = False
+        lease = self._leases.pop(partition, None)
+        if lease is not None and retire_lease:
+            with contextlib.suppress(Exception):  # its channel is gone: it went back to the queue
+                await lease[0].ack()
         subscription = self._subscriptions.pop(partition, None)
         if subscription is not None:
             await subscription.close()
-        if listener is not None and partition in self.orchestrator.owned:
+        if partition in self.orchestrator.owned:
+            await self.drop(partition)
+
+    async def adopt(self, tokens: dict[int, str]) -> None:
+        """Partitions claimed with these tokens: commit with them, re-drive them, hold their leases."""
+        await self.orchestrator.adopt(tokens)
+        if self._notices is not None:  # subscribed in the background (it never holds up a claim)
+            self._notices.subscribe([self.store.keys.created_channel(p) for p in tokens])
+        await self._publish_leases(sorted(tokens))
+
+    async def drop(self, partition: int) -> None:
+        """Stop committing for the partition (released, or claimed by another worker)."""
+        if self._notices is not None:
+            self._notices.unsubscribe([self.store.keys.created_channel(partition)])
+        if partition in self.orchestrator.owned:
             await self.orchestrator.on_revoked(partition)
+
+    def hold(self, partition: int) -> None:
+        """Start no new step attempt on the partition (a handover is under way)."""
+        self.orchestrator.hold(partition)
+
+    async def unhold(self, partition: int) -> None:
+        """The handover is called off: start what was deferred meanwhile."""
+        await self.orchestrator.unhold(partition)
+
+    async def wait_quiet(self, partitions: set[int], timeout: float) -> set[int]:
+        """Wait until nothing of these partitions runs or is left to commit; the ones still busy."""
+        return await self.orchestrator.wait_quiet(partitions, timeout)
+
+    # ------------------------------------------------------------------ deliveries and leases
+    def _on_delivery(self, delivery: Delivery) -> None:
+        partition = delivery.partition
+        if LEASE_HEADER in delivery.headers:
+            self._on_lease(delivery)
+            return
+        self.orchestrator.on_delivery(delivery)  # parked by the orchestrator until the partition is ours
+        if partition not in self.orchestrator.owned and self.membership is not None:
+            self.membership.activated(partition)
+
+    def _on_lease(self, lease: Delivery) -> None:
+        partition = lease.partition
+        older = self._leases.get(partition)
+        self._leases[partition] = (lease, time.monotonic())
+        if older is not None:
+            self._spawn(older[0].ack())  # the newer one is the lease now
+        if partition not in self.orchestrator.owned:
+            if self.membership is not None:
+                self.membership.activated(partition)
+        elif lease.redelivered:
+            self._spawn(self._publish_leases([partition]))
+
+    def _lease_due(self, partition: int, now: float) -> bool:
+        held = self._leases.get(partition)
+        if held is not None and not held[0].redelivered and now - held[1] < LEASE_MAX_AGE_S:
+            return False
+        sent = self._lease_sent.get(partition)  # one on its way (behind a backlog, say) replaces it
+        return sent is None or now - sent >= _LEASE_RESEND_S
+
+    async def _publish_leases(self, partitions: list[int]) -> None:
+        now = time.monotonic()
+        due = [p for p in partitions if p in self.orchestrator.owned and self._lease_due(p, now)]
+        if not due:
+            return
+        for p in due:
+            self._lease_sent[p] = now
+        try:
+            await self.transport.publish([Outgoing(p, b"", {LEASE_HEADER: self.worker_id}) for p in due])
+        except Exception as exc:
+            # Retried by _check_leases; meanwhile a crash of this worker is noticed by heartbeat only.
+            for p in due:
+                self._lease_sent.pop(p, None)
+            log.warning("could not publish the leases of partitions %s: %r", due, exc)
+
+    async def _check_leases(self) -> None:
+        while True:
+            await asyncio.sleep(_LEASE_CHECK_S)
+            await self._publish_leases(sorted(self.orchestrator.owned))
+
+    async def _on_consumer_lost(self, partition: int) -> None:
+        # Its deliveries can no longer be acknowledged: stop committing for the partition until
+        # this worker consumes it again and claims it anew (the standby the broker activated
+        # meanwhile may claim it first). Its creation notices are still heard meanwhile (they are
+        # only used while the partition is owned): most such losses are a reconnect away.
+        self._leases.pop(partition, None)
+        if self.membership is not None:
+            self.membership.suspend(partition)
+        if partition in self.orchestrator.owned:
+            await self.orchestrator.on_revoked(partition)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("worker background task failed: %r", task.exception())
 
     def _on_task_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
@@ -224,23 +366,32 @@ class Worker:
         if self._state is _State.STOPPED:
             return  # a shutdown already ran (or runs): it sets _stopped when it is done
         self._state = _State.STOPPED
+        if self.membership is not None:
+            self.membership.leave()  # heartbeats go on until the partitions are released
         if self._notices is not None:
             await self._notices.close()
         timeout = self.settings.shutdown_timeout_s if timeout is None else timeout
         runner = self.orchestrator.runner
-        self.orchestrator.draining = True
-        if not await runner.drain(timeout):
+        # No new step attempt anywhere: what the running ones lead to is left to the next owners,
+        # recorded, so that nothing this worker starts now has its result thrown away.
+        self.orchestrator.hold()
+        # Every attempt, those a commit in flight starts after the hold too, and every result committed.
+        if await self.orchestrator.wait_quiet(None, timeout):
             log.warning("shutdown: %d step attempts still running after %.1f s; cancelling", runner.in_flight, timeout)
         await self.orchestrator.settle()
         if self.membership is not None:
-            await self.membership.stop()
+            await self.membership.stop()  # hands each partition to its successor
         for partition in list(self._subscriptions):
-            await self._release(partition)
+            await self.unsubscribe(partition)
         self.orchestrator.timers.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        background = list(self._background)
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await runner.close()
         self._stopped.set()

@@ -8,8 +8,8 @@ A namespace (default ``hutch``) prefixes everything, so several deployments or t
 share one Redis. The announcements (created and finished instances) go to per-partition sharded
 pub/sub channels under the same tag, so on a cluster each is published and heard on the node that
 holds its partition, not broadcast to every node. Only :meth:`Keys.config`, :meth:`Keys.workflows`
-and :meth:`Keys.workers` are namespace-wide; no script or transaction writes them together with a
-partition's keys.
+and the membership keys (:meth:`Keys.workers`, :meth:`Keys.handovers`, :meth:`Keys.departures`)
+are namespace-wide; no script or transaction writes them together with a partition's keys.
 """
 
 from __future__ import annotations
@@ -160,6 +160,14 @@ class Keys:
     def workers(self) -> str:
         """Sorted set of live workers' heartbeats (score: last heartbeat epoch ms)."""
         return f"{self.namespace}:workers"
+
+    def handovers(self) -> str:
+        """Hash of handover requests: partition → ``<worker id>|<holder's token>`` (consumers/membership.py)."""
+        return f"{self.namespace}:handovers"
+
+    def departures(self) -> str:
+        """Hash of workers whose broker connection was seen closing: worker id → when (epoch ms)."""
+        return f"{self.namespace}:departures"
 
     def config(self) -> str:
         """Deployment-wide settings every process must agree with (partition count, limits).

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import random
 from typing import Any
 
 import fakeredis
@@ -11,7 +13,7 @@ import pytest
 
 from broker import BrokerDispatcher, InProcessTransport
 from consumers import Worker
-from consumers.membership import assign
+from consumers.membership import LOAD_FACTOR, assign, plan
 from engine import WorkflowEntrypoint
 from engine.client import Client
 from engine.settings import Settings
@@ -27,13 +29,60 @@ class Three(WorkflowEntrypoint):
         return total
 
 
-def test_assignment_is_even_and_deterministic() -> None:
+def test_assignment_is_deterministic_and_within_the_load_bound() -> None:
     plan = assign(["b", "a", "c"], 16)
     assert plan == assign(["c", "b", "a"], 16)
-    sizes = sorted(len(v) for v in plan.values())
-    assert sizes == [5, 5, 6]
     assert sorted(p for ps in plan.values() for p in ps) == list(range(16))
+    assert max(len(v) for v in plan.values()) <= math.ceil(LOAD_FACTOR * 16 / 3)
     assert assign([], 4) == {}
+    assert assign(["only"], 4) == {"only": [0, 1, 2, 3]}
+
+
+def _workers(rng: random.Random, n: int) -> list[str]:
+    return [f"{rng.getrandbits(48):012x}" for _ in range(n)]
+
+
+@pytest.mark.parametrize(("partitions", "workers"), [(16, 2), (16, 3), (16, 4), (256, 2), (256, 3), (256, 4)])
+def test_a_join_or_a_leave_moves_its_share_and_little_else(partitions: int, workers: int) -> None:
+    # p mod n moved most partitions on every join and leave (and each move re-ran steps). Rendezvous
+    # moves the joiner's or leaver's share; the load bound displaces a few more, rarely.
+    rng = random.Random(f"{partitions}/{workers}")
+    trials, shares, extra = 30, 0, []
+    for _ in range(trials):
+        names = _workers(rng, workers)
+        joiner = _workers(rng, 1)[0]
+        before, after = plan(frozenset(names), partitions).owner, plan(frozenset([*names, joiner]), partitions).owner
+        shares += sum(after[p] == joiner for p in range(partitions))
+        extra.append(sum(before[p] != after[p] != joiner for p in range(partitions)))
+        leaver, rest = names[0], plan(frozenset(names[1:]), partitions).owner
+        shares += sum(before[p] == leaver for p in range(partitions))
+        extra.append(sum(before[p] != rest[p] and before[p] != leaver for p in range(partitions)))
+    # The joiner takes about its share, the leaver's partitions all move.
+    assert shares / (2 * trials) == pytest.approx(partitions / (workers + 1) / 2 + partitions / workers / 2, rel=0.2)
+    assert sum(extra) / len(extra) <= 1.0, extra  # partitions moved between the workers that stayed
+    assert max(extra) <= max(3, partitions // 64), extra
+    # ... where taking turns (p mod n) moves most of them.
+    modulo = [p for p in range(partitions) if p % workers != p % (workers + 1)]
+    assert len(modulo) > partitions / 2
+
+
+@pytest.mark.parametrize(("partitions", "workers"), [(16, 2), (16, 5), (256, 3), (1024, 8)])
+def test_the_load_stays_within_the_bound_and_successors_are_the_plan_without_the_owner(
+    partitions: int, workers: int
+) -> None:
+    rng = random.Random(partitions * workers)
+    for _ in range(10 if partitions < 1024 else 2):
+        names = frozenset(_workers(rng, workers))
+        p = plan(names, partitions)
+        loads = [sum(1 for w in p.owner.values() if w == name) for name in names]
+        assert sum(loads) == partitions
+        assert max(loads) <= math.ceil(LOAD_FACTOR * partitions / workers)
+        for partition, owner in p.owner.items():
+            successor = p.successor[partition]
+            assert successor != owner
+            assert successor == plan(names - {owner}, partitions).owner[partition]
+    lone = plan(frozenset({"a"}), 4)
+    assert lone.successor == {0: None, 1: None, 2: None, 3: None}
 
 
 @pytest.fixture
@@ -70,8 +119,9 @@ async def test_two_workers_split_partitions_and_the_survivor_takes_over(
     await a.start()
     await b.start()
     try:
-        await eventually(lambda: _async(len(a.partitions) == 4 and len(b.partitions) == 4), timeout=5)
-        assert set(a.partitions).isdisjoint(b.partitions)
+        # Each its share under the plan (a handover each, from the first to start to the second).
+        planned = assign(["a", "b"], 8)
+        await eventually(lambda: _async(a.partitions == planned["a"] and b.partitions == planned["b"]), timeout=5)
 
         client = _client(server, transport)
         instances = [await client.workflow("three").create(params={}) for _ in range(20)]
@@ -86,6 +136,82 @@ async def test_two_workers_split_partitions_and_the_survivor_takes_over(
     finally:
         await a.shutdown()
         await b.shutdown()
+
+
+async def test_a_join_waits_for_the_running_step_and_nothing_runs_twice(
+    shared: tuple[fakeredis.FakeServer, InProcessTransport],
+) -> None:
+    # B joins while A runs a step of an instance whose partition the plan gives B. A starts nothing
+    # new there, lets the step finish and commit, then hands the partition over: B continues from
+    # the committed state. The step ran once; the next one runs on B.
+    server, transport = shared
+    gate = asyncio.Event()
+    ran: list[str] = []
+
+    async def first() -> str:
+        ran.append("first")
+        await gate.wait()
+        return "first"
+
+    async def second() -> str:
+        ran.append("second")
+        return "second"
+
+    class Gated(WorkflowEntrypoint):
+        async def run(self, event, step):
+            return [await step.do("first", first), await step.do("second", second)]
+
+    workflows: dict[str, type[WorkflowEntrypoint]] = {"gated": Gated}
+    a = _worker(server, transport, "a", workflows=workflows)
+    b = _worker(server, transport, "b", workflows=workflows)
+    client = _client(server, transport)
+    moving = assign(["a", "b"], 8)["b"][0]
+    iid = next(f"g-{n}" for n in range(1000) if client._partition("gated", f"g-{n}") == moving)
+    await a.start()
+    try:
+        instance = await client.workflow("gated").create(id=iid, params={})
+        await eventually(lambda: _async(ran == ["first"]), timeout=5)
+        await b.start()
+        others = [p for p in assign(["a", "b"], 8)["b"] if p != moving]
+        await eventually(lambda: _async(all(p in b.partitions for p in others)), timeout=5)
+        assert moving in a.partitions and moving not in b.partitions  # held until the step is done
+        gate.set()
+        assert (await instance.wait(timeout=5)).output == ["first", "second"]
+        assert ran == ["first", "second"]
+        assert moving in b.partitions and moving not in a.partitions
+        attempts = [len(s.attempts) for s in (await instance.describe()).steps]
+        assert attempts == [1, 1]
+    finally:
+        gate.set()
+        await a.shutdown()
+        await b.shutdown()
+
+
+async def test_a_crashed_owners_partitions_are_claimed_by_their_standbys_at_once(
+    shared: tuple[fakeredis.FakeServer, InProcessTransport],
+) -> None:
+    # Heartbeats every 60 s: only the broker's signal can move the partitions within the test. The
+    # crashed worker's consumers go away without a word (no release); the broker activates B's
+    # standby consumers and hands them each partition's lease, and B claims them all.
+    server, transport = shared
+    a = _worker(server, transport, "a", heartbeat_s=60)
+    b = _worker(server, transport, "b", heartbeat_s=60)
+    await a.start()
+    await b.start()
+    try:
+        assert a.partitions == list(range(8))  # B waits for handovers A would start at its next tick
+        assert b.membership is not None and b.membership.subscribed == set(range(8))  # in line behind A
+        for task in a._tasks:  # the crash: nothing of A runs any more, its consumers vanish
+            task.cancel()
+        for subscription in list(a._subscriptions.values()):
+            await subscription.close()
+        await eventually(lambda: _async(b.partitions == list(range(8))), timeout=2)
+        instance = await _client(server, transport).workflow("three").create(params={})
+        assert (await instance.wait(timeout=5)).output == 3
+    finally:
+        await b.shutdown()
+        a._subscriptions.clear()
+        await a.shutdown()
 
 
 async def _async(value: bool) -> bool:

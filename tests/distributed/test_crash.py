@@ -55,6 +55,12 @@ async def _counters(redis: Redis, namespace: str, kind: str, ids: list[str], ste
     return [int(v or 0) for v in values]
 
 
+async def _split(*workers: WorkerProcess) -> bool:
+    """Whether these workers say they own every partition between them, each some, none twice."""
+    owned = [w.partitions() or [] for w in workers]
+    return sorted(p for ps in owned for p in ps) == list(range(8)) and all(owned)
+
+
 async def test_sigkill_of_a_worker_mid_step_loses_nothing_and_reruns_only_interrupted_steps(
     namespace: str, client: Client
 ) -> None:
@@ -65,11 +71,7 @@ async def test_sigkill_of_a_worker_mid_step_loses_nothing_and_reruns_only_interr
         await a.start()
         await b.start()
 
-        async def split() -> bool:
-            pa, pb = a.partitions(), b.partitions()
-            return bool(pa and pb and len(pa) == 4 and len(pb) == 4)
-
-        await eventually(split, timeout=15)
+        await eventually(lambda: _split(a, b), timeout=15)
 
         ledger = client.workflow("ledger")
         instances = await ledger.create_batch([{"params": {}} for _ in range(100)])
@@ -128,22 +130,21 @@ async def test_sigkill_of_a_worker_mid_step_loses_nothing_and_reruns_only_interr
 async def test_steps_handed_back_by_a_worker_killed_after_taking_them_over_run_again(
     namespace: str, client: Client
 ) -> None:
-    # A and B run first attempts; C joins, takes partitions over (their running attempts are declared
-    # lost and started again, on C — or on A or B, as the assignment shifts for everyone) and is
-    # killed. The partitions go back while the first attempts still run there: the attempts recorded
-    # since run nowhere, and each must be started again, or its instance stays running for ever.
+    # A and B run first attempts; C joins and takes partitions over. A and B hand over without waiting
+    # for their attempts (a handover deadline of 0.2 s), so on C those are declared lost and started
+    # again. C is killed: the partitions go back while the first attempts still run there, the
+    # attempts recorded since run nowhere, and each must be started again, or its instance stays
+    # running for ever.
     seconds = 12.0
-    a, b, c = (WorkerProcess(namespace, WORKFLOWS) for _ in range(3))
+    hasty = {"HUTCH_SHUTDOWN_TIMEOUT_S": "0.2"}
+    a, b = WorkerProcess(namespace, WORKFLOWS, **hasty), WorkerProcess(namespace, WORKFLOWS, **hasty)
+    c = WorkerProcess(namespace, WORKFLOWS)
     redis = Redis.from_url(REDIS_URL)
     try:
         await a.start()
         await b.start()
 
-        async def split(*workers: WorkerProcess) -> bool:
-            owned = [w.partitions() or [] for w in workers]
-            return sorted(p for ps in owned for p in ps) == list(range(8)) and all(owned)
-
-        await eventually(lambda: split(a, b), timeout=15)
+        await eventually(lambda: _split(a, b), timeout=15)
         relay = client.workflow("relay")
         created = asyncio.get_running_loop().time()
         instances = await relay.create_batch([{"params": {"seconds": seconds}} for _ in range(16)])
@@ -154,14 +155,14 @@ async def test_steps_handed_back_by_a_worker_killed_after_taking_them_over_run_a
 
         await eventually(lambda: attempts_at_least(1, ids), timeout=15)
         await c.start()
-        await eventually(lambda: split(a, b, c), timeout=15)
+        await eventually(lambda: _split(a, b, c), timeout=15)
         taken_by_c = [iid for iid in ids if partition_of("relay", iid, 8) in (c.partitions() or [])]
         assert taken_by_c, "C took over no running step; the test proved nothing"
         await eventually(lambda: attempts_at_least(2, taken_by_c), timeout=15)
         c.kill()
         assert await c.wait(timeout=10) == -9
 
-        await eventually(lambda: split(a, b), timeout=10)
+        await eventually(lambda: _split(a, b), timeout=10)
         back = asyncio.get_running_loop().time() - created
         assert back < seconds, f"partitions came back after {back:.1f} s: no first attempt was running any more"
 

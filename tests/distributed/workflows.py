@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 from redis.asyncio import Redis
 
@@ -94,3 +95,24 @@ class RelayWorkflow(WorkflowEntrypoint):
             return await _body(iid, "relay", seconds if ctx.attempt <= 2 else 0.0)
 
         return await step.do("relay", relay)
+
+
+def starts_key(instance_id: str, namespace: str | None = None) -> str:
+    """Where :class:`StampWorkflow` records when each attempt of its step started."""
+    return f"{namespace or os.environ['HUTCH_NAMESPACE']}:test:starts:{instance_id}"
+
+
+class StampWorkflow(WorkflowEntrypoint):
+    """One step; each attempt records ``<attempt>:<epoch seconds>`` when it starts. The first runs
+    ``hold`` seconds (so it is in flight when a worker is killed), later ones end at once."""
+
+    async def run(self, event, step):
+        iid, hold = event.instance_id, float(event.payload.get("hold", 30.0))
+
+        async def stamp(ctx):
+            await ledger().rpush(starts_key(iid), f"{ctx.attempt}:{time.time()}")
+            if ctx.attempt == 1:
+                await asyncio.sleep(hold)
+            return ctx.attempt
+
+        return await step.do("stamp", stamp)
