@@ -27,10 +27,11 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import engine
+import hutch
+from hutch import Client, Settings, WorkflowEntrypoint
+
 from bench import report
 from bench.workloads import SMOKE, STANDARD, WORKLOADS, Connect, Metrics, RuntimeConnect, Sizes, Workload
-from engine import Client, Settings, WorkflowEntrypoint
 
 RUNTIMES = ("embedded", "rabbitmq")
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -53,14 +54,14 @@ def make_connect(runtime: str, *, redis_url: str, amqp_url: str, workers: int = 
         # Explicit empty URLs: HUTCH_REDIS_URL / HUTCH_AMQP_URL in the environment must not
         # silently turn the embedded figures into remote ones.
         settings = Settings(redis_url="", amqp_url="")
-        return RuntimeConnect(lambda workflows: engine.connect(workflows, settings=settings), recipe)
+        return RuntimeConnect(lambda workflows: hutch.connect(workflows, settings=settings), recipe)
 
     @contextlib.asynccontextmanager
     async def remote(workflows: Mapping[str, type[WorkflowEntrypoint]]) -> AsyncIterator[Client]:
         # "One worker process": a worker in this process next to the client, as in the embedded
         # runtime, on a namespace of its own per workload run, deleted afterwards (shared servers).
-        from consumers.runtime import open_store, open_transport
-        from consumers.worker import Worker
+        from hutch.consumers.runtime import open_store, open_transport
+        from hutch.consumers.worker import Worker
 
         namespace = f"bench-{uuid.uuid4().hex[:10]}"
         settings = Settings(redis_url=redis_url, amqp_url=amqp_url, namespace=namespace)
@@ -72,7 +73,7 @@ def make_connect(runtime: str, *, redis_url: str, amqp_url: str, workers: int = 
             )
             await worker.start()
             try:
-                async with engine.connect(workflows, settings=settings) as client:
+                async with hutch.connect(workflows, settings=settings) as client:
                     yield client
             finally:
                 await worker.shutdown(timeout=5)
@@ -92,10 +93,10 @@ async def _drop_namespace(redis_url: str, namespace: str, amqp_url: str = "") ->
     hundred of them exhaust a default (``ulimit -n 1024``) broker, which then stops accepting
     connections.
     """
-    from consumers.runtime import open_redis
+    from hutch.consumers.runtime import open_redis
 
     if amqp_url:
-        from broker.transports.rabbitmq import RabbitMQTransport
+        from hutch.broker.transports.rabbitmq import RabbitMQTransport
 
         transport = RabbitMQTransport(amqp_url, partitions=Settings().partitions, namespace=namespace)
         await transport.start()
@@ -157,7 +158,7 @@ def profile(workload: Workload, connect: Connect, sizes: Sizes, runtime: str, ou
     # alike), which is what shows where the per-step time goes.
     profiler = Profiler(interval=0.0005, async_mode="disabled")
     # Import the runtime first, so one-off import costs (fakeredis, lupa) stay out of the profile.
-    importlib.import_module("consumers.runtime")
+    importlib.import_module("hutch.consumers.runtime")
     with profiler:
         metrics = run_workload(workload, connect, sizes, scaling=False)
     base = out or RESULTS_DIR / f"profile-{workload.id}-{runtime}"

@@ -28,10 +28,10 @@ import time
 from typing import Any
 
 import redis
+from hutch import Status, WorkflowEntrypoint
 
 from bench.distributed import Instrumented
 from bench.workloads import Sequential, _finish, _until_status
-from engine import Status, WorkflowEntrypoint
 
 
 class StepsThenWait(WorkflowEntrypoint):
@@ -112,8 +112,8 @@ def _beam_cpu() -> float:
 
 async def replay(redis_url: str, amqp_url: str, sizes: list[int]) -> None:
     """History bytes and the replay time (``send_event`` to completion) of an evicted instance of n steps."""
-    from broker.partitioning import partition_of
-    from engine.keys import Keys
+    from hutch.broker.partitioning import partition_of
+    from hutch.keys import Keys
 
     inst = Instrumented(redis_url, amqp_url)
     probe = redis.Redis.from_url(redis_url)

@@ -3,7 +3,7 @@
 Two things live here:
 
 - :func:`subprocess_connect`: the ``Connect`` factory behind ``python -m bench --runtime rabbitmq
-  --workers N``: ``N`` ``hutch worker`` processes (``python -m gateway.cli worker``) share the
+  --workers N``: ``N`` ``hutch worker`` processes (``python -m hutch worker``) share the
   partitions of a fresh namespace; the bench process is only a remote client. W3/W4/W6 need no
   change for it: their times are taken inside step bodies with ``time.time()`` and travel back
   as the instance's *output* (Redis), never through process memory. MEM is skipped there: it
@@ -35,7 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import engine
+import hutch
+from hutch import Client, Settings, Status, WorkflowEntrypoint
+
 from bench.child_process import die_with_parent
 from bench.workloads import (
     Connect,
@@ -50,7 +52,6 @@ from bench.workloads import (
     w1_sequential,
     w2_long,
 )
-from engine import Client, Settings, Status, WorkflowEntrypoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,7 +61,7 @@ class _WorkerProcess:
     """One ``hutch worker`` subprocess, its output in a temporary file."""
 
     def __init__(self, workflows: Mapping[str, type[WorkflowEntrypoint]], env: Mapping[str, str]) -> None:
-        self._args = [sys.executable, "-m", "gateway.cli", "worker"]
+        self._args = [sys.executable, "-m", "hutch", "worker"]
         for name, cls in workflows.items():
             self._args += ["--workflow", f"{name}={cls.__module__}:{cls.__qualname__}"]
         self._env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
@@ -124,7 +125,7 @@ def subprocess_connect(workers: int, *, redis_url: str, amqp_url: str) -> Connec
             for proc in procs:
                 await proc.start()
             await _settled(procs, settings.partitions, timeout=60)
-            async with engine.connect(workflows, settings=settings) as client:
+            async with hutch.connect(workflows, settings=settings) as client:
                 yield client
         finally:
             for proc in procs:
@@ -211,10 +212,11 @@ class Instrumented:
     @contextlib.asynccontextmanager
     async def connect(self, workflows: Mapping[str, type[WorkflowEntrypoint]]) -> AsyncIterator[Client]:
         """The runtime, counted; ``amqp_url=""`` swaps RabbitMQ for the in-process transport (real Redis)."""
+        from hutch.broker.transports.rabbitmq import RabbitMQTransport
+        from hutch.consumers.runtime import open_store, open_transport
+        from hutch.consumers.worker import Worker
+
         from bench.__main__ import _drop_namespace
-        from broker.transports.rabbitmq import RabbitMQTransport
-        from consumers.runtime import open_store, open_transport
-        from consumers.worker import Worker
 
         self.namespace = f"bench-{uuid.uuid4().hex[:10]}"
         settings = Settings(redis_url=self.redis_url, amqp_url=self.amqp_url, namespace=self.namespace)
@@ -240,7 +242,7 @@ class Instrumented:
         transport.publish = counted_publish
         try:
             await transport.start()
-            from engine.watch import InstanceWatch
+            from hutch.watch import InstanceWatch
 
             # In-process transport: the client shares the worker's watch (as the embedded runtime
             # does), so waiting does not poll Redis; it has its own, uncounted, Redis client.
@@ -257,7 +259,7 @@ class Instrumented:
             await worker.start()
             try:
                 if self.amqp_url:
-                    async with engine.connect(workflows, settings=settings) as client:
+                    async with hutch.connect(workflows, settings=settings) as client:
                         yield client
                 else:
                     yield _local_client(client_store, transport, workflows, watch)
@@ -274,16 +276,16 @@ class Instrumented:
 
 
 def _inprocess(settings: Settings) -> Any:
-    from broker.transports.inprocess import InProcessTransport
+    from hutch.broker.transports.inprocess import InProcessTransport
 
     return InProcessTransport(settings.partitions)
 
 
 def _local_client(store: Any, transport: Any, workflows: Mapping[str, type[WorkflowEntrypoint]], watch: Any) -> Client:
     """A client on the in-process transport, with its own (uncounted) Redis client."""
-    from broker.dispatch import BrokerDispatcher
-    from engine.clock import Clock
-    from engine.config import Limits
+    from hutch.broker.dispatch import BrokerDispatcher
+    from hutch.clock import Clock
+    from hutch.config import Limits
 
     return Client(
         store, BrokerDispatcher(transport), workflows=list(workflows), limits=Limits(), clock=Clock(), watch=watch
@@ -352,7 +354,7 @@ async def worker_rss_sleepers(redis_url: str, amqp_url: str, instances: int) -> 
 
 
 async def _namespace_bytes(redis_url: str, namespace: str) -> int:
-    from consumers.runtime import open_redis
+    from hutch.consumers.runtime import open_redis
 
     redis = open_redis(redis_url)  # a redis+cluster:// URL: every node's keys
     try:
@@ -370,9 +372,9 @@ async def redis_bytes_finished(redis_url: str, amqp_url: str, instances: int, st
     ``shared_bytes_per_instance`` is its share of the partition-wide keys (status indexes etc.:
     the namespace total minus the per-instance keys, divided by the instances).
     """
-    from broker.partitioning import partition_of
-    from consumers.runtime import open_redis
-    from engine.keys import Keys
+    from hutch.broker.partitioning import partition_of
+    from hutch.consumers.runtime import open_redis
+    from hutch.keys import Keys
 
     inst = Instrumented(redis_url, amqp_url)
     async with inst.connect({"seq": Sequential}) as client:

@@ -39,13 +39,13 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import hutch
+from hutch import Client, Instance, Settings, WorkflowEntrypoint
+from hutch.broker.partitioning import partition_of
+from hutch.consumers.membership import assign
 from redis.asyncio import Redis
 
-import engine
 from bench.child_process import die_with_parent
-from broker.partitioning import partition_of
-from consumers.membership import assign
-from engine import Client, Instance, Settings, WorkflowEntrypoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,7 @@ class _Worker:
     """One ``hutch worker`` subprocess (the bench's workflows), its output in a temporary file."""
 
     def __init__(self, env: Mapping[str, str]) -> None:
-        self._args = [sys.executable, "-m", "gateway.cli", "worker"]
+        self._args = [sys.executable, "-m", "hutch", "worker"]
         for name in WORKFLOWS:
             self._args += ["--workflow", f"{name}=bench.failover:{WORKFLOWS[name].__name__}"]
         self._env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
@@ -230,7 +230,7 @@ async def _deployment(
     }
     redis = Redis.from_url(redis_url)
     try:
-        async with engine.connect(WORKFLOWS, settings=settings) as client:
+        async with hutch.connect(WORKFLOWS, settings=settings) as client:
             yield client, redis, worker_env
     finally:
         await _drop(redis, namespace, amqp_url, partitions)
@@ -238,7 +238,7 @@ async def _deployment(
 
 
 async def _drop(redis: Redis, namespace: str, amqp_url: str, partitions: int) -> None:
-    from broker.transports.rabbitmq import RabbitMQTransport
+    from hutch.broker.transports.rabbitmq import RabbitMQTransport
 
     transport = RabbitMQTransport(amqp_url, partitions=partitions, namespace=namespace)
     await transport.start()

@@ -2,7 +2,7 @@
 
 Run ``python -m bench.gateway [--requests N] [--concurrency C] [--runtime embedded|rabbitmq]``.
 
-The server is a real ``hutch dev`` subprocess (``python -m gateway.cli dev``) on a free loopback
+The server is a real ``hutch dev`` subprocess (``python -m hutch dev``) on a free loopback
 port — gateway, worker and backends in one process, as users run it — so the figures are the
 server's, not shared with the load generator's event loop. The client is one
 ``httpx.AsyncClient`` with ``C`` concurrent tasks pulling from ``N`` requests.
@@ -105,7 +105,7 @@ async def hutch_dev(runtime: str, *, redis_url: str, amqp_url: str) -> AsyncIter
     # The server's output goes to a file, not a pipe nobody reads (a full pipe would block it).
     with tempfile.TemporaryFile("w+") as log:
         process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "gateway.cli", "dev", "--port", str(port)),
+            *(sys.executable, "-m", "hutch", "dev", "--port", str(port)),
             *("--workflow", f"{WORKFLOW}={WORKFLOW_TARGET}", "--no-access-log", "--log-level", "WARNING"),
             cwd=ROOT,
             env=env,

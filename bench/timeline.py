@@ -99,11 +99,12 @@ def _stamped(stamps: _Stamps, *, called: str | None = None, returned: str | None
 
 
 async def measure(runtime: str, redis_url: str, amqp_url: str, instances: int) -> list[dict[str, float]]:
+    from hutch.broker.transports.inprocess import InProcessTransport
+    from hutch.broker.transports.rabbitmq import RabbitMQTransport
+    from hutch.consumers import orchestrator, steps
+    from hutch.store.redis import RedisStore
+
     from bench.__main__ import make_connect
-    from broker.transports.inprocess import InProcessTransport
-    from broker.transports.rabbitmq import RabbitMQTransport
-    from consumers import orchestrator, steps
-    from engine.store.redis import RedisStore
 
     stamps = _Stamps()
 

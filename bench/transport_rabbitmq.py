@@ -20,8 +20,8 @@ import statistics
 import time
 import uuid
 
-from broker.transports.base import Delivery, Outgoing, PartitionListener
-from broker.transports.rabbitmq import RabbitMQTransport
+from hutch.broker.transports.base import Delivery, Outgoing, PartitionListener
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
 
 
 class _Acker(PartitionListener):

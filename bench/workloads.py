@@ -1,7 +1,7 @@
 """The six standard workloads of ``WORKLOADS.md``, runnable on any Hutch runtime.
 
 Every workload is an ``async`` function taking a :data:`Connect` factory — called with the
-workflows to register, it returns what ``engine.connect(workflows, ...)`` returns (an async
+workflows to register, it returns what ``hutch.connect(workflows, ...)`` returns (an async
 context manager yielding a :class:`~engine.Client`) — plus its sizes, and returns the run's
 measurements as a flat ``{metric: value}`` dict. Each opens its own runtime, runs one small
 untimed warm-up instance (first-use costs such as loading the Lua scripts are not the
@@ -28,8 +28,9 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from hutch import Client, Instance, Status, WorkflowEntrypoint
+
 from bench.child_process import die_with_parent
-from engine import Client, Instance, Status, WorkflowEntrypoint
 
 Connect = Callable[[Mapping[str, type[WorkflowEntrypoint]]], AbstractAsyncContextManager[Client]]
 """Opens a runtime with these workflows registered, e.g. ``lambda wfs: engine.connect(wfs)``."""

@@ -1,11 +1,11 @@
 """Message envelopes, partitioning and transports (in-process; RabbitMQ)."""
 
-from broker.dispatch import BrokerDispatcher
-from broker.envelopes import Control, EventReceived, InstanceCreated, Message, PoisonMessage, Redrive, TimerFired
-from broker.partitioning import partition_of
-from broker.transports.base import DeadLetter, Delivery, Outgoing, PartitionListener, Subscription, Transport
-from broker.transports.inprocess import InProcessTransport
-from broker.transports.rabbitmq import RabbitMQTransport
+from hutch.broker.dispatch import BrokerDispatcher
+from hutch.broker.envelopes import Control, EventReceived, InstanceCreated, Message, PoisonMessage, Redrive, TimerFired
+from hutch.broker.partitioning import partition_of
+from hutch.broker.transports.base import DeadLetter, Delivery, Outgoing, PartitionListener, Subscription, Transport
+from hutch.broker.transports.inprocess import InProcessTransport
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
 
 __all__ = [
     "BrokerDispatcher",

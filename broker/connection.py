@@ -30,14 +30,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import aio_pika
 import aiormq
+from hutch.errors import BrokerUnavailable
+from hutch.settings import parse_amqp_urls, redact_url
 from pamqp.common import FieldTable
 from yarl import URL
 
-from engine.errors import BrokerUnavailable
-from engine.settings import parse_amqp_urls, redact_url
-
 if TYPE_CHECKING:
-    from engine.settings import Settings
+    from hutch.settings import Settings
 
 log = logging.getLogger("hutch.broker")
 

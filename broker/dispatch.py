@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from hutch.broker.envelopes import Control, EventReceived, InstanceCreated, Message, Redrive, encode
+from hutch.broker.partitioning import partition_of
+from hutch.broker.transports.base import Outgoing, Transport
 from opentelemetry.propagate import inject
 
-from broker.envelopes import Control, EventReceived, InstanceCreated, Message, Redrive, encode
-from broker.partitioning import partition_of
-from broker.transports.base import Outgoing, Transport
-
 if TYPE_CHECKING:
-    from engine.dispatch import CreatedInstance
+    from hutch.dispatch import CreatedInstance
 
 
 class BrokerDispatcher:

@@ -38,13 +38,12 @@ from typing import cast
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
+from hutch.broker import names
+from hutch.broker.connection import ConnectionOptions, connect_once
+from hutch.broker.envelopes import PoisonMessage, decode
+from hutch.broker.transports.base import REASON_HEADER
+from hutch.broker.transports.rabbitmq import _user_headers
 from pamqp import commands as spec
-
-from broker import names
-from broker.connection import ConnectionOptions, connect_once
-from broker.envelopes import PoisonMessage, decode
-from broker.transports.base import REASON_HEADER
-from broker.transports.rabbitmq import _user_headers
 
 _PERSISTENT = 2
 STAGING_ARGUMENTS: names.QueueArguments = {"x-queue-type": "quorum"}

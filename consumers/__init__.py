@@ -1,5 +1,5 @@
 """Long-running workers: partition consumers, step execution, timers."""
 
-from consumers.worker import Worker
+from hutch.consumers.worker import Worker
 
 __all__ = ["Worker"]

@@ -14,18 +14,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from broker.envelopes import Control, EventReceived, InstanceCreated, Message, Redrive, TimerFired
-from consumers.items import CreatedNotice, StepDone
-from engine import tracing
-from engine.config import Limits, StepConfig
-from engine.entrypoint import Env, WorkflowEntrypoint
-from engine.errors import HutchError, WorkerLostError, error_record
-from engine.events import WorkflowEvent
-from engine.executor import StepCall, WorkflowRun, timeout_error
-from engine.history import Record
-from engine.serialization import encode_value, pack, unpack
-from engine.status import FINISHED
-from engine.store.base import Snapshot, Transition
+from hutch import tracing
+from hutch.broker.envelopes import Control, EventReceived, InstanceCreated, Message, Redrive, TimerFired
+from hutch.config import Limits, StepConfig
+from hutch.consumers.items import CreatedNotice, StepDone
+from hutch.entrypoint import Env, WorkflowEntrypoint
+from hutch.errors import HutchError, WorkerLostError, error_record
+from hutch.events import WorkflowEvent
+from hutch.executor import StepCall, WorkflowRun, timeout_error
+from hutch.history import Record
+from hutch.serialization import encode_value, pack, unpack
+from hutch.status import FINISHED
+from hutch.store.base import Snapshot, Transition
 
 _ACTIVE = frozenset({"queued", "running", "waitingForPause"})
 

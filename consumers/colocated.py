@@ -5,16 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from broker.dispatch import BrokerDispatcher
-from broker.transports.base import Transport
-from consumers.worker import Worker
-from engine.client import Client, bindings
-from engine.clock import Clock
-from engine.config import Limits
-from engine.entrypoint import Env, WorkflowEntrypoint
-from engine.settings import Settings
-from engine.store.redis import RedisStore
-from engine.watch import InstanceWatch
+from hutch.broker.dispatch import BrokerDispatcher
+from hutch.broker.transports.base import Transport
+from hutch.client import Client, bindings
+from hutch.clock import Clock
+from hutch.config import Limits
+from hutch.consumers.worker import Worker
+from hutch.entrypoint import Env, WorkflowEntrypoint
+from hutch.settings import Settings
+from hutch.store.redis import RedisStore
+from hutch.watch import InstanceWatch
 
 
 async def start_colocated(

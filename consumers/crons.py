@@ -29,11 +29,11 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from engine.client import Client, WorkflowClient
-from engine.clock import Clock
-from engine.errors import InstanceAlreadyExists, InvalidInputError, WorkflowNotFound
-from engine.serialization import encode_value
-from engine.triggers import CronSpec
+from hutch.client import Client, WorkflowClient
+from hutch.clock import Clock
+from hutch.errors import InstanceAlreadyExists, InvalidInputError, WorkflowNotFound
+from hutch.serialization import encode_value
+from hutch.triggers import CronSpec
 
 log = logging.getLogger("hutch.crons")
 

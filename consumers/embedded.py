@@ -6,17 +6,16 @@ from collections.abc import Mapping
 from typing import Any
 
 import fakeredis
-
-from broker.transports.inprocess import InProcessTransport
-from consumers.colocated import start_colocated
-from consumers.worker import Worker
-from engine.client import Client
-from engine.clock import Clock
-from engine.config import Limits
-from engine.entrypoint import WorkflowEntrypoint
-from engine.settings import Settings
-from engine.store.redis import RedisStore
-from engine.watch import InstanceWatch
+from hutch.broker.transports.inprocess import InProcessTransport
+from hutch.client import Client
+from hutch.clock import Clock
+from hutch.config import Limits
+from hutch.consumers.colocated import start_colocated
+from hutch.consumers.worker import Worker
+from hutch.entrypoint import WorkflowEntrypoint
+from hutch.settings import Settings
+from hutch.store.redis import RedisStore
+from hutch.watch import InstanceWatch
 
 
 async def start_embedded(

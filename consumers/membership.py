@@ -59,11 +59,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from hutch.clock import Clock
+from hutch.keys import Keys
+from hutch.store.redis import STORE_ERRORS
 from redis.asyncio import Redis
-
-from engine.clock import Clock
-from engine.keys import Keys
-from engine.store.redis import STORE_ERRORS
 
 log = logging.getLogger("hutch.membership")
 

@@ -24,20 +24,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from broker.envelopes import InstanceCreated, PoisonMessage, Redrive, TimerFired, decode
-from broker.transports.base import Delivery, PartitionListener
-from consumers.actor import Effects, Input, InstanceActor
-from consumers.items import CreatedNotice, StepDone
-from consumers.membership import LEASE_HEADER
-from consumers.steps import StepRunner
-from consumers.timers import TimerService
-from engine import tracing
-from engine.clock import Clock
-from engine.config import Limits
-from engine.entrypoint import Env, WorkflowEntrypoint
-from engine.store.base import CommitResult, Snapshot, Transition
-from engine.store.redis import STORE_ERRORS, RedisStore, meta_from_fields
-from engine.watch import InstanceWatch
+from hutch import tracing
+from hutch.broker.envelopes import InstanceCreated, PoisonMessage, Redrive, TimerFired, decode
+from hutch.broker.transports.base import Delivery, PartitionListener
+from hutch.clock import Clock
+from hutch.config import Limits
+from hutch.consumers.actor import Effects, Input, InstanceActor
+from hutch.consumers.items import CreatedNotice, StepDone
+from hutch.consumers.membership import LEASE_HEADER
+from hutch.consumers.steps import StepRunner
+from hutch.consumers.timers import TimerService
+from hutch.entrypoint import Env, WorkflowEntrypoint
+from hutch.store.base import CommitResult, Snapshot, Transition
+from hutch.store.redis import STORE_ERRORS, RedisStore, meta_from_fields
+from hutch.watch import InstanceWatch
 
 log = logging.getLogger("hutch.worker")
 

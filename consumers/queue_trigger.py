@@ -23,7 +23,7 @@ few times and then dead-lettered with the error.
 The queue is declared when it does not exist, as a quorum queue without a delivery limit (Hutch
 dead-letters what it cannot use itself), so that it survives the loss of a node; an existing queue
 is used as it is, whatever its type and arguments. The dead-letter queue likewise. The connection is
-Hutch's (:mod:`broker.connection`): given a cluster's URLs it connects to any live node, moves to
+Hutch's (:mod:`hutch.broker.connection`): given a cluster's URLs it connects to any live node, moves to
 another when its node fails or stops answering, and consumes again there.
 """
 
@@ -42,17 +42,16 @@ import aio_pika
 import aiormq
 import msgpack
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
-
-from broker import names
-from broker.connection import ClusterConnection, ConnectionOptions, connect
-from broker.transports.base import REASON_HEADER
-from broker.transports.rabbitmq import CONNECTION_ERRORS
-from consumers.templates import QUEUE_ROOTS, MessageContext, Template, TemplateError
-from engine import tracing
-from engine.client import Client, WorkflowClient
-from engine.errors import InstanceAlreadyExists, InvalidInputError, WorkflowNotFound
-from engine.store.redis import STORE_ERRORS
-from engine.triggers import QueueConsumerSpec
+from hutch import tracing
+from hutch.broker import names
+from hutch.broker.connection import ClusterConnection, ConnectionOptions, connect
+from hutch.broker.transports.base import REASON_HEADER
+from hutch.broker.transports.rabbitmq import CONNECTION_ERRORS
+from hutch.client import Client, WorkflowClient
+from hutch.consumers.templates import QUEUE_ROOTS, MessageContext, Template, TemplateError
+from hutch.errors import InstanceAlreadyExists, InvalidInputError, WorkflowNotFound
+from hutch.store.redis import STORE_ERRORS
+from hutch.triggers import QueueConsumerSpec
 
 log = logging.getLogger("hutch.queue_trigger")
 

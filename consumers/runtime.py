@@ -6,6 +6,20 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from hutch.broker.dispatch import BrokerDispatcher
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
+from hutch.client import Client
+from hutch.clock import Clock
+from hutch.config import Limits
+from hutch.consumers.colocated import start_colocated
+from hutch.consumers.embedded import start_embedded
+from hutch.consumers.worker import Worker
+from hutch.entrypoint import WorkflowEntrypoint
+from hutch.errors import InvalidInputError, StoreUnavailable
+from hutch.settings import Settings, redact_url, redis_socket_options
+from hutch.store.announcements import finished_member
+from hutch.store.redis import RedisStore
+from hutch.watch import ChannelFeed, InstanceWatch
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -13,21 +27,6 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeoutError
-
-from broker.dispatch import BrokerDispatcher
-from broker.transports.rabbitmq import RabbitMQTransport
-from consumers.colocated import start_colocated
-from consumers.embedded import start_embedded
-from consumers.worker import Worker
-from engine.client import Client
-from engine.clock import Clock
-from engine.config import Limits
-from engine.entrypoint import WorkflowEntrypoint
-from engine.errors import InvalidInputError, StoreUnavailable
-from engine.settings import Settings, redact_url, redis_socket_options
-from engine.store.announcements import finished_member
-from engine.store.redis import RedisStore
-from engine.watch import ChannelFeed, InstanceWatch
 
 CLUSTER_SCHEMES = ("redis+cluster",)
 """URL schemes of a Redis Cluster: ``redis+cluster://[user:password@]host:port[,host:port...]``."""

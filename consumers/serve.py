@@ -8,17 +8,17 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from broker.connection import ConnectionOptions
-from broker.dispatch import BrokerDispatcher
-from consumers.crons import CronTrigger
-from consumers.queue_trigger import QueueTrigger
-from consumers.runtime import connect_servers
-from consumers.worker import Worker
-from engine.client import Client, bindings
-from engine.clock import Clock
-from engine.entrypoint import Env, WorkflowEntrypoint
-from engine.errors import InvalidInputError
-from engine.settings import Settings
+from hutch.broker.connection import ConnectionOptions
+from hutch.broker.dispatch import BrokerDispatcher
+from hutch.client import Client, bindings
+from hutch.clock import Clock
+from hutch.consumers.crons import CronTrigger
+from hutch.consumers.queue_trigger import QueueTrigger
+from hutch.consumers.runtime import connect_servers
+from hutch.consumers.worker import Worker
+from hutch.entrypoint import Env, WorkflowEntrypoint
+from hutch.errors import InvalidInputError
+from hutch.settings import Settings
 
 log = logging.getLogger("hutch.worker")
 

@@ -11,12 +11,12 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from consumers.items import StepDone
-from engine import tracing
-from engine.clock import Clock
-from engine.config import Limits
-from engine.context import StepContext, StepInfo
-from engine.errors import (
+from hutch import tracing
+from hutch.clock import Clock
+from hutch.config import Limits
+from hutch.consumers.items import StepDone
+from hutch.context import StepContext, StepInfo
+from hutch.errors import (
     NonRetryableError,
     NotSerializable,
     PayloadTooLarge,
@@ -25,8 +25,8 @@ from engine.errors import (
     StepTimeoutError,
     error_record,
 )
-from engine.executor import StepCall
-from engine.serialization import encode_value
+from hutch.executor import StepCall
+from hutch.serialization import encode_value
 
 _Key = tuple[str, str, int, str, int, int]  # workflow, instance id, run number, step name, count, attempt
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.errors import InvalidInputError
+from hutch.errors import InvalidInputError
 
 BODY = "body"
 HEADERS = "headers"

@@ -20,11 +20,11 @@ import heapq
 import logging
 from collections.abc import Callable, Iterable
 
-from broker.envelopes import TimerFired, encode
-from broker.transports.base import Outgoing, Transport
-from engine.clock import Clock
-from engine.serialization import unpack
-from engine.store.redis import STORE_ERRORS, RedisStore
+from hutch.broker.envelopes import TimerFired, encode
+from hutch.broker.transports.base import Outgoing, Transport
+from hutch.clock import Clock
+from hutch.serialization import unpack
+from hutch.store.redis import STORE_ERRORS, RedisStore
 
 log = logging.getLogger("hutch.timers")
 

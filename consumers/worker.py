@@ -22,19 +22,19 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
-from broker.partitioning import partition_of
-from broker.transports.base import Delivery, Outgoing, PartitionListener, Subscription, Transport
-from consumers.membership import LEASE_HEADER, Membership
-from consumers.orchestrator import Orchestrator
-from consumers.steps import StepRunner
-from consumers.timers import TimerService
-from engine.clock import Clock
-from engine.config import DEFAULT_LIMITS, Limits
-from engine.entrypoint import Env, WorkflowEntrypoint
-from engine.settings import Settings
-from engine.store.announcements import created_instances
-from engine.store.redis import RedisStore
-from engine.watch import ChannelFeed, InstanceWatch
+from hutch.broker.partitioning import partition_of
+from hutch.broker.transports.base import Delivery, Outgoing, PartitionListener, Subscription, Transport
+from hutch.clock import Clock
+from hutch.config import DEFAULT_LIMITS, Limits
+from hutch.consumers.membership import LEASE_HEADER, Membership
+from hutch.consumers.orchestrator import Orchestrator
+from hutch.consumers.steps import StepRunner
+from hutch.consumers.timers import TimerService
+from hutch.entrypoint import Env, WorkflowEntrypoint
+from hutch.settings import Settings
+from hutch.store.announcements import created_instances
+from hutch.store.redis import RedisStore
+from hutch.watch import ChannelFeed, InstanceWatch
 
 log = logging.getLogger("hutch.worker")
 

@@ -6,12 +6,12 @@ Write a workflow as a subclass of :class:`WorkflowEntrypoint` and run it with
 
 import importlib.metadata
 
-from engine.client import Client, ControlAccepted, EventAccepted, Instance, InstancePage, WorkflowClient
-from engine.config import Limits, RetryConfig, StepConfig
-from engine.connect import Connection, connect
-from engine.context import StepContext, StepInfo
-from engine.entrypoint import Env, WorkflowEntrypoint
-from engine.errors import (
+from hutch.client import Client, ControlAccepted, EventAccepted, Instance, InstancePage, WorkflowClient
+from hutch.config import Limits, RetryConfig, StepConfig
+from hutch.connect import Connection, connect
+from hutch.context import StepContext, StepInfo
+from hutch.entrypoint import Env, WorkflowEntrypoint
+from hutch.errors import (
     BatchTooLarge,
     BrokerUnavailable,
     DeploymentMismatch,
@@ -45,10 +45,10 @@ from engine.errors import (
     WorkflowCodeError,
     WorkflowNotFound,
 )
-from engine.events import ReceivedEvent, WorkflowEvent
-from engine.settings import Settings
-from engine.status import AttemptDetail, ErrorInfo, InstanceDetail, InstanceStatus, Status, StepDetail
-from engine.step import RollbackStep, StepFunction, WorkflowStep
+from hutch.events import ReceivedEvent, WorkflowEvent
+from hutch.settings import Settings
+from hutch.status import AttemptDetail, ErrorInfo, InstanceDetail, InstanceStatus, Status, StepDetail
+from hutch.step import RollbackStep, StepFunction, WorkflowStep
 
 try:
     # The installed distribution's, so pyproject.toml stays the one place the version is written.

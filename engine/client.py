@@ -9,14 +9,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
-
-from engine import tracing
-from engine.clock import Clock
-from engine.config import DEFAULT_LIMITS, Limits, check_instance_id, check_workflow_name
-from engine.dispatch import CreatedInstance, Dispatcher
-from engine.entrypoint import WorkflowEntrypoint, default_binding_name
-from engine.errors import (
+from hutch import tracing
+from hutch.clock import Clock
+from hutch.config import DEFAULT_LIMITS, Limits, check_instance_id, check_workflow_name
+from hutch.dispatch import CreatedInstance, Dispatcher
+from hutch.entrypoint import WorkflowEntrypoint, default_binding_name
+from hutch.errors import (
     BatchTooLarge,
     IllegalTransition,
     InstanceAlreadyExists,
@@ -25,10 +23,11 @@ from engine.errors import (
     WaitTimeout,
     WorkflowNotFound,
 )
-from engine.serialization import check_depth, encode_value, pack
-from engine.status import FINISHED, InstanceDetail, InstanceStatus, Status, build_detail, status_from_meta
-from engine.store.redis import RedisStore
-from engine.watch import InstanceWatch
+from hutch.serialization import check_depth, encode_value, pack
+from hutch.status import FINISHED, InstanceDetail, InstanceStatus, Status, build_detail, status_from_meta
+from hutch.store.redis import RedisStore
+from hutch.watch import InstanceWatch
+from pydantic import BaseModel
 
 log = logging.getLogger("hutch.client")
 
@@ -67,7 +66,7 @@ class ControlAccepted:
 class Client:
     """Talks to Hutch: to an embedded runtime in this process or to Redis + RabbitMQ.
 
-    Use :func:`engine.connect` to make one.
+    Use :func:`hutch.connect` to make one.
     """
 
     def __init__(

@@ -7,10 +7,9 @@ import re
 from datetime import timedelta
 from typing import Any, Literal
 
+from hutch.durations import Duration, to_seconds
+from hutch.errors import InvalidInputError, InvalidInstanceId, InvalidStepName, InvalidWorkflowName
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from engine.durations import Duration, to_seconds
-from engine.errors import InvalidInputError, InvalidInstanceId, InvalidStepName, InvalidWorkflowName
 
 Backoff = Literal["constant", "linear", "exponential"]
 

@@ -6,12 +6,12 @@ import importlib
 from collections.abc import Generator, Mapping
 from typing import Any
 
-from engine.client import Client
-from engine.clock import Clock
-from engine.config import Limits, check_workflow_name
-from engine.entrypoint import WorkflowEntrypoint
-from engine.errors import InvalidInputError
-from engine.settings import Settings
+from hutch.client import Client
+from hutch.clock import Clock
+from hutch.config import Limits, check_workflow_name
+from hutch.entrypoint import WorkflowEntrypoint
+from hutch.errors import InvalidInputError
+from hutch.settings import Settings
 
 
 class Connection:
@@ -97,7 +97,7 @@ async def _open(
             raise InvalidInputError(f"workflow {name!r} must be a WorkflowEntrypoint subclass, got {cls!r}")
     # engine does not import the runtime packages at module level (they depend on engine);
     # connect() is the one place that reaches into them, by name, when it is called.
-    runtime = importlib.import_module("consumers.runtime")
+    runtime = importlib.import_module("hutch.consumers.runtime")
     client: Client = await runtime.open_client(
         workflows, settings=settings, limits=limits, clock=clock or Clock(), resources=resources, binding_names=bindings
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.config import StepConfig
+from hutch.config import StepConfig
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,7 +6,7 @@ import math
 import re
 from datetime import timedelta
 
-from engine.errors import InvalidDuration
+from hutch.errors import InvalidDuration
 
 Duration = str | int | float | timedelta
 

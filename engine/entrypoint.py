@@ -6,8 +6,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from engine.events import WorkflowEvent
-    from engine.step import WorkflowStep
+    from hutch.events import WorkflowEvent
+    from hutch.step import WorkflowStep
 
 
 def default_binding_name(workflow: str) -> str:

@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from engine.config import Limits, StepConfig, check_step_name
-from engine.errors import (
+from hutch.config import Limits, StepConfig, check_step_name
+from hutch.errors import (
     EventTimeoutError,
     HutchError,
     NondeterminismError,
@@ -24,14 +24,14 @@ from engine.errors import (
     WorkflowCodeError,
     error_from_record,
 )
-from engine.events import ReceivedEvent, WorkflowEvent, ms_to_datetime
-from engine.history import COMMAND_KINDS, Key, Record, describe_command, key_of
-from engine.loop import WorkflowLoop
-from engine.serialization import unpack
-from engine.step import WorkflowStep
+from hutch.events import ReceivedEvent, WorkflowEvent, ms_to_datetime
+from hutch.history import COMMAND_KINDS, Key, Record, describe_command, key_of
+from hutch.loop import WorkflowLoop
+from hutch.serialization import unpack
+from hutch.step import WorkflowStep
 
 if TYPE_CHECKING:
-    from engine.entrypoint import WorkflowEntrypoint
+    from hutch.entrypoint import WorkflowEntrypoint
 
 
 @dataclass(slots=True)

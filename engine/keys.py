@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from engine.status import Status
+from hutch.status import Status
 
 ALL = "all"
 """Pseudo-status whose index lists every instance of a workflow."""

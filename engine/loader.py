@@ -21,8 +21,8 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from engine.entrypoint import WorkflowEntrypoint
-from engine.errors import TargetError
+from hutch.entrypoint import WorkflowEntrypoint
+from hutch.errors import TargetError
 
 CONFIG_ENV = "HUTCH_CONFIG"
 

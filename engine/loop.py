@@ -19,8 +19,8 @@ from asyncio import events
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
-from engine.errors import WorkflowCodeError
-from engine.step import StepAwaitable
+from hutch.errors import WorkflowCodeError
+from hutch.step import StepAwaitable
 
 
 class WorkflowLoop(asyncio.AbstractEventLoop):

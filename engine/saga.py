@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from engine.context import StepContext
+from hutch.context import StepContext
 
 if TYPE_CHECKING:
-    from engine.executor import WorkflowRun
+    from hutch.executor import WorkflowRun
 
 ROLLBACK_PREFIX = "rollback "
 

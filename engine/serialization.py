@@ -6,9 +6,8 @@ from types import MappingProxyType
 from typing import Any
 
 import msgpack
+from hutch.errors import NotSerializable, PayloadTooLarge
 from pydantic import BaseModel
-
-from engine.errors import NotSerializable, PayloadTooLarge
 
 INTEGER_RANGE = "integers must be between -2**63 and 2**64 - 1 (pass bigger ones as strings)"
 """msgpack's integer range, as a sentence for error messages."""

@@ -8,14 +8,13 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from hutch.config import Limits
+from hutch.entrypoint import WorkflowEntrypoint, default_binding_name
+from hutch.errors import InvalidInputError, TargetError
+from hutch.loader import config_file, load_workflow
+from hutch.triggers import QueuesConfig, TriggersConfig, WebhookRoutes
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
-
-from engine.config import Limits
-from engine.entrypoint import WorkflowEntrypoint, default_binding_name
-from engine.errors import InvalidInputError, TargetError
-from engine.loader import config_file, load_workflow
-from engine.triggers import QueuesConfig, TriggersConfig, WebhookRoutes
 
 
 def redact_url(url: str) -> str:
@@ -164,7 +163,7 @@ class WorkflowSpec(BaseModel):
         return value
 
     def load(self) -> type[WorkflowEntrypoint]:
-        """Import the workflow class as ``hutch run`` and ``--workflow`` do (:mod:`engine.loader`).
+        """Import the workflow class as ``hutch run`` and ``--workflow`` do (:mod:`hutch.loader`).
 
         Raises:
             TargetError: naming this entry and what is wrong.
@@ -225,9 +224,9 @@ class Settings(BaseSettings):
             ``HUTCH_LIMITS__MAX_STEPS=...`` and so on); recorded for the deployment like the
             partition count, so every client and worker of a namespace enforces the same ones.
         workflows: the ``[[workflows]]`` of hutch.toml.
-        webhooks: the ``[[webhooks]]`` routes of hutch.toml (``gateway.webhooks``).
-        queues: the ``[queues]`` table: ``[[queues.consumers]]`` (``consumers.queue_trigger``).
-        triggers: the ``[triggers]`` table: ``[[triggers.crons]]`` (``consumers.crons``).
+        webhooks: the ``[[webhooks]]`` routes of hutch.toml (``hutch.gateway.webhooks``).
+        queues: the ``[queues]`` table: ``[[queues.consumers]]`` (``hutch.consumers.queue_trigger``).
+        triggers: the ``[triggers]`` table: ``[[triggers.crons]]`` (``hutch.consumers.crons``).
     """
 
     # "__" reaches into tables: HUTCH_LIMITS__MAX_STEPS sets [limits] max_steps.

@@ -6,10 +6,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from hutch.events import ms_to_datetime
+from hutch.serialization import unpack
 from pydantic import BaseModel, ConfigDict
-
-from engine.events import ms_to_datetime
-from engine.serialization import unpack
 
 
 class Status(StrEnum):

@@ -10,15 +10,15 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
-from engine.config import StepConfig
-from engine.dag import DependencyBinding, plan_dependencies
-from engine.durations import Duration, to_seconds
-from engine.errors import InvalidDuration, InvalidInputError, SleepTooLong
-from engine.events import ReceivedEvent
-from engine.saga import Compensation, Saga
+from hutch.config import StepConfig
+from hutch.dag import DependencyBinding, plan_dependencies
+from hutch.durations import Duration, to_seconds
+from hutch.errors import InvalidDuration, InvalidInputError, SleepTooLong
+from hutch.events import ReceivedEvent
+from hutch.saga import Compensation, Saga
 
 if TYPE_CHECKING:
-    from engine.executor import WorkflowRun
+    from hutch.executor import WorkflowRun
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -35,7 +35,7 @@ class StepFunction(Generic[T]):
 
     A step declared with ``depends=[a, b]`` first resolves its dependencies when called —
     concurrently when ``concurrent=True``, one after the other in list order otherwise — and then
-    runs with their results injected (see :mod:`engine.dag`). A dependency runs at most once per
+    runs with their results injected (see :mod:`hutch.dag`). A dependency runs at most once per
     run: if it was already called in this run (awaited earlier, or shared by two dependents, as in
     a diamond), that call's result is reused, and a dependency still in flight is shared by every
     step that waits for it. A dependency that failed raises its error into the dependent's await.

@@ -48,6 +48,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Protocol
 
+from hutch.history import Record
+from hutch.serialization import unpack
+from hutch.status import FINISHED
+from hutch.store.base import Transition
 from opentelemetry import context as context_api
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -63,11 +67,6 @@ from opentelemetry.semconv.attributes import (
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
-
-from engine.history import Record
-from engine.serialization import unpack
-from engine.status import FINISHED
-from engine.store.base import Transition
 
 log = logging.getLogger("hutch.tracing")
 

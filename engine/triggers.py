@@ -1,9 +1,9 @@
 """The triggers of ``hutch.toml``: ``[[webhooks]]``, ``[[queues.consumers]]`` and ``[[triggers.crons]]``.
 
 These are the configuration models only; the components that act on them live in
-``gateway.webhooks`` (HTTP ingress), ``consumers.queue_trigger`` and ``consumers.crons``.
+``hutch.gateway.webhooks`` (HTTP ingress), ``hutch.consumers.queue_trigger`` and ``hutch.consumers.crons``.
 Templates (``instance_id``, ``event_type``, ``id``, ``delivery_id``) are kept as text here and
-parsed by ``consumers.templates`` when those components are built, so a malformed template
+parsed by ``hutch.consumers.templates`` when those components are built, so a malformed template
 fails at start-up with the entry named.
 
 Every validation error names the entry and the offending value, e.g.
@@ -20,10 +20,9 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
+from hutch.durations import Duration, to_seconds
+from hutch.errors import InvalidInputError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from engine.durations import Duration, to_seconds
-from engine.errors import InvalidInputError
 
 _WORKFLOW = r"^[a-zA-Z0-9_][a-zA-Z0-9\-_.]*$"
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engine import EventTimeoutError, NonRetryableError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
+from hutch import EventTimeoutError, NonRetryableError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 
 DEFAULT_TIMEOUT = "24 hours"
 ESCALATION_CONTACT = "finance-leads@example.com"

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engine import WorkflowEntrypoint, WorkflowEvent, WorkflowStep
+from hutch import WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 
 ORDERS = {
     "eu": [{"id": "o-1", "customer": "c-1", "cents": 1250}, {"id": "o-2", "customer": "c-2", "cents": 4999}],

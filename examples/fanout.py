@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
-from engine import NonRetryableError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
+from hutch import NonRetryableError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 
 SAMPLE_DOCUMENTS = (
     "Durable workflows survive crashes and restarts.",

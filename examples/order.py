@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from engine import NonRetryableError, StepContext, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
+from hutch import NonRetryableError, StepContext, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 
 # Unit prices in cents; an unknown SKU is rejected by the validation step.
 PRICES_CENTS = {"X": 1250, "Y": 499, "Z": 9900}

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from engine import NonRetryableError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
+from hutch import NonRetryableError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 
 QUICK_RETRIES = {"retries": {"limit": 3, "delay": "100 milliseconds", "backoff": "constant"}}
 

@@ -1,10 +1,10 @@
-"""Hutch's edge: the ``hutch`` command line (``gateway.cli:main``) and its building blocks.
+"""Hutch's edge: the ``hutch`` command line (``hutch.gateway.cli:main``) and its building blocks.
 
-``gateway.cli`` is deliberately not imported here, so ``python -m gateway.cli`` runs it cleanly.
+``hutch.gateway.cli`` is deliberately not imported here, so ``python -m hutch`` runs it cleanly.
 """
 
-from gateway.loader import TargetError, load_workflow, workflow_name
-from gateway.progress import (
+from hutch.gateway.loader import TargetError, load_workflow, workflow_name
+from hutch.gateway.progress import (
     Active,
     HumanSink,
     JsonSink,

@@ -26,18 +26,17 @@ from typing import Protocol
 
 import click
 from aiormq.exceptions import AMQPError
+from hutch.broker.partitioning import partition_of
+from hutch.broker.repartition import QueueMover
+from hutch.consumers.runtime import connect_store, open_transport
+from hutch.errors import RepartitionRefused, ServiceUnavailable
+from hutch.settings import Settings
+from hutch.store.repartition import Plan, RedisCounts, RedisRepartition
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
-
-from broker.partitioning import partition_of
-from broker.repartition import QueueMover
-from consumers.runtime import connect_store, open_transport
-from engine.errors import RepartitionRefused, ServiceUnavailable
-from engine.settings import Settings
-from engine.store.repartition import Plan, RedisCounts, RedisRepartition
 
 EXIT_INTERRUPTED = 130
 

@@ -14,16 +14,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from fastapi import APIRouter, FastAPI
-
-from engine import Client
-from gateway.api import probes, routes
-from gateway.api.auth import TokenSet
-from gateway.api.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
-from gateway.api.deps import WorkflowNames
-from gateway.api.errors import install_error_handlers
-from gateway.api.metrics import MetricsMiddleware, RequestMetrics
-from gateway.api.openapi import install_schema
-from gateway.api.tracing import TracingMiddleware, fastapi_options
+from hutch import Client
+from hutch.gateway.api import probes, routes
+from hutch.gateway.api.auth import TokenSet
+from hutch.gateway.api.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
+from hutch.gateway.api.deps import WorkflowNames
+from hutch.gateway.api.errors import install_error_handlers
+from hutch.gateway.api.metrics import MetricsMiddleware, RequestMetrics
+from hutch.gateway.api.openapi import install_schema
+from hutch.gateway.api.tracing import TracingMiddleware, fastapi_options
 
 API_VERSION = "1"
 
@@ -42,7 +41,7 @@ def create_app(
         tokens: valid bearer tokens for ``/api`` (several allow rotation); at least one.
         extra_routers: more routers (e.g. webhook ingress), included as they are: no bearer auth,
             but the body limit, metrics and error envelope apply. Their routes reach the client
-            through :func:`gateway.api.get_client`.
+            through :func:`hutch.gateway.api.get_client`.
         max_body_bytes: request bodies over this size get 413 before they are read (default 1 MiB).
 
     Returns:

@@ -3,20 +3,20 @@
 Servers and local runs:
 
 * ``hutch run FILE[:Class] --params JSON`` runs one instance to completion on the embedded runtime
-  (in this process, no servers needed) and shows its progress live (:mod:`gateway.progress`);
-* ``hutch dev`` (:mod:`gateway.dev`), ``hutch gateway`` (:mod:`gateway.serve_gateway`) and
-  ``hutch worker`` (:mod:`gateway.worker_command`) run until SIGINT/SIGTERM;
-* ``hutch admin repartition`` (:mod:`gateway.admin_command`) changes a stopped deployment's
+  (in this process, no servers needed) and shows its progress live (:mod:`hutch.gateway.progress`);
+* ``hutch dev`` (:mod:`hutch.gateway.dev`), ``hutch gateway`` (:mod:`hutch.gateway.serve_gateway`) and
+  ``hutch worker`` (:mod:`hutch.gateway.worker_command`) run until SIGINT/SIGTERM;
+* ``hutch admin repartition`` (:mod:`hutch.gateway.admin_command`) changes a stopped deployment's
   partition count.
 
 Clients of a gateway's REST API (``--url``/``HUTCH_URL``, ``--token``/``HUTCH_TOKEN``), so they work
 against ``hutch dev`` and a remote deployment alike: ``hutch workflows list|trigger``, ``hutch
 instances list|describe|pause|resume|terminate|restart``, ``hutch events send``. Each prints a
-table (:mod:`gateway.render`) or, with ``--json``, the API's ``result`` as JSON. Exit status: 0 ok,
+table (:mod:`hutch.gateway.render`) or, with ``--json``, the API's ``result`` as JSON. Exit status: 0 ok,
 1 the API answered with an error (404, 409, 401...), 2 bad usage or the gateway cannot be reached,
 3 a lifecycle change accepted but not applied yet (no worker applied it within the gateway's wait).
 
-Commands stay thin: parse the arguments, call the API (:mod:`gateway.http_client`), render.
+Commands stay thin: parse the arguments, call the API (:mod:`hutch.gateway.http_client`), render.
 """
 
 from __future__ import annotations
@@ -31,13 +31,10 @@ from typing import Any, TypeVar
 
 import click
 import httpx
-from pydantic import ValidationError
-from rich.console import Console, RenderableType
-
-import engine
-from engine import InvalidInputError, Settings, Status, WorkflowEntrypoint
-from gateway import render
-from gateway.http_client import (
+import hutch
+from hutch import InvalidInputError, Settings, Status, WorkflowEntrypoint
+from hutch.gateway import render
+from hutch.gateway.http_client import (
     DEFAULT_URL,
     Action,
     ApiRequestError,
@@ -45,8 +42,10 @@ from gateway.http_client import (
     GatewayError,
     GatewayUnreachable,
 )
-from gateway.loader import TargetError, load_workflow, workflow_name
-from gateway.progress import HumanSink, JsonSink, ProgressSink, RunResult, follow
+from hutch.gateway.loader import TargetError, load_workflow, workflow_name
+from hutch.gateway.progress import HumanSink, JsonSink, ProgressSink, RunResult, follow
+from pydantic import ValidationError
+from rich.console import Console, RenderableType
 
 T = TypeVar("T")
 
@@ -90,14 +89,14 @@ class LazyGroup(click.Group):
     cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"]},
     lazy_subcommands={
-        "admin": "gateway.admin_command:admin",
-        "dev": "gateway.dev:dev",
-        "gateway": "gateway.serve_gateway:gateway",
-        "worker": "gateway.worker_command:worker",
+        "admin": "hutch.gateway.admin_command:admin",
+        "dev": "hutch.gateway.dev:dev",
+        "gateway": "hutch.gateway.serve_gateway:gateway",
+        "worker": "hutch.gateway.worker_command:worker",
     },
 )
-# engine.__version__: the installed distribution's, as pyproject.toml declared it at install time.
-@click.version_option(engine.__version__, prog_name="hutch", message="%(prog)s %(version)s")
+# hutch.__version__: the installed distribution's, as pyproject.toml declared it at install time.
+@click.version_option(hutch.__version__, prog_name="hutch", message="%(prog)s %(version)s")
 def main() -> None:
     """Hutch: durable workflows on RabbitMQ and Redis.
 
@@ -191,7 +190,7 @@ async def _run(
     settings: Settings,
 ) -> RunResult:
     name = workflow_name(cls)
-    async with engine.connect({name: cls}, settings=settings) as client:
+    async with hutch.connect({name: cls}, settings=settings) as client:
         instance = await client.workflow(name).create(id=instance_id, params=params)
         return await follow(instance, sink, events=events, timeout=timeout)
 
@@ -315,7 +314,7 @@ async def _resolve(api: GatewayClient, name: str, instance_id: str) -> str:
     return latest
 
 
-@main.group(cls=LazyGroup, lazy_subcommands={"diagram": "gateway.diagram_command:diagram"})
+@main.group(cls=LazyGroup, lazy_subcommands={"diagram": "hutch.gateway.diagram_command:diagram"})
 def workflows() -> None:
     """List workflows and trigger instances (through a gateway's REST API); draw a workflow's diagram."""
 

@@ -23,20 +23,17 @@ import sys
 from typing import Any
 
 import click
-from pydantic import ValidationError
-
-import engine
-from broker.connection import ConnectionOptions
-from consumers.crons import CronTrigger
-from consumers.queue_trigger import QueueTrigger
-from consumers.runtime import start_distributed
-from engine import Client, WorkflowEntrypoint, tracing
-from engine.clock import Clock
-from engine.errors import HutchError, InvalidInputError
-from engine.settings import Settings
-from gateway.api.auth import require_token
-from gateway.http_client import DEFAULT_URL
-from gateway.serve_gateway import (
+import hutch
+from hutch import Client, WorkflowEntrypoint, tracing
+from hutch.broker.connection import ConnectionOptions
+from hutch.clock import Clock
+from hutch.consumers.crons import CronTrigger
+from hutch.consumers.queue_trigger import QueueTrigger
+from hutch.consumers.runtime import start_distributed
+from hutch.errors import HutchError, InvalidInputError
+from hutch.gateway.api.auth import require_token
+from hutch.gateway.http_client import DEFAULT_URL
+from hutch.gateway.serve_gateway import (
     BACKEND_ERRORS,
     LOG_LEVELS,
     BindError,
@@ -47,8 +44,10 @@ from gateway.serve_gateway import (
     is_loopback,
     stop_on_signals,
 )
-from gateway.settings import GatewaySettings
-from gateway.worker_command import _parse_workflows
+from hutch.gateway.settings import GatewaySettings
+from hutch.gateway.worker_command import _parse_workflows
+from hutch.settings import Settings
+from pydantic import ValidationError
 
 DEFAULT_PORT = 8787
 EXIT_WORKER_DIED = 1
@@ -220,7 +219,7 @@ async def _serve(
 async def _open(settings: Settings, classes: dict[str, type[WorkflowEntrypoint]], distributed: bool) -> Client:
     """A client with a worker running in this process: embedded, or on the configured Redis and RabbitMQ."""
     if not distributed:
-        return await engine.connect(classes, settings=settings, bindings=settings.binding_names())
+        return await hutch.connect(classes, settings=settings, bindings=settings.binding_names())
     if not (settings.redis_url and settings.amqp_url):
         raise InvalidInputError(
             "hutch dev needs both HUTCH_REDIS_URL and HUTCH_AMQP_URL (or --redis-url and --amqp-url) for the "

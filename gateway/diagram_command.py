@@ -1,7 +1,7 @@
 """``hutch workflows diagram NAME|FILE:Class [--format json|mermaid]``: a workflow's diagram, from its code.
 
 The workflow is never run: the diagram comes from static analysis of ``run()`` and the helpers it
-calls (:mod:`engine.diagram`). A target is the name of a ``[[workflows]]`` entry of hutch.toml,
+calls (:mod:`hutch.diagram`). A target is the name of a ``[[workflows]]`` entry of hutch.toml,
 or a class as ``hutch run`` takes it (``examples/order.py:OrderWorkflow``,
 ``examples.order:OrderWorkflow``).
 """
@@ -9,11 +9,10 @@ or a class as ``hutch run`` takes it (``examples/order.py:OrderWorkflow``,
 from __future__ import annotations
 
 import click
+from hutch import InvalidInputError, Settings
+from hutch.diagram import analyze, to_mermaid
+from hutch.gateway.loader import TargetError, load_workflow
 from pydantic import ValidationError
-
-from engine import InvalidInputError, Settings
-from engine.diagram import analyze, to_mermaid
-from gateway.loader import TargetError, load_workflow
 
 _TARGET = "NAME|FILE[:CLASS]"
 

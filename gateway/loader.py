@@ -1,6 +1,6 @@
 """Finds a workflow class from a ``FILE[:Class]`` or ``module[:Class]`` target, as ``hutch run`` takes it.
 
-The loading itself is :mod:`engine.loader`, shared with hutch.toml's ``[[workflows]]`` so every
+The loading itself is :mod:`hutch.loader`, shared with hutch.toml's ``[[workflows]]`` so every
 command resolves a target the same way; this module adds the name ``hutch run`` registers a
 class under.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import re
 
-from engine.config import DEFAULT_LIMITS
-from engine.errors import TargetError
-from engine.loader import load_workflow
+from hutch.config import DEFAULT_LIMITS
+from hutch.errors import TargetError
+from hutch.loader import load_workflow
 
 __all__ = ["TargetError", "load_workflow", "workflow_name"]
 

@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from hutch import ErrorInfo, Instance, InstanceDetail, Status, StepDetail
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
-
-from engine import ErrorInfo, Instance, InstanceDetail, Status, StepDetail
 
 # JSON key of ProgressEvent.due, by event kind.
 _DUE_KEY = {

@@ -13,11 +13,10 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from hutch import ErrorInfo, InstanceDetail, StepDetail
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
-
-from engine import ErrorInfo, InstanceDetail, StepDetail
 
 STATUS_STYLES: dict[str, str] = {
     "queued": "blue",

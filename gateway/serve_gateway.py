@@ -20,21 +20,20 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import click
+import hutch
 import uvicorn
 from fastapi import APIRouter, FastAPI
+from hutch import Client, tracing
+from hutch.broker.transports.rabbitmq import CONNECTION_ERRORS
+from hutch.errors import HutchError
+from hutch.gateway.api.envelope import ErrorCode, error_response
+from hutch.gateway.app import create_app
+from hutch.gateway.settings import GatewaySettings
+from hutch.gateway.webhooks import webhook_router
+from hutch.settings import Settings
+from hutch.store.redis import STORE_ERRORS
 from pydantic import ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
-
-import engine
-from broker.transports.rabbitmq import CONNECTION_ERRORS
-from engine import Client, tracing
-from engine.errors import HutchError
-from engine.settings import Settings
-from engine.store.redis import STORE_ERRORS
-from gateway.api.envelope import ErrorCode, error_response
-from gateway.app import create_app
-from gateway.settings import GatewaySettings
-from gateway.webhooks import webhook_router
 
 log = logging.getLogger("gateway")
 
@@ -346,7 +345,7 @@ def gateway(
 async def _serve(server: GatewayServer, settings: Settings, tokens: list[str], max_body_bytes: int) -> int:
     with stop_on_signals(server):
         try:
-            client = await engine.connect(settings=settings)
+            client = await hutch.connect(settings=settings)
         except BACKEND_ERRORS as exc:
             server.close()
             click.echo(f"Error: {backend_failure(exc, settings)}", err=True)

@@ -34,5 +34,5 @@ class GatewaySettings(BaseSettings):
         return value
 
     def token_values(self) -> list[str]:
-        """The tokens in clear, for :func:`gateway.app.create_app`."""
+        """The tokens in clear, for :func:`hutch.gateway.app.create_app`."""
         return [t.get_secret_value() for t in self.tokens]

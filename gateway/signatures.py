@@ -28,7 +28,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from engine.errors import InvalidInputError
+from hutch.errors import InvalidInputError
 
 
 class SignatureError(Exception):

@@ -39,13 +39,10 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from redis.asyncio import Redis
-from starlette.requests import ClientDisconnect
-
-from consumers.templates import WEBHOOK_ROOTS, MessageContext, Template, TemplateError
-from engine.client import Client, Instance, WorkflowClient
-from engine.config import check_instance_id
-from engine.errors import (
+from hutch.client import Client, Instance, WorkflowClient
+from hutch.config import check_instance_id
+from hutch.consumers.templates import WEBHOOK_ROOTS, MessageContext, Template, TemplateError
+from hutch.errors import (
     HutchError,
     InstanceAlreadyExists,
     InstanceNotFound,
@@ -53,8 +50,10 @@ from engine.errors import (
     PayloadTooLarge,
     WorkflowNotFound,
 )
-from engine.triggers import WebhookRoute
-from gateway.signatures import SignatureError, Verifier, verifier
+from hutch.gateway.signatures import SignatureError, Verifier, verifier
+from hutch.triggers import WebhookRoute
+from redis.asyncio import Redis
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("hutch.webhooks")
 

@@ -8,14 +8,13 @@ import signal
 import sys
 
 import click
+from hutch import tracing
+from hutch.consumers.serve import serve
+from hutch.consumers.worker import Worker
+from hutch.errors import HutchError, ServiceUnavailable
+from hutch.gateway.loader import TargetError, load_workflow
+from hutch.settings import Settings
 from pydantic import ValidationError
-
-from consumers.serve import serve
-from consumers.worker import Worker
-from engine import tracing
-from engine.errors import HutchError, ServiceUnavailable
-from engine.settings import Settings
-from gateway.loader import TargetError, load_workflow
 
 
 def _parse_workflows(values: tuple[str, ...]) -> dict[str, type] | None:

@@ -9,14 +9,14 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
+import hutch
 import pytest
+from hutch import Client, WorkflowEntrypoint
+from hutch.clock import Clock
+from hutch.config import Limits
+from hutch.consumers.runtime import open_redis, start_distributed
+from hutch.settings import Settings
 
-import engine
-from consumers.runtime import open_redis, start_distributed
-from engine import Client, WorkflowEntrypoint
-from engine.clock import Clock
-from engine.config import Limits
-from engine.settings import Settings
 from tests.helpers import unique
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
@@ -97,7 +97,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 async def make_client(runtime: str, request: pytest.FixtureRequest) -> AsyncIterator[MakeClient]:
     """Start runtimes for a test; each is closed (and its server-side state deleted) at teardown.
 
-    ``embedded``: ``engine.connect()`` with no URLs (fakeredis + in-process transport).
+    ``embedded``: ``hutch.connect()`` with no URLs (fakeredis + in-process transport).
     ``distributed``: a worker in this process on the real Redis and RabbitMQ, in a namespace of
     its own (keys and queues deleted afterwards), and a remote client.
     """
@@ -109,7 +109,7 @@ async def make_client(runtime: str, request: pytest.FixtureRequest) -> AsyncIter
 
     async def make(workflows: Mapping[str, type[WorkflowEntrypoint]], **options: Any) -> Client:
         if runtime == "embedded":
-            client = await engine.connect(workflows, **options)
+            client = await hutch.connect(workflows, **options)
         else:
             client = await _start_distributed(workflows, namespaces, **options)
         clients.append(client)
@@ -145,7 +145,7 @@ async def _start_distributed(
     client, _ = await start_distributed(
         workflows,
         settings=settings,
-        limits=settings.limits if limits is None else limits,  # as engine.connect() does
+        limits=settings.limits if limits is None else limits,  # as hutch.connect() does
         clock=clock or Clock(),
         resources=dict(resources or {}),
         binding_names=dict(bindings or {}),

@@ -8,8 +8,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from consumers import Worker
-from engine import Client, Instance, InstanceDetail, Status
+from hutch import Client, Instance, InstanceDetail, Status
+from hutch.consumers import Worker
 
 T = TypeVar("T")
 

@@ -13,15 +13,10 @@ import math
 from datetime import datetime
 from typing import Any
 
+import hutch
 import msgpack
 import pytest
-from pydantic import BaseModel
-
-import engine
-from broker import EventReceived, InProcessTransport, Outgoing, partition_of
-from broker.envelopes import encode
-from broker.transports.base import REASON_HEADER
-from engine import (
+from hutch import (
     BatchTooLarge,
     Client,
     HutchError,
@@ -34,8 +29,13 @@ from engine import (
     WorkflowEntrypoint,
     WorkflowNotFound,
 )
-from engine.events import WorkflowEvent
-from engine.serialization import pack
+from hutch.broker import EventReceived, InProcessTransport, Outgoing, partition_of
+from hutch.broker.envelopes import encode
+from hutch.broker.transports.base import REASON_HEADER
+from hutch.events import WorkflowEvent
+from hutch.serialization import pack
+from pydantic import BaseModel
+
 from tests.conftest import MakeClient
 from tests.helpers import eventually, unique, wait_status, worker_of
 
@@ -174,7 +174,7 @@ async def test_unknown_workflows_raise_workflow_not_found(make_client: MakeClien
 
 
 async def client_with_bad_class() -> None:
-    await engine.connect({"bad": dict})  # type: ignore[dict-item]
+    await hutch.connect({"bad": dict})  # type: ignore[dict-item]
 
 
 async def test_duplicate_ids_are_rejected_and_the_original_is_untouched(make_client: MakeClient) -> None:

@@ -10,13 +10,13 @@ from typing import Any
 
 import fakeredis
 import pytest
+from hutch.serialization import pack
+from hutch.store.base import CommitResult, Transition
+from hutch.store.redis import RedisStore
 
 from bench import report
 from bench.__main__ import main, make_connect
 from bench.workloads import SMOKE, WORKLOADS, Sequential, percentile
-from engine.serialization import pack
-from engine.store.base import CommitResult, Transition
-from engine.store.redis import RedisStore
 from tests.conftest import MakeClient
 from tests.helpers import unique
 

@@ -16,10 +16,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from broker import (
+from hutch.broker import (
     Control,
     Delivery,
     EventReceived,
@@ -34,8 +31,11 @@ from broker import (
     Transport,
     partition_of,
 )
-from broker.envelopes import Message, decode, encode
-from broker.transports.base import REASON_HEADER
+from hutch.broker.envelopes import Message, decode, encode
+from hutch.broker.transports.base import REASON_HEADER
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tests.helpers import eventually
 
 

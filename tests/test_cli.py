@@ -1,7 +1,7 @@
 """``hutch run``: live progress, JSON lines, events, exit codes and error messages.
 
 Most tests drive the click command in-process with ``CliRunner``; one runs the real
-``python -m gateway.cli`` in a subprocess, as a user would from the repository root.
+``python -m hutch`` in a subprocess, as a user would from the repository root.
 """
 
 from __future__ import annotations
@@ -18,11 +18,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-
-from engine import AttemptDetail, InstanceDetail, Settings, Status, StepDetail
-from gateway.cli import main
-from gateway.loader import load_workflow, workflow_name
-from gateway.progress import ProgressTracker
+from hutch import AttemptDetail, InstanceDetail, Settings, Status, StepDetail
+from hutch.gateway.cli import main
+from hutch.gateway.loader import load_workflow, workflow_name
+from hutch.gateway.progress import ProgressTracker
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = f"{ROOT / 'examples' / 'order.py'}:OrderWorkflow"
@@ -91,7 +90,7 @@ def test_run_order_shows_each_step_the_retry_and_the_sleep_then_the_output() -> 
 def test_run_as_a_real_subprocess_from_the_repository_root() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HUTCH_")}
     proc = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "run", "examples/order.py:OrderWorkflow", "--params", ORDER_PARAMS],
+        [sys.executable, "-m", "hutch", "run", "examples/order.py:OrderWorkflow", "--params", ORDER_PARAMS],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -351,7 +350,7 @@ def test_hutch_toml_run_from_the_repository_root_finds_its_workflows_like_the_re
         "HUTCH_AMQP_URL": "amqp://guest:guest@127.0.0.1:1/",
     }
     proc = subprocess.run(
-        [sys.executable, "-P", "-m", "gateway.cli", "worker"],
+        [sys.executable, "-P", "-m", "hutch", "worker"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -393,9 +392,9 @@ def test_hutch_toml_and_workflow_targets_resolve_modules_next_to_the_hutch_toml(
 
 
 def test_gateway_public_surface_is_pinned() -> None:
-    import gateway
+    import hutch.gateway
 
-    assert gateway.__all__ == [
+    assert hutch.gateway.__all__ == [
         "Active",
         "HumanSink",
         "JsonSink",
@@ -408,8 +407,8 @@ def test_gateway_public_surface_is_pinned() -> None:
         "load_workflow",
         "workflow_name",
     ]
-    for name in gateway.__all__:
-        assert inspect.getdoc(getattr(gateway, name)), f"gateway.{name} has no docstring"
+    for name in hutch.gateway.__all__:
+        assert inspect.getdoc(getattr(hutch.gateway, name)), f"hutch.gateway.{name} has no docstring"
 
 
 def test_tracker_reports_each_change_once_in_time_order() -> None:

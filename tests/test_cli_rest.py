@@ -1,8 +1,8 @@
 """The ``hutch`` REST commands against a running ``hutch dev`` (and ``hutch gateway``), as a user runs them.
 
-``hutch dev`` runs as a real subprocess (``python -m gateway.cli dev``) serving the examples'
+``hutch dev`` runs as a real subprocess (``python -m hutch dev``) serving the examples'
 workflows on a free port; the tests wait for ``/healthz`` and then drive it through the CLI:
-in process with click's ``CliRunner`` and ``--url``, and as real ``python -m gateway.cli``
+in process with click's ``CliRunner`` and ``--url``, and as real ``python -m hutch``
 subprocesses. Every server is stopped with SIGTERM and must exit 0.
 """
 
@@ -28,18 +28,18 @@ import aio_pika
 import httpx
 import pytest
 from click.testing import CliRunner, Result
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
+from hutch.clock import Clock
+from hutch.config import Limits
+from hutch.consumers.runtime import start_distributed
+from hutch.gateway import render
+from hutch.gateway.cli import main
+from hutch.gateway.http_client import ApiRequestError, GatewayClient, GatewayUnreachable, UnexpectedResponse
+from hutch.settings import Settings
 from rich.console import Console
 
 from bench.child_process import die_with_parent
-from broker.transports.rabbitmq import RabbitMQTransport
-from consumers.runtime import start_distributed
-from engine.clock import Clock
-from engine.config import Limits
-from engine.settings import Settings
 from examples.approval import ApprovalWorkflow
-from gateway import render
-from gateway.cli import main
-from gateway.http_client import ApiRequestError, GatewayClient, GatewayUnreachable, UnexpectedResponse
 from tests.conftest import drop_namespace
 from tests.helpers import unique
 from tests.test_gateway_api import TOKEN as GATEWAY_TOKEN
@@ -129,11 +129,11 @@ class Server:
 
 
 def start_server(log: Path, command: str, *args: str, env: dict[str, str] | None = None) -> Server:
-    """Start ``python -m gateway.cli COMMAND ARGS --port <free>`` and wait until ``/healthz`` answers."""
+    """Start ``python -m hutch COMMAND ARGS --port <free>`` and wait until ``/healthz`` answers."""
     port = free_port()
     with log.open("wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", command, "--port", str(port), *args],
+            [sys.executable, "-m", "hutch", command, "--port", str(port), *args],
             cwd=ROOT,
             env=env or clean_env(),
             stdout=out,
@@ -350,7 +350,7 @@ def test_the_real_command_line_with_hutch_url_from_the_environment(dev: Server) 
     env = clean_env(HUTCH_URL=dev.url)
     iid = unique("order")
     run = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "workflows", "trigger", "order", ORDER_PARAMS, "--id", iid, "--json"],
+        [sys.executable, "-m", "hutch", "workflows", "trigger", "order", ORDER_PARAMS, "--id", iid, "--json"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -362,7 +362,7 @@ def test_the_real_command_line_with_hutch_url_from_the_environment(dev: Server) 
     assert wait_for_status(dev.url, "order", iid, "complete")["output"]["orderId"] == "A-1"
 
     down = subprocess.run(
-        [sys.executable, "-m", "gateway.cli", "instances", "list", "order"],
+        [sys.executable, "-m", "hutch", "instances", "list", "order"],
         cwd=ROOT,
         env=clean_env(HUTCH_URL=f"http://127.0.0.1:{free_port()}"),
         capture_output=True,
@@ -439,7 +439,7 @@ def test_dev_refuses_triggers_it_cannot_serve_in_one_line(tmp_path: Path) -> Non
         """Start hutch dev (embedded) on ``toml``; it must exit 2 at once with one line on stderr."""
         config.write_text(toml)
         run = subprocess.run(
-            [sys.executable, "-m", "gateway.cli", "dev", "--port", "0", "--no-access-log"],
+            [sys.executable, "-m", "hutch", "dev", "--port", "0", "--no-access-log"],
             cwd=ROOT,
             env=clean_env(HUTCH_CONFIG=str(config)),
             capture_output=True,
@@ -549,7 +549,7 @@ async def deployment(redis_url: str, amqp_url: str, tmp_path: Path) -> AsyncIter
         HUTCH_GATEWAY_TOKENS="new-token, old-token",
     )
     try:
-        server = await asyncio.to_thread(start_server, tmp_path / "gateway.log", "gateway", env=env)
+        server = await asyncio.to_thread(start_server, tmp_path / "hutch.gateway.log", "gateway", env=env)
         try:
             yield server
         finally:

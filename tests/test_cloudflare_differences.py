@@ -16,8 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-
-from engine import (
+from hutch import (
     EventTimeoutError,
     InstanceDetail,
     InstanceNotFound,
@@ -29,6 +28,7 @@ from engine import (
     WorkflowEvent,
     WorkflowStep,
 )
+
 from tests.conftest import MakeClient
 from tests.helpers import unique
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from hutch import Settings
+from hutch.consumers.runtime import open_store
 
-from consumers.runtime import open_store
-from engine import Settings
 from tests.conftest import REDIS_URL
 from tests.helpers import unique
 

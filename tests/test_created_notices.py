@@ -15,20 +15,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hutch import Client, Settings, Status, WorkflowEntrypoint
+from hutch.broker import Outgoing
+from hutch.broker.envelopes import InstanceCreated, encode
+from hutch.clock import Clock
+from hutch.config import DEFAULT_LIMITS
+from hutch.consumers import Worker
+from hutch.consumers.runtime import start_distributed
+from hutch.errors import InstanceNotFound
+from hutch.serialization import pack
+from hutch.store.announcements import Created, created_instances
+from hutch.store.redis import ANNOUNCED_BLOB_MAX, RedisStore, meta_from_fields
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from broker import Outgoing
-from broker.envelopes import InstanceCreated, encode
-from consumers import Worker
-from consumers.runtime import start_distributed
-from engine import Client, Settings, Status, WorkflowEntrypoint
-from engine.clock import Clock
-from engine.config import DEFAULT_LIMITS
-from engine.errors import InstanceNotFound
-from engine.serialization import pack
-from engine.store.announcements import Created, created_instances
-from engine.store.redis import ANNOUNCED_BLOB_MAX, RedisStore, meta_from_fields
 from tests.conftest import drop_namespace
 from tests.helpers import count_loads, eventually, unique
 

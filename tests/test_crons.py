@@ -8,15 +8,15 @@ import re
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import hutch
 import pytest
+from hutch import Client, Settings, Status, WorkflowEntrypoint
+from hutch.clock import Clock
+from hutch.consumers.crons import CronTrigger, latest_fire_time, next_fire_time
+from hutch.errors import InvalidInputError
+from hutch.triggers import CronSpec
 from pydantic import ValidationError
 
-import engine
-from consumers.crons import CronTrigger, latest_fire_time, next_fire_time
-from engine import Client, Settings, Status, WorkflowEntrypoint
-from engine.clock import Clock
-from engine.errors import InvalidInputError
-from engine.triggers import CronSpec
 from tests.conftest import MakeClient
 from tests.helpers import eventually
 
@@ -36,7 +36,7 @@ async def second_client(client: Client, runtime: str) -> tuple[Client, bool]:
     if runtime == "embedded":
         return client, False
     settings: Settings = client.runtime_worker.settings
-    return await engine.connect(settings=settings.model_copy()), True
+    return await hutch.connect(settings=settings.model_copy()), True
 
 
 async def test_two_workers_create_exactly_one_instance_per_fire_time(make_client: MakeClient, runtime: str) -> None:
@@ -134,7 +134,7 @@ async def has(client: Client, expected: list[str]) -> bool:
 async def test_the_latest_missed_fire_within_the_window_is_caught_up_at_start() -> None:
     clock = ManualClock(at(1, 9, 30))
     spec = CronSpec(schedule="0 9 * * *", workflow="tick", name="daily")
-    async with engine.connect({"tick": Tick}) as client:
+    async with hutch.connect({"tick": Tick}) as client:
         async with CronTrigger(client, [spec], clock=clock):
             await eventually(lambda: has(client, ["cron-daily-20240101T090000Z"]))
             await clock.idle()
@@ -145,7 +145,7 @@ async def test_the_latest_missed_fire_within_the_window_is_caught_up_at_start() 
 async def test_a_missed_fire_older_than_the_window_is_skipped() -> None:
     clock = ManualClock(at(1, 9, 30))
     spec = CronSpec(schedule="0 9 * * *", workflow="tick", name="daily", catchup_window_s="10 minutes")
-    async with engine.connect({"tick": Tick}) as client:
+    async with hutch.connect({"tick": Tick}) as client:
         async with CronTrigger(client, [spec], clock=clock):
             await clock.idle()
             clock.set(at(2, 9))
@@ -156,7 +156,7 @@ async def test_a_missed_fire_older_than_the_window_is_skipped() -> None:
 async def test_after_a_long_pause_only_the_latest_missed_fire_runs() -> None:
     clock = ManualClock(at(1, 9, 30))
     spec = CronSpec(schedule="0 9 * * *", workflow="tick", name="daily")
-    async with engine.connect({"tick": Tick}) as client:
+    async with hutch.connect({"tick": Tick}) as client:
         async with CronTrigger(client, [spec], clock=clock):
             await eventually(lambda: has(client, ["cron-daily-20240101T090000Z"]))
             await clock.idle()
@@ -167,7 +167,7 @@ async def test_after_a_long_pause_only_the_latest_missed_fire_runs() -> None:
 async def test_a_schedule_runs_in_its_time_zone() -> None:
     clock = ManualClock(at(1, 7, 30))
     spec = CronSpec(schedule="0 9 * * *", workflow="tick", timezone="Europe/Paris", catchup_window_s=0)
-    async with engine.connect({"tick": Tick}) as client:
+    async with hutch.connect({"tick": Tick}) as client:
         async with CronTrigger(client, [spec], clock=clock):
             await clock.idle()
             clock.set(at(1, 8))  # 09:00 in Paris (UTC+1 in January)
@@ -176,19 +176,19 @@ async def test_a_schedule_runs_in_its_time_zone() -> None:
 
 async def test_a_failed_creation_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     failures = 2
-    original = engine.WorkflowClient.create
+    original = hutch.WorkflowClient.create
 
-    async def flaky(self: engine.WorkflowClient, *args: Any, **kwargs: Any) -> Any:
+    async def flaky(self: hutch.WorkflowClient, *args: Any, **kwargs: Any) -> Any:
         nonlocal failures
         if failures:
             failures -= 1
             raise ConnectionError("Redis is restarting")
         return await original(self, *args, **kwargs)
 
-    monkeypatch.setattr(engine.WorkflowClient, "create", flaky)
+    monkeypatch.setattr(hutch.WorkflowClient, "create", flaky)
     clock = ManualClock(at(1, 9, 30))
     spec = CronSpec(schedule="0 9 * * *", workflow="tick", name="daily")
-    async with engine.connect({"tick": Tick}) as client:
+    async with hutch.connect({"tick": Tick}) as client:
         trigger = CronTrigger(client, [spec], clock=clock)
         async with trigger:
             await eventually(lambda: _retrying(lambda: failures == 1))
@@ -282,7 +282,7 @@ instance_id = "{body.data.object.metadata.orderId}"
 
 
 async def test_construction_errors_name_the_entry() -> None:
-    async with engine.connect({"tick": Tick}) as client:
+    async with hutch.connect({"tick": Tick}) as client:
         with pytest.raises(InvalidInputError, match=r"workflow 'nope' schedule '\* \* \* \* \*'.*not registered"):
             CronTrigger(client, [CronSpec(schedule="* * * * *", workflow="nope")])
         with pytest.raises(InvalidInputError, match="params is not serializable"):

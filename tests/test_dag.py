@@ -14,12 +14,12 @@ import collections
 from typing import Any
 
 import pytest
+from hutch import StepContext, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
+from hutch.broker import Outgoing, Redrive, partition_of
+from hutch.broker.envelopes import encode
+from hutch.dag import plan_dependencies
+from hutch.serialization import pack
 
-from broker import Outgoing, Redrive, partition_of
-from broker.envelopes import encode
-from engine import StepContext, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
-from engine.dag import plan_dependencies
-from engine.serialization import pack
 from examples.dag import SalesReportWorkflow
 from tests.conftest import MakeClient
 from tests.helpers import eventually, unique, wait_step, worker_of

@@ -12,16 +12,16 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from hutch.broker.transports.base import Delivery, PartitionListener
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
+from hutch.consumers.runtime import open_store
+from hutch.settings import Settings
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from broker.transports.base import Delivery, PartitionListener
-from broker.transports.rabbitmq import RabbitMQTransport
-from consumers.runtime import open_store
-from engine.settings import Settings
 from tests.conftest import AMQP_URL
 from tests.helpers import unique
 from tests.tcp_proxy import TCPProxy

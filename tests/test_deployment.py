@@ -11,15 +11,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import hutch
 import pytest
 from click.testing import CliRunner
+from hutch import DeploymentMismatch, Limits, Settings
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
+from hutch.gateway.cli import main
+from hutch.store.redis import RedisStore
 from redis.asyncio import Redis
 
-import engine
-from broker.transports.rabbitmq import RabbitMQTransport
-from engine import DeploymentMismatch, Limits, Settings
-from engine.store.redis import RedisStore
-from gateway.cli import main
 from tests.conftest import drop_namespace
 from tests.helpers import unique
 
@@ -62,13 +62,13 @@ async def test_a_client_configured_unlike_its_deployment_fails_when_it_connects(
     settings = Settings(redis_url=redis_url, amqp_url=amqp_url, namespace=deployment, partitions=partitions)
 
     with pytest.raises(DeploymentMismatch) as caught:
-        async with engine.connect(settings=settings, limits=limits):
+        async with hutch.connect(settings=settings, limits=limits):
             pass
     assert message.format(ns=deployment) in str(caught.value)
 
     # One that agrees connects (and checks nothing more per create).
     agreeing = settings.model_copy(update={"partitions": RECORDED_PARTITIONS, "limits": RECORDED_LIMITS})
-    async with engine.connect(settings=agreeing) as client:
+    async with hutch.connect(settings=agreeing) as client:
         assert client.limits == RECORDED_LIMITS
 
 

@@ -19,9 +19,8 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-
-from engine import InvalidInputError, WorkflowEntrypoint
-from engine.diagram import (
+from hutch import InvalidInputError, WorkflowEntrypoint
+from hutch.diagram import (
     Call,
     Dag,
     Diagram,
@@ -39,7 +38,8 @@ from engine.diagram import (
     to_mermaid,
     walk,
 )
-from gateway.diagram_command import diagram as diagram_command
+from hutch.gateway.diagram_command import diagram as diagram_command
+
 from tests.diagrams import corpus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,9 +84,9 @@ def _check_golden(path: Path, actual: str) -> None:
 
 # --------------------------------------------------------------------------- goldens
 def test_public_names_of_engine_diagram() -> None:
-    import engine.diagram
+    import hutch.diagram
 
-    assert sorted(engine.diagram.__all__) == [
+    assert sorted(hutch.diagram.__all__) == [
         "Break",
         "Call",
         "Continue",
@@ -115,7 +115,7 @@ def test_public_names_of_engine_diagram() -> None:
         "to_mermaid",
         "walk",
     ]
-    assert all(hasattr(engine.diagram, name) for name in engine.diagram.__all__)
+    assert all(hasattr(hutch.diagram, name) for name in hutch.diagram.__all__)
 
 
 def test_every_example_and_corpus_shape_is_covered() -> None:
@@ -533,7 +533,7 @@ def test_command_rejects_an_unknown_format() -> None:
 def test_command_exits_1_when_the_class_cannot_be_analysed(monkeypatch: pytest.MonkeyPatch) -> None:
     namespace: dict[str, Any] = {"WorkflowEntrypoint": WorkflowEntrypoint}
     exec("class Generated(WorkflowEntrypoint):\n    async def run(self, event, step):\n        pass\n", namespace)
-    monkeypatch.setattr("gateway.diagram_command.load_workflow", lambda target: namespace["Generated"])
+    monkeypatch.setattr("hutch.gateway.diagram_command.load_workflow", lambda target: namespace["Generated"])
     result = invoke("generated.py:Generated")
     assert result.exit_code == 1
     assert "has no run() method with Python source to analyse" in result.output

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hutch import Client, EventAccepted, EventTimeoutError, Instance, Settings, Status, WorkflowEntrypoint
 
-from engine import Client, EventAccepted, EventTimeoutError, Instance, Settings, Status, WorkflowEntrypoint
 from tests.conftest import MakeClient
 from tests.helpers import eventually, wait_status, wait_step
 

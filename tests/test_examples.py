@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from engine import InstanceDetail, StepDetail
+from hutch import InstanceDetail, StepDetail
+
 from examples.approval import ApprovalWorkflow
 from examples.fanout import SAMPLE_DOCUMENTS, FanOutWorkflow
 from examples.order import OrderWorkflow

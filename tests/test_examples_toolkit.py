@@ -1,4 +1,4 @@
-"""The examples, tested the way a user tests their own workflows: with ``engine.testing``.
+"""The examples, tested the way a user tests their own workflows: with ``hutch.testing``.
 
 These tests use only the public toolkit — the ``hutch_env`` fixture (its workflows chosen by
 overriding ``hutch_workflows``), modifiers, and the waits that skip virtual time — and assert what
@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from datetime import timedelta
 
 import pytest
+from hutch import NonRetryableError, ReceivedEvent, WorkflowEntrypoint
+from hutch.testing import TestEnv, TestInstance, UnexpectedStatus
 
-from engine import NonRetryableError, ReceivedEvent, WorkflowEntrypoint
-from engine.testing import TestEnv, TestInstance, UnexpectedStatus
 from examples.approval import ApprovalWorkflow
 from examples.dag import SalesReportWorkflow
 from examples.fanout import FanOutWorkflow

@@ -19,25 +19,25 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import hutch
 import pytest
 import uvicorn
 from fastapi import APIRouter, Request
+from hutch import Client, InstanceNotFound, NonRetryableError, WorkflowEntrypoint
+from hutch.broker.dispatch import BrokerDispatcher
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
+from hutch.clock import Clock
+from hutch.config import Limits
+from hutch.consumers.runtime import start_distributed
+from hutch.events import WorkflowEvent
+from hutch.gateway.api import ErrorCode, TokenSet, get_client, require_token
+from hutch.gateway.app import create_app
+from hutch.gateway.serve_gateway import GatewayServer
+from hutch.gateway.settings import GatewaySettings
+from hutch.settings import Settings
+from hutch.step import WorkflowStep
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-import engine
-from broker.dispatch import BrokerDispatcher
-from broker.transports.rabbitmq import RabbitMQTransport
-from consumers.runtime import start_distributed
-from engine import Client, InstanceNotFound, NonRetryableError, WorkflowEntrypoint
-from engine.clock import Clock
-from engine.config import Limits
-from engine.events import WorkflowEvent
-from engine.settings import Settings
-from engine.step import WorkflowStep
-from gateway.api import ErrorCode, TokenSet, get_client, require_token
-from gateway.app import create_app
-from gateway.serve_gateway import GatewayServer
-from gateway.settings import GatewaySettings
 from tests.conftest import drop_namespace
 from tests.helpers import eventually, unique
 
@@ -185,7 +185,7 @@ async def deployment(redis_url: str, amqp_url: str) -> AsyncIterator[Deployment]
     )
     try:
         # The gateway has its own connection, as a separate `hutch gateway` process would.
-        async with engine.connect(WORKFLOWS, settings=settings) as client:
+        async with hutch.connect(WORKFLOWS, settings=settings) as client:
             app = create_app(client, tokens=[TOKEN, OLD_TOKEN])
             async with serve(app) as url, httpx.AsyncClient(base_url=url, headers=AUTH, timeout=30) as http:
                 yield Deployment(url, http, client)
@@ -297,7 +297,7 @@ async def gateway_without_workers(redis_url: str, amqp_url: str) -> AsyncIterato
     namespace = unique("idle")
     settings = Settings(partitions=2, redis_url=redis_url, amqp_url=amqp_url, namespace=namespace)
     try:
-        async with engine.connect(WORKFLOWS, settings=settings) as client:
+        async with hutch.connect(WORKFLOWS, settings=settings) as client:
             try:
                 client.control_timeout = 0.2
                 app = create_app(client, tokens=[TOKEN])
@@ -498,7 +498,7 @@ async def in_process(
 ) -> AsyncIterator[tuple[httpx.AsyncClient, Client, Any]]:
     """An embedded runtime, the app over it, and an authenticated in-process HTTP client."""
     limits = options.pop("limits", Limits())
-    async with engine.connect(workflows or {**WORKFLOWS, "odd": Odd}, limits=limits) as client:
+    async with hutch.connect(workflows or {**WORKFLOWS, "odd": Odd}, limits=limits) as client:
         app = create_app(client, tokens=options.pop("tokens", [TOKEN]), **options)
         transport = httpx.ASGITransport(app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway", headers=AUTH) as http:
@@ -519,7 +519,7 @@ def test_token_set_rules() -> None:
 
 
 async def test_create_app_refuses_to_run_without_tokens() -> None:
-    async with engine.connect(WORKFLOWS) as client:
+    async with hutch.connect(WORKFLOWS) as client:
         with pytest.raises(ValueError, match="at least one API token"):
             create_app(client, tokens=[])
 
@@ -922,7 +922,7 @@ async def test_errors_say_what_is_wrong_and_what_to_do() -> None:
 
 async def test_an_unparseable_http_request_gets_the_error_envelope() -> None:
     # uvicorn itself answers these (the app never sees them), in plain text unless told otherwise.
-    async with engine.connect(WORKFLOWS) as client:
+    async with hutch.connect(WORKFLOWS) as client:
         server = GatewayServer(host="127.0.0.1", port=0, access_log=False)
         serving = asyncio.create_task(server.run(create_app(client, tokens=[TOKEN])))
         try:
@@ -943,10 +943,10 @@ async def test_an_unparseable_http_request_gets_the_error_envelope() -> None:
 
 
 def test_gateway_api_public_surface() -> None:
-    import gateway.api
+    import hutch.gateway.api
 
-    assert gateway.api.__all__ == sorted(gateway.api.__all__)
-    assert set(gateway.api.__all__) == {
+    assert hutch.gateway.api.__all__ == sorted(hutch.gateway.api.__all__)
+    assert set(hutch.gateway.api.__all__) == {
         "ApiError",
         "BodyLimitMiddleware",
         "BodyTooLarge",
@@ -967,4 +967,4 @@ def test_gateway_api_public_surface() -> None:
         "ok",
         "require_token",
     }
-    assert all(hasattr(gateway.api, name) and not name.startswith("_") for name in gateway.api.__all__)
+    assert all(hasattr(hutch.gateway.api, name) and not name.startswith("_") for name in hutch.gateway.api.__all__)

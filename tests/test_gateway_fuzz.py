@@ -20,8 +20,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import hutch
 import pytest
 import schemathesis
+from hutch import Client, WorkflowEntrypoint
+from hutch.events import WorkflowEvent
+from hutch.gateway.api import require_token
+from hutch.gateway.app import create_app
+from hutch.step import WorkflowStep
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -33,13 +39,6 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-
-import engine
-from engine import Client, WorkflowEntrypoint
-from engine.events import WorkflowEvent
-from engine.step import WorkflowStep
-from gateway.api import require_token
-from gateway.app import create_app
 
 TOKEN = "fuzz-token"
 BASE_URL = "http://gateway.test"
@@ -70,7 +69,7 @@ class Harness:
 
     def __init__(self, *, open_mode: bool = False) -> None:
         self.loop = asyncio.new_event_loop()
-        self.client: Client = self.loop.run_until_complete(engine.connect({"echo": Echo, "0": Echo}))
+        self.client: Client = self.loop.run_until_complete(hutch.connect({"echo": Echo, "0": Echo}))
         self.app = create_app(self.client, tokens=[TOKEN])
         if open_mode:  # as hutch dev without --token does it
             self.app.dependency_overrides[require_token] = _no_auth

@@ -3,10 +3,10 @@
 Each ``tests/histories/*.json`` file holds one finished instance of an example workflow: its
 class, id, params, creation time, final status/output/error and the history records exactly as
 the store holds them (``bytes`` values written as ``{"$bytes": "<base64>"}``). The tests rebuild
-``run()`` from a file with :meth:`engine.executor.WorkflowRun.replay` — no runtime, no Redis —
+``run()`` from a file with :meth:`hutch.executor.WorkflowRun.replay` — no runtime, no Redis —
 and check that replay asks for exactly the recorded commands and reaches the recorded outcome.
 A change to an example that would break instances already in flight (a renamed, reordered,
-added or removed step) fails here with :class:`~engine.NondeterminismError`.
+added or removed step) fails here with :class:`~hutch.NondeterminismError`.
 
 ``order_renamed_step.json`` is the order history with ``charge card`` renamed, as if the code
 had been changed under a running instance: its replay must raise ``NondeterminismError``.
@@ -31,18 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hutch
 import pytest
+from hutch import Client, Env, Instance, NondeterminismError, WorkflowEntrypoint
+from hutch.config import DEFAULT_LIMITS
+from hutch.errors import error_record
+from hutch.events import WorkflowEvent
+from hutch.executor import WorkflowRun
+from hutch.gateway.loader import workflow_name
 
-import engine
-from engine import Client, Env, Instance, NondeterminismError, WorkflowEntrypoint
-from engine.config import DEFAULT_LIMITS
-from engine.errors import error_record
-from engine.events import WorkflowEvent
-from engine.executor import WorkflowRun
 from examples.approval import ApprovalWorkflow
 from examples.fanout import FanOutWorkflow
 from examples.order import OrderWorkflow
-from gateway.loader import workflow_name
 from tests.helpers import wait_step
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -226,7 +226,7 @@ async def record(scenario: Scenario) -> dict[str, Any]:
     """Run one scenario on the embedded runtime and return its golden record."""
     name = workflow_name(scenario.cls)
     client: Client
-    async with engine.connect({name: scenario.cls}) as client:
+    async with hutch.connect({name: scenario.cls}) as client:
         instance = await client.workflow(name).create(id=scenario.instance_id, params=scenario.params)
         if scenario.drive is not None:
             await scenario.drive(instance)

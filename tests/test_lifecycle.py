@@ -13,12 +13,9 @@ from collections import Counter, defaultdict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import hutch
 import pytest
-
-import engine
-from broker.dispatch import BrokerDispatcher
-from broker.transports.rabbitmq import RabbitMQTransport
-from engine import (
+from hutch import (
     BatchTooLarge,
     Client,
     ControlAccepted,
@@ -31,8 +28,11 @@ from engine import (
     WaitTimeout,
     WorkflowEntrypoint,
 )
-from engine.clock import Clock
-from engine.config import Limits
+from hutch.broker.dispatch import BrokerDispatcher
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
+from hutch.clock import Clock
+from hutch.config import Limits
+
 from tests.conftest import MakeClient, drop_namespace
 from tests.helpers import eventually, unique, wait_status, wait_step
 
@@ -268,7 +268,7 @@ async def test_a_change_no_worker_applies_is_reported_as_not_applied(redis_url: 
     namespace = unique("idle")
     settings = Settings(partitions=2, redis_url=redis_url, amqp_url=amqp_url, namespace=namespace)
     try:
-        async with engine.connect({"sleeps": Sleeps}, settings=settings) as client:
+        async with hutch.connect({"sleeps": Sleeps}, settings=settings) as client:
             try:
                 client.control_timeout = 0.2
                 instance = await client.workflow("sleeps").create(id="idle-1")

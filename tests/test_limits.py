@@ -11,11 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import hutch
 import pytest
-from pydantic import ValidationError
-
-import engine
-from engine import (
+from hutch import (
     Client,
     HutchError,
     InstanceNotFound,
@@ -30,8 +28,10 @@ from engine import (
     StepResultTooLarge,
     WorkflowEntrypoint,
 )
-from engine.events import WorkflowEvent
-from engine.settings import Settings
+from hutch.events import WorkflowEvent
+from hutch.settings import Settings
+from pydantic import ValidationError
+
 from tests.conftest import MakeClient
 from tests.helpers import unique, wait_status
 
@@ -107,9 +107,9 @@ async def test_a_configured_instance_id_limit_is_enforced(make_client: MakeClien
 
 async def test_workflow_names_over_64_characters_are_rejected(make_client: MakeClient) -> None:
     with pytest.raises(InvalidWorkflowName, match="is 65 characters; the limit is 64"):
-        await engine.connect({"w" * 65: Echo})
+        await hutch.connect({"w" * 65: Echo})
     with pytest.raises(InvalidWorkflowName, match=r"must match"):
-        await engine.connect({"has space": Echo})
+        await hutch.connect({"has space": Echo})
 
     longest = "w" * 64
     client = await make_client({"echo": Echo, longest: Echo})

@@ -10,14 +10,14 @@ from typing import Any
 
 import fakeredis
 import pytest
+from hutch import WorkflowEntrypoint
+from hutch.broker import BrokerDispatcher, InProcessTransport
+from hutch.client import Client
+from hutch.consumers import Worker
+from hutch.consumers.membership import LOAD_FACTOR, assign, plan
+from hutch.settings import Settings
+from hutch.store.redis import RedisStore
 
-from broker import BrokerDispatcher, InProcessTransport
-from consumers import Worker
-from consumers.membership import LOAD_FACTOR, assign, plan
-from engine import WorkflowEntrypoint
-from engine.client import Client
-from engine.settings import Settings
-from engine.store.redis import RedisStore
 from tests.helpers import eventually
 
 

@@ -7,17 +7,17 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aio_pika
+import hutch
 import msgpack
 import pytest
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from hutch import Limits, Status, WorkflowEntrypoint
+from hutch.broker.transports.base import REASON_HEADER
+from hutch.client import WorkflowClient
+from hutch.consumers.queue_trigger import Poison, QueueTrigger, decode_body
+from hutch.errors import InvalidInputError
+from hutch.triggers import QueueConsumerSpec
 
-import engine
-from broker.transports.base import REASON_HEADER
-from consumers.queue_trigger import Poison, QueueTrigger, decode_body
-from engine import Limits, Status, WorkflowEntrypoint
-from engine.client import WorkflowClient
-from engine.errors import InvalidInputError
-from engine.triggers import QueueConsumerSpec
 from tests.conftest import MakeClient
 from tests.helpers import eventually, unique
 
@@ -139,7 +139,7 @@ async def test_messages_that_cannot_become_instances_are_dead_lettered_with_the_
     broker: Broker, amqp_url: str
 ) -> None:
     limits = Limits(max_payload_bytes=1000)
-    async with engine.connect({"order": Echo}, limits=limits) as client:
+    async with hutch.connect({"order": Echo}, limits=limits) as client:
         consumer = spec(broker, id="order-{body.orderId}")
         async with QueueTrigger(client, [consumer], amqp_url=amqp_url):
             cases = [
@@ -173,7 +173,7 @@ async def _at_least(value: Any, n: int) -> Any:
 async def test_the_message_id_is_the_default_instance_id(broker: Broker, amqp_url: str) -> None:
     # (aiormq gives every message it publishes a random message_id when it has none, so a
     # message without one cannot be produced here; the template unit tests cover that case.)
-    async with engine.connect({"order": Echo}) as client:
+    async with hutch.connect({"order": Echo}) as client:
         # One message at a time, so "the first delivery wins" is deterministic.
         async with QueueTrigger(client, [spec(broker, prefetch=1)], amqp_url=amqp_url):
             await broker.publish({"a": 1}, message_id="msg-1")
@@ -190,7 +190,7 @@ async def test_the_message_id_is_the_default_instance_id(broker: Broker, amqp_ur
 
 
 async def test_a_header_template_reads_amqp_headers(broker: Broker, amqp_url: str) -> None:
-    async with engine.connect({"order": Echo}) as client:
+    async with hutch.connect({"order": Echo}) as client:
         async with QueueTrigger(client, [spec(broker, id="h-{headers.X-Order}")], amqp_url=amqp_url):
             await broker.publish({"a": 1}, headers={"x-order": "17"})
             await broker.publish({"a": 2}, headers={"other": "1"})
@@ -201,7 +201,7 @@ async def test_a_header_template_reads_amqp_headers(broker: Broker, amqp_url: st
 
 
 async def test_a_redelivered_message_whose_instance_exists_is_acknowledged(broker: Broker, amqp_url: str) -> None:
-    async with engine.connect({"order": Echo}) as client:
+    async with hutch.connect({"order": Echo}) as client:
         # As if an earlier delivery created the instance and its ack was lost with the connection.
         await client.workflow("order").create(id="order-5", params={"first": True})
         async with QueueTrigger(client, [spec(broker, id="order-{body.orderId}")], amqp_url=amqp_url):
@@ -227,7 +227,7 @@ async def test_a_transient_failure_is_retried_without_acking_or_dead_lettering(
         return await original(self, *args, **kwargs)
 
     monkeypatch.setattr(WorkflowClient, "create", flaky)
-    async with engine.connect({"order": Echo}) as client:
+    async with hutch.connect({"order": Echo}) as client:
         async with QueueTrigger(client, [spec(broker, id="order-{body.orderId}")], amqp_url=amqp_url):
             await broker.publish({"orderId": 1})
             await eventually(lambda: _equals(instances(client.workflow("order")), ["order-1"]))
@@ -237,7 +237,7 @@ async def test_a_transient_failure_is_retried_without_acking_or_dead_lettering(
 
 
 async def test_messages_left_at_shutdown_are_handled_by_the_next_consumer(broker: Broker, amqp_url: str) -> None:
-    async with engine.connect({"order": Echo}) as client:
+    async with hutch.connect({"order": Echo}) as client:
         consumer = spec(broker, id="order-{body.orderId}", prefetch=2)
         async with QueueTrigger(client, [consumer], amqp_url=amqp_url):
             pass  # declares the queue, consumes nothing
@@ -251,14 +251,14 @@ async def test_messages_left_at_shutdown_are_handled_by_the_next_consumer(broker
 
 async def test_an_existing_queue_is_used_with_its_own_arguments(broker: Broker, amqp_url: str) -> None:
     await broker.channel.declare_queue(broker.queue, durable=True, arguments={"x-queue-type": "quorum"})
-    async with engine.connect({"order": Echo}) as client:
+    async with hutch.connect({"order": Echo}) as client:
         async with QueueTrigger(client, [spec(broker, id="q-{body.orderId}")], amqp_url=amqp_url):
             await broker.publish({"orderId": 1})
             await eventually(lambda: _equals(instances(client.workflow("order")), ["q-1"]))
 
 
 async def test_construction_errors_name_the_entry(amqp_url: str) -> None:
-    async with engine.connect({"order": Echo}) as client:
+    async with hutch.connect({"order": Echo}) as client:
         with pytest.raises(InvalidInputError, match=r"queue 'q': id: template '\{body.x':.*never closed"):
             QueueTrigger(client, [QueueConsumerSpec(queue="q", workflow="order", id="{body.x")], amqp_url=amqp_url)
         with pytest.raises(InvalidInputError, match="queue 'q': workflow 'nope' is not registered"):
@@ -290,9 +290,8 @@ def test_compressed_bodies_are_refused() -> None:
 
 
 def test_consumer_models_explain_bad_entries() -> None:
+    from hutch.triggers import QueuesConfig
     from pydantic import ValidationError
-
-    from engine.triggers import QueuesConfig
 
     with pytest.raises(ValidationError, match="reserved by RabbitMQ"):
         QueueConsumerSpec(queue="amq.orders", workflow="w")

@@ -15,11 +15,11 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import hutch
 import pytest
+from hutch import Settings, Status
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
 
-import engine
-from broker.transports.rabbitmq import RabbitMQTransport
-from engine import Settings, Status
 from tests.conftest import drop_namespace
 from tests.helpers import eventually, unique
 
@@ -65,11 +65,11 @@ async def readme_env(redis_url: str, amqp_url: str, monkeypatch: pytest.MonkeyPa
 
 
 async def test_the_distributed_walkthrough_runs_as_written(readme_env: dict[str, str]) -> None:
-    hutch = shutil.which("hutch")
-    assert hutch is not None, "the hutch console script is not installed"
+    console = shutil.which("hutch")
+    assert console is not None, "the hutch console script is not installed"
     with tempfile.TemporaryFile() as log:
         worker = await asyncio.create_subprocess_exec(
-            hutch, "worker", cwd=ROOT, env=readme_env, stdout=log, stderr=asyncio.subprocess.STDOUT
+            console, "worker", cwd=ROOT, env=readme_env, stdout=log, stderr=asyncio.subprocess.STDOUT
         )
         try:
 
@@ -81,7 +81,7 @@ async def test_the_distributed_walkthrough_runs_as_written(readme_env: dict[str,
                 return "owns partitions" in output
 
             await eventually(ready, timeout=30, interval=0.05)
-            namespace: dict[str, object] = {"engine": engine}
+            namespace: dict[str, object] = {"hutch": hutch}
             exec(f"async def trigger():\n{_indent(_trigger_snippet())}", namespace)
             await namespace["trigger"]()  # type: ignore[operator]
 
@@ -90,7 +90,7 @@ async def test_the_distributed_walkthrough_runs_as_written(readme_env: dict[str,
                 amqp_url=readme_env["HUTCH_AMQP_URL"],
                 namespace=readme_env["HUTCH_NAMESPACE"],
             )
-            async with engine.connect(settings=settings) as client:
+            async with hutch.connect(settings=settings) as client:
                 order = client.workflow("order")
                 instances = [await order.get(f"order-{i}") for i in range(100)]
                 results = await asyncio.gather(*(i.wait(timeout=120) for i in instances))

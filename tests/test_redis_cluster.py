@@ -12,16 +12,16 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+import hutch
 import pytest
+from hutch import Client, InvalidInputError, Settings, Status, StoreUnavailable, WorkflowEntrypoint
+from hutch.broker.partitioning import partition_of
+from hutch.clock import Clock
+from hutch.config import DEFAULT_LIMITS
+from hutch.consumers import Worker
+from hutch.consumers.runtime import cluster_nodes, connect_store, open_redis, start_distributed
+from hutch.store.announcements import created_instances
 
-import engine
-from broker.partitioning import partition_of
-from consumers import Worker
-from consumers.runtime import cluster_nodes, connect_store, open_redis, start_distributed
-from engine import Client, InvalidInputError, Settings, Status, StoreUnavailable, WorkflowEntrypoint
-from engine.clock import Clock
-from engine.config import DEFAULT_LIMITS
-from engine.store.announcements import created_instances
 from tests.conftest import drop_namespace
 from tests.helpers import eventually, unique, wait_status
 from tests.private_servers import free_port
@@ -161,18 +161,23 @@ async def test_workers_on_a_cluster_run_every_partition_and_hear_only_their_own_
     deployment: _Deployment, redis_cluster_url: str
 ) -> None:
     a, b = await deployment.add_worker(), await deployment.add_worker()
-    remote = deployment.remote = await engine.connect(WORKFLOWS, settings=deployment.settings)
+    remote = deployment.remote = await hutch.connect(WORKFLOWS, settings=deployment.settings)
     assert remote.runtime_worker is None and remote._watch is not None
     keys = remote._store.keys
 
+    def listens_to_its_own(worker: Worker) -> bool:
+        notices = worker._notices
+        return notices is not None and notices.channels == {keys.created_channel(p) for p in worker.partitions}
+
     async def split() -> bool:
-        return sorted(a.partitions + b.partitions) == list(range(PARTITIONS)) and bool(a.partitions and b.partitions)
+        # Each worker listens to the created channels of its partitions, and to no other (checked in
+        # the same pass as the split: subscriptions follow a claim by a few milliseconds).
+        owned = sorted(a.partitions + b.partitions) == list(range(PARTITIONS)) and bool(a.partitions and b.partitions)
+        return owned and listens_to_its_own(a) and listens_to_its_own(b)
 
     await eventually(split, timeout=15)
-    # Each worker listens to the created channels of its partitions, and to no other.
     for worker in (a, b):
         assert worker._notices is not None
-        assert worker._notices.channels == {keys.created_channel(p) for p in worker.partitions}
         assert await worker._notices.settled() is None  # subscribed in the background: confirmed now
     created_channels = [keys.created_channel(p) for p in range(PARTITIONS)]
     assert await _shard_subscribers(redis_cluster_url, created_channels) == [1] * PARTITIONS
@@ -208,7 +213,7 @@ async def test_workers_on_a_cluster_run_every_partition_and_hear_only_their_own_
     await b.shutdown(timeout=5)
 
     async def took_over() -> bool:
-        return a.partitions == list(range(PARTITIONS))
+        return a.partitions == list(range(PARTITIONS)) and listens_to_its_own(a)
 
     await eventually(took_over, timeout=15)
     assert a._notices is not None and a._notices.channels == set(created_channels)

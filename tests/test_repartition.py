@@ -18,17 +18,11 @@ from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import fakeredis
+import hutch
 import pytest
 import redis.asyncio as aioredis
 from click.testing import CliRunner
-
-import engine
-from broker import names
-from broker.partitioning import partition_of
-from broker.repartition import QueueMover
-from broker.transports.rabbitmq import RabbitMQTransport
-from consumers.runtime import open_redis, start_distributed
-from engine import (
+from hutch import (
     Client,
     DeploymentMismatch,
     Instance,
@@ -38,13 +32,19 @@ from engine import (
     Status,
     WorkflowEntrypoint,
 )
-from engine.clock import Clock
-from engine.keys import ALL, INDEXED_STATUSES, Keys
-from engine.serialization import pack
-from engine.store.redis import RedisStore
-from engine.store.repartition import RECORD_FIELD, Plan, RedisRepartition
-from gateway.admin_command import repartition
-from gateway.cli import main
+from hutch.broker import names
+from hutch.broker.partitioning import partition_of
+from hutch.broker.repartition import QueueMover
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
+from hutch.clock import Clock
+from hutch.consumers.runtime import open_redis, start_distributed
+from hutch.gateway.admin_command import repartition
+from hutch.gateway.cli import main
+from hutch.keys import ALL, INDEXED_STATUSES, Keys
+from hutch.serialization import pack
+from hutch.store.redis import RedisStore
+from hutch.store.repartition import RECORD_FIELD, Plan, RedisRepartition
+
 from tests.conftest import AMQP_URL, REDIS_URL, drop_namespace
 from tests.helpers import eventually, unique, wait_status
 
@@ -209,7 +209,7 @@ async def test_an_interrupted_redis_move_resumes_and_ends_the_same(
         # Half moved: every process refuses, on either partition count.
         for partitions in (4, 7):
             with pytest.raises(DeploymentMismatch, match="is being repartitioned from 4 to 7 partitions"):
-                await RedisStore(redis, partitions, namespace=moved).check_deployment(engine.Limits())
+                await RedisStore(redis, partitions, namespace=moved).check_deployment(hutch.Limits())
     with pytest.raises(RepartitionRefused, match="finish it first: hutch admin repartition --to 7"):
         await RedisRepartition(redis, moved, partition_of).begin(5)
 
@@ -416,7 +416,7 @@ async def test_every_instance_survives_a_repartition_and_the_unfinished_ones_com
         await build(client, d)
     finally:
         await client.close()  # the worker stops: in-flight steps are cut off, as a kill would
-    async with engine.connect(settings=settings_for(namespace, source)) as remote:
+    async with hutch.connect(settings=settings_for(namespace, source)) as remote:
         await build_while_stopped(remote, d)
         described, listings = await snapshot(remote, d)
     queued_before = await ready_messages(namespace, source)
@@ -436,9 +436,9 @@ async def test_every_instance_survives_a_repartition_and_the_unfinished_ones_com
         assert await queues.state(names.repartition_queue(namespace)) is None
     await assert_keys_laid_out_for(namespace, target)
     with pytest.raises(DeploymentMismatch, match=f"holds data for {target} partitions"):
-        async with engine.connect(settings=settings_for(namespace, source)):
+        async with hutch.connect(settings=settings_for(namespace, source)):
             pass
-    async with engine.connect(settings=settings_for(namespace, target)) as remote:
+    async with hutch.connect(settings=settings_for(namespace, target)) as remote:
         assert await snapshot(remote, d) == (described, listings)
 
     GATE["open"].set()
@@ -484,7 +484,7 @@ async def test_a_deployment_on_a_redis_cluster_is_repartitioned_too(namespace: s
     finally:
         await client.close()
     try:
-        async with engine.connect(settings=settings_for(namespace, 6, redis_cluster_url)) as remote:
+        async with hutch.connect(settings=settings_for(namespace, 6, redis_cluster_url)) as remote:
             for n in range(3):
                 inst = await remote.workflow("quick").create(id=unique("queued"), params={"q": n})
                 d.to_complete[inst.id] = (inst, {"q": n})
@@ -493,7 +493,7 @@ async def test_a_deployment_on_a_redis_cluster_is_repartitioned_too(namespace: s
         summary = await repartition(settings_for(namespace, 6, redis_cluster_url), 4)
 
         assert summary.redis.instances > 0 and summary.rerouted == 3 and summary.queues_deleted == 2
-        async with engine.connect(settings=settings_for(namespace, 4, redis_cluster_url)) as remote:
+        async with hutch.connect(settings=settings_for(namespace, 4, redis_cluster_url)) as remote:
             assert await snapshot(remote, d) == (described, listings)
         client = await start_worker(namespace, 4, redis_cluster_url)
         try:
@@ -575,7 +575,7 @@ async def test_an_interrupted_repartition_resumes_where_it_stopped(namespace: st
             d.to_complete[inst.id] = (inst, "woke")
     finally:
         await client.close()
-    async with engine.connect(settings=settings_for(namespace, 4)) as remote:
+    async with hutch.connect(settings=settings_for(namespace, 4)) as remote:
         for n in range(6):
             inst = await remote.workflow("quick").create(id=unique("queued"), params={"q": n})
             d.to_complete[inst.id] = (inst, {"q": n})
@@ -590,7 +590,7 @@ async def test_an_interrupted_repartition_resumes_where_it_stopped(namespace: st
             await repartition(settings, 6, reporter=InterruptingReporter(key, 2), message_batch=1)
         assert await recorded_plan(namespace) == (recorded or Plan(4, 6, "distribute", 4))
         with pytest.raises(DeploymentMismatch, match="is being repartitioned from 4 to 6 partitions"):
-            async with engine.connect(settings=settings_for(namespace, 6)):
+            async with hutch.connect(settings=settings_for(namespace, 6)):
                 pass
     with pytest.raises(RepartitionRefused, match="a repartition from 4 to 6 partitions is under way"):
         await repartition(settings, 5)
@@ -602,7 +602,7 @@ async def test_an_interrupted_repartition_resumes_where_it_stopped(namespace: st
     now_queued = await ready_messages(namespace, 6)
     assert set(now_queued) == set(range(6)) and sum(now_queued.values()) == queued  # none lost, none doubled
     await assert_keys_laid_out_for(namespace, 6)
-    async with engine.connect(settings=settings_for(namespace, 6)) as remote:
+    async with hutch.connect(settings=settings_for(namespace, 6)) as remote:
         assert await snapshot(remote, d) == (described, listings)
     client = await start_worker(namespace, 6)
     try:
@@ -629,7 +629,7 @@ def test_the_command_repartitions_reports_and_refuses(
         monkeypatch.setenv(name, value)
 
     async def deploy() -> None:
-        async with engine.connect({"quick": Quick}, settings=settings_for(ns, 2)) as client:
+        async with hutch.connect({"quick": Quick}, settings=settings_for(ns, 2)) as client:
             for n in range(5):
                 await client.workflow("quick").create(params={"n": n})  # no worker: they stay queued
 

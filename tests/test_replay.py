@@ -16,10 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
-from broker import Outgoing, Redrive, partition_of
-from broker.envelopes import encode
-from engine import (
+from hutch import (
     Client,
     Limits,
     NondeterminismError,
@@ -28,11 +25,14 @@ from engine import (
     WorkflowCodeError,
     WorkflowEntrypoint,
 )
-from engine.clock import Clock
-from engine.events import WorkflowEvent
-from engine.executor import WorkflowRun
-from engine.history import Record
-from engine.serialization import pack
+from hutch.broker import Outgoing, Redrive, partition_of
+from hutch.broker.envelopes import encode
+from hutch.clock import Clock
+from hutch.events import WorkflowEvent
+from hutch.executor import WorkflowRun
+from hutch.history import Record
+from hutch.serialization import pack
+
 from tests.conftest import MakeClient
 from tests.helpers import eventually, unique, wait_status, wait_step, worker_of
 

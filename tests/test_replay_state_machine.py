@@ -41,6 +41,19 @@ from typing import Any, ClassVar, TypeVar
 
 import fakeredis
 import pytest
+from hutch import Env, WorkflowEntrypoint
+from hutch.broker.envelopes import Control, EventReceived, InstanceCreated, Redrive, TimerFired
+from hutch.config import Limits
+from hutch.consumers.actor import Input, InstanceActor
+from hutch.consumers.items import StepDone
+from hutch.events import WorkflowEvent
+from hutch.executor import WorkflowRun
+from hutch.history import Key, Record, key_of
+from hutch.serialization import pack, unpack
+from hutch.status import FINISHED
+from hutch.step import WorkflowStep
+from hutch.store.base import CommitResult, Snapshot, Transition
+from hutch.store.redis import RedisStore
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -51,20 +64,6 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-
-from broker.envelopes import Control, EventReceived, InstanceCreated, Redrive, TimerFired
-from consumers.actor import Input, InstanceActor
-from consumers.items import StepDone
-from engine import Env, WorkflowEntrypoint
-from engine.config import Limits
-from engine.events import WorkflowEvent
-from engine.executor import WorkflowRun
-from engine.history import Key, Record, key_of
-from engine.serialization import pack, unpack
-from engine.status import FINISHED
-from engine.step import WorkflowStep
-from engine.store.base import CommitResult, Snapshot, Transition
-from engine.store.redis import RedisStore
 
 T = TypeVar("T")
 

@@ -13,10 +13,7 @@ import collections
 from typing import Any
 
 import pytest
-
-from broker import Outgoing, Redrive, partition_of
-from broker.envelopes import encode
-from engine import (
+from hutch import (
     NonRetryableError,
     RollbackStep,
     StepContext,
@@ -25,6 +22,9 @@ from engine import (
     WorkflowEvent,
     WorkflowStep,
 )
+from hutch.broker import Outgoing, Redrive, partition_of
+from hutch.broker.envelopes import encode
+
 from examples.saga import TripBookingWorkflow
 from tests.conftest import MakeClient
 from tests.helpers import eventually, unique, wait_step, worker_of
@@ -438,7 +438,7 @@ class ReplayedRollback(WorkflowEntrypoint):
 
 
 def test_a_rollback_replays_from_history_without_new_commands() -> None:
-    from engine.serialization import pack
+    from hutch.serialization import pack
 
     def res(name: str, g: int, **outcome: Any) -> dict[str, Any]:
         return {"k": "res", "ref": "step", "n": name, "c": 1, "g": g, "t": 0, **outcome}

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hutch import InvalidInputError, WorkflowEntrypoint
+from hutch.entrypoint import default_binding_name
+from hutch.events import WorkflowEvent
+from hutch.settings import Settings, WorkflowSpec, parse_amqp_urls
 
-from engine import InvalidInputError, WorkflowEntrypoint
-from engine.entrypoint import default_binding_name
-from engine.events import WorkflowEvent
-from engine.settings import Settings, WorkflowSpec, parse_amqp_urls
 from tests.conftest import MakeClient
 
 

@@ -1,6 +1,7 @@
 """The shortest end-to-end path: create an instance, run two steps, read the output."""
 
-from engine import WorkflowEntrypoint
+from hutch import WorkflowEntrypoint
+
 from tests.conftest import MakeClient
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from broker import Outgoing
-from broker.envelopes import Control, InstanceCreated, encode
-from engine import Status, WorkflowEntrypoint
-from engine.clock import Clock
-from engine.serialization import pack
+from hutch import Status, WorkflowEntrypoint
+from hutch.broker import Outgoing
+from hutch.broker.envelopes import Control, InstanceCreated, encode
+from hutch.clock import Clock
+from hutch.serialization import pack
+
 from tests.conftest import MakeClient
 from tests.helpers import count_loads, eventually, unique, wait_status, worker_of
 

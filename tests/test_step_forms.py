@@ -13,9 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from pydantic import BaseModel
-
-from engine import (
+from hutch import (
     InstanceDetail,
     InstanceStatus,
     StepContext,
@@ -23,6 +21,8 @@ from engine import (
     WorkflowEvent,
     WorkflowStep,
 )
+from pydantic import BaseModel
+
 from tests.conftest import MakeClient
 from tests.diagrams import corpus
 

@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+from hutch.clock import Clock
+from hutch.config import DEFAULT_LIMITS, StepConfig
+from hutch.consumers.items import StepDone
+from hutch.consumers.steps import StepRunner
+from hutch.executor import StepCall
 
-from consumers.items import StepDone
-from consumers.steps import StepRunner
-from engine.clock import Clock
-from engine.config import DEFAULT_LIMITS, StepConfig
-from engine.executor import StepCall
 from tests.helpers import eventually
 
 WF, IID, RUN = "wf", "iid", 0

@@ -16,9 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from pydantic import BaseModel
-
-from engine import (
+from hutch import (
     HutchError,
     Instance,
     InstanceDetail,
@@ -37,6 +35,8 @@ from engine import (
     WorkflowEvent,
     WorkflowStep,
 )
+from pydantic import BaseModel
+
 from tests.conftest import MakeClient
 from tests.helpers import eventually
 

@@ -21,15 +21,15 @@ from typing import Any
 import fakeredis
 import pytest
 import redis.asyncio as aioredis
+from hutch import DeploymentMismatch, Limits, WorkflowEntrypoint, keys
+from hutch.consumers.runtime import open_redis
+from hutch.serialization import pack, unpack
+from hutch.store.base import CommitResult, Snapshot, Transition
+from hutch.store.redis import RedisStore, meta_from_fields
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from consumers.runtime import open_redis
-from engine import DeploymentMismatch, Limits, WorkflowEntrypoint, keys
-from engine.serialization import pack, unpack
-from engine.store.base import CommitResult, Snapshot, Transition
-from engine.store.redis import RedisStore, meta_from_fields
 from tests.conftest import MakeClient
 from tests.helpers import unique
 

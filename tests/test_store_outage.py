@@ -14,21 +14,21 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hutch import Client, Settings, WorkflowEntrypoint
+from hutch.broker.dispatch import BrokerDispatcher
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
+from hutch.clock import Clock
+from hutch.config import DEFAULT_LIMITS
+from hutch.consumers.colocated import start_colocated
+from hutch.consumers.worker import Worker
+from hutch.serialization import pack
+from hutch.store.redis import STORE_ERRORS, RedisStore
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from broker.dispatch import BrokerDispatcher
-from broker.transports.rabbitmq import RabbitMQTransport
-from consumers.colocated import start_colocated
-from consumers.worker import Worker
-from engine import Client, Settings, WorkflowEntrypoint
-from engine.clock import Clock
-from engine.config import DEFAULT_LIMITS
-from engine.serialization import pack
-from engine.store.redis import STORE_ERRORS, RedisStore
 from tests.conftest import IN_CI
 from tests.helpers import eventually, unique, wait_status
 from tests.private_servers import PrivateRedis

@@ -1,4 +1,4 @@
-"""``engine.testing``: the workflow test toolkit (virtual clock, modifiers, waits, pytest fixtures).
+"""``hutch.testing``: the workflow test toolkit (virtual clock, modifiers, waits, pytest fixtures).
 
 Every modifier is exercised on a real embedded runtime, and each test checks what the engine
 recorded (``describe()``: attempts, errors, outcomes, due times) besides the instance's output,
@@ -20,12 +20,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import hutch
+import hutch.testing
 import pytest
-
-import engine
-import engine.testing
-from consumers.steps import _context_kwargs
-from engine import (
+from hutch import (
     EventTimeoutError,
     InvalidInputError,
     NonRetryableError,
@@ -39,9 +37,10 @@ from engine import (
     WorkflowNotFound,
     WorkflowStep,
 )
-from engine.testing import Modifier, TestClock, TestEnv, TestInstance, UnexpectedStatus
-from engine.testing.intercept import _ctx_convention
-from engine.testing.pytest_plugin import EnvFactory
+from hutch.consumers.steps import _context_kwargs
+from hutch.testing import Modifier, TestClock, TestEnv, TestInstance, UnexpectedStatus
+from hutch.testing.intercept import _ctx_convention
+from hutch.testing.pytest_plugin import EnvFactory
 
 DAY = timedelta(days=1)
 T = TypeVar("T")
@@ -212,10 +211,10 @@ class Diamond(WorkflowEntrypoint):
 
 # --------------------------------------------------------------------------- public surface
 def test_testing_all_is_pinned_and_not_reexported_from_engine() -> None:
-    assert engine.testing.__all__ == ["Modifier", "TestClock", "TestEnv", "TestInstance", "UnexpectedStatus"]
-    for name in engine.testing.__all__:
-        assert getattr(engine.testing, name).__doc__, name
-        assert name not in engine.__all__, f"{name} belongs to engine.testing, not engine"
+    assert hutch.testing.__all__ == ["Modifier", "TestClock", "TestEnv", "TestInstance", "UnexpectedStatus"]
+    for name in hutch.testing.__all__:
+        assert getattr(hutch.testing, name).__doc__, name
+        assert name not in hutch.__all__, f"{name} belongs to hutch.testing, not engine"
 
 
 def test_test_classes_are_not_collected_by_pytest() -> None:
@@ -228,8 +227,8 @@ def test_unexpected_status_survives_pickling() -> None:
         "instance 'x' is errored",
         workflow="wf",
         instance_id="x",
-        status=engine.Status.ERRORED,
-        error=engine.ErrorInfo(name="ValueError", message="bad"),
+        status=hutch.Status.ERRORED,
+        error=hutch.ErrorInfo(name="ValueError", message="bad"),
     )
     copy = pickle.loads(pickle.dumps(error))
     assert isinstance(copy, UnexpectedStatus) and isinstance(copy, AssertionError)
@@ -237,7 +236,7 @@ def test_unexpected_status_survives_pickling() -> None:
         str(error),
         "wf",
         "x",
-        engine.Status.ERRORED,
+        hutch.Status.ERRORED,
         error.error,
     )
 
@@ -514,7 +513,7 @@ async def test_mock_event_is_delivered_to_every_wait_for_its_type() -> None:
             assert wait.outcome == "received"
             assert wait.output is not None and wait.output["payload"] == {"ok": True}
         received = await instance.wait_for_step_result("first approval")
-        assert isinstance(received, engine.ReceivedEvent)
+        assert isinstance(received, hutch.ReceivedEvent)
         assert (received.type, received.payload) == ("approval", {"ok": True})
 
 
@@ -590,7 +589,7 @@ async def test_a_wait_for_an_event_the_test_sends_itself() -> None:
         with env.auto_time_skipping_disabled():
             await instance.wait_for_status("waiting")
             await instance.send_event("approval", "from the test")
-        assert await instance.wait_for_step_result("first approval") == engine.ReceivedEvent(
+        assert await instance.wait_for_step_result("first approval") == hutch.ReceivedEvent(
             "approval", "from the test", (await one_step(instance, "first approval")).output["timestamp"]
         )
 
@@ -633,8 +632,8 @@ async def test_waits_fail_fast_when_the_instance_ends_otherwise() -> None:
             await failing.wait_for_step_result("never")
 
         report = await env.create("report")
-        assert await report.wait_for_status("complete", "errored") == engine.InstanceStatus(
-            status=engine.Status.COMPLETE, output={"before": 3, "after": 4}
+        assert await report.wait_for_status("complete", "errored") == hutch.InstanceStatus(
+            status=hutch.Status.COMPLETE, output={"before": 3, "after": 4}
         )
         with pytest.raises(UnexpectedStatus, match="instead of errored"):
             await report.error()

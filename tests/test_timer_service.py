@@ -14,13 +14,12 @@ from dataclasses import dataclass, field
 
 import fakeredis
 import pytest
-
-from broker.envelopes import TimerFired
-from consumers.timers import TimerService
-from engine.clock import Clock
-from engine.serialization import pack
-from engine.store.base import CommitResult, Transition
-from engine.store.redis import RedisStore
+from hutch.broker.envelopes import TimerFired
+from hutch.clock import Clock
+from hutch.consumers.timers import TimerService
+from hutch.serialization import pack
+from hutch.store.base import CommitResult, Transition
+from hutch.store.redis import RedisStore
 
 T0 = 1_700_000_000_000
 WF = "wf"

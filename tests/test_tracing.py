@@ -17,7 +17,12 @@ from typing import Any
 
 import aio_pika
 import httpx
+import hutch
 import pytest
+from hutch import EventTimeoutError, Status, WorkflowEntrypoint, tracing
+from hutch.consumers.queue_trigger import QueueTrigger
+from hutch.gateway.app import create_app
+from hutch.triggers import QueueConsumerSpec
 from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -26,11 +31,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.util._once import Once
 
-import engine
-from consumers.queue_trigger import QueueTrigger
-from engine import EventTimeoutError, Status, WorkflowEntrypoint, tracing
-from engine.triggers import QueueConsumerSpec
-from gateway.app import create_app
 from tests.conftest import MakeClient
 from tests.helpers import eventually, unique, wait_status, wait_step
 
@@ -227,7 +227,7 @@ class Nested(WorkflowEntrypoint):
 
 
 async def test_a_step_body_runs_inside_its_step_span(spans: InMemorySpanExporter) -> None:
-    async with engine.connect({"nested": Nested}) as client:
+    async with hutch.connect({"nested": Nested}) as client:
         instance = await client.workflow("nested").create()
         assert (await instance.wait(timeout=10)).output == ["charged", "shipped"]
     finished = list(spans.get_finished_spans())
@@ -250,7 +250,7 @@ class Abandoned(WorkflowEntrypoint):
 
 
 async def test_timeouts_and_terminations_have_their_outcomes(spans: InMemorySpanExporter) -> None:
-    async with engine.connect({"abandoned": Abandoned}) as client:
+    async with hutch.connect({"abandoned": Abandoned}) as client:
         instance = await client.workflow("abandoned").create()
         await wait_step(instance, "hang")  # its attempt is running
         await instance.terminate()
@@ -276,7 +276,7 @@ class Failing(WorkflowEntrypoint):
 
 
 async def test_an_errored_run_has_error_status(spans: InMemorySpanExporter) -> None:
-    async with engine.connect({"failing": Failing}) as client:
+    async with hutch.connect({"failing": Failing}) as client:
         instance = await client.workflow("failing").create()
         assert (await instance.wait(timeout=10)).status is Status.ERRORED
         await eventually(lambda: _has(spans, "workflow.run"))
@@ -296,7 +296,7 @@ async def test_without_a_tracer_provider_nothing_is_recorded_but_the_caller_cont
     reset_otel_tracer_provider: None,
 ) -> None:
     assert not tracing.enabled()
-    async with engine.connect({"echo": Echo}) as client:
+    async with hutch.connect({"echo": Echo}) as client:
         app = create_app(client, tokens=[TOKEN])
         caller, _, _ = new_traceparent()
         transport = httpx.ASGITransport(app)
@@ -333,7 +333,7 @@ async def test_a_queue_message_trace_continues_into_its_instance(spans: InMemory
     connection = await aio_pika.connect_robust(amqp_url)
     try:
         channel = await connection.channel(publisher_confirms=True)
-        async with engine.connect({"order": Echo}) as client:
+        async with hutch.connect({"order": Echo}) as client:
             spec = QueueConsumerSpec(queue=queue, workflow="order", id="order-{body.orderId}")
             async with QueueTrigger(client, [spec], amqp_url=amqp_url):
                 message = aio_pika.Message(b'{"orderId": 7}', content_type="application/json")
@@ -357,10 +357,10 @@ async def test_a_queue_message_trace_continues_into_its_instance(spans: InMemory
         assert one(finished, name, hutch_instance_id="order-7").context.trace_id == producer_trace
 
 
-async def _instance(client: engine.Client, iid: str) -> engine.Instance | None:
+async def _instance(client: hutch.Client, iid: str) -> hutch.Instance | None:
     try:
         return await client.workflow("order").get(iid)
-    except engine.InstanceNotFound:
+    except hutch.InstanceNotFound:
         return None
 
 

@@ -14,11 +14,11 @@ from typing import Any
 
 import aiormq
 import pytest
+from hutch.broker import names
+from hutch.broker.transports.base import REASON_HEADER, Delivery, Outgoing, PartitionListener, Transport
+from hutch.broker.transports.inprocess import InProcessTransport
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
 
-from broker import names
-from broker.transports.base import REASON_HEADER, Delivery, Outgoing, PartitionListener, Transport
-from broker.transports.inprocess import InProcessTransport
-from broker.transports.rabbitmq import RabbitMQTransport
 from tests.conftest import AMQP_URL
 from tests.helpers import eventually, unique
 from tests.tcp_proxy import TCPProxy
@@ -467,7 +467,7 @@ async def test_an_existing_classic_dead_letter_queue_is_kept_with_a_warning(
     await channel.queue_declare(names.dead_letter_queue(namespace), durable=True, arguments={"x-queue-type": "classic"})
     transport = RabbitMQTransport(amqp_url, partitions=1, namespace=namespace)
     try:
-        with caplog.at_level("WARNING", logger="broker.transports.rabbitmq"):
+        with caplog.at_level("WARNING", logger="hutch.broker.transports.rabbitmq"):
             await transport.start()
         warning = next(r.getMessage() for r in caplog.records if "dead-letter queue" in r.getMessage())
         assert f"rabbitmqctl delete_queue {namespace}.dlq" in warning

@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Callable, Coroutine
 from typing import Any, assert_type
 
-from engine import ReceivedEvent, RollbackStep, StepContext, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
-from engine.step import StepAwaitable, StepFunction
+from hutch import ReceivedEvent, RollbackStep, StepContext, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
+from hutch.step import StepAwaitable, StepFunction
 
 
 class Typed(WorkflowEntrypoint):

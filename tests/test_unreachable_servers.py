@@ -7,16 +7,16 @@ import re
 import socket
 from collections.abc import AsyncIterator, Iterator
 
+import hutch
 import pytest
 from click.testing import CliRunner
+from hutch import BrokerUnavailable, InvalidInputError, ServiceUnavailable, Settings, StoreUnavailable
+from hutch.broker.connection import connect, connect_once
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
+from hutch.gateway.cli import main
+from hutch.settings import parse_amqp_urls, redact_url
 
-import engine
-from broker.connection import connect, connect_once
-from broker.transports.rabbitmq import RabbitMQTransport
-from engine import BrokerUnavailable, InvalidInputError, ServiceUnavailable, Settings, StoreUnavailable
-from engine.settings import parse_amqp_urls, redact_url
 from examples.order import OrderWorkflow
-from gateway.cli import main
 from tests.conftest import AMQP_URL, REDIS_URL
 from tests.helpers import unique
 
@@ -69,7 +69,7 @@ async def test_connecting_a_client_to_a_refused_redis_is_store_unavailable(refus
     with pytest.raises(
         StoreUnavailable, match=re.escape(f"cannot connect to Redis at redis://127.0.0.1:{refused_port}/0")
     ):
-        async with engine.connect(
+        async with hutch.connect(
             {"order": OrderWorkflow}, redis_url=f"redis://127.0.0.1:{refused_port}/0", amqp_url=AMQP_URL
         ):
             pass

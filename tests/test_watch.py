@@ -7,17 +7,17 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import fakeredis
+import hutch
 import pytest
+from hutch import Settings, WorkflowEntrypoint
+from hutch.clock import Clock
+from hutch.config import DEFAULT_LIMITS
+from hutch.consumers.runtime import open_redis, start_distributed
+from hutch.keys import Keys
+from hutch.store.announcements import finished_member
+from hutch.watch import ChannelFeed, InstanceWatch
 from redis.asyncio import Redis
 
-import engine
-from consumers.runtime import open_redis, start_distributed
-from engine import Settings, WorkflowEntrypoint
-from engine.clock import Clock
-from engine.config import DEFAULT_LIMITS
-from engine.keys import Keys
-from engine.store.announcements import finished_member
-from engine.watch import ChannelFeed, InstanceWatch
 from tests.conftest import AMQP_URL, REDIS_URL, drop_namespace
 from tests.helpers import eventually, unique, wait_status
 
@@ -125,7 +125,7 @@ async def test_a_remote_client_hears_that_an_instance_finished(redis_url: str, a
         {"wait": WaitForGo}, settings=settings, limits=DEFAULT_LIMITS, clock=Clock(), resources={}, binding_names={}
     )
     try:
-        async with engine.connect({"wait": WaitForGo}, settings=settings) as remote:
+        async with hutch.connect({"wait": WaitForGo}, settings=settings) as remote:
             assert remote.runtime_worker is None and remote._watch is not None
             instance = await remote.workflow("wait").create()
             await wait_status(instance, "waiting")

@@ -13,17 +13,25 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import hutch
 import pytest
 from fastapi import FastAPI
+from hutch import Client, Status, WorkflowEntrypoint
+from hutch.consumers.templates import MessageContext, Template, TemplateError
+from hutch.errors import InvalidInputError
+from hutch.gateway.signatures import (
+    GitHub,
+    SignatureError,
+    StandardWebhooks,
+    Stripe,
+    sign_github,
+    sign_standard,
+    sign_stripe,
+)
+from hutch.gateway.webhooks import webhook_router
+from hutch.triggers import WebhookRoute
 from redis.asyncio import Redis
 
-import engine
-from consumers.templates import MessageContext, Template, TemplateError
-from engine import Client, Status, WorkflowEntrypoint
-from engine.errors import InvalidInputError
-from engine.triggers import WebhookRoute
-from gateway.signatures import GitHub, SignatureError, StandardWebhooks, Stripe, sign_github, sign_standard, sign_stripe
-from gateway.webhooks import webhook_router
 from tests.helpers import unique
 
 OLD_STANDARD = "whsec_" + base64.b64encode(b"the old standard webhooks key!!").decode()
@@ -140,7 +148,7 @@ def stripe_event(event_id: str, instance: str, n: int, *, last: bool = False) ->
 async def env(redis_url: str) -> AsyncIterator[Env]:
     namespace = unique("whk")
     redis = Redis.from_url(redis_url)
-    client = await engine.connect({"collect": Collect, "echo": Echo, "order": Order})
+    client = await hutch.connect({"collect": Collect, "echo": Echo, "order": Order})
     app = FastAPI()
     app.include_router(webhook_router(client, ROUTES, dedupe_redis=redis, namespace=namespace, environ=ENVIRON))
     try:
@@ -386,17 +394,17 @@ async def test_an_unavailable_store_or_broker_is_503_and_the_retry_is_processed(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     instance = await env.client.workflow("collect").create(id=unique("c"))
-    original = engine.Instance.send_event
+    original = hutch.Instance.send_event
     failures = 1
 
-    async def flaky(self: engine.Instance, *args: Any, **kwargs: Any) -> Any:
+    async def flaky(self: hutch.Instance, *args: Any, **kwargs: Any) -> Any:
         nonlocal failures
         if failures:
             failures -= 1
             raise ConnectionError("broker connection reset")
         return await original(self, *args, **kwargs)
 
-    monkeypatch.setattr(engine.Instance, "send_event", flaky)
+    monkeypatch.setattr(hutch.Instance, "send_event", flaky)
     delivery = unique("dlv")
     payload = {"instance": instance.id, "n": 1, "last": True}
 
@@ -415,7 +423,7 @@ def payment(event_id: str, order: str) -> dict[str, Any]:
 
 async def test_create_and_send_delivers_an_event_that_arrived_before_the_instance(env: Env) -> None:
     order = unique("order")
-    with pytest.raises(engine.InstanceNotFound):
+    with pytest.raises(hutch.InstanceNotFound):
         await env.client.workflow("order").get(order)
 
     first = accepted(await env.signed("stripe", "stripe/orders", payment("evt_1", order)))
@@ -462,27 +470,27 @@ async def test_create_and_send_to_a_finished_instance_reports_it(env: Env) -> No
 
 
 async def test_the_router_refuses_a_route_whose_secret_is_not_set() -> None:
-    async with engine.connect({"echo": Echo}) as client:
+    async with hutch.connect({"echo": Echo}) as client:
         with pytest.raises(InvalidInputError, match=r"path 'gh/create'.*'GITHUB_SECRET' is not set"):
             webhook_router(client, [ROUTES[3]], dedupe_redis=None, environ={})
 
 
 async def test_the_router_refuses_a_malformed_template() -> None:
     route = WebhookRoute(path="bad", workflow="echo", signature="none", instance_id="{body.id")
-    async with engine.connect({"echo": Echo}) as client:
+    async with hutch.connect({"echo": Echo}) as client:
         with pytest.raises(InvalidInputError, match=r"path 'bad': instance_id: template '\{body.id'.*never closed"):
             webhook_router(client, [route], dedupe_redis=None)
 
 
 async def test_the_router_refuses_an_unknown_workflow() -> None:
     route = WebhookRoute(path="x", workflow="missing", signature="none")
-    async with engine.connect({"echo": Echo}) as client:
+    async with hutch.connect({"echo": Echo}) as client:
         with pytest.raises(InvalidInputError, match=r"path 'x'.*workflow 'missing' is not registered"):
             webhook_router(client, [route], dedupe_redis=None)
 
 
 async def test_without_dedupe_redis_deliveries_are_not_deduplicated() -> None:
-    async with engine.connect({"echo": Echo}) as client:
+    async with hutch.connect({"echo": Echo}) as client:
         app = FastAPI()
         app.include_router(webhook_router(client, [ROUTES[3]], dedupe_redis=None, environ=ENVIRON))
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:

@@ -7,14 +7,13 @@ from typing import Any
 
 import fakeredis
 import pytest
-
-from broker import BrokerDispatcher, InProcessTransport
-from consumers import Worker
-from engine import DeploymentMismatch, Limits, WorkflowEntrypoint
-from engine.client import Client
-from engine.events import WorkflowEvent
-from engine.settings import Settings
-from engine.store.redis import RedisStore
+from hutch import DeploymentMismatch, Limits, WorkflowEntrypoint
+from hutch.broker import BrokerDispatcher, InProcessTransport
+from hutch.client import Client
+from hutch.consumers import Worker
+from hutch.events import WorkflowEvent
+from hutch.settings import Settings
+from hutch.store.redis import RedisStore
 
 PARTITIONS = 4
 

@@ -6,7 +6,7 @@ import collections
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from broker.transports.base import (
+from hutch.broker.transports.base import (
     REASON_HEADER,
     DeadLetter,
     Delivery,

@@ -1,6 +1,6 @@
 """The RabbitMQ transport over aio-pika: partition queues with single active consumer.
 
-Topology (names from :mod:`broker.names`, declared idempotently by :meth:`RabbitMQTransport.start`;
+Topology (names from :mod:`hutch.broker.names`, declared idempotently by :meth:`RabbitMQTransport.start`;
 the exchanges and partition queues are re-declared by aio-pika's robust connection after every
 reconnect):
 
@@ -13,7 +13,7 @@ reconnect):
   no partition depends on one node. A deployment made before that has a classic one: it is kept
   as it is, with a warning saying how to migrate (:meth:`RabbitMQTransport._declare_dead_letter_queue`).
 
-Connections (:mod:`broker.connection`): the transport is given every node's URL, connects to any
+Connections (:mod:`hutch.broker.connection`): the transport is given every node's URL, connects to any
 live node and, when that connection is lost or stops answering (within ``dead_after_s``),
 reconnects to the next live one, where aio-pika restores its channels, publisher confirms and
 consumers.
@@ -69,12 +69,9 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 from aiormq.abc import DeliveredMessage
-from pamqp import commands as spec
-from pamqp.common import FieldTable
-
-from broker import names
-from broker.connection import ClusterConnection, ConnectionOptions, connect
-from broker.transports.base import (
+from hutch.broker import names
+from hutch.broker.connection import ClusterConnection, ConnectionOptions, connect
+from hutch.broker.transports.base import (
     REASON_HEADER,
     DeadLetter,
     Delivery,
@@ -83,10 +80,12 @@ from broker.transports.base import (
     Subscription,
     Transport,
 )
-from engine.settings import redact_urls
+from hutch.settings import redact_urls
+from pamqp import commands as spec
+from pamqp.common import FieldTable
 
 if TYPE_CHECKING:
-    from engine.settings import Settings
+    from hutch.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -408,7 +407,7 @@ class RabbitMQTransport(Transport):
             killed process, whose socket the OS closes at once), during which single active
             consumer keeps that partition away from every other worker.
         dead_after_s: a connection whose broker has not answered the transport's probe for this
-            long is dropped and another node tried (0: no probe); see :mod:`broker.connection`.
+            long is dropped and another node tried (0: no probe); see :mod:`hutch.broker.connection`.
         publish_timeout_s: how long ``publish`` keeps retrying unconfirmed messages across
             reconnects before raising ``TimeoutError``.
         close_timeout_s: bound on each broker call made while closing.

@@ -5,9 +5,9 @@
 Mermaid flowchart. The CLI is ``hutch workflows diagram NAME|FILE:Class [--format json|mermaid]``.
 """
 
-from engine.diagram.analyze import analyze
-from engine.diagram.mermaid import to_mermaid
-from engine.diagram.model import (
+from hutch.diagram.analyze import analyze
+from hutch.diagram.mermaid import to_mermaid
+from hutch.diagram.model import (
     Break,
     Call,
     Continue,

@@ -5,10 +5,10 @@ calls into the helpers that receive the step object: methods of the class (``sel
 order)``), local functions (which see the step object through their closure) and module-level
 functions. Each helper is analysed once, becomes a :class:`~engine.diagram.model.Function` of
 the diagram when it runs steps directly or through its own calls, and is trimmed otherwise, as
-is every branch, loop and ``try`` without steps. See :mod:`engine.diagram.model` for the nodes.
+is every branch, loop and ``try`` without steps. See :mod:`hutch.diagram.model` for the nodes.
 
-This module handles statements; :mod:`engine.diagram.expressions` handles expressions (steps,
-``asyncio.gather``, tasks, calls) and :mod:`engine.diagram.names` what calls and decorators
+This module handles statements; :mod:`hutch.diagram.expressions` handles expressions (steps,
+``asyncio.gather``, tasks, calls) and :mod:`hutch.diagram.names` what calls and decorators
 refer to.
 """
 
@@ -18,9 +18,9 @@ import ast
 import itertools
 from typing import TypeVar
 
-from engine.diagram import names
-from engine.diagram.expressions import VALUE, Expressions, started_ids
-from engine.diagram.model import (
+from hutch.diagram import names
+from hutch.diagram.expressions import VALUE, Expressions, started_ids
+from hutch.diagram.model import (
     Break,
     Call,
     Continue,
@@ -42,10 +42,10 @@ from engine.diagram.model import (
     has_steps,
     walk,
 )
-from engine.diagram.scope import Scope, local_defs
-from engine.diagram.source import Source, method_source
-from engine.diagram.values import source, target_text
-from engine.errors import InvalidInputError
+from hutch.diagram.scope import Scope, local_defs
+from hutch.diagram.source import Source, method_source
+from hutch.diagram.values import source, target_text
+from hutch.errors import InvalidInputError
 
 SHORT_TEXT = 60
 _Arm = TypeVar("_Arm", IfBranch, MatchCase)

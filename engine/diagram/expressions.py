@@ -13,8 +13,8 @@ import ast
 from abc import ABC, abstractmethod
 from typing import Literal, TypeVar
 
-from engine.diagram import names, values
-from engine.diagram.model import (
+from hutch.diagram import names, values
+from hutch.diagram.model import (
     Call,
     Dag,
     If,
@@ -29,9 +29,9 @@ from engine.diagram.model import (
     StepDo,
     WaitForEvent,
 )
-from engine.diagram.scope import Scope, StepDef
-from engine.diagram.source import Source
-from engine.diagram.values import render_name, source
+from hutch.diagram.scope import Scope, StepDef
+from hutch.diagram.source import Source
+from hutch.diagram.values import render_name, source
 
 Mode = Literal["await", "value"]
 AWAIT: Mode = "await"

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from engine.diagram.model import (
+from hutch.diagram.model import (
     Break,
     Call,
     Continue,

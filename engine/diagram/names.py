@@ -13,11 +13,11 @@ import asyncio
 import inspect
 from typing import Any
 
-from engine.diagram import values
-from engine.diagram.model import Undo
-from engine.diagram.scope import Scope, StepDef
-from engine.diagram.source import FunctionNode, Source, function_source, method_source
-from engine.diagram.values import render_name, source
+from hutch.diagram import values
+from hutch.diagram.model import Undo
+from hutch.diagram.scope import Scope, StepDef
+from hutch.diagram.source import FunctionNode, Source, function_source, method_source
+from hutch.diagram.values import render_name, source
 
 
 def helper(node: ast.Call, scope: Scope) -> tuple[Source, set[str], Scope | None] | None:

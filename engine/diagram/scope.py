@@ -6,10 +6,9 @@ import ast
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from hutch.diagram.model import Node, Undo
+from hutch.diagram.source import FunctionNode, Source
 from pydantic import JsonValue
-
-from engine.diagram.model import Node, Undo
-from engine.diagram.source import FunctionNode, Source
 
 
 @dataclass

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from engine.store.redis import decode_meta
+from hutch.store.redis import decode_meta
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,20 +10,19 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, cast
 
+from hutch import keys
+from hutch.config import Limits
+from hutch.errors import DeploymentMismatch
+from hutch.keys import Keys
+from hutch.serialization import unpack
+from hutch.status import FINISHED
+from hutch.store.base import CommitResult, Snapshot, Transition
 from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
-
-from engine import keys
-from engine.config import Limits
-from engine.errors import DeploymentMismatch
-from engine.keys import Keys
-from engine.serialization import unpack
-from engine.status import FINISHED
-from engine.store.base import CommitResult, Snapshot, Transition
 
 STORE_ERRORS: tuple[type[BaseException], ...] = (
     redis_exceptions.ConnectionError,
@@ -66,7 +65,7 @@ _INT_FIELDS = frozenset({"seq", "run", "created", "started", "ended"})
 
 def _script(name: str) -> str:
     """A Lua script without its comment lines: fakeredis compiles the text on every call (Redis caches it)."""
-    text = resources.files("engine.store").joinpath(name).read_text()
+    text = resources.files("hutch.store").joinpath(name).read_text()
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("--"))
 
 

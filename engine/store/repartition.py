@@ -1,7 +1,7 @@
 """Changing a deployment's partition count: the Redis side of ``hutch admin repartition``.
 
 Every key of an instance, and every partition-wide set naming it, lives under its partition's hash
-tag (:mod:`engine.keys`), so a new partition count means new key names for most instances: going
+tag (:mod:`hutch.keys`), so a new partition count means new key names for most instances: going
 from P to Q partitions, an instance moves unless its hash gives the same partition modulo both.
 This module moves them while the deployment is stopped (no worker, gateway or client runs; the
 caller checks the workers' heartbeats) and records its progress in the deployment record, so an
@@ -40,11 +40,10 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from hutch.errors import RepartitionRefused
+from hutch.keys import Keys, PartitionSet, instance_member
+from hutch.serialization import unpack
 from redis.asyncio import Redis
-
-from engine.errors import RepartitionRefused
-from engine.keys import Keys, PartitionSet, instance_member
-from engine.serialization import unpack
 
 RECORD_FIELD = "repartition"
 """The field of the deployment record (``<namespace>:config``) holding a running repartition's :class:`Plan`."""

@@ -3,7 +3,7 @@
 The Python counterpart of Cloudflare's ``introspectWorkflowInstance`` / ``introspectWorkflow``,
 with temporalio's time skipping::
 
-    from engine.testing import TestEnv
+    from hutch.testing import TestEnv
 
     async def test_approval_is_provisioned() -> None:
         async with TestEnv({"approval": ApprovalWorkflow}) as env:
@@ -16,8 +16,8 @@ each test a started :class:`TestEnv`; override the ``hutch_workflows`` fixture t
 workflows (default: those of ``hutch.toml``), or call ``hutch_env_factory(workflows, ...)``.
 """
 
-from engine.testing.clock import TestClock
-from engine.testing.env import TestEnv, TestInstance, UnexpectedStatus
-from engine.testing.modifiers import Modifier
+from hutch.testing.clock import TestClock
+from hutch.testing.env import TestEnv, TestInstance, UnexpectedStatus
+from hutch.testing.modifiers import Modifier
 
 __all__ = ["Modifier", "TestClock", "TestEnv", "TestInstance", "UnexpectedStatus"]

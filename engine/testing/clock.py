@@ -8,9 +8,9 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from engine.clock import Clock
-from engine.durations import Duration, to_seconds
-from engine.events import ms_to_datetime
+from hutch.clock import Clock
+from hutch.durations import Duration, to_seconds
+from hutch.events import ms_to_datetime
 
 
 class TestClock(Clock):

@@ -20,18 +20,18 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
-from engine.client import Client, Instance
-from engine.config import DEFAULT_LIMITS, Limits
-from engine.connect import connect
-from engine.durations import Duration, to_seconds
-from engine.entrypoint import WorkflowEntrypoint
-from engine.errors import InvalidInputError, WaitTimeout, WorkflowNotFound, error_from_record
-from engine.events import ReceivedEvent
-from engine.settings import Settings
-from engine.status import ErrorInfo, InstanceStatus, Status, StepDetail
-from engine.testing.clock import TestClock
-from engine.testing.intercept import Interceptor, instrument
-from engine.testing.modifiers import Modifier
+from hutch.client import Client, Instance
+from hutch.config import DEFAULT_LIMITS, Limits
+from hutch.connect import connect
+from hutch.durations import Duration, to_seconds
+from hutch.entrypoint import WorkflowEntrypoint
+from hutch.errors import InvalidInputError, WaitTimeout, WorkflowNotFound, error_from_record
+from hutch.events import ReceivedEvent
+from hutch.settings import Settings
+from hutch.status import ErrorInfo, InstanceStatus, Status, StepDetail
+from hutch.testing.clock import TestClock
+from hutch.testing.intercept import Interceptor, instrument
+from hutch.testing.modifiers import Modifier
 
 log = logging.getLogger("hutch.testing")
 

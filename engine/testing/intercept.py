@@ -21,15 +21,15 @@ import traceback
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, cast
 
-from engine.context import StepContext
-from engine.entrypoint import WorkflowEntrypoint
-from engine.errors import NonRetryableError, StepFailedError, StepTimeoutError
-from engine.events import WorkflowEvent
-from engine.step import WorkflowStep
-from engine.testing.modifiers import Modifier, StepMock
+from hutch.context import StepContext
+from hutch.entrypoint import WorkflowEntrypoint
+from hutch.errors import NonRetryableError, StepFailedError, StepTimeoutError
+from hutch.events import WorkflowEvent
+from hutch.step import WorkflowStep
+from hutch.testing.modifiers import Modifier, StepMock
 
 if TYPE_CHECKING:
-    from engine.executor import WorkflowRun
+    from hutch.executor import WorkflowRun
 
 # (workflow, instance id, event type, payload)
 EventSink = Callable[[str, str, str, Any], None]
@@ -242,7 +242,7 @@ def _where(exc: BaseException) -> str:
 def _call(fn: Callable[..., Any], ctx: StepContext) -> Any:
     """Call a step function exactly as the step runner would, passing ``ctx`` by the same rule.
 
-    The rule (``consumers.steps._context_kwargs``; a test pins that the two agree): ``ctx`` goes
+    The rule (``hutch.consumers.steps._context_kwargs``; a test pins that the two agree): ``ctx`` goes
     to a keyword-only parameter named ``ctx``, else positionally when the function has a
     parameter named ``ctx``, a required positional parameter or ``*args``.
     """

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Self
 
-from engine.errors import InvalidInputError
+from hutch.errors import InvalidInputError
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,10 +17,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any
 
 import pytest
-
-from engine.entrypoint import WorkflowEntrypoint
-from engine.settings import Settings
-from engine.testing.env import TestEnv
+from hutch.entrypoint import WorkflowEntrypoint
+from hutch.settings import Settings
+from hutch.testing.env import TestEnv
 
 EnvFactory = Callable[..., Awaitable[TestEnv]]
 

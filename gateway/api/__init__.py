@@ -1,15 +1,15 @@
 """The gateway's REST API: routers, the response envelope, auth and error mapping.
 
-Build the whole app with :func:`gateway.app.create_app`; routers written elsewhere (webhooks)
+Build the whole app with :func:`hutch.gateway.app.create_app`; routers written elsewhere (webhooks)
 reach the client through :func:`get_client` and raise engine errors, which render as envelopes.
 """
 
-from gateway.api.auth import TokenSet, Unauthorized, authorized, require_token
-from gateway.api.body_limit import BodyLimitMiddleware
-from gateway.api.deps import WorkflowNames, get_client, get_workflow_names
-from gateway.api.envelope import ApiError, CursorInfo, Envelope, ErrorCode, ErrorEnvelope, ListEnvelope, ok
-from gateway.api.errors import BodyTooLarge, install_error_handlers
-from gateway.api.metrics import MetricsMiddleware, RequestMetrics
+from hutch.gateway.api.auth import TokenSet, Unauthorized, authorized, require_token
+from hutch.gateway.api.body_limit import BodyLimitMiddleware
+from hutch.gateway.api.deps import WorkflowNames, get_client, get_workflow_names
+from hutch.gateway.api.envelope import ApiError, CursorInfo, Envelope, ErrorCode, ErrorEnvelope, ListEnvelope, ok
+from hutch.gateway.api.errors import BodyTooLarge, install_error_handlers
+from hutch.gateway.api.metrics import MetricsMiddleware, RequestMetrics
 
 __all__ = [
     "ApiError",

@@ -8,10 +8,9 @@ the limit raises :class:`BodyTooLarge`, which the app renders as 413, so at most
 
 from __future__ import annotations
 
+from hutch.gateway.api.envelope import ErrorCode, error_response
+from hutch.gateway.api.errors import BodyTooLarge
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from gateway.api.envelope import ErrorCode, error_response
-from gateway.api.errors import BodyTooLarge
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 

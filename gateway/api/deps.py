@@ -7,11 +7,10 @@ import email.message
 from fastapi import Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+from hutch import Client, WorkflowClient
+from hutch.config import check_instance_id, check_workflow_name
+from hutch.errors import InvalidInputError, WorkflowNotFound
 from starlette.exceptions import HTTPException
-
-from engine import Client, WorkflowClient
-from engine.config import check_instance_id, check_workflow_name
-from engine.errors import InvalidInputError, WorkflowNotFound
 
 
 class WorkflowNames:

@@ -28,11 +28,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Match
-
-from broker.transports.rabbitmq import CONNECTION_ERRORS
-from engine.errors import (
+from hutch.broker.transports.rabbitmq import CONNECTION_ERRORS
+from hutch.errors import (
     HutchError,
     IllegalTransition,
     InstanceAlreadyExists,
@@ -41,11 +38,13 @@ from engine.errors import (
     PayloadTooLarge,
     WorkflowNotFound,
 )
-from engine.serialization import INTEGER_RANGE
-from engine.store.redis import STORE_ERRORS
-from gateway.api.auth import Unauthorized, authorized, token_required
-from gateway.api.envelope import ErrorCode, error_response
-from gateway.api.models import MAX_INPUT_DEPTH
+from hutch.gateway.api.auth import Unauthorized, authorized, token_required
+from hutch.gateway.api.envelope import ErrorCode, error_response
+from hutch.gateway.api.models import MAX_INPUT_DEPTH
+from hutch.serialization import INTEGER_RANGE
+from hutch.store.redis import STORE_ERRORS
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 log = logging.getLogger("gateway")
 

@@ -12,9 +12,8 @@ import math
 from datetime import datetime
 from typing import Any, Literal
 
+from hutch import InvalidInputError, Status
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
-
-from engine import InvalidInputError, Status
 
 INSTANCE_ID_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_-]*$"
 WORKFLOW_NAME_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$"

@@ -16,9 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
-
-from engine.config import Limits
-from gateway.api.auth import require_token
+from hutch.config import Limits
+from hutch.gateway.api.auth import require_token
 
 
 def install_schema(app: FastAPI, limits: Limits) -> None:

@@ -8,15 +8,14 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-
-from broker.transports.base import Transport
-from engine import Client
-from gateway.api.deps import WorkflowNames, get_client, get_workflow_names
-from gateway.api.envelope import ApiError, Envelope, ErrorCode, ok
-from gateway.api.errors import UNAVAILABLE_ERRORS
-from gateway.api.metrics import CONTENT_TYPE, RequestMetrics, exposition, render_instances
-from gateway.api.models import Health, Readiness
-from gateway.api.views import instance_counts
+from hutch import Client
+from hutch.broker.transports.base import Transport
+from hutch.gateway.api.deps import WorkflowNames, get_client, get_workflow_names
+from hutch.gateway.api.envelope import ApiError, Envelope, ErrorCode, ok
+from hutch.gateway.api.errors import UNAVAILABLE_ERRORS
+from hutch.gateway.api.metrics import CONTENT_TYPE, RequestMetrics, exposition, render_instances
+from hutch.gateway.api.models import Health, Readiness
+from hutch.gateway.api.views import instance_counts
 
 log = logging.getLogger("gateway")
 

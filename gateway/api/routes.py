@@ -21,14 +21,13 @@ from typing import Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
-
-from engine import Client, InstanceDetail, InstanceStatus, Status
-from engine.config import check_instance_id
-from gateway.api.auth import require_token
-from gateway.api.deps import WorkflowNames, check_request, get_client, get_workflow_names
-from gateway.api.envelope import CursorInfo, Envelope, ErrorEnvelope, ListEnvelope, ok
-from gateway.api.errors import json_body_failure
-from gateway.api.models import (
+from hutch import Client, InstanceDetail, InstanceStatus, Status
+from hutch.config import check_instance_id
+from hutch.gateway.api.auth import require_token
+from hutch.gateway.api.deps import WorkflowNames, check_request, get_client, get_workflow_names
+from hutch.gateway.api.envelope import CursorInfo, Envelope, ErrorEnvelope, ListEnvelope, ok
+from hutch.gateway.api.errors import json_body_failure
+from hutch.gateway.api.models import (
     EVENT_TYPE_SCHEMA,
     INSTANCE_ID_SCHEMA,
     WORKFLOW_NAME_SCHEMA,
@@ -43,7 +42,7 @@ from gateway.api.models import (
     check_json_value,
     json_safe,
 )
-from gateway.api.views import instance_counts, instance_summaries
+from hutch.gateway.api.views import instance_counts, instance_summaries
 
 
 class BatchEnvelope(Envelope[list[InstanceRef]]):

@@ -2,7 +2,7 @@
 
 The span continues the caller's W3C ``traceparent`` when there is one, so an instance created by
 the request (``POST /api/workflows/{name}/instances``, a webhook) is one trace with the caller's
-work: the client stores the current context with the instance (see :mod:`engine.tracing`).
+work: the client stores the current context with the instance (see :mod:`hutch.tracing`).
 Attributes follow the HTTP server semantic conventions: ``http.request.method``, ``url.path``,
 ``url.scheme``, ``http.route``, ``http.response.status_code``, ``error.type`` for 5xx answers.
 
@@ -16,12 +16,11 @@ import inspect
 from typing import Any
 
 from fastapi import FastAPI
+from hutch import tracing
 from opentelemetry import context as context_api
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from engine import tracing
 
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"})
 _PROPAGATION_HEADERS = frozenset({b"traceparent", b"tracestate", b"baggage"})

@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from engine import Client, Status
-from engine.events import ms_to_datetime
-from engine.store.redis import decode_meta
-from gateway.api.models import InstanceCounts, InstanceSummary
+from hutch import Client, Status
+from hutch.events import ms_to_datetime
+from hutch.gateway.api.models import InstanceCounts, InstanceSummary
+from hutch.store.redis import decode_meta
 
 COUNTED_STATUSES = tuple(s for s in Status if s is not Status.UNKNOWN)
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from hutch.status import StepDetail, build_detail
 from rich.console import Console
 from rich.table import Table
 
-from engine.status import StepDetail, build_detail
 from tests.chaos.workflow import expected_output
 
 

@@ -29,17 +29,17 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, TypeVar
 
+import hutch
 import msgpack
 import redis.exceptions as redis_exceptions
+from hutch import Client, Instance, Settings, WorkflowClient
+from hutch.broker.envelopes import EventReceived, decode, encode
+from hutch.broker.partitioning import partition_of
+from hutch.broker.transports.base import Outgoing
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
+from hutch.store.redis import STORE_ERRORS
 from redis.asyncio import Redis
 
-import engine
-from broker.envelopes import EventReceived, decode, encode
-from broker.partitioning import partition_of
-from broker.transports.base import Outgoing
-from broker.transports.rabbitmq import RabbitMQTransport
-from engine import Client, Instance, Settings, WorkflowClient
-from engine.store.redis import STORE_ERRORS
 from tests.chaos.checker import InstanceRecord, Report, check_dead_letters, check_instance, decode_execution
 from tests.chaos.netns import HostNetwork
 from tests.chaos.queues import undrained
@@ -177,7 +177,7 @@ class ChaosRun:
         settings = Settings(
             redis_url=self.redis.url, amqp_url=client_amqp, namespace=self.namespace, partitions=self.partitions
         )
-        self.client = await engine.connect({WORKFLOW: ChaosWorkflow}, settings=settings)
+        self.client = await hutch.connect({WORKFLOW: ChaosWorkflow}, settings=settings)
         self._record_publishes()
         for i in range(self._worker_count):
             self.workers.append(WorkerProcess(self.namespace, {WORKFLOW: TARGET}, **await self._worker_options(i)))

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from typing import Any
 
 import aiormq
+from hutch.broker import names
+from hutch.consumers import membership
 
-from broker import names
-from consumers import membership
 from tests.distributed.procs import WorkerProcess
 from tests.helpers import eventually
 

@@ -15,7 +15,8 @@ import os
 import time
 from typing import Any
 
-from engine import EventTimeoutError, WorkflowEntrypoint
+from hutch import EventTimeoutError, WorkflowEntrypoint
+
 from tests.distributed.workflows import ledger
 
 WORKFLOW = "chaos"

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-from engine import EventTimeoutError, NonRetryableError, RetryConfig, StepConfig, WorkflowEntrypoint, WorkflowStep
+from hutch import EventTimeoutError, NonRetryableError, RetryConfig, StepConfig, WorkflowEntrypoint, WorkflowStep
 
 RETRY_FAST = {"retries": {"limit": 1, "delay": "10 milliseconds"}}
 

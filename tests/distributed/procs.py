@@ -50,7 +50,7 @@ class WorkerProcess:
     async def start(self) -> WorkerProcess:
         if self.proc is not None and self.proc.returncode is None:
             raise RuntimeError("the worker is already running")
-        args = [sys.executable, "-m", "gateway.cli", "worker"]
+        args = [sys.executable, "-m", "hutch", "worker"]
         for name, target in self._workflows.items():
             args += ["--workflow", f"{name}={target}"]
         if self.netns is not None:

@@ -22,17 +22,17 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiormq
+import hutch
 import pytest
+from hutch import Client, Instance, Settings, WorkflowEntrypoint
+from hutch.broker.partitioning import partition_of
+from hutch.broker.transports.base import Outgoing
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
+from hutch.clock import Clock
+from hutch.config import DEFAULT_LIMITS
+from hutch.consumers import Worker
+from hutch.consumers.runtime import start_distributed
 
-import engine
-from broker.partitioning import partition_of
-from broker.transports.base import Outgoing
-from broker.transports.rabbitmq import RabbitMQTransport
-from consumers import Worker
-from consumers.runtime import start_distributed
-from engine import Client, Instance, Settings, WorkflowEntrypoint
-from engine.clock import Clock
-from engine.config import DEFAULT_LIMITS
 from tests.conftest import IN_CI, REDIS_URL, drop_namespace
 from tests.helpers import eventually, unique, worker_of
 from tests.tcp_proxy import TCPProxy
@@ -163,7 +163,7 @@ async def test_a_stopped_node_costs_its_worker_seconds_new_processes_start_and_n
         _, worker_a = await start_worker()
         _, worker_b = await start_worker()
         await eventually(lambda: _both_own_some(worker_a, worker_b), timeout=15)
-        client = await engine.connect(workflows, settings=settings)
+        client = await hutch.connect(workflows, settings=settings)
         clients.append(client)
         instances = await client.workflow("ticker").create_batch([{"params": {}} for _ in range(16)])
 
@@ -188,7 +188,7 @@ async def test_a_stopped_node_costs_its_worker_seconds_new_processes_start_and_n
         loop = asyncio.get_running_loop()
         began = loop.time()
         _, worker_c = await start_worker()
-        late_client = await engine.connect(workflows, settings=settings)
+        late_client = await hutch.connect(workflows, settings=settings)
         clients.append(late_client)
         print(f"a new worker and a new client started in {loop.time() - began:.2f} s with the node down")
         late = await late_client.workflow("ticker").create_batch([{"params": {}} for _ in range(4)])
@@ -246,6 +246,18 @@ async def test_a_stopped_node_costs_its_worker_seconds_new_processes_start_and_n
         await drop_namespace(namespace)
 
 
+def _ids_covering_every_partition(workflow: str, *, per_partition: int) -> list[str]:
+    ids: list[str] = []
+    counts = dict.fromkeys(range(PARTITIONS), 0)
+    while min(counts.values()) < per_partition:
+        iid = unique("tick")
+        p = partition_of(workflow, iid, PARTITIONS)
+        if counts[p] < per_partition:
+            counts[p] += 1
+            ids.append(iid)
+    return ids
+
+
 async def _both_own_some(a: Worker, b: Worker) -> bool:
     return bool(a.partitions) and bool(b.partitions) and len(a.partitions) + len(b.partitions) == PARTITIONS
 
@@ -287,7 +299,14 @@ async def test_a_worker_cut_off_from_every_node_gives_its_partitions_to_one_that
                 clients.append(client)
             worker_a, worker_b = (worker_of(c) for c in clients)
             await eventually(lambda: _both_own_some(worker_a, worker_b), timeout=15)
-            instances = await clients[1].workflow("ticker").create_batch([{"params": {}} for _ in range(8)])
+            # Two instances in every partition, so each of A's partitions has a stall to measure.
+            instances = (
+                await clients[1]
+                .workflow("ticker")
+                .create_batch(
+                    [{"id": iid, "params": {}} for iid in _ids_covering_every_partition("ticker", per_partition=2)]
+                )
+            )
             await eventually(lambda: _ticked(instances, since=datetime.now(UTC) - timedelta(hours=1)), timeout=30)
             owned = worker_a.partitions
 
@@ -345,7 +364,7 @@ async def test_a_classic_dead_letter_queue_whose_node_is_down_does_not_stop_a_st
     transport = RabbitMQTransport(other.url, partitions=1, namespace=namespace)
     await home.ctl("stop_app")
     try:
-        with caplog.at_level("WARNING", logger="broker.transports.rabbitmq"):
+        with caplog.at_level("WARNING", logger="hutch.broker.transports.rabbitmq"):
             await transport.start()  # used to fail: NOT_FOUND - home node ... is down
         assert any(f"{namespace}.dlq" in record.getMessage() for record in caplog.records)
         await transport.publish([Outgoing(0, b"still published")])

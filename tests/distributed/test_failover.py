@@ -11,14 +11,14 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
+import hutch
 import pytest
+from hutch import Client, Settings
+from hutch.broker.partitioning import partition_of
+from hutch.broker.transports.rabbitmq import RabbitMQTransport
+from hutch.consumers.membership import assign
 from redis.asyncio import Redis
 
-import engine
-from broker.partitioning import partition_of
-from broker.transports.rabbitmq import RabbitMQTransport
-from consumers.membership import assign
-from engine import Client, Settings
 from tests.conftest import AMQP_URL, REDIS_URL, drop_namespace
 from tests.distributed.procs import WorkerProcess
 from tests.distributed.workflows import HoldWorkflow, LedgerWorkflow, StampWorkflow, counter_key, starts_key
@@ -50,7 +50,7 @@ async def namespace(redis_url: str, amqp_url: str) -> AsyncIterator[str]:
 async def client(namespace: str) -> AsyncIterator[Client]:
     settings = Settings(redis_url=REDIS_URL, amqp_url=AMQP_URL, namespace=namespace, partitions=PARTITIONS)
     workflows = {"ledger": LedgerWorkflow, "hold": HoldWorkflow, "stamp": StampWorkflow}
-    async with engine.connect(workflows, settings=settings) as client:
+    async with hutch.connect(workflows, settings=settings) as client:
         yield client
 
 

@@ -10,12 +10,12 @@ from collections import Counter
 from collections.abc import AsyncIterator
 
 import pytest
+from hutch import Client, Settings
+from hutch.clock import Clock
+from hutch.config import DEFAULT_LIMITS
+from hutch.consumers.runtime import start_distributed
 from redis.asyncio import Redis
 
-from consumers.runtime import start_distributed
-from engine import Client, Settings
-from engine.clock import Clock
-from engine.config import DEFAULT_LIMITS
 from tests.conftest import REDIS_URL, drop_namespace
 from tests.distributed.workflows import HoldWorkflow, LedgerWorkflow, close_ledger, counter_key
 from tests.helpers import eventually, unique, wait_status

@@ -11,9 +11,8 @@ import asyncio
 import os
 import time
 
+from hutch import WorkflowEntrypoint
 from redis.asyncio import Redis
-
-from engine import WorkflowEntrypoint
 
 _redis: Redis | None = None
 _APPLY_ONCE = "if redis.call('SET', KEYS[1], '1', 'NX') then redis.call('INCR', KEYS[2]) end return 1"
