@@ -59,6 +59,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from hutch.broker.transports.base import stray_cancel
 from hutch.clock import Clock
 from hutch.keys import Keys
 from hutch.store.redis import STORE_ERRORS
@@ -300,9 +301,12 @@ class Membership:
                     await self.tick()
                 except STORE_ERRORS as exc:
                     log.warning("membership tick failed: %s", exc)
-                except Exception:
+                except (Exception, asyncio.CancelledError) as exc:
                     # A broker error while (re)subscribing (e.g. a channel opened on a connection that
-                    # just dropped) must not end ownership for good: the next tick reconciles again.
+                    # just dropped, which aiormq may report as CancelledError) must not end ownership
+                    # for good: the next tick reconciles again.
+                    if not isinstance(exc, Exception) and not stray_cancel(exc):
+                        raise
                     log.exception("membership tick failed; retrying on the next tick")
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(self._heartbeat_s):
@@ -449,7 +453,9 @@ class Membership:
                 log.warning("claiming activated partitions failed, retrying: %s", exc)
                 await asyncio.sleep(0.2)
                 self._claim_wake.set()
-            except Exception:
+            except (Exception, asyncio.CancelledError) as exc:
+                if not isinstance(exc, Exception) and not stray_cancel(exc):
+                    raise
                 log.exception("claiming activated partitions failed")
 
     async def _on_activations(self) -> None:
@@ -599,7 +605,7 @@ class Membership:
         results = await asyncio.gather(*(self._host.subscribe(p) for p in partitions), return_exceptions=True)
         for p, result in zip(partitions, results, strict=True):
             if isinstance(result, BaseException):
-                if not isinstance(result, Exception):
+                if not isinstance(result, Exception) and not stray_cancel(result):
                     raise result
                 log.warning("could not consume partition %d (retried on the next tick): %r", p, result)
             else:

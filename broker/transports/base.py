@@ -10,6 +10,7 @@ goes to the dead-letter queue with that reason in its headers.
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Sequence
@@ -18,6 +19,17 @@ from dataclasses import dataclass, field
 REASON_HEADER = "x-hutch-dead-letter-reason"
 
 log = logging.getLogger(__name__)
+
+
+def stray_cancel(exc: BaseException) -> bool:
+    """Whether ``exc`` is a CancelledError the current task was not cancelled with.
+
+    aiormq fails the RPCs still waiting on a channel or connection that closes under them with
+    CancelledError: that one means "the connection went away" (like a connection error),
+    not "stop", and must not end the task that made the call.
+    """
+    task = asyncio.current_task()
+    return isinstance(exc, asyncio.CancelledError) and task is not None and not task.cancelling()
 
 
 @dataclass(slots=True)

@@ -79,6 +79,7 @@ from hutch.broker.transports.base import (
     PartitionListener,
     Subscription,
     Transport,
+    stray_cancel,
 )
 from hutch.settings import redact_urls
 from pamqp import commands as spec
@@ -99,6 +100,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,  # socket failures: reset, refused, unreachable (ConnectionError is a subclass)
 )
 
+
+# What closing a subscription may meet from a connection that dropped under it; aiormq reports an
+# RPC a closing connection abandoned as CancelledError (see stray_cancel).
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError, asyncio.CancelledError)
 _PERSISTENT = 2
 # Headers RabbitMQ adds on redelivery and dead-lettering; not part of the message a producer sent.
 _BROKER_HEADERS = frozenset({"x-death", "x-delivery-count"})
@@ -378,15 +383,23 @@ class _RabbitSubscription(Subscription):
         for queue, tag in self._queues.values() if not self._lost else ():
             # cancel() waits for a lost connection to come back (bounded here); a lost channel's
             # consumers are gone with it, so there is nothing to cancel then.
-            with contextlib.suppress(*CONNECTION_ERRORS, TimeoutError):
+            try:
                 async with asyncio.timeout(timeout_s):
                     await queue.cancel(tag)
+            except _CLOSE_ERRORS as exc:
+                if isinstance(exc, asyncio.CancelledError) and not stray_cancel(exc):
+                    raise
         # Closing the channel returns every unacknowledged delivery to its original position in its
         # queue (an explicit nack would send it to the back of a 3.x quorum queue), so the next
-        # active consumer sees the partition in order.
-        with contextlib.suppress(*CONNECTION_ERRORS, TimeoutError):
+        # active consumer sees the partition in order. It must be closed even when the connection
+        # dropped under the cancel above: a robust channel left open is restored on the reconnect,
+        # consuming (and, single active, holding the partition) for a subscription that is gone.
+        try:
             async with asyncio.timeout(timeout_s):
                 await self._channel.close()
+        except _CLOSE_ERRORS as exc:
+            if isinstance(exc, asyncio.CancelledError) and not stray_cancel(exc):
+                raise
         for partition in sorted(self._assigned):
             await self._revoke(partition)
 
