@@ -55,6 +55,18 @@ async def _counters(redis: Redis, namespace: str, kind: str, ids: list[str], ste
     return [int(v or 0) for v in values]
 
 
+def _two_per_partition(workflow: str) -> list[str]:
+    ids: list[str] = []
+    counts = dict.fromkeys(range(8), 0)
+    while min(counts.values()) < 2:
+        iid = unique("relay")
+        p = partition_of(workflow, iid, 8)
+        if counts[p] < 2:
+            counts[p] += 1
+            ids.append(iid)
+    return ids
+
+
 async def _split(*workers: WorkerProcess) -> bool:
     """Whether these workers say they own every partition between them, each some, none twice."""
     owned = [w.partitions() or [] for w in workers]
@@ -147,7 +159,10 @@ async def test_steps_handed_back_by_a_worker_killed_after_taking_them_over_run_a
         await eventually(lambda: _split(a, b), timeout=15)
         relay = client.workflow("relay")
         created = asyncio.get_running_loop().time()
-        instances = await relay.create_batch([{"params": {"seconds": seconds}} for _ in range(16)])
+        # Two instances in every partition, so whichever partitions C takes, it takes running steps.
+        instances = await relay.create_batch(
+            [{"id": iid, "params": {"seconds": seconds}} for iid in _two_per_partition("relay")]
+        )
         ids = [inst.id for inst in instances]
 
         async def attempts_at_least(n: int, of: list[str]) -> bool:
