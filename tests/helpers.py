@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from hutch import Client, Instance, InstanceDetail, Status
+from hutch.broker.partitioning import partition_of
 from hutch.consumers import Worker
 
 T = TypeVar("T")
@@ -21,6 +22,19 @@ RUN_TAG = os.environ.get("HUTCH_TEST_RUN", "")
 def unique(prefix: str = "t") -> str:
     """A name no other test uses (instance ids, queue names, key prefixes)."""
     return f"{prefix}-{RUN_TAG}{uuid.uuid4().hex[:10]}"
+
+
+def ids_per_partition(workflow: str, partitions: int, count: int, prefix: str = "i") -> dict[int, list[str]]:
+    """``count`` fresh instance ids of ``workflow`` for every partition, in partition order.
+
+    For tests that must not depend on random ids happening to land in a partition."""
+    ids: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    while any(len(v) < count for v in ids.values()):
+        iid = unique(prefix)
+        found = ids[partition_of(workflow, iid, partitions)]
+        if len(found) < count:
+            found.append(iid)
+    return ids
 
 
 async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.005) -> T:

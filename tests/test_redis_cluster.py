@@ -23,7 +23,7 @@ from hutch.consumers.runtime import cluster_nodes, connect_store, open_redis, st
 from hutch.store.announcements import created_instances
 
 from tests.conftest import drop_namespace
-from tests.helpers import eventually, unique, wait_status
+from tests.helpers import eventually, ids_per_partition, unique, wait_status
 from tests.private_servers import free_port
 
 PARTITIONS = 6
@@ -158,15 +158,6 @@ async def _shard_subscribers(redis_url: str, channels: list[str]) -> list[int]:
         await redis.aclose()
 
 
-def _ids_per_partition(count: int) -> dict[int, list[str]]:
-    """``count`` fresh instance ids of workflow "one" for every partition."""
-    ids: dict[int, list[str]] = {p: [] for p in range(PARTITIONS)}
-    while any(len(v) < count for v in ids.values()):
-        iid = unique("i")
-        ids[partition_of("one", iid, PARTITIONS)].append(iid)
-    return {p: v[:count] for p, v in ids.items()}
-
-
 @pytest.mark.redis
 @pytest.mark.rabbitmq
 async def test_workers_on_a_cluster_run_every_partition_and_hear_only_their_own_creates(
@@ -198,7 +189,7 @@ async def test_workers_on_a_cluster_run_every_partition_and_hear_only_their_own_
     finished_channels = [keys.finished_channel(p) for p in range(PARTITIONS)]
     await _one_subscriber_each(redis_cluster_url, finished_channels)
 
-    ids = _ids_per_partition(3)
+    ids = ids_per_partition("one", PARTITIONS, 3)
     one = remote.workflow("one")
     # One batch over every partition: a create script per partition, each in its own slot.
     batch = await one.create_batch([{"id": v[0]} for v in ids.values()])

@@ -34,7 +34,7 @@ from hutch.consumers import Worker
 from hutch.consumers.runtime import start_distributed
 
 from tests.conftest import IN_CI, REDIS_URL, drop_namespace
-from tests.helpers import eventually, unique, worker_of
+from tests.helpers import eventually, ids_per_partition, unique, worker_of
 from tests.tcp_proxy import TCPProxy
 
 if TYPE_CHECKING:
@@ -246,18 +246,6 @@ async def test_a_stopped_node_costs_its_worker_seconds_new_processes_start_and_n
         await drop_namespace(namespace)
 
 
-def _ids_covering_every_partition(workflow: str, *, per_partition: int) -> list[str]:
-    ids: list[str] = []
-    counts = dict.fromkeys(range(PARTITIONS), 0)
-    while min(counts.values()) < per_partition:
-        iid = unique("tick")
-        p = partition_of(workflow, iid, PARTITIONS)
-        if counts[p] < per_partition:
-            counts[p] += 1
-            ids.append(iid)
-    return ids
-
-
 async def _both_own_some(a: Worker, b: Worker) -> bool:
     return bool(a.partitions) and bool(b.partitions) and len(a.partitions) + len(b.partitions) == PARTITIONS
 
@@ -300,13 +288,8 @@ async def test_a_worker_cut_off_from_every_node_gives_its_partitions_to_one_that
             worker_a, worker_b = (worker_of(c) for c in clients)
             await eventually(lambda: _both_own_some(worker_a, worker_b), timeout=15)
             # Two instances in every partition, so each of A's partitions has a stall to measure.
-            instances = (
-                await clients[1]
-                .workflow("ticker")
-                .create_batch(
-                    [{"id": iid, "params": {}} for iid in _ids_covering_every_partition("ticker", per_partition=2)]
-                )
-            )
+            spread = [iid for ids in ids_per_partition("ticker", PARTITIONS, 2).values() for iid in ids]
+            instances = await clients[1].workflow("ticker").create_batch([{"id": iid, "params": {}} for iid in spread])
             await eventually(lambda: _ticked(instances, since=datetime.now(UTC) - timedelta(hours=1)), timeout=30)
             owned = worker_a.partitions
 

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from tests.conftest import AMQP_URL, REDIS_URL, drop_namespace
 from tests.distributed.procs import WorkerProcess
 from tests.distributed.workflows import HoldWorkflow, LedgerWorkflow, RelayWorkflow, counter_key
-from tests.helpers import eventually, unique
+from tests.helpers import eventually, ids_per_partition, unique
 
 pytestmark = [pytest.mark.redis, pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -53,18 +53,6 @@ async def client(namespace: str) -> AsyncIterator[Client]:
 async def _counters(redis: Redis, namespace: str, kind: str, ids: list[str], step: str) -> list[int]:
     values = await redis.mget([counter_key(kind, iid, step, namespace) for iid in ids])
     return [int(v or 0) for v in values]
-
-
-def _two_per_partition(workflow: str) -> list[str]:
-    ids: list[str] = []
-    counts = dict.fromkeys(range(8), 0)
-    while min(counts.values()) < 2:
-        iid = unique("relay")
-        p = partition_of(workflow, iid, 8)
-        if counts[p] < 2:
-            counts[p] += 1
-            ids.append(iid)
-    return ids
 
 
 async def _split(*workers: WorkerProcess) -> bool:
@@ -161,7 +149,11 @@ async def test_steps_handed_back_by_a_worker_killed_after_taking_them_over_run_a
         created = asyncio.get_running_loop().time()
         # Two instances in every partition, so whichever partitions C takes, it takes running steps.
         instances = await relay.create_batch(
-            [{"id": iid, "params": {"seconds": seconds}} for iid in _two_per_partition("relay")]
+            [
+                {"id": iid, "params": {"seconds": seconds}}
+                for ids in ids_per_partition("relay", 8, 2).values()
+                for iid in ids
+            ]
         )
         ids = [inst.id for inst in instances]
 

@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 import hutch
 import pytest
 from hutch import Client, Settings
-from hutch.broker.partitioning import partition_of
 from hutch.broker.transports.rabbitmq import RabbitMQTransport
 from hutch.consumers.membership import assign
 from redis.asyncio import Redis
@@ -22,7 +21,7 @@ from redis.asyncio import Redis
 from tests.conftest import AMQP_URL, REDIS_URL, drop_namespace
 from tests.distributed.procs import WorkerProcess
 from tests.distributed.workflows import HoldWorkflow, LedgerWorkflow, StampWorkflow, counter_key, starts_key
-from tests.helpers import eventually, unique
+from tests.helpers import eventually, ids_per_partition, unique
 
 pytestmark = [pytest.mark.redis, pytest.mark.rabbitmq, pytest.mark.slow]
 
@@ -72,17 +71,6 @@ async def _settled(*workers: WorkerProcess) -> bool:
     """Whether each worker says it owns exactly its share of the plan of these workers (the dead expired)."""
     plan = assign([_worker_id(w) for w in workers], PARTITIONS)
     return all(w.partitions() == plan[_worker_id(w)] for w in workers)
-
-
-def _ids_per_partition(workflow: str, prefix: str) -> list[str]:
-    """An instance id for each partition, in partition order."""
-    found: dict[int, str] = {}
-    n = 0
-    while len(found) < PARTITIONS:
-        iid = f"{prefix}-{n}"
-        found.setdefault(partition_of(workflow, iid, PARTITIONS), iid)
-        n += 1
-    return [found[p] for p in range(PARTITIONS)]
 
 
 async def _counters(redis: Redis, namespace: str, kind: str, ids: list[str], step: str) -> list[int]:
@@ -143,7 +131,7 @@ async def test_every_partition_of_a_killed_worker_moves_on_at_once(
         await a.start()
         await b.start()
         await eventually(lambda: _settled(a, b), timeout=15)
-        ids = _ids_per_partition("stamp", "kill")
+        ids = [v[0] for v in ids_per_partition("stamp", PARTITIONS, 1, "kill").values()]
         await client.workflow("stamp").create_batch([{"id": iid, "params": {"hold": 60.0}} for iid in ids])
 
         async def first_attempts_running() -> bool:
@@ -194,7 +182,7 @@ async def test_a_paused_owner_is_fenced_and_commits_nothing_for_what_it_lost(
         await a.start()
         await b.start()
         await eventually(lambda: _settled(a, b), timeout=15)
-        ids = _ids_per_partition("hold", "pause")
+        ids = [v[0] for v in ids_per_partition("hold", PARTITIONS, 1, "pause").values()]
         instances = await client.workflow("hold").create_batch(
             [{"id": iid, "params": {"seconds": seconds}} for iid in ids]
         )
