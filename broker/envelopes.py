@@ -10,6 +10,7 @@ import uuid
 from typing import Annotated, Literal
 
 import msgpack
+from hutch.status import Action
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 
@@ -53,7 +54,7 @@ class Control(_Envelope):
     """A lifecycle request."""
 
     kind: Literal["control"] = "control"
-    action: Literal["pause", "resume", "terminate", "restart"]
+    action: Action
 
 
 class Redrive(_Envelope):

@@ -25,7 +25,19 @@ from hutch.errors import (
     error_from_record,
 )
 from hutch.events import ReceivedEvent, WorkflowEvent, ms_to_datetime
-from hutch.history import COMMAND_KINDS, Key, Record, describe_command, key_of
+from hutch.history import (
+    CancelCommand,
+    Command,
+    Key,
+    Record,
+    Resolution,
+    StepCommand,
+    TimerCommand,
+    TimerCommandKind,
+    describe_command,
+    is_command,
+    key_of,
+)
 from hutch.loop import WorkflowLoop
 from hutch.serialization import unpack
 from hutch.step import WorkflowStep
@@ -62,9 +74,9 @@ class WorkflowRun:
         # Abstract for mypy: the loop implements only what tasks and futures use.
         self.loop = WorkflowLoop(on_code_error=self._code_error)  # type: ignore[abstract]
         self.step = WorkflowStep(self)
-        self._recorded: list[Record] = []
+        self._recorded: list[Command] = []
         self._cursor = 0
-        self._new: list[Record] = []
+        self._new: list[Command] = []
         self._pending: dict[Key, asyncio.Future[Any]] = {}
         self._counts: dict[str, int] = {}
         self._steps_issued = 0
@@ -82,8 +94,8 @@ class WorkflowRun:
 
     def replay(self, history: list[Record]) -> None:
         """Rebuild the run's state by re-running ``run()`` against recorded history."""
-        self._recorded = [r for r in history if r["k"] in COMMAND_KINDS]
-        groups: dict[int, list[Record]] = {}
+        self._recorded = [r for r in history if is_command(r)]
+        groups: dict[int, list[Resolution]] = {}
         for record in history:
             if record["k"] == "res":
                 groups.setdefault(record["g"], []).append(record)
@@ -98,7 +110,7 @@ class WorkflowRun:
         if self.failure is None and self._cursor < len(self._recorded):
             self._fail(self._diverged(None))
 
-    def deliver(self, resolutions: list[Record]) -> None:
+    def deliver(self, resolutions: list[Resolution]) -> None:
         """Settle the commands these resolutions refer to, then run until blocked."""
         for record in resolutions:
             future = self._pending.pop(key_of(record), None)
@@ -111,7 +123,7 @@ class WorkflowRun:
         if self.failure is None:
             self.loop.run_until_quiescent()
 
-    def take_commands(self) -> list[Record]:
+    def take_commands(self) -> list[Command]:
         """The commands issued beyond history since the last call."""
         new, self._new = self._new, []
         return new
@@ -158,15 +170,23 @@ class WorkflowRun:
         self._steps_issued += 1
         if self._steps_issued > self.limits.max_steps:
             raise StepLimitExceeded(f"The limit of {self.limits.max_steps} steps has been reached")
-        record: Record = {"k": "step", "n": name, "cfg": resolved.model_dump()}
+        count = self._next_count(name)
+        record: StepCommand = {
+            "k": "step",
+            "n": name,
+            "c": count,
+            "g": self.group,
+            "t": self._now_ms(),
+            "cfg": resolved.model_dump(),
+        }
         if deps:
             record["deps"] = list(deps)
-        future, record = self._issue(record)
-        self.steps[(name, record["c"])] = StepCall(name, record["c"], fn, resolved)
+        future, issued = self._issue(record)
+        self.steps[(name, issued["c"])] = StepCall(name, issued["c"], fn, resolved)
         return future
 
     def issue_timer(
-        self, kind: str, name: str, due_ms: int, event_type: str | None = None, *, issued_ms: int
+        self, kind: TimerCommandKind, name: str, due_ms: int, event_type: str | None = None, *, issued_ms: int
     ) -> asyncio.Future[Any]:
         """``step.sleep`` / ``step.wait_for_event``: issue (or replay) a timer-backed command.
 
@@ -174,9 +194,21 @@ class WorkflowRun:
         so a 1 s sleep reads as 1 s even when the clock ticked between the two.
         """
         check_step_name(name, self.limits)
-        record: Record = {"k": kind, "n": name, "due": due_ms, "t": issued_ms}
-        if event_type is not None:
-            record["type"] = event_type
+        count = self._next_count(name)
+        record: TimerCommand
+        if kind == "wait":
+            assert event_type is not None, "a wait command needs its event type"
+            record = {
+                "k": kind,
+                "n": name,
+                "c": count,
+                "g": self.group,
+                "t": issued_ms,
+                "due": due_ms,
+                "type": event_type,
+            }
+        else:
+            record = {"k": kind, "n": name, "c": count, "g": self.group, "t": issued_ms, "due": due_ms}
         future, _ = self._issue(record)
         return future
 
@@ -184,25 +216,25 @@ class WorkflowRun:
         """The clock commands are stamped with (history keeps what it was when first issued)."""
         return self._now_ms()
 
-    def _issue(self, record: Record) -> tuple[asyncio.Future[Any], Record]:
-        name = record["n"]
-        if record["k"] != "cancel":
-            count = self._counts.get(name, 0) + 1
-            self._counts[name] = count
-            record["c"] = count
+    def _next_count(self, name: str) -> int:
+        """The count of the next command named ``name`` (steps, sleeps and waits share one per name)."""
+        count = self._counts.get(name, 0) + 1
+        self._counts[name] = count
+        return count
+
+    def _issue(self, record: Command) -> tuple[asyncio.Future[Any], Command]:
+        """Check ``record`` against history at the cursor (replay) or collect it as new; the command as issued."""
         future: asyncio.Future[Any] = self.loop.create_future()
         if self.failure is not None:
             return future, record
         if self._cursor < len(self._recorded):
             expected = self._recorded[self._cursor]
-            if expected["k"] != record["k"] or expected["n"] != name or expected.get("ref") != record.get("ref"):
+            if expected["k"] != record["k"] or expected["n"] != record["n"] or expected.get("ref") != record.get("ref"):
                 self._fail(self._diverged(record))
                 return future, record
             self._cursor += 1
             record = expected
         else:
-            record["g"] = self.group
-            record.setdefault("t", self._now_ms())
             self._new.append(record)
         if record["k"] != "cancel":
             self._pending[key_of(record)] = future
@@ -218,13 +250,21 @@ class WorkflowRun:
             if pending is future:
                 del self._pending[key]
                 kind, name, count = key
-                self._issue({"k": "cancel", "ref": kind, "n": name, "c": count})
+                cancel: CancelCommand = {
+                    "k": "cancel",
+                    "ref": kind,
+                    "n": name,
+                    "c": count,
+                    "g": self.group,
+                    "t": self._now_ms(),
+                }
+                self._issue(cancel)
                 return
 
     def _fail(self, error: HutchError) -> None:
         self.failure = error
 
-    def _diverged(self, asked: Record | None) -> NondeterminismError:
+    def _diverged(self, asked: Command | None) -> NondeterminismError:
         """Replay asked for ``asked`` (None: for nothing more) where history has the command at the cursor."""
         return NondeterminismError.diverged(
             workflow=self.event.workflow_name,
@@ -239,7 +279,7 @@ class WorkflowRun:
         if self.failure is None:
             self.failure = error
 
-    def _value(self, record: Record) -> Any:
+    def _value(self, record: Resolution) -> Any:
         ref = record["ref"]
         if ref == "step":
             if "v" in record:  # the live path hands over the decoded value it already has

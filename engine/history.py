@@ -13,33 +13,189 @@ Keys: ``n`` name, ``c`` count, ``g`` group, ``t`` time (epoch ms), ``ref`` the k
 resolution or cancel refers to, ``ok``/``vb``/``err`` the outcome (``vb`` holds msgpack bytes of
 the value), ``due`` a timer's due time (epoch ms), ``a`` attempt number, ``cfg`` a step's resolved
 config, ``deps`` the names of the steps a DAG step depends on (only on DAG step commands).
+
+Each kind is a :class:`~typing.TypedDict` whose field names *are* those keys, so a record is the
+plain dict msgpack decodes (no conversion on the hot path) and the stored format is this module's
+class definitions: :func:`encode_record` and :func:`decode_record` are the one codec.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, NotRequired, TypedDict, TypeGuard
+
+from hutch.serialization import pack, unpack
 
 Kind = Literal["step", "sleep", "wait"]
-Key = tuple[str, str, int]  # (kind, name, count)
+TimerCommandKind = Literal["sleep", "wait"]  # the commands a timer settles
+Key = tuple[Kind, str, int]  # (kind, name, count)
+ErrorRecord = dict[str, str]  # ``{"name", "message"}``: see hutch.errors.error_record
+LifeEvent = Literal["started", "paused", "resumed", "terminated", "restarted"]
+TimerKind = Literal["sleep", "wait", "retry"]  # what a timer is for (a retry's timer belongs to a step)
+
+
+# ----------------------------------------------------------------------------- commands
+class StepCommand(TypedDict):
+    """``step.do`` was issued."""
+
+    k: Literal["step"]
+    n: str
+    c: int
+    g: int  # the group whose delivery led to the command (informational)
+    t: int
+    cfg: dict[str, Any]  # the resolved StepConfig
+    deps: NotRequired[list[str]]  # DAG steps only
+
+
+class SleepCommand(TypedDict):
+    """``step.sleep`` / ``step.sleep_until`` was issued."""
+
+    k: Literal["sleep"]
+    n: str
+    c: int
+    g: int
+    t: int
+    due: int
+
+
+class WaitCommand(TypedDict):
+    """``step.wait_for_event`` was issued."""
+
+    k: Literal["wait"]
+    n: str
+    c: int
+    g: int
+    t: int
+    due: int  # when it times out
+    type: str  # the event type it waits for
+
+
+class CancelCommand(TypedDict):
+    """Workflow code cancelled the pending command ``(ref, n, c)``."""
+
+    k: Literal["cancel"]
+    ref: Kind
+    n: str
+    c: int
+    g: int
+    t: int
+
+
+Command = StepCommand | SleepCommand | WaitCommand | CancelCommand
+TimerCommand = SleepCommand | WaitCommand
+
+
+# ----------------------------------------------------------------------------- resolutions
+class EventRecord(TypedDict):
+    """An event as buffered and as a wait's resolution holds it."""
+
+    type: str
+    payload: Any
+    ts: int  # sent, epoch ms
+    id: str
+
+
+class Resolution(TypedDict):
+    """The command ``(ref, n, c)`` settled.
+
+    ``ok`` with ``vb`` (a step's value; absent for ``None``) or ``ev`` (a wait's event); not ok
+    with ``err``. ``v`` is the decoded value the live path hands to the run alongside ``vb``; it is
+    never stored.
+    """
+
+    k: Literal["res"]
+    ref: Kind
+    n: str
+    c: int
+    ok: bool
+    g: int
+    t: int
+    vb: NotRequired[bytes]
+    ev: NotRequired[EventRecord]
+    err: NotRequired[ErrorRecord]
+    v: NotRequired[Any]
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+class AttemptStarted(TypedDict):
+    """Attempt ``a`` of step ``(n, c)`` started."""
+
+    k: Literal["att"]
+    n: str
+    c: int
+    a: int
+    t: int
+
+
+class AttemptEnded(TypedDict):
+    """Attempt ``a`` of step ``(n, c)`` ended; a failed one has ``err`` and, if retried, ``retry_at``."""
+
+    k: Literal["attend"]
+    n: str
+    c: int
+    a: int
+    ok: bool
+    t: int
+    err: NotRequired[ErrorRecord]
+    retry_at: NotRequired[int]
+
+
+class Lifecycle(TypedDict):
+    """The instance started, was paused, resumed, terminated or restarted.
+
+    ``g`` (pauses only): the group results arriving during the pause join.
+    """
+
+    k: Literal["life"]
+    what: LifeEvent
+    t: int
+    g: NotRequired[int]
+
+
+class Retimed(TypedDict):
+    """A resume re-armed the timer of ``(ref, n, c)`` at ``due``."""
+
+    k: Literal["retime"]
+    ref: TimerKind
+    n: str
+    c: int
+    due: int
+    t: int
+
+
+Bookkeeping = AttemptStarted | AttemptEnded | Lifecycle | Retimed
+Record = Command | Resolution | Bookkeeping
 
 COMMAND_KINDS = frozenset({"step", "sleep", "wait", "cancel"})
 
-Record = dict[str, Any]
+
+# ----------------------------------------------------------------------------- the codec
+def encode_record(record: Record) -> bytes:
+    """A record as the history list stores it."""
+    return pack(record)
 
 
-def key_of(record: Record) -> Key:
-    """The (kind, name, count) a command, resolution or cancel record is about."""
-    kind = record["k"]
-    if kind in ("res", "cancel"):
+def decode_record(data: bytes) -> Record:
+    """A stored history record (trusted: the engine wrote it; histories of every version decode)."""
+    record: Record = unpack(data)
+    return record
+
+
+def is_command(record: Record) -> TypeGuard[Command]:
+    """Whether replay re-issues this record (a command) rather than delivering or ignoring it."""
+    return record["k"] in COMMAND_KINDS
+
+
+def key_of(record: Command | Resolution | AttemptStarted | AttemptEnded) -> Key:
+    """The (kind, name, count) a command, resolution, cancel or attempt record is about."""
+    if record["k"] == "res" or record["k"] == "cancel":
         return (record["ref"], record["n"], record["c"])
-    if kind in ("att", "attend"):
+    if record["k"] == "att" or record["k"] == "attend":
         return ("step", record["n"], record["c"])
-    return (kind, record["n"], record["c"])
+    return (record["k"], record["n"], record["c"])
 
 
-def describe_command(record: Record) -> str:
+def describe_command(record: Command) -> str:
     """How a command reads in a nondeterminism message: ``step 'charge card'#1``."""
-    kind = record["k"]
-    if kind == "cancel":
+    if record["k"] == "cancel":
         return f"cancel of {record['ref']} {record['n']!r}#{record['c']}"
-    return f"{kind} {record['n']!r}#{record['c']}"
+    return f"{record['k']} {record['n']!r}#{record['c']}"

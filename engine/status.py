@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
 from hutch.events import ms_to_datetime
+from hutch.history import Record, SleepCommand, StepCommand, WaitCommand
 from hutch.serialization import unpack
 from pydantic import BaseModel, ConfigDict
 
@@ -32,6 +34,9 @@ class Status(StrEnum):
 
 _FINISHED = frozenset({Status.COMPLETE, Status.ERRORED, Status.TERMINATED})
 FINISHED = frozenset(s.value for s in _FINISHED)
+
+Action = Literal["pause", "resume", "terminate", "restart"]
+"""A lifecycle request (``Instance.pause()`` ..., the API's ``PATCH .../status``, the broker's control message)."""
 
 
 class ErrorInfo(BaseModel):
@@ -121,38 +126,30 @@ def _at(ms: int | None) -> datetime | None:
     return None if ms is None else ms_to_datetime(ms)
 
 
-def build_detail(meta: dict[str, Any], history: list[dict[str, Any]]) -> InstanceDetail:
+def build_detail(meta: dict[str, Any], history: Sequence[Record]) -> InstanceDetail:
     """The ``describe()`` view: meta plus every step in issue order with its attempts and outcome."""
     steps: dict[tuple[str, str, int], StepDetail] = {}
     for r in history:
-        k = r["k"]
-        if k in _STEP_TYPE:
-            steps[(k, r["n"], r["c"])] = StepDetail(
-                type=_STEP_TYPE[k],
-                name=r["n"],
-                count=r["c"],
-                start=ms_to_datetime(r["t"]),
-                config=r.get("cfg"),
-                depends=list(r.get("deps") or ()),
-                due=_at(r.get("due")),
-                event_type=r.get("type"),
-            )
+        if r["k"] == "step" or r["k"] == "sleep" or r["k"] == "wait":
+            steps[(r["k"], r["n"], r["c"])] = _issued(r)
             continue
-        key = (r.get("ref", "step"), r.get("n", ""), r.get("c", 0))
-        detail = steps.get(key)
+        if r["k"] == "life":
+            continue
+        # Attempts are a step's; a retime or a resolution or cancel names the kind it is about.
+        detail = steps.get(("step" if r["k"] == "att" or r["k"] == "attend" else r["ref"], r["n"], r["c"]))
         if detail is None:
             continue
-        if k == "att":
+        if r["k"] == "att":
             detail.attempts.append(AttemptDetail(attempt=r["a"], start=ms_to_datetime(r["t"])))
-        elif k == "attend" and detail.attempts:
+        elif r["k"] == "attend" and detail.attempts:
             attempt = detail.attempts[-1]
             attempt.end = ms_to_datetime(r["t"])
             attempt.success = r["ok"]
             attempt.error = ErrorInfo(**r["err"]) if r.get("err") else None
             attempt.retry_at = _at(r.get("retry_at"))
-        elif k == "retime":
+        elif r["k"] == "retime":
             detail.due = _at(r["due"])
-        elif k == "res":
+        elif r["k"] == "res":
             detail.end = ms_to_datetime(r["t"])
             detail.success = r["ok"]
             if r["ok"]:
@@ -164,7 +161,7 @@ def build_detail(meta: dict[str, Any], history: list[dict[str, Any]]) -> Instanc
             else:
                 detail.error = ErrorInfo(**r["err"])
             detail.outcome = _outcome(detail.type, r["ok"])
-        elif k == "cancel":
+        elif r["k"] == "cancel":
             detail.end = ms_to_datetime(r["t"])
             detail.outcome = "cancelled"
     error = meta.get("error")
@@ -181,6 +178,19 @@ def build_detail(meta: dict[str, Any], history: list[dict[str, Any]]) -> Instanc
         output=meta.get("output") if status is Status.COMPLETE else None,
         error=ErrorInfo(**error) if error else None,
         steps=list(steps.values()),
+    )
+
+
+def _issued(r: StepCommand | SleepCommand | WaitCommand) -> StepDetail:
+    return StepDetail(
+        type=_STEP_TYPE[r["k"]],
+        name=r["n"],
+        count=r["c"],
+        start=ms_to_datetime(r["t"]),
+        config=r.get("cfg") if r["k"] == "step" else None,
+        depends=list(r.get("deps") or ()) if r["k"] == "step" else [],
+        due=_at(r.get("due")) if r["k"] != "step" else None,
+        event_type=r.get("type") if r["k"] == "wait" else None,
     )
 
 

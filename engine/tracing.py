@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Protocol
 
-from hutch.history import Record
+from hutch.history import CancelCommand, Kind, Record, Resolution, TimerCommand
 from hutch.serialization import unpack
 from hutch.status import FINISHED
 from hutch.store.base import Transition
@@ -431,12 +431,11 @@ def emit_committed(
         if message_id and traceparent:
             senders[message_id] = traceparent
     for record in records:
-        kind = record["k"]
-        if kind == "res" and record["ref"] in ("sleep", "wait"):
+        if record["k"] == "res" and record["ref"] in ("sleep", "wait"):
             _timer_span(tracer, parent, base, instance.history, record)
             if "ev" in record:
                 _event_span(tracer, parent, base, record["ev"], record["t"], senders, record)
-        elif kind == "cancel" and record["ref"] in ("sleep", "wait"):
+        elif record["k"] == "cancel" and record["ref"] in ("sleep", "wait"):
             _timer_span(tracer, parent, base, instance.history, record)
     for raw in transition.events_push:
         event = unpack(raw)
@@ -445,33 +444,44 @@ def emit_committed(
         _run_span(tracer, parent, base, instance, transition)
 
 
-def _timer_span(tracer: Tracer, parent: Context, base: dict[str, Any], history: list[Record], record: Record) -> None:
+def _timer_span(
+    tracer: Tracer, parent: Context, base: dict[str, Any], history: list[Record], record: Resolution | CancelCommand
+) -> None:
     ref, name, count = record["ref"], record["n"], record["c"]
     issued = _find_issue(history, ref, name, count)
     end_ms = record["t"]
     start_ms: int = issued.get("t") or end_ms if issued else end_ms
     attributes = {**base, STEP_NAME: name, STEP_COUNT: count}
+    error_type = None
     if record["k"] == "cancel":
         outcome = CANCELLED
     elif ref == "sleep":
         outcome = ELAPSED
+    elif record["ok"]:
+        outcome = RECEIVED
     else:
-        outcome = RECEIVED if record["ok"] else TIMED_OUT
+        outcome = TIMED_OUT
+        error_type = str((record.get("err") or {}).get("name") or "EventTimeoutError")
     attributes[OUTCOME] = outcome
-    if ref == "wait" and issued is not None and "type" in issued:
+    if issued is not None and issued["k"] == "wait" and "type" in issued:
         attributes[EVENT_TYPE] = issued["type"]
     span = tracer.start_span(
         SPAN_SLEEP if ref == "sleep" else SPAN_WAIT, context=parent, attributes=attributes, start_time=start_ms * _MS
     )
-    if outcome == TIMED_OUT:
-        span.set_attribute(ERROR_TYPE, str((record.get("err") or {}).get("name") or "EventTimeoutError"))
+    if error_type is not None:
+        span.set_attribute(ERROR_TYPE, error_type)
     span.end(end_time=max(end_ms, start_ms) * _MS)
 
 
-def _find_issue(history: list[Record], kind: str, name: str, count: int) -> Record | None:
+def _find_issue(history: list[Record], kind: Kind, name: str, count: int) -> TimerCommand | None:
     # Backwards: the command is usually a few records before its resolution.
+    record: Record  # mypy types reversed() of a TypedDict union as Any
     for record in reversed(history):
-        if record["k"] == kind and record.get("n") == name and record.get("c") == count:
+        if (record["k"] == "sleep" or record["k"] == "wait") and (record["k"], record["n"], record["c"]) == (
+            kind,
+            name,
+            count,
+        ):
             return record
     return None
 
@@ -483,7 +493,7 @@ def _event_span(
     event: Mapping[str, Any],
     end_ms: int,
     senders: Mapping[str, str],
-    wait: Record | None,
+    wait: Resolution | None,
 ) -> None:
     event_id = str(event.get("id", ""))
     attributes = {**base, EVENT_TYPE: str(event.get("type", "")), EVENT_ID: event_id}
@@ -505,8 +515,9 @@ def _event_span(
 
 def _run_span(tracer: Tracer, parent: Context, base: dict[str, Any], instance: TracedInstance, tx: Transition) -> None:
     started = instance.created_ms
+    record: Record  # mypy types reversed() of a TypedDict union as Any
     for record in reversed(instance.history):
-        if record["k"] == "life" and record.get("what") in ("started", "restarted"):
+        if record["k"] == "life" and record["what"] in ("started", "restarted"):
             started = record["t"]
             break
     ended = tx.meta.get("ended")

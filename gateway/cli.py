@@ -36,7 +36,6 @@ from hutch import InvalidInputError, Settings, Status, WorkflowEntrypoint
 from hutch.gateway import render
 from hutch.gateway.http_client import (
     DEFAULT_URL,
-    Action,
     ApiRequestError,
     GatewayClient,
     GatewayError,
@@ -44,6 +43,7 @@ from hutch.gateway.http_client import (
 )
 from hutch.gateway.loader import TargetError, load_workflow, workflow_name
 from hutch.gateway.progress import HumanSink, JsonSink, ProgressSink, RunResult, follow
+from hutch.status import Action
 from pydantic import ValidationError
 from rich.console import Console, RenderableType
 

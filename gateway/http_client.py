@@ -21,17 +21,16 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import quote
 
 import httpx
+from hutch.status import Action
 
 DEFAULT_URL = "http://127.0.0.1:8787"
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
 MAX_PER_PAGE = 100
 USER_AGENT = "hutch-cli"
-
-Action = Literal["pause", "resume", "terminate", "restart"]
 
 
 class GatewayError(Exception):

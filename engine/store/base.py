@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hutch.history import Record
 
 
 class CommitResult(IntEnum):
@@ -50,7 +53,7 @@ class Snapshot:
     """An instance as stored: its meta fields, history records and buffered events."""
 
     meta: dict[str, Any]
-    history: list[dict[str, Any]]
+    history: list[Record]
     events: list[bytes]
 
     @property

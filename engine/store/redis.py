@@ -13,6 +13,7 @@ from typing import Any, cast
 from hutch import keys
 from hutch.config import Limits
 from hutch.errors import DeploymentMismatch
+from hutch.history import Record, decode_record
 from hutch.keys import Keys
 from hutch.serialization import unpack
 from hutch.status import FINISHED
@@ -338,13 +339,14 @@ class RedisStore:
         out: list[Snapshot | None] = []
         for i in range(len(items)):
             meta, history, events = raw[3 * i : 3 * i + 3]
-            out.append(Snapshot(decode_meta(meta), [unpack(bytes(r)) for r in history], list(events)) if meta else None)
+            records = [decode_record(bytes(r)) for r in history]
+            out.append(Snapshot(decode_meta(meta), records, list(events)) if meta else None)
         return out
 
-    async def history(self, partition: int, workflow: str, instance_id: str) -> list[dict[str, Any]]:
+    async def history(self, partition: int, workflow: str, instance_id: str) -> list[Record]:
         """The instance's history records."""
         raw: list[bytes] = await self.redis.lrange(self.keys.history(partition, workflow, instance_id), 0, -1)  # type: ignore[assignment]
-        return [unpack(r) for r in raw]
+        return [decode_record(r) for r in raw]
 
     # ------------------------------------------------------------------ commits
     async def commit_many(self, transitions: Sequence[Transition], fences: dict[int, str]) -> list[CommitResult]:

@@ -25,6 +25,7 @@ from hutch.context import StepContext
 from hutch.entrypoint import WorkflowEntrypoint
 from hutch.errors import NonRetryableError, StepFailedError, StepTimeoutError
 from hutch.events import WorkflowEvent
+from hutch.history import TimerCommandKind
 from hutch.step import WorkflowStep
 from hutch.testing.modifiers import Modifier, StepMock
 
@@ -152,7 +153,9 @@ class _RunProxy:
         body = _wrap(fn, self._decide)
         return self._run.issue_step(step_name, body, config, **options)
 
-    def issue_timer(self, kind: str, name: str, due_ms: int, event_type: str | None = None, *, issued_ms: int) -> Any:
+    def issue_timer(
+        self, kind: TimerCommandKind, name: str, due_ms: int, event_type: str | None = None, *, issued_ms: int
+    ) -> Any:
         interceptor, wf, iid = self._interceptor, self._workflow, self._instance_id
         count = self._run._counts.get(name, 0) + 1  # the count the run is about to give this command
         forced = False

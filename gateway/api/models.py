@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from hutch import InvalidInputError, Status
+from hutch.status import Action
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
 INSTANCE_ID_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_-]*$"
@@ -23,9 +24,6 @@ WORKFLOW_NAME_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$"
 INSTANCE_ID_SCHEMA: dict[str, Any] = {"pattern": INSTANCE_ID_PATTERN, "minLength": 1, "maxLength": 100}
 WORKFLOW_NAME_SCHEMA: dict[str, Any] = {"pattern": WORKFLOW_NAME_PATTERN, "minLength": 1, "maxLength": 64}
 EVENT_TYPE_SCHEMA: dict[str, Any] = {"minLength": 1, "maxLength": 100}
-
-Action = Literal["pause", "resume", "terminate", "restart"]
-
 
 MAX_INPUT_DEPTH = 64
 """How deeply params and event payloads may nest (arrays and objects): deeper input is refused."""
