@@ -11,6 +11,7 @@ from opentelemetry.propagate import inject
 
 if TYPE_CHECKING:
     from hutch.dispatch import CreatedInstance
+    from hutch.status import Action
 
 
 class BrokerDispatcher:
@@ -37,8 +38,8 @@ class BrokerDispatcher:
             ]
         )
 
-    async def control(self, workflow: str, instance_id: str, action: str) -> None:
-        await self._send([Control(workflow=workflow, instance_id=instance_id, action=action)])  # type: ignore[arg-type,unused-ignore]
+    async def control(self, workflow: str, instance_id: str, action: Action) -> None:
+        await self._send([Control(workflow=workflow, instance_id=instance_id, action=action)])
 
     async def redrive(self, workflow: str, instance_id: str) -> None:
         await self._send([Redrive(workflow=workflow, instance_id=instance_id)])

@@ -24,7 +24,7 @@ from hutch.errors import (
     WorkflowNotFound,
 )
 from hutch.serialization import check_depth, encode_value, pack
-from hutch.status import FINISHED, InstanceDetail, InstanceStatus, Status, build_detail, status_from_meta
+from hutch.status import FINISHED, Action, InstanceDetail, InstanceStatus, Status, build_detail, status_from_meta
 from hutch.store.redis import RedisStore
 from hutch.watch import InstanceWatch
 from pydantic import BaseModel
@@ -189,7 +189,7 @@ class WorkflowClient:
             fields = {
                 "wf": self.name,
                 "id": iid,
-                "status": "queued",
+                "status": Status.QUEUED.value,
                 "seq": 0,
                 "run": 0,
                 "params": data,
@@ -288,7 +288,7 @@ class Instance:
         to apply it (see :class:`ControlAccepted`); raises :class:`IllegalTransition` for a
         finished instance.
         """
-        return await self._control("pause", {"queued", "running", "waiting"}, lambda m: m["status"] in _PAUSED, timeout)
+        return await self._control("pause", _PAUSABLE, lambda m: m["status"] in _PAUSED, timeout)
 
     async def resume(self, *, timeout: float | None = None) -> ControlAccepted:
         """Resume a paused instance (nothing to do for one that is not paused); like :meth:`pause` otherwise."""
@@ -296,7 +296,7 @@ class Instance:
 
     async def terminate(self, *, timeout: float | None = None) -> ControlAccepted:
         """Stop the instance for good; raises :class:`IllegalTransition` if it already finished."""
-        return await self._control("terminate", _UNFINISHED, lambda m: m["status"] == "terminated", timeout)
+        return await self._control("terminate", _UNFINISHED, lambda m: m["status"] == Status.TERMINATED, timeout)
 
     async def restart(self, *, timeout: float | None = None) -> ControlAccepted:
         """Run again from the beginning with the same params and timestamp, in any status."""
@@ -346,17 +346,16 @@ class Instance:
 
     async def _control(
         self,
-        action: str,
-        applies_to: frozenset[str] | set[str] | None,
+        action: Action,
+        applies_to: frozenset[Status] | None,
         applied: Callable[[dict[str, Any]], bool],
         timeout: float | None,
     ) -> ControlAccepted:
-        meta = await self._meta()
-        status = meta["status"]
-        if action != "restart" and status in FINISHED:
-            raise IllegalTransition(self.id, action, status)
+        status = Status((await self._meta())["status"])
+        if action != "restart" and status.finished:
+            raise IllegalTransition(self.id, action, status.value)
         if applies_to is not None and status not in applies_to:
-            return ControlAccepted(applied=True, status=Status(status))  # already as asked
+            return ControlAccepted(applied=True, status=status)  # already as asked
         await self._client._dispatcher.control(self.workflow, self.id, action)
         # Applied by the partition owner; return once it committed so status() sees the effect.
         # Without a live owner the request stays queued in the broker: say so rather than wait on.
@@ -365,20 +364,22 @@ class Instance:
         poll = 0.001
         while True:
             meta = await self._meta()
+            status = Status(meta["status"])
             if applied(meta):
-                return ControlAccepted(applied=True, status=Status(meta["status"]))
-            if action != "restart" and meta["status"] in FINISHED:
+                return ControlAccepted(applied=True, status=status)
+            if action != "restart" and status.finished:
                 # It finished on its own first; its owner ignores the request.
-                raise IllegalTransition(self.id, action, meta["status"])
+                raise IllegalTransition(self.id, action, status.value)
             remaining = deadline - loop.time()
             if remaining <= 0:
-                return ControlAccepted(applied=False, status=Status(meta["status"]))
+                return ControlAccepted(applied=False, status=status)
             await self._changed(min(poll, remaining))
             poll = min(poll * 2, 0.1)
 
 
-_PAUSED = frozenset({"paused", "waitingForPause"})
-_UNFINISHED = frozenset({"queued", "running", "waiting", "paused", "waitingForPause"})
+_PAUSABLE = frozenset({Status.QUEUED, Status.RUNNING, Status.WAITING})
+_PAUSED = frozenset({Status.PAUSED, Status.WAITING_FOR_PAUSE})
+_UNFINISHED = _PAUSABLE | _PAUSED
 
 
 def bindings(client: Client, workflows: dict[str, type[WorkflowEntrypoint]], names: dict[str, str]) -> dict[str, Any]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from hutch.status import Action
+
 
 @dataclass(frozen=True, slots=True)
 class CreatedInstance:
@@ -32,6 +34,6 @@ class Dispatcher(Protocol):
         """Deliver an event (payload already msgpack-encoded and size-checked)."""
         ...
 
-    async def control(self, workflow: str, instance_id: str, action: str) -> None:
+    async def control(self, workflow: str, instance_id: str, action: Action) -> None:
         """Request pause, resume, terminate or restart."""
         ...

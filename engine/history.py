@@ -19,8 +19,9 @@ plain dict msgpack decodes (no conversion on the hot path) and the stored format
 class definitions: :func:`encode_record` and :func:`decode_record` are the one codec.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: with string annotations the TypedDicts could not
+# tell their NotRequired keys apart at runtime (``__optional_keys__``), which the tests check
+# stored histories against.
 from typing import Any, Literal, NotRequired, TypedDict, TypeGuard
 
 from hutch.serialization import pack, unpack

@@ -29,11 +29,11 @@ class Status(StrEnum):
     @property
     def finished(self) -> bool:
         """Whether the status is final (complete, errored or terminated)."""
-        return self in _FINISHED
+        return self in FINISHED
 
 
-_FINISHED = frozenset({Status.COMPLETE, Status.ERRORED, Status.TERMINATED})
-FINISHED = frozenset(s.value for s in _FINISHED)
+FINISHED = frozenset({Status.COMPLETE, Status.ERRORED, Status.TERMINATED})
+"""The final statuses (a stored status string is in it too: a :class:`Status` is its value)."""
 
 Action = Literal["pause", "resume", "terminate", "restart"]
 """A lifecycle request (``Instance.pause()`` ..., the API's ``PATCH .../status``, the broker's control message)."""

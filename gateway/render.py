@@ -13,26 +13,35 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from hutch import ErrorInfo, InstanceDetail, StepDetail
+from hutch import ErrorInfo, InstanceDetail, Status, StepDetail
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 STATUS_STYLES: dict[str, str] = {
-    "queued": "blue",
-    "running": "cyan",
-    "waiting": "yellow",
-    "waitingForPause": "magenta",
-    "paused": "magenta",
-    "complete": "green",
-    "errored": "bold red",
-    "terminated": "red",
-    "unknown": "dim",
+    Status.QUEUED: "blue",
+    Status.RUNNING: "cyan",
+    Status.WAITING: "yellow",
+    Status.WAITING_FOR_PAUSE: "magenta",
+    Status.PAUSED: "magenta",
+    Status.COMPLETE: "green",
+    Status.ERRORED: "bold red",
+    Status.TERMINATED: "red",
+    Status.UNKNOWN: "dim",
 }
 """Rich style of each instance status."""
 
 # The order statuses are listed in: live ones first, then finished ones.
-STATUS_ORDER = ("queued", "running", "waiting", "waitingForPause", "paused", "errored", "terminated", "complete")
+STATUS_ORDER = (
+    Status.QUEUED,
+    Status.RUNNING,
+    Status.WAITING,
+    Status.WAITING_FOR_PAUSE,
+    Status.PAUSED,
+    Status.ERRORED,
+    Status.TERMINATED,
+    Status.COMPLETE,
+)
 
 _UNICODE = {"ok": "✓", "fail": "✗", "retry": "↻", "sleep": "☾", "wait": "⧗", "run": "▶", "off": "·", "sub": "↳"}
 _ASCII = {"ok": "+", "fail": "x", "retry": "~", "sleep": "z", "wait": "?", "run": ">", "off": "-", "sub": "-"}
@@ -172,7 +181,7 @@ def _summary(d: InstanceDetail, now: datetime) -> Table:
     if d.start is not None:
         grid.add_row("Duration", _span(d.start, d.end, now))
     grid.add_row("Params", _compact(d.params))
-    if d.output is not None or d.status.value == "complete":
+    if d.output is not None or d.status is Status.COMPLETE:
         grid.add_row("Output", Text(_compact(d.output), style="green"))
     if d.error is not None:
         grid.add_row("Error", Text(_error(d.error), style="red"))

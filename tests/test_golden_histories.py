@@ -39,6 +39,7 @@ from hutch.errors import error_record
 from hutch.events import WorkflowEvent
 from hutch.executor import WorkflowRun
 from hutch.gateway.loader import workflow_name
+from hutch.history import Command
 
 from examples.approval import ApprovalWorkflow
 from examples.fanout import FanOutWorkflow
@@ -101,7 +102,7 @@ def dump(golden: dict[str, Any]) -> str:
 class Replayed:
     ok: bool
     value: Any  # the output, or the exception run() ended with
-    new_commands: list[dict[str, Any]]
+    new_commands: list[Command]
 
 
 def workflow_class(path: str) -> type[WorkflowEntrypoint]:
