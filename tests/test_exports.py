@@ -30,6 +30,7 @@ ENGINE_ALL = [
     "Client",
     "Connection",
     "ControlAccepted",
+    "CreatedOrSent",
     "DeploymentMismatch",
     "Env",
     "ErrorInfo",
