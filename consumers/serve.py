@@ -1,4 +1,4 @@
-"""``hutch worker``: a distributed worker process on Redis and RabbitMQ."""
+"""``hutch worker``: a distributed worker process on Redis and RabbitMQ, and the triggers it runs."""
 
 from __future__ import annotations
 
@@ -69,20 +69,7 @@ async def serve(
         await worker.start()
         try:
             async with contextlib.AsyncExitStack() as triggers:
-                # Crons fire from every worker (one instance per fire time wins); queue triggers
-                # consume the user's queues next to the partitions.
-                if settings.triggers.crons:
-                    await triggers.enter_async_context(CronTrigger(client, settings.triggers.crons))
-                if settings.queues.consumers:
-                    await triggers.enter_async_context(
-                        QueueTrigger(
-                            client,
-                            settings.queues.consumers,
-                            amqp_url=settings.amqp_url,
-                            shutdown_timeout_s=settings.shutdown_timeout_s,
-                            connection_options=ConnectionOptions.from_settings(settings),
-                        )
-                    )
+                await start_triggers(triggers, client, settings)
                 if on_ready is not None:
                     on_ready(worker)
                 stopped = asyncio.ensure_future(worker.wait_stopped())
@@ -95,3 +82,41 @@ async def serve(
     finally:
         await transport.close()
         await store.close()
+
+
+async def start_triggers(
+    running: contextlib.AsyncExitStack, client: Client, settings: Settings, *, connection_name: str | None = None
+) -> list[str]:
+    """Start the crons and queue consumers of ``settings`` on ``running``; what started, for a start-up line.
+
+    ``hutch worker`` and ``hutch dev`` both start them here. Crons fire from every process that
+    runs them (one instance per fire time wins); queue triggers consume the user's queues next to
+    the partitions.
+
+    Args:
+        running: the stack that stops them (on its exit).
+        client: the client they create instances through.
+        settings: the ``[[triggers.crons]]`` and ``[[queues.consumers]]`` to run, and the AMQP URL.
+        connection_name: the queue triggers' RabbitMQ connection name (default: the trigger's own).
+
+    Raises:
+        InvalidInputError: an entry names a workflow this process does not serve, or is malformed.
+    """
+    started = []
+    crons = settings.triggers.crons
+    if crons:
+        await running.enter_async_context(CronTrigger(client, crons))
+        started.append(f"crons {', '.join(sorted({spec.schedule for spec in crons}))}")
+    if settings.queues.consumers:
+        named = {"connection_name": connection_name} if connection_name else {}
+        queues = QueueTrigger(
+            client,
+            settings.queues.consumers,
+            amqp_url=settings.amqp_url,
+            shutdown_timeout_s=settings.shutdown_timeout_s,
+            connection_options=ConnectionOptions.from_settings(settings),
+            **named,
+        )
+        await running.enter_async_context(queues)
+        started.append(f"queues {', '.join(queues.queues)}")
+    return started

@@ -1,13 +1,13 @@
-"""Hutch's edge: the ``hutch`` command line (``hutch.gateway.cli:main``) and its building blocks.
+"""Hutch's edge: the ``hutch`` command line (:mod:`hutch.gateway.cli`) and its building blocks.
 
-``hutch.gateway.cli`` is deliberately not imported here, so ``python -m hutch`` runs it cleanly.
+``hutch.gateway.cli`` sits on top: nothing else in ``hutch.gateway`` imports it, and this
+package re-exports its two progress renderers.
 """
 
+from hutch.gateway.cli.progress_view import HumanSink, JsonSink
 from hutch.gateway.loader import TargetError, load_workflow, workflow_name
 from hutch.gateway.progress import (
     Active,
-    HumanSink,
-    JsonSink,
     ProgressEvent,
     ProgressSink,
     ProgressTracker,

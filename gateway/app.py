@@ -23,6 +23,8 @@ from hutch.gateway.api.errors import install_error_handlers
 from hutch.gateway.api.metrics import MetricsMiddleware, RequestMetrics
 from hutch.gateway.api.openapi import install_schema
 from hutch.gateway.api.tracing import TracingMiddleware, fastapi_options
+from hutch.gateway.webhooks import webhook_router
+from hutch.settings import Settings
 
 API_VERSION = "1"
 
@@ -77,3 +79,21 @@ def create_app(
     # Outermost: the server span covers every answer and is current for everything below it.
     app.add_middleware(TracingMiddleware)
     return app
+
+
+def build_app(client: Client, settings: Settings, *, tokens: Sequence[str], max_body_bytes: int) -> FastAPI:
+    """The app ``hutch gateway`` and ``hutch dev`` serve: the REST API plus the routers of ``settings``.
+
+    Args:
+        client: the client the API goes through; the caller closes it.
+        settings: the process's settings (``hutch.toml`` routes such as ``[[webhooks]]`` come from here).
+        tokens: the valid bearer tokens.
+        max_body_bytes: request bodies over this size get 413.
+    """
+    routers: list[APIRouter] = []
+    if settings.webhooks:
+        # Webhook senders authenticate by signature, not bearer token; deliveries dedupe in Redis.
+        routers.append(
+            webhook_router(client, settings.webhooks, dedupe_redis=client._store.redis, namespace=settings.namespace)
+        )
+    return create_app(client, tokens=tokens, extra_routers=routers, max_body_bytes=max_body_bytes)

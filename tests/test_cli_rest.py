@@ -32,7 +32,7 @@ from hutch.broker.transports.rabbitmq import RabbitMQTransport
 from hutch.clock import Clock
 from hutch.config import Limits
 from hutch.consumers.runtime import start_distributed
-from hutch.gateway import render
+from hutch.gateway.cli import render
 from hutch.gateway.cli import main
 from hutch.gateway.http_client import ApiRequestError, GatewayClient, GatewayUnreachable, UnexpectedResponse
 from hutch.settings import Settings

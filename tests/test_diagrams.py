@@ -38,7 +38,7 @@ from hutch.diagram import (
     to_mermaid,
     walk,
 )
-from hutch.gateway.diagram_command import diagram as diagram_command
+from hutch.gateway.cli.diagram import diagram as diagram_command
 
 from tests.diagrams import corpus
 
@@ -533,7 +533,7 @@ def test_command_rejects_an_unknown_format() -> None:
 def test_command_exits_1_when_the_class_cannot_be_analysed(monkeypatch: pytest.MonkeyPatch) -> None:
     namespace: dict[str, Any] = {"WorkflowEntrypoint": WorkflowEntrypoint}
     exec("class Generated(WorkflowEntrypoint):\n    async def run(self, event, step):\n        pass\n", namespace)
-    monkeypatch.setattr("hutch.gateway.diagram_command.load_workflow", lambda target: namespace["Generated"])
+    monkeypatch.setattr("hutch.gateway.cli.diagram.load_workflow", lambda target: namespace["Generated"])
     result = invoke("generated.py:Generated")
     assert result.exit_code == 1
     assert "has no run() method with Python source to analyse" in result.output

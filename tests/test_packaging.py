@@ -68,5 +68,5 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
         names = archive.namelist()
     top = {name.split("/", 1)[0] for name in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"hutch"}
-    for expected in ("hutch/py.typed", "hutch/store/commit.lua", "hutch/broker/names.py", "hutch/gateway/cli.py"):
+    for expected in ("hutch/py.typed", "hutch/store/commit.lua", "hutch/broker/names.py", "hutch/gateway/cli/__init__.py"):
         assert expected in names

@@ -38,7 +38,7 @@ from hutch.broker.repartition import QueueMover
 from hutch.broker.transports.rabbitmq import RabbitMQTransport
 from hutch.clock import Clock
 from hutch.consumers.runtime import open_redis, start_distributed
-from hutch.gateway.admin_command import repartition
+from hutch.gateway.repartition import repartition
 from hutch.gateway.cli import main
 from hutch.keys import ALL, INDEXED_STATUSES, Keys
 from hutch.serialization import pack

@@ -1,4 +1,4 @@
-"""``hutch gateway``: the REST API over HTTP for a distributed deployment, and the server both commands share.
+"""The HTTP server ``hutch gateway`` and ``hutch dev`` run: uvicorn on a socket bound up front.
 
 :class:`GatewayServer` serves an ASGI app with uvicorn on a socket it binds up front (so a
 taken port is a clear error before anything else starts). Signals are the CLI entrypoint's
@@ -13,34 +13,15 @@ import contextlib
 import enum
 import ipaddress
 import logging
-import signal
 import socket
-import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
-import click
-import hutch
 import uvicorn
-from fastapi import APIRouter, FastAPI
-from hutch import Client, tracing
-from hutch.broker.transports.rabbitmq import CONNECTION_ERRORS
-from hutch.errors import HutchError
 from hutch.gateway.api.envelope import ErrorCode, error_response
-from hutch.gateway.app import create_app
-from hutch.gateway.settings import GatewaySettings
-from hutch.gateway.webhooks import webhook_router
-from hutch.settings import Settings
-from hutch.store.redis import STORE_ERRORS
-from pydantic import ValidationError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-log = logging.getLogger("gateway")
-
 GRACEFUL_SHUTDOWN_S = 10
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING")
-BACKEND_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, *STORE_ERRORS, TimeoutError)
-"""Failures to reach Redis or RabbitMQ while a server command starts."""
 
 
 class BindError(Exception):
@@ -232,142 +213,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-@contextlib.contextmanager
-def stop_on_signals(server: GatewayServer) -> Iterator[None]:
-    """While inside: SIGINT/SIGTERM shut ``server`` down (the first gracefully, the second at once)."""
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, server.shutdown)
-    try:
-        yield
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-
-
-def build_app(client: Client, settings: Settings, *, tokens: Sequence[str], max_body_bytes: int) -> FastAPI:
-    """The app ``hutch gateway`` and ``hutch dev`` serve: the REST API plus the routers of ``settings``.
-
-    Args:
-        client: the client the API goes through; the caller closes it.
-        settings: the process's settings (``hutch.toml`` routes such as ``[[webhooks]]`` come from here).
-        tokens: the valid bearer tokens.
-        max_body_bytes: request bodies over this size get 413.
-    """
-    routers: list[APIRouter] = []
-    if settings.webhooks:
-        # Webhook senders authenticate by signature, not bearer token; deliveries dedupe in Redis.
-        routers.append(
-            webhook_router(client, settings.webhooks, dedupe_redis=client._store.redis, namespace=settings.namespace)
-        )
-    return create_app(client, tokens=tokens, extra_routers=routers, max_body_bytes=max_body_bytes)
-
-
-def configure_logging(level: str) -> None:
-    """Log lines to stderr: ``time level logger: message``."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-
-def backend_failure(exc: BaseException, settings: Settings) -> str:
-    """A sentence for a failure to reach the backends at start-up."""
-    return (
-        f"cannot connect to Redis ({settings.redacted(settings.redis_url)}) or RabbitMQ "
-        f"({settings.redacted(settings.amqp_url)}): {type(exc).__name__}: {exc}"
-    )
-
-
-# --------------------------------------------------------------------------- the command
-@click.command("gateway")
-@click.option("--host", default=None, help="Address to listen on [env HUTCH_GATEWAY_HOST; default 127.0.0.1].")
-@click.option(
-    "--port", type=click.IntRange(0, 65535), default=None, help="Port [env HUTCH_GATEWAY_PORT; default 8787]."
-)
-@click.option(
-    "--token",
-    "tokens",
-    multiple=True,
-    help="A valid API bearer token (repeatable, for rotation) [default: HUTCH_GATEWAY_TOKENS, comma separated].",
-)
-@click.option("--redis-url", envvar="HUTCH_REDIS_URL", help="Redis URL [env HUTCH_REDIS_URL].")
-@click.option("--amqp-url", envvar="HUTCH_AMQP_URL", help="RabbitMQ URL [env HUTCH_AMQP_URL].")
-@click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log every request.")
-@click.option("--log-level", default="INFO", show_default=True, type=click.Choice(LOG_LEVELS))
-def gateway(
-    host: str | None,
-    port: int | None,
-    tokens: tuple[str, ...],
-    redis_url: str | None,
-    amqp_url: str | None,
-    access_log: bool,
-    log_level: str,
-) -> None:
-    """Serve the REST API for a distributed deployment (workers run elsewhere) until SIGTERM or SIGINT.
-
-    The gateway talks to the Redis and RabbitMQ the workers use (HUTCH_REDIS_URL, HUTCH_AMQP_URL or
-    hutch.toml) and creates instances of the [[workflows]] in hutch.toml; it needs no workflow code.
-    Every /api request needs 'Authorization: Bearer <token>' with one of the tokens.
-
-    \b
-    Example:
-      HUTCH_GATEWAY_TOKENS=s3cret hutch gateway --host 0.0.0.0 --port 8787
-    """
-    configure_logging(log_level)
-    tracing.configure_from_env("hutch-gateway")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
-    overrides = {k: v for k, v in {"redis_url": redis_url, "amqp_url": amqp_url}.items() if v}
-    try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
-        gateway_settings = GatewaySettings()
-    except ValidationError as exc:
-        raise click.UsageError(f"invalid settings: {exc}") from None
-    if not (settings.redis_url and settings.amqp_url):
-        raise click.UsageError(
-            "hutch gateway serves a distributed deployment: set HUTCH_REDIS_URL and HUTCH_AMQP_URL "
-            "(or --redis-url/--amqp-url); to run everything in one process, use hutch dev"
-        )
-    token_list = [t.strip() for t in tokens if t.strip()] or gateway_settings.token_values()
-    if not token_list:
-        raise click.UsageError("hutch gateway needs at least one API token: set HUTCH_GATEWAY_TOKENS or pass --token")
-    try:
-        server = GatewayServer(
-            host=host or gateway_settings.host,
-            port=gateway_settings.port if port is None else port,
-            access_log=access_log,
-            log_level=log_level,
-        )
-    except BindError as exc:
-        raise click.UsageError(str(exc)) from None
-    sys.exit(asyncio.run(_serve(server, settings, token_list, gateway_settings.max_body_bytes)))
-
-
-async def _serve(server: GatewayServer, settings: Settings, tokens: list[str], max_body_bytes: int) -> int:
-    with stop_on_signals(server):
-        try:
-            client = await hutch.connect(settings=settings)
-        except BACKEND_ERRORS as exc:
-            server.close()
-            click.echo(f"Error: {backend_failure(exc, settings)}", err=True)
-            return 2
-        except HutchError as exc:
-            server.close()
-            click.echo(f"Error: {exc}", err=True)
-            return 2
-        try:
-            app = build_app(client, settings, tokens=tokens, max_body_bytes=max_body_bytes)
-
-            def ready(url: str) -> None:
-                names = ", ".join(spec.name for spec in settings.workflows) or "none (add [[workflows]] to hutch.toml)"
-                click.echo(
-                    f"hutch gateway listening on {url} (Redis {settings.redacted(settings.redis_url)}, RabbitMQ "
-                    f"{settings.redacted(settings.amqp_url)}, namespace {settings.namespace!r}; workflows: {names}; "
-                    f"{len(tokens)} API token{'s' if len(tokens) != 1 else ''})"
-                )
-                sys.stdout.flush()
-
-            await server.run(app, on_ready=ready)
-        finally:
-            await client.close()
-    click.echo("hutch gateway stopped")
-    return 0

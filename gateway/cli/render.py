@@ -8,12 +8,22 @@ timeline are relative to the instance's start, so a reader sees at a glance wher
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from hutch import ErrorInfo, InstanceDetail, Status, StepDetail
+from hutch import InstanceDetail, Status, StepDetail
+from hutch.gateway.cli.formatting import (
+    compact,
+    duration_text,
+    error_text,
+    glyphs,
+    list_table,
+    offset_text,
+    parse_time,
+    until_text,
+    utc_clock,
+)
 from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -43,16 +53,9 @@ STATUS_ORDER = (
     Status.COMPLETE,
 )
 
-_UNICODE = {"ok": "✓", "fail": "✗", "retry": "↻", "sleep": "☾", "wait": "⧗", "run": "▶", "off": "·", "sub": "↳"}
-_ASCII = {"ok": "+", "fail": "x", "retry": "~", "sleep": "z", "wait": "?", "run": ">", "off": "-", "sub": "-"}
 _TYPE_LABELS = {"step": "step", "sleep": "sleep", "waitForEvent": "wait"}
-_MAX_VALUE_CHARS = 400
+_MAX_VALUE_CHARS = 400  # a value in the instance summary; 200 in a timeline cell
 WIDE_TIMELINE = 110  # console columns from which the timeline has a Detail column
-
-
-def glyphs(console: Console) -> dict[str, str]:
-    """The symbols to use on ``console``: Unicode when it can encode them, ASCII otherwise."""
-    return _UNICODE if (console.encoding or "").lower().startswith("utf") else _ASCII
 
 
 def status_text(status: str) -> Text:
@@ -65,7 +68,7 @@ def workflows_table(workflows: Sequence[Mapping[str, Any]]) -> RenderableType:
     """``hutch workflows list``: each workflow, its instance total and the non-zero counts by status."""
     if not workflows:
         return Text("No workflows. Register some with [[workflows]] in hutch.toml or --workflow.", style="dim")
-    table = Table(show_edge=False, header_style="bold")
+    table = list_table()
     table.add_column("Workflow", style="bold", overflow="fold")
     table.add_column("Instances", justify="right")
     table.add_column("By status")
@@ -100,17 +103,17 @@ def instances_table(workflow: str, rows: Sequence[Mapping[str, Any]], *, now: da
     if not rows:
         return Text(f"No instances of {workflow}.", style="dim")
     now = now or datetime.now(UTC)
-    table = Table(show_edge=False, header_style="bold", title=f"{workflow}: newest first", title_justify="left")
+    table = list_table(f"{workflow}: newest first")
     table.add_column("Instance", overflow="fold")
     table.add_column("Status")
     table.add_column("Created (UTC)")
     table.add_column("Duration", justify="right")
     for row in rows:
-        started, ended = _parse_time(row.get("started_on")), _parse_time(row.get("ended_on"))
+        started, ended = parse_time(row.get("started_on")), parse_time(row.get("ended_on"))
         table.add_row(
             str(row["id"]),
             status_text(str(row["status"])),
-            _clock(_parse_time(row.get("created_on"))),
+            utc_clock(parse_time(row.get("created_on"))),
             _span(started, ended, now),
         )
     return table
@@ -173,18 +176,18 @@ def _summary(d: InstanceDetail, now: datetime) -> Table:
     trigger = d.trigger.get("source") if d.trigger else None
     if trigger:
         extra = {k: v for k, v in d.trigger.items() if k != "source"}
-        grid.add_row("Trigger", f"{trigger} {_compact(extra)}" if extra else str(trigger))
-    grid.add_row("Queued", _clock(d.queued))
-    grid.add_row("Started", _clock(d.start) if d.start else Text("not yet", style="dim"))
+        grid.add_row("Trigger", f"{trigger} {compact(extra, _MAX_VALUE_CHARS)}" if extra else str(trigger))
+    grid.add_row("Queued", utc_clock(d.queued))
+    grid.add_row("Started", utc_clock(d.start) if d.start else Text("not yet", style="dim"))
     if d.end is not None:
-        grid.add_row("Ended", _clock(d.end))
+        grid.add_row("Ended", utc_clock(d.end))
     if d.start is not None:
         grid.add_row("Duration", _span(d.start, d.end, now))
-    grid.add_row("Params", _compact(d.params))
+    grid.add_row("Params", compact(d.params, _MAX_VALUE_CHARS))
     if d.output is not None or d.status is Status.COMPLETE:
-        grid.add_row("Output", Text(_compact(d.output), style="green"))
+        grid.add_row("Output", Text(compact(d.output, _MAX_VALUE_CHARS), style="green"))
     if d.error is not None:
-        grid.add_row("Error", Text(_error(d.error), style="red"))
+        grid.add_row("Error", Text(error_text(d.error), style="red"))
     return grid
 
 
@@ -197,9 +200,7 @@ def _timeline(d: InstanceDetail, now: datetime, g: Mapping[str, str], width: int
     """
     base = d.start or d.queued
     wide = width >= WIDE_TIMELINE
-    table = Table(
-        show_edge=False, header_style="bold", title="Steps", title_justify="left", title_style="bold", expand=wide
-    )
+    table = list_table("Steps", title_style="bold", expand=wide)
     table.add_column("#", justify="right", style="dim", no_wrap=True)
     table.add_column("Type", no_wrap=True)
     table.add_column("Name", overflow="fold")
@@ -222,18 +223,18 @@ def _timeline(d: InstanceDetail, now: datetime, g: Mapping[str, str], width: int
     for index, s in enumerate(d.steps, start=1):
         name = s.name + (f" #{s.count}" if s.count > 1 else "")
         outcome, detail, essential = _outcome(s, now, g)
-        when: list[RenderableType] = [_offset(s.start, base), _span(s.start, s.end, now)]
+        when: list[RenderableType] = [offset_text(s.start, base), _span(s.start, s.end, now)]
         note = Text.assemble((f"{index:>3} ", "dim"), (name, "bold"), ": ") if essential else None
         add([str(index), _TYPE_LABELS.get(s.type, s.type), Text(name, style="bold"), *when, _attempts(s), outcome],
             detail, note)  # fmt: skip
         for attempt in s.attempts:
             if attempt.success is not False:
                 continue
-            error = Text(_error(attempt.error), style="red")
+            error = Text(error_text(attempt.error), style="red")
             if attempt.retry_at is not None:
-                error = Text.assemble((f"retry at {_offset(attempt.retry_at, base)}; ", "yellow"), error)
+                error = Text.assemble((f"retry at {offset_text(attempt.retry_at, base)}; ", "yellow"), error)
             sub = Text(f"{g['sub']} attempt {attempt.attempt}", style="dim")
-            when = [_offset(attempt.start, base), _span(attempt.start, attempt.end, now)]
+            when = [offset_text(attempt.start, base), _span(attempt.start, attempt.end, now)]
             note = Text(f"{index:>3} {name}, attempt {attempt.attempt}: ", style="dim")
             add(["", "", sub, *when, "", Text(f"{g['fail']} failed", style="red")], error, note)
     if not notes:
@@ -256,16 +257,16 @@ def _outcome(s: StepDetail, now: datetime, g: Mapping[str, str]) -> tuple[Text, 
         if s.success is True:
             return Text(f"{g['ok']} succeeded", style="green"), _value(s.output), False
         if s.success is False:
-            return Text(f"{g['fail']} failed", style="bold red"), Text(_error(s.error), style="red"), True
+            return Text(f"{g['fail']} failed", style="bold red"), Text(error_text(s.error), style="red"), True
         last = s.attempts[-1] if s.attempts else None
         if last is not None and last.success is False and last.retry_at is not None:
-            when = f"attempt {last.attempt + 1} in {_until(last.retry_at, now)}"
+            when = f"attempt {last.attempt + 1} in {until_text(last.retry_at, now)}"
             return Text(f"{g['retry']} retrying", style="yellow"), Text(when), True
         return Text(f"{g['run']} running", style="cyan"), Text(f"attempt {last.attempt if last else 1}"), False
     if s.type == "sleep":
         if s.end is not None:
             return Text(f"{g['ok']} woke", style="green"), Text(""), False
-        until = f"until {_clock(s.due)} UTC (in {_until(s.due, now)})"
+        until = f"until {utc_clock(s.due)} UTC (in {until_text(s.due, now)})"
         return Text(f"{g['sleep']} sleeping", style="blue"), Text(until), True
     event = repr(s.event_type) if s.event_type else "an event"
     if s.success is True:
@@ -273,35 +274,12 @@ def _outcome(s: StepDetail, now: datetime, g: Mapping[str, str]) -> tuple[Text, 
         return Text(f"{g['ok']} received", style="green"), Text.assemble(f"{event} ", _value(payload)), False
     if s.success is False:
         return Text(f"{g['fail']} timed out", style="yellow"), Text(f"no {event} event came"), True
-    waiting = f"for {event}, timeout in {_until(s.due, now)}"
+    waiting = f"for {event}, timeout in {until_text(s.due, now)}"
     return Text(f"{g['wait']} waiting", style="magenta"), Text(waiting), True
 
 
 def _value(value: Any) -> Text:
-    return Text("" if value is None else _compact(value, limit=200), style="dim")
-
-
-# --------------------------------------------------------------------------- formatting helpers
-def json_text(value: Any) -> str:
-    """``value`` as indented JSON for ``--json`` output (non-ASCII kept as it is)."""
-    return json.dumps(value, indent=2, ensure_ascii=False, sort_keys=False)
-
-
-def duration_text(seconds: float) -> str:
-    """``5 ms``, ``1.25 s``, ``2 min 5 s``, ``3 h 10 min``, ``2 d 4 h`` (the ``hutch run`` format)."""
-    ms = max(0, round(seconds * 1000))
-    if ms < 1000:
-        return f"{ms} ms"
-    if ms < 60_000:
-        return f"{ms / 1000:.2f} s"
-    minutes, sec = divmod(round(ms / 1000), 60)
-    if minutes < 60:
-        return f"{minutes} min {sec} s" if sec else f"{minutes} min"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 24:
-        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
-    days, hours = divmod(hours, 24)
-    return f"{days} d {hours} h" if hours else f"{days} d"
+    return Text("" if value is None else compact(value, limit=200), style="dim")
 
 
 def _span(start: datetime | None, end: datetime | None, now: datetime) -> Text:
@@ -311,39 +289,3 @@ def _span(start: datetime | None, end: datetime | None, now: datetime) -> Text:
     if end is None:
         return Text(duration_text((now - start).total_seconds()) + "…", style="dim")
     return Text(duration_text((end - start).total_seconds()))
-
-
-def _offset(when: datetime | None, base: datetime) -> str:
-    if when is None:
-        return ""
-    seconds = (when - base).total_seconds()
-    return ("+" if seconds >= 0 else "-") + duration_text(abs(seconds))
-
-
-def _until(due: datetime | None, now: datetime) -> str:
-    return "?" if due is None else duration_text(max(0.0, (due - now).total_seconds()))
-
-
-def _clock(when: datetime | None) -> str:
-    if when is None:
-        return ""
-    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _error(error: ErrorInfo | None) -> str:
-    return f"{error.name}: {error.message}" if error is not None else "unknown error"
-
-
-def _compact(value: Any, limit: int = _MAX_VALUE_CHARS) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -20,34 +20,33 @@ import contextlib
 import logging
 import secrets
 import sys
-from typing import Any
 
 import click
 import hutch
 from hutch import Client, WorkflowEntrypoint, tracing
-from hutch.broker.connection import ConnectionOptions
 from hutch.clock import Clock
-from hutch.consumers.crons import CronTrigger
-from hutch.consumers.queue_trigger import QueueTrigger
 from hutch.consumers.runtime import start_distributed
+from hutch.consumers.serve import start_triggers
+from hutch.consumers.worker import Worker
 from hutch.errors import HutchError, InvalidInputError
 from hutch.gateway.api.auth import require_token
-from hutch.gateway.http_client import DEFAULT_URL
-from hutch.gateway.serve_gateway import (
-    BACKEND_ERRORS,
-    LOG_LEVELS,
-    BindError,
-    GatewayServer,
-    backend_failure,
-    build_app,
-    configure_logging,
-    is_loopback,
-    stop_on_signals,
+from hutch.gateway.app import build_app
+from hutch.gateway.cli.options import (
+    access_log_option,
+    backend_options,
+    invalid_settings,
+    load_settings,
+    log_level_option,
+    parse_workflows,
+    token_list,
+    tokens_option,
+    workflow_option,
 )
+from hutch.gateway.cli.serving import EXIT_START_FAILED, configure_logging, start_or_report, stop_on_signals
+from hutch.gateway.http_client import DEFAULT_URL
+from hutch.gateway.server import BindError, GatewayServer, is_loopback
 from hutch.gateway.settings import GatewaySettings
-from hutch.gateway.worker_command import _parse_workflows
 from hutch.settings import Settings
-from pydantic import ValidationError
 
 DEFAULT_PORT = 8787
 EXIT_WORKER_DIED = 1
@@ -60,26 +59,19 @@ class StartRefused(click.ClickException):
 
 
 @click.command("dev")
-@click.option(
-    "--workflow",
-    "workflows",
-    multiple=True,
-    metavar="NAME=TARGET",
-    help="A workflow to serve (repeatable), e.g. order=examples/order.py:OrderWorkflow; "
-    "default: the [[workflows]] of hutch.toml.",
+@workflow_option(
+    "A workflow to serve (repeatable), e.g. order=examples/order.py:OrderWorkflow; "
+    "default: the [[workflows]] of hutch.toml."
 )
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True, help="Port.")
-@click.option(
-    "--token",
-    "tokens",
-    multiple=True,
-    help="Require this API bearer token (repeatable); without it, API requests need no token.",
+@tokens_option("Require this API bearer token (repeatable); without it, API requests need no token.")
+@backend_options(
+    redis_help="Use this Redis instead of the embedded store.",
+    amqp_help="Use this RabbitMQ instead of the in-process transport.",
 )
-@click.option("--redis-url", envvar="HUTCH_REDIS_URL", help="Use this Redis instead of the embedded store.")
-@click.option("--amqp-url", envvar="HUTCH_AMQP_URL", help="Use this RabbitMQ instead of the in-process transport.")
-@click.option("--access-log/--no-access-log", default=True, show_default=True, help="Log every request.")
-@click.option("--log-level", default="INFO", show_default=True, type=click.Choice(LOG_LEVELS))
+@access_log_option
+@log_level_option
 def dev(
     workflows: tuple[str, ...],
     host: str,
@@ -108,15 +100,13 @@ def dev(
     if log_level != "DEBUG":
         # One worker owns every partition here; a line per partition at start-up says nothing.
         logging.getLogger("hutch.worker").setLevel(logging.WARNING)
-    classes = _parse_workflows(workflows)
-    overrides = {k: v for k, v in {"redis_url": redis_url, "amqp_url": amqp_url}.items() if v}
+    classes = parse_workflows(workflows)
+    settings = load_settings(redis_url, amqp_url)
     try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
-        max_body_bytes = GatewaySettings().max_body_bytes
-        if classes is None:
-            classes = settings.workflow_classes()
-    except ValidationError as exc:
-        raise click.UsageError(f"invalid settings: {exc}") from None
+        with invalid_settings():
+            max_body_bytes = GatewaySettings().max_body_bytes
+            if classes is None:
+                classes = settings.workflow_classes()
     except HutchError as exc:
         raise click.UsageError(str(exc)) from None
     if not classes:
@@ -127,8 +117,8 @@ def dev(
             f"hutch.toml has [[queues.consumers]] (queue {queues}), which consume RabbitMQ queues, but hutch dev has "
             "no RabbitMQ: set HUTCH_REDIS_URL and HUTCH_AMQP_URL (or --redis-url and --amqp-url), or remove them"
         )
-    token_list = [t.strip() for t in tokens if t.strip()]
-    if not token_list and not is_loopback(host):
+    tokens_given = token_list(tokens)
+    if not tokens_given and not is_loopback(host):
         raise click.UsageError(
             f"without --token, hutch dev accepts every API request, so it only listens on a loopback address "
             f"(not {host!r}); pass --token to listen there"
@@ -137,7 +127,7 @@ def dev(
         server = GatewayServer(host=host, port=port, access_log=access_log, log_level=log_level)
     except BindError as exc:
         raise click.UsageError(str(exc)) from None
-    sys.exit(asyncio.run(_serve(server, settings, classes, token_list, max_body_bytes)))
+    sys.exit(asyncio.run(_serve(server, settings, classes, tokens_given, max_body_bytes)))
 
 
 async def _serve(
@@ -148,18 +138,13 @@ async def _serve(
     max_body_bytes: int,
 ) -> int:
     distributed = bool(settings.redis_url or settings.amqp_url)
-    with stop_on_signals(server):
-        try:
-            client = await _open(settings, classes, distributed)
-        except BACKEND_ERRORS as exc:
-            server.close()
-            click.echo(f"Error: {backend_failure(exc, settings)}", err=True)
-            return 2
-        except HutchError as exc:
-            server.close()
-            click.echo(f"Error: {exc}", err=True)
-            return 2
+    with stop_on_signals(server.shutdown):
+        client = await start_or_report(server, settings, _open(settings, classes, distributed))
+        if client is None:
+            return EXIT_START_FAILED
         worker = client.runtime_worker
+        # Both runtimes _open starts run their worker in this process.
+        assert isinstance(worker, Worker), "hutch dev runs its worker in this process"
         try:
             # create_app insists on a token; in open mode it gets an unguessable one and the check is
             # replaced, so requests with no (or any) Authorization header are let in.
@@ -185,16 +170,11 @@ async def _serve(
                 sys.stdout.flush()
 
             async with contextlib.AsyncExitStack() as running:
-                try:
-                    triggers = await _start_triggers(running, client, settings)
-                except BACKEND_ERRORS as exc:
-                    server.close()
-                    click.echo(f"Error: {backend_failure(exc, settings)}", err=True)
-                    return 2
-                except HutchError as exc:
-                    server.close()
-                    click.echo(f"Error: {exc}", err=True)
-                    return 2
+                starting = start_triggers(running, client, settings, connection_name="hutch/dev-queue-trigger")
+                started = await start_or_report(server, settings, starting)
+                if started is None:
+                    return EXIT_START_FAILED
+                triggers = started  # what ready() announces
                 died = False
                 async with asyncio.TaskGroup() as tasks:
                     watch = tasks.create_task(_watch_worker(worker, server), name="dev-worker-watch")
@@ -236,32 +216,7 @@ async def _open(settings: Settings, classes: dict[str, type[WorkflowEntrypoint]]
     return client
 
 
-async def _start_triggers(running: contextlib.AsyncExitStack, client: Client, settings: Settings) -> list[str]:
-    """Start the crons and queue consumers of hutch.toml on ``running``, as ``hutch worker`` does; what runs.
-
-    Raises:
-        InvalidInputError: an entry names a workflow this process does not serve, or is malformed.
-    """
-    started = []
-    crons = settings.triggers.crons
-    if crons:
-        await running.enter_async_context(CronTrigger(client, crons))
-        started.append(f"crons {', '.join(sorted({spec.schedule for spec in crons}))}")
-    if settings.queues.consumers:
-        queues = QueueTrigger(
-            client,
-            settings.queues.consumers,
-            amqp_url=settings.amqp_url,
-            shutdown_timeout_s=settings.shutdown_timeout_s,
-            connection_name="hutch/dev-queue-trigger",
-            connection_options=ConnectionOptions.from_settings(settings),
-        )
-        await running.enter_async_context(queues)
-        started.append(f"queues {', '.join(queues.queues)}")
-    return started
-
-
-async def _watch_worker(worker: Any, server: GatewayServer) -> bool:
+async def _watch_worker(worker: Worker, server: GatewayServer) -> bool:
     """Stop the server if the worker stops on its own (a crashed internal task); True when that happened."""
     await worker.wait_stopped()
     server.shutdown()
