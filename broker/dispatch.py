@@ -29,14 +29,21 @@ class BrokerDispatcher:
             [InstanceCreated(workflow=c.workflow, instance_id=c.instance_id, fields=c.fields) for c in items]
         )
 
-    async def event(self, workflow: str, instance_id: str, event_type: str, payload: bytes, sent_ms: int) -> None:
-        await self._send(
-            [
-                EventReceived(
-                    workflow=workflow, instance_id=instance_id, event_type=event_type, payload=payload, sent_ms=sent_ms
-                )
-            ]
+    async def event(
+        self,
+        workflow: str,
+        instance_id: str,
+        event_type: str,
+        payload: bytes,
+        sent_ms: int,
+        event_id: str | None = None,
+    ) -> None:
+        message = EventReceived(
+            workflow=workflow, instance_id=instance_id, event_type=event_type, payload=payload, sent_ms=sent_ms
         )
+        if event_id is not None:
+            message = message.model_copy(update={"id": event_id})
+        await self._send([message])
 
     async def control(self, workflow: str, instance_id: str, action: Action) -> None:
         await self._send([Control(workflow=workflow, instance_id=instance_id, action=action)])

@@ -41,7 +41,7 @@ from aiormq.abc import DeliveredMessage
 from hutch.broker import names
 from hutch.broker.connection import ConnectionOptions, connect_once
 from hutch.broker.envelopes import PoisonMessage, decode
-from hutch.broker.transports.base import REASON_HEADER
+from hutch.broker.transports.base import dead_letter_headers
 from hutch.broker.transports.rabbitmq import _user_headers
 from pamqp import commands as spec
 
@@ -219,7 +219,7 @@ class QueueMover:
             except PoisonMessage as exc:
                 dead += 1
                 reason = f"{exc.reason} (found while repartitioning)"
-                return _Publish(dead_letters, self.staging, message.body, {**headers, REASON_HEADER: reason})
+                return _Publish(dead_letters, self.staging, message.body, dead_letter_headers(headers, reason))
             partition = route(envelope.workflow, envelope.instance_id)
             return _Publish(work, names.partition_queue(self.namespace, partition), message.body, headers)
 

@@ -1,60 +1,45 @@
 """One instance's state machine on its partition owner.
 
 An :class:`InstanceActor` turns a batch of inputs (broker messages and local step results)
-into one :class:`~engine.store.base.Transition` — the history records, timers, buffered events
+into one :class:`~hutch.store.base.Transition` — the history records, timers, buffered events
 and meta fields to commit atomically — plus the effects to carry out once that commit
 succeeded (step attempts to start, local executions to cancel). It holds the live
 ``WorkflowRun`` while the instance runs; waiting, paused and finished instances are evicted
 and rebuilt from Redis (replay) when their next input arrives.
+
+The parts: :mod:`~hutch.consumers.actor_state` (the bookkeeping and its rebuild from history),
+:mod:`~hutch.consumers.transition` (one batch's transition in the making),
+:mod:`~hutch.consumers.lifecycle` (pause, resume, terminate, restart, the end of a run) and
+:mod:`~hutch.consumers.retry` (the retry policy). This module drives the run with them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from hutch import tracing
 from hutch.broker.envelopes import Control, EventReceived, InstanceCreated, Message, Redrive, TimerFired
-from hutch.config import Limits, StepConfig
+from hutch.config import Limits
+from hutch.consumers import lifecycle
+from hutch.consumers.actor_state import ActorState, StepKey, StepState, timer_member
 from hutch.consumers.items import CreatedNotice, StepDone
+from hutch.consumers.retry import attempts_left, retry_due_ms
+from hutch.consumers.transition import Effects, Turn
 from hutch.entrypoint import Env, WorkflowEntrypoint
-from hutch.errors import HutchError, WorkerLostError, error_record
+from hutch.errors import WorkerLostError
 from hutch.events import WorkflowEvent
 from hutch.executor import StepCall, WorkflowRun, timeout_error
-from hutch.history import Record
-from hutch.serialization import encode_value, pack, unpack
-from hutch.status import FINISHED
+from hutch.history import AttemptEnded, Command, EventRecord, Kind, Record, Resolution, TimerKind
+from hutch.serialization import pack, unpack
+from hutch.status import FINISHED, Status
 from hutch.store.base import Snapshot, Transition
 
-_ACTIVE = frozenset({"queued", "running", "waitingForPause"})
-
-
-@dataclass(slots=True)
-class _StepState:
-    config: StepConfig | None
-    cfg: dict[str, Any]
-    attempts: int = 0
-    running: bool = False
-    retry_member: bytes | None = None
-
-    def resolved_config(self) -> StepConfig:
-        if self.config is None:
-            self.config = StepConfig.model_validate(self.cfg)
-        return self.config
-
-
-@dataclass(slots=True)
-class Effects:
-    """What to do after the transition committed."""
-
-    execute: list[tuple[StepCall, int]] = field(default_factory=list)
-    cancel: list[tuple[str, int]] = field(default_factory=list)
-    cancel_all: bool = False
-    evict: bool = False
-
+__all__ = ["Effects", "Input", "InstanceActor"]
 
 Input = Message | StepDone | CreatedNotice
+
+_LIVE = frozenset({Status.RUNNING, Status.WAITING})
 
 
 class InstanceActor:
@@ -78,15 +63,15 @@ class InstanceActor:
         self.workflow: str = meta["wf"]
         self.instance_id: str = meta["id"]
         self.seq = snapshot.seq
-        self.status: str = meta["status"]
+        self.status = Status(meta["status"])
         self.run_no: int = meta.get("run", 0)
         self.created_ms: int = meta["created"]
         self.params: Any = meta.get("params")
         # The W3C context every span of this instance continues (stored at create), on any worker.
         self.trace = tracing.instance_traceparent(meta.get("trace"), self.workflow, self.instance_id, self.created_ms)
+        self.limits = limits
         self._workflow_cls = workflow_cls
         self._env = env
-        self._limits = limits
         self._now_ms = now_ms
         self._is_executing = is_executing
         self._warm_ms = warm_ms
@@ -95,119 +80,42 @@ class InstanceActor:
         self._from_message = from_message
         self.history: list[Record] = snapshot.history
         self.run: WorkflowRun | None = None
-        self._steps: dict[tuple[str, int], _StepState] = {}
-        self._sleeps: dict[tuple[str, int], bytes] = {}
-        self._waits: dict[tuple[str, int], tuple[str, bytes]] = {}
-        self._timers: dict[bytes, int] = {}
-        self._paused: dict[bytes, int] = dict(meta.get("paused") or {})
-        self._buffer: list[tuple[bytes, dict[str, Any]]] = []
-        self._seen_events: set[str] = set()
-        self._group = 0
         # Set while the instance's partition is being handed over (see Orchestrator.hold): results
-        # still commit, but no new attempt starts here; such steps wait in _deferred, recorded as
-        # issued and not attempted, for the next owner's re-drive (or this one's, if the handover
+        # still commit, but no new attempt starts here; such steps wait in state.deferred, recorded
+        # as issued and not attempted, for the next owner's re-drive (or this one's, if the handover
         # is called off). Running one here would only have its result thrown away.
         self.hold = False
-        self._deferred: dict[tuple[str, int], None] = {}
-        self._rebuild_state(snapshot.events)
-
-    # ------------------------------------------------------------------ loading
-    def _rebuild_state(self, events: list[bytes]) -> None:
-        pause_group: int | None = None  # the group results join while paused (histories before it: None)
-        for r in self.history:
-            k = r["k"]
-            if k == "step":
-                self._steps[(r["n"], r["c"])] = _StepState(None, r["cfg"])
-            elif k == "att":
-                st = self._steps.get((r["n"], r["c"]))
-                if st is not None:
-                    st.attempts, st.running = r["a"], True
-                    if st.retry_member is not None:
-                        # This attempt is the retry: its timer fired and the commit removed it.
-                        self._timers.pop(st.retry_member, None)
-                        st.retry_member = None
-            elif k == "attend":
-                st = self._steps.get((r["n"], r["c"]))
-                if st is not None:
-                    st.running = False
-                    if "retry_at" in r:
-                        st.retry_member = self._member("retry", r["n"], r["c"])
-                        self._timers[st.retry_member] = r["retry_at"]
-            elif k == "sleep":
-                member = self._member("sleep", r["n"], r["c"])
-                self._sleeps[(r["n"], r["c"])] = member
-                self._timers[member] = r["due"]
-            elif k == "wait":
-                member = self._member("wait", r["n"], r["c"])
-                self._waits[(r["n"], r["c"])] = (r["type"], member)
-                self._timers[member] = r["due"]
-            elif k == "retime":
-                self._timers[self._member(r["ref"], r["n"], r["c"])] = r["due"]
-            elif k in ("res", "cancel"):
-                self._forget(r["ref"], (r["n"], r["c"]))
-                if k == "res":
-                    self._group = max(self._group, r["g"] + 1)
-                    if "ev" in r:
-                        self._seen_events.add(r["ev"]["id"])
-            elif k == "life":
-                pause_group = r.get("g") if r["what"] == "paused" else None
-        for raw in events:
-            event = unpack(raw)
-            self._buffer.append((raw, event))
-            self._seen_events.add(event["id"])
-        for member in self._paused:
-            self._timers.pop(member, None)
-        if self.status in FINISHED:
-            # Whatever history left unresolved ended with the instance (terminate, or run() returning
-            # or raising with work in flight): nothing of it may resolve, retry or re-arm later.
-            self._steps.clear()
-            self._sleeps.clear()
-            self._waits.clear()
-            self._timers.clear()
-        elif self.status in ("paused", "waitingForPause") and pause_group is not None:
-            # Results committed during the pause join the group it recorded (see apply).
-            self._group = pause_group
-
-    def _forget(self, kind: str, key: tuple[str, int]) -> None:
-        member: bytes | None = None
-        if kind == "step":
-            st = self._steps.pop(key, None)
-            member = st.retry_member if st else None
-        elif kind == "sleep":
-            member = self._sleeps.pop(key, None)
-        else:
-            wait = self._waits.pop(key, None)
-            member = wait[1] if wait else None
-        if member is not None:
-            self._timers.pop(member, None)
+        self.state = ActorState.rebuild(
+            self.history,
+            snapshot.events,
+            status=self.status,
+            paused=dict(meta.get("paused") or {}),
+            member=self.member,
+        )
 
     # ------------------------------------------------------------------ one transition
     def apply(self, inputs: list[Input]) -> tuple[Transition | None, Effects]:
         """Fold a batch of inputs into one transition (None when nothing changed)."""
-        self._now = self._now_ms()
-        self._records: list[Record] = []
-        self._res: list[Record] = []
-        self._effects = Effects()
-        self._tx = Transition(
+        tx = Transition(
             self.partition, self.workflow, self.instance_id, self.seq, self.created_ms, check_created=self._from_message
         )
-        self._status_before = self.status
+        turn = Turn(self._now_ms(), tx, self.status)
         for item in inputs:
-            self._on_input(item)
-        if self._res and self.status == "waiting":
-            self._set_status("running")
-        if self.status == "running":
-            if self._deferred and not self.hold and self.run is not None:
-                self._start_deferred()
-            self._drive()
+            self._on_input(turn, item)
+        if turn.res and self.status == Status.WAITING:
+            self.status = Status.RUNNING
+        if self.status == Status.RUNNING:
+            if self.state.deferred and not self.hold and self.run is not None:
+                self._start_deferred(turn)
+            self._drive(turn)
         # Resolved while not live (paused): every result of the pause joins one group, which replay
         # delivers at once on resume — the workflow sees them together, as if they had arrived in
         # one batch. A group per arrival would let the first wake the workflow before the others
         # exist for it: it could then cancel a command whose outcome is already committed, or
         # leave an event consumed by a wait it cancelled.
-        self._res = []
-        self._settle_status()
-        return self._close_tx(), self._effects
+        turn.res = []
+        self._settle_status(turn)
+        return turn.close(self.history), turn.effects
 
     def committed(self, transition: Transition) -> None:
         """The transition is durable: advance the sequence number."""
@@ -225,42 +133,48 @@ class InstanceActor:
         assert self.run is not None
         return self.run.steps[(name, count)]
 
-    def _on_input(self, item: Input) -> None:
-        if isinstance(item, StepDone):
-            self._on_step_done(item)
-        elif isinstance(item, TimerFired):
-            self._on_timer(item.timer)
-        elif isinstance(item, EventReceived):
-            self._on_event(item)
-        elif isinstance(item, Control):
-            self._on_control(item.action)
-        elif isinstance(item, InstanceCreated | Redrive):
-            self._on_wake()
-        elif isinstance(item, CreatedNotice) and self.status == "queued":
-            self._on_wake()
+    def member(self, kind: TimerKind, name: str, count: int) -> bytes:
+        """The timer member of this run's sleep, wait or retry ``name``#``count``."""
+        return timer_member(kind, self.workflow, self.instance_id, self.run_no, name, count)
 
-    def _on_wake(self) -> None:
-        if self.status == "queued":
-            self._set_status("running")
-            self._tx.meta["started"] = self._now
-            self._record({"k": "life", "what": "started"})
-        if self.status in ("running", "waiting") and self.run is None:
-            self._set_status("running")
-            self._ensure_run()
+    def _on_input(self, turn: Turn, item: Input) -> None:
+        if isinstance(item, StepDone):
+            self._on_step_done(turn, item)
+        elif isinstance(item, TimerFired):
+            self._on_timer(turn, item.timer)
+        elif isinstance(item, EventReceived):
+            self._on_event(turn, item)
+        elif isinstance(item, Control):
+            lifecycle.control(self, turn, item.action)
+        elif isinstance(item, InstanceCreated | Redrive):
+            self._on_wake(turn)
+        elif isinstance(item, CreatedNotice) and self.status == Status.QUEUED:
+            self._on_wake(turn)
+
+    def _on_wake(self, turn: Turn) -> None:
+        if self.status == Status.QUEUED:
+            self.status = Status.RUNNING
+            turn.tx.meta["started"] = turn.now_ms
+            turn.record({"k": "life", "what": "started", "t": turn.now_ms})
+        if self.status in _LIVE and self.run is None:
+            self.status = Status.RUNNING
+            self.ensure_run(turn)
 
     # ------------------------------------------------------------------ the live run
-    def _ensure_run(self) -> None:
+    def ensure_run(self, turn: Turn) -> None:
+        """Rebuild the live run by replay (if there is none) and restart the attempts it lost."""
         if self.run is not None:
             return
         event = WorkflowEvent.build(self.params, self.created_ms, self.instance_id, self.workflow)
-        run = WorkflowRun(self._workflow_cls(self._env), event, limits=self._limits, now_ms=self._now_ms)
+        run = WorkflowRun(self._workflow_cls(self._env), event, limits=self.limits, now_ms=self._now_ms)
         run.replay(self.history)
         self.run = run
+        state = self.state
         # Replay delivered every recorded group, the one results joined while paused included:
         # whatever resolves from now on is a later group.
-        self._group = max(self._group, run.group)
+        state.group = max(state.group, run.group)
         # A copy: an attempt lost with the last allowed one resolves (removes) its step meanwhile.
-        for (name, count), st in list(self._steps.items()):
+        for (name, count), st in list(state.steps.items()):
             call = run.steps.get((name, count))
             if call is not None:
                 st.config = call.config
@@ -270,337 +184,265 @@ class InstanceActor:
             if st.running and not self._is_executing(
                 self.workflow, self.instance_id, self.run_no, name, count, st.attempts
             ):
-                self._interrupted(name, count, st)
+                self._interrupted(turn, name, count, st)
             elif not st.running and st.retry_member is None:
                 # Issued and never attempted (its attempt was deferred by a handover) or its retry
                 # came due during one: no timer will start it, so this owner does.
-                self._start_attempt(name, count, st)
+                self._start_attempt(turn, name, count, st)
 
-    def _interrupted(self, name: str, count: int, st: _StepState) -> None:
+    def _interrupted(self, turn: Turn, name: str, count: int, st: StepState) -> None:
         # The worker running this attempt died (we are its successor): the attempt counts.
         error = {"name": WorkerLostError.__name__, "message": f"the worker running attempt {st.attempts} was lost"}
         st.running = False
-        self._record({"k": "attend", "n": name, "c": count, "a": st.attempts, "ok": False, "err": error})
-        if st.attempts < st.resolved_config().retries.limit + 1:
-            self._start_attempt(name, count, st)
+        turn.record(
+            {"k": "attend", "n": name, "c": count, "a": st.attempts, "ok": False, "err": error, "t": turn.now_ms}
+        )
+        if attempts_left(st.resolved_config().retries, st.attempts):
+            self._start_attempt(turn, name, count, st)
         else:
-            self._resolve_step(name, count, ok=False, error=error)
+            self._resolve_step(turn, name, count, error)
 
-    def _drive(self) -> None:
-        self._ensure_run()
+    def _drive(self, turn: Turn) -> None:
+        self.ensure_run(turn)
         run = self.run
         assert run is not None
+        state = self.state
         while True:
-            if self._res:
-                delivered, self._res = self._res, []
+            if turn.res:
+                delivered, turn.res = turn.res, []
                 run.deliver(delivered)
-                self._group += 1
+                state.group += 1
             for command in run.take_commands():
-                self._on_command(command)
-            if not self._res or run.finished:
+                self._on_command(turn, command)
+            if not turn.res or run.finished:
                 break
         if run.finished:
-            self._finish(*run.outcome())
+            lifecycle.finish(self, turn, *run.outcome())
 
-    def _on_command(self, cmd: Record) -> None:
-        cmd["g"] = self._group  # the group whose delivery led to this command (informational)
-        self._record(cmd)
-        kind, key = cmd["k"], (cmd["n"], cmd["c"])
-        if kind == "step":
+    def _on_command(self, turn: Turn, cmd: Command) -> None:
+        state = self.state
+        cmd["g"] = state.group  # the group whose delivery led to this command (informational)
+        turn.record(cmd)
+        key = (cmd["n"], cmd["c"])
+        if cmd["k"] == "step":
             assert self.run is not None
             call = self.run.steps[key]
-            st = _StepState(call.config, cmd["cfg"])
-            self._steps[key] = st
-            self._start_attempt(key[0], key[1], st)
-        elif kind == "sleep":
-            member = self._member("sleep", *key)
-            self._sleeps[key] = member
-            self._add_timer(cmd["due"], member)
-        elif kind == "wait":
-            for i, (raw, event) in enumerate(self._buffer):
-                if event["type"] == cmd["type"]:
-                    del self._buffer[i]
-                    self._tx.events_remove.append(raw)
-                    self._res.append(
-                        self._record({"k": "res", "ref": "wait", "n": key[0], "c": key[1], "ok": True, "ev": event})
-                    )
-                    return
-            member = self._member("wait", *key)
-            self._waits[key] = (cmd["type"], member)
-            self._add_timer(cmd["due"], member)
-        elif kind == "cancel":
-            if cmd["ref"] == "step" and key in self._steps:
-                self._effects.cancel.append(key)
-            self._drop_pending(cmd["ref"], key)
+            st = StepState(call.config, cmd["cfg"])
+            state.steps[key] = st
+            self._start_attempt(turn, key[0], key[1], st)
+        elif cmd["k"] == "sleep":
+            member = self.member("sleep", *key)
+            state.sleeps[key] = member
+            state.arm(turn, cmd["due"], member, paused=self.status in lifecycle.PAUSED)
+        elif cmd["k"] == "wait":
+            buffered = state.take_buffered(cmd["type"])
+            if buffered is not None:
+                raw, event = buffered
+                turn.tx.events_remove.append(raw)
+                turn.resolve(
+                    {
+                        "k": "res",
+                        "ref": "wait",
+                        "n": key[0],
+                        "c": key[1],
+                        "ok": True,
+                        "ev": event,
+                        "t": turn.now_ms,
+                        "g": state.group,
+                    }
+                )
+                return
+            member = self.member("wait", *key)
+            state.waits[key] = (cmd["type"], member)
+            state.arm(turn, cmd["due"], member, paused=self.status in lifecycle.PAUSED)
+        else:
+            if cmd["ref"] == "step" and key in state.steps:
+                turn.effects.cancel.append(key)
+            self._drop_pending(turn, cmd["ref"], key)
 
-    def _drop_pending(self, kind: str, key: tuple[str, int]) -> None:
-        member: bytes | None = None
+    def _drop_pending(self, turn: Turn, kind: Kind, key: StepKey) -> None:
+        member = self.state.pop_pending(kind, key)
         if kind == "step":
-            st = self._steps.pop(key, None)
-            member = st.retry_member if st else None
             # An attempt this transition scheduled (a re-drive of a lost one, say) must not start:
             # cancelling runs before executing once the transition committed.
-            self._effects.execute = [(c, a) for c, a in self._effects.execute if (c.name, c.count) != key]
-        elif kind == "sleep":
-            member = self._sleeps.pop(key, None)
-        else:
-            wait = self._waits.pop(key, None)
-            member = wait[1] if wait else None
+            effects = turn.effects
+            effects.execute = [(c, a) for c, a in effects.execute if (c.name, c.count) != key]
         if member is not None:
-            self._remove_timer(member)
+            self.state.disarm(turn, member)
 
     # ------------------------------------------------------------------ steps
-    def _start_attempt(self, name: str, count: int, st: _StepState) -> None:
+    def _start_attempt(self, turn: Turn, name: str, count: int, st: StepState) -> None:
+        deferred = self.state.deferred
         if self.hold:
             st.running = False
-            self._deferred[(name, count)] = None
+            deferred[(name, count)] = None
             return
-        self._deferred.pop((name, count), None)
+        deferred.pop((name, count), None)
         st.attempts += 1
         st.running = True
-        self._record({"k": "att", "n": name, "c": count, "a": st.attempts})
+        turn.record({"k": "att", "n": name, "c": count, "a": st.attempts, "t": turn.now_ms})
         if self.run is not None:
-            self._effects.execute.append((self.run.steps[(name, count)], st.attempts))
+            turn.effects.execute.append((self.run.steps[(name, count)], st.attempts))
 
-    def _start_deferred(self) -> None:
-        deferred, self._deferred = self._deferred, {}
+    def _start_deferred(self, turn: Turn) -> None:
+        state = self.state
+        deferred, state.deferred = state.deferred, {}
         for key in deferred:
-            st = self._steps.get(key)
+            st = state.steps.get(key)
             if st is not None and not st.running and st.retry_member is None:
-                self._start_attempt(key[0], key[1], st)
+                self._start_attempt(turn, key[0], key[1], st)
 
-    def _on_step_done(self, done: StepDone) -> None:
-        st = self._steps.get((done.name, done.count))
+    def _on_step_done(self, turn: Turn, done: StepDone) -> None:
+        state = self.state
+        st = state.steps.get((done.name, done.count))
         if st is None or done.run_no != self.run_no or done.attempt != st.attempts or not st.running:
             return  # a late result of a cancelled, terminated or restarted attempt
         st.running = False
-        base: Record = {"k": "attend", "n": done.name, "c": done.count, "a": done.attempt, "ok": done.ok}
+        now, name, count = turn.now_ms, done.name, done.count
         if done.ok:
-            self._record(base)
-            self._steps.pop((done.name, done.count))
-            res = self._record(
-                {"k": "res", "ref": "step", "n": done.name, "c": done.count, "ok": True, "vb": done.value_bytes}
-            )
-            self._res.append({**res, "v": done.value})
+            turn.record({"k": "attend", "n": name, "c": count, "a": done.attempt, "ok": True, "t": now})
+            state.steps.pop((name, count))
+            res: Resolution = {
+                "k": "res",
+                "ref": "step",
+                "n": name,
+                "c": count,
+                "ok": True,
+                "vb": done.value_bytes,
+                "t": now,
+                "g": state.group,
+            }
+            turn.record(res)
+            turn.res.append({**res, "v": done.value})  # the live run takes the value as it is, not its bytes
             return
         assert done.error is not None
-        base["err"] = done.error
-        retries = st.resolved_config().retries
-        if done.retryable and st.attempts < retries.limit + 1:
-            due = self._now + round(retries.wait_before_retry(st.attempts) * 1000)
-            base["retry_at"] = due
-            self._record(base)
-            st.retry_member = self._member("retry", done.name, done.count)
-            self._add_timer(due, st.retry_member)
+        error, attempt = done.error, done.attempt
+        due = retry_due_ms(st.resolved_config().retries, st.attempts, now, retryable=done.retryable)
+        if due is None:
+            turn.record({"k": "attend", "n": name, "c": count, "a": attempt, "ok": False, "err": error, "t": now})
+            self._resolve_step(turn, name, count, error)
             return
-        self._record(base)
-        self._resolve_step(done.name, done.count, ok=False, error=done.error)
+        ended: AttemptEnded = {
+            "k": "attend",
+            "n": name,
+            "c": count,
+            "a": attempt,
+            "ok": False,
+            "err": error,
+            "retry_at": due,
+            "t": now,
+        }
+        turn.record(ended)
+        st.retry_member = self.member("retry", name, count)
+        state.arm(turn, due, st.retry_member, paused=self.status in lifecycle.PAUSED)
 
-    def _resolve_step(self, name: str, count: int, *, ok: bool, error: dict[str, str]) -> None:
-        self._steps.pop((name, count), None)
-        self._res.append(self._record({"k": "res", "ref": "step", "n": name, "c": count, "ok": ok, "err": error}))
+    def _resolve_step(self, turn: Turn, name: str, count: int, error: dict[str, str]) -> None:
+        self.state.steps.pop((name, count), None)
+        turn.resolve(
+            {
+                "k": "res",
+                "ref": "step",
+                "n": name,
+                "c": count,
+                "ok": False,
+                "err": error,
+                "t": turn.now_ms,
+                "g": self.state.group,
+            }
+        )
 
     # ------------------------------------------------------------------ timers and events
-    def _member(self, kind: str, name: str, count: int) -> bytes:
-        return pack([kind, self.workflow, self.instance_id, self.run_no, name, count])
-
-    def _add_timer(self, due: int, member: bytes) -> None:
-        if self.status in ("paused", "waitingForPause"):
-            self._paused[member] = max(0, due - self._now)
-            self._tx.meta["paused"] = pack(self._paused)
-            return
-        self._timers[member] = due
-        tx = self._tx
-        if member in tx.timers_remove:
-            # Removed earlier in this transition (a pause, then a resume in the same batch): the
-            # commit applies adds before removes, so the removal must go or the timer is lost.
-            tx.timers_remove.remove(member)
-        tx.timers_add.append((due, member))
-
-    def _remove_timer(self, member: bytes) -> None:
-        if self._paused.pop(member, None) is not None:
-            self._tx.meta["paused"] = pack(self._paused or None)
-        if self._timers.pop(member, None) is not None:
-            self._tx.timers_remove.append(member)
-
-    def _on_timer(self, member: bytes) -> None:
-        if member in self._paused:
+    def _on_timer(self, turn: Turn, member: bytes) -> None:
+        state = self.state
+        if member in state.paused:
             return  # fired just before a pause suspended it; resume re-arms it
-        self._tx.timers_remove.append(member)
-        self._timers.pop(member, None)
+        turn.tx.timers_remove.append(member)
+        state.timers.pop(member, None)
         kind, _, _, run_no, name, count = unpack(member)
         key = (name, count)
         if run_no != self.run_no:
             return
-        if kind == "sleep" and self._sleeps.get(key) == member:
-            del self._sleeps[key]
-            self._res.append(self._record({"k": "res", "ref": "sleep", "n": name, "c": count, "ok": True}))
-        elif kind == "wait" and key in self._waits:
-            event_type, _ = self._waits.pop(key)
+        if kind == "sleep" and state.sleeps.get(key) == member:
+            del state.sleeps[key]
+            turn.resolve(
+                {"k": "res", "ref": "sleep", "n": name, "c": count, "ok": True, "t": turn.now_ms, "g": state.group}
+            )
+        elif kind == "wait" and key in state.waits:
+            event_type, _ = state.waits.pop(key)
             error = timeout_error(name, count, event_type)
-            self._res.append(
-                self._record({"k": "res", "ref": "wait", "n": name, "c": count, "ok": False, "err": error})
+            turn.resolve(
+                {
+                    "k": "res",
+                    "ref": "wait",
+                    "n": name,
+                    "c": count,
+                    "ok": False,
+                    "err": error,
+                    "t": turn.now_ms,
+                    "g": state.group,
+                }
             )
         elif kind == "retry":
-            st = self._steps.get(key)
+            st = state.steps.get(key)
             if st is not None and st.retry_member == member:
-                if self.run is None and self.status in ("running", "waiting"):
-                    self._set_status("running")
+                if self.run is None and self.status in _LIVE:
+                    self.status = Status.RUNNING
                     # Before the retry is marked due: rebuilding the run starts the attempts nothing
                     # else will, and this one is this timer's to start, once.
-                    self._ensure_run()
+                    self.ensure_run(turn)
                 st.retry_member = None
                 if self.run is not None:
-                    self._start_attempt(name, count, st)
+                    self._start_attempt(turn, name, count, st)
 
-    def _on_event(self, message: EventReceived) -> None:
-        if self.status in FINISHED or message.id in self._seen_events:
+    def _on_event(self, turn: Turn, message: EventReceived) -> None:
+        state = self.state
+        if self.status in FINISHED or message.id in state.seen_events:
             return
-        self._seen_events.add(message.id)
-        event = {
+        state.seen_events.add(message.id)
+        event: EventRecord = {
             "type": message.event_type,
             "payload": unpack(message.payload),
             "ts": message.sent_ms,
             "id": message.id,
         }
-        for key, (event_type, member) in self._waits.items():
+        for key, (event_type, member) in state.waits.items():
             if event_type == message.event_type:
-                del self._waits[key]
-                self._remove_timer(member)
-                res = {"k": "res", "ref": "wait", "n": key[0], "c": key[1], "ok": True, "ev": event}
-                self._res.append(self._record(res))
+                del state.waits[key]
+                state.disarm(turn, member)
+                turn.resolve(
+                    {
+                        "k": "res",
+                        "ref": "wait",
+                        "n": key[0],
+                        "c": key[1],
+                        "ok": True,
+                        "ev": event,
+                        "t": turn.now_ms,
+                        "g": state.group,
+                    }
+                )
                 return
         raw = pack(event)
-        self._buffer.append((raw, event))
-        self._tx.events_push.append(raw)
+        state.buffer.append((raw, event))
+        turn.tx.events_push.append(raw)
 
-    # ------------------------------------------------------------------ lifecycle
-    def _on_control(self, action: str) -> None:
-        if action == "restart":
-            self._restart()
-            return
-        if self.status in FINISHED:
-            return
-        if action == "terminate":
-            self._end("terminated", {"ended": self._now})
-            self._record({"k": "life", "what": "terminated"})
-        elif action == "pause" and self.status not in ("paused", "waitingForPause"):
-            running = any(st.running for st in self._steps.values())
-            self._set_status("waitingForPause" if running else "paused")
-            for member, due in self._timers.items():
-                self._paused[member] = max(0, due - self._now)
-                self._tx.timers_remove.append(member)
-            self._timers.clear()
-            self._tx.meta["paused"] = pack(self._paused or None)
-            # Every result that arrives during the pause joins this group (see apply); recorded, so
-            # an actor rebuilt during the pause puts later ones there too.
-            self._record({"k": "life", "what": "paused", "g": self._group})
-            self.close()
-        elif action == "resume" and self.status in ("paused", "waitingForPause"):
-            self._set_status("running")
-            for member, remaining in self._paused.items():
-                due = self._now + remaining
-                self._add_timer(due, member)
-                kind, _, _, _, name, count = unpack(member)
-                # A retry's too (describe() has no row for it and skips it): an actor rebuilt from
-                # history must know the timer's new due time, or a later pause would compute the
-                # time left from the old one.
-                self._record({"k": "retime", "ref": kind, "n": name, "c": count, "due": due})
-            self._paused.clear()
-            self._tx.meta["paused"] = pack(None)
-            self._record({"k": "life", "what": "resumed"})
-            self._ensure_run()
-
-    def _restart(self) -> None:
-        was_finished = self.status in FINISHED
-        self._end("running", {"started": self._now, "ended": pack(None), "output": pack(None), "error": pack(None)})
-        self._tx.ttl_s = -1 if was_finished else 0
-        self._tx.reset_history = True
-        self._tx.events_push.clear()
-        self._tx.events_remove.clear()
-        self._records = [r for r in self._records if r["k"] == "life"]
-        self.history = []
-        self._res = []
-        self._buffer.clear()
-        self._seen_events.clear()
-        self._group = 0
-        self.run_no += 1
-        self._tx.meta["run"] = self.run_no
-        self._record({"k": "life", "what": "restarted"})
-        self._ensure_run()
-
-    def _end(self, status: str, meta: dict[str, Any]) -> None:
-        """Stop everything in flight: cancel local attempts, disarm timers, drop the run."""
-        self._effects.cancel_all = True
-        self._effects.execute.clear()  # scheduled by this transition before it ended: never started
-        for member in self._timers:
-            self._tx.timers_remove.append(member)
-        self._tx.timers_remove.extend(self._paused)
-        self._timers.clear()
-        if self._paused:
-            self._paused.clear()
-            self._tx.meta["paused"] = pack(None)
-        self._steps.clear()
-        self._sleeps.clear()
-        self._waits.clear()
-        self.close()
-        self._set_status(status)
-        self._tx.meta.update(meta)
-        if status in FINISHED:
-            self._tx.ttl_s = int(self._limits.retention.total_seconds())
-
-    def _finish(self, ok: bool, value: Any) -> None:
-        meta: dict[str, Any] = {"ended": self._now}
-        if ok:
-            try:
-                data, _ = encode_value(
-                    value, what=f"output of instance {self.instance_id!r}", limit=self._limits.max_payload_bytes
-                )
-                meta["output"] = data
-            except HutchError as exc:
-                ok, value = False, exc
-        if not ok:
-            meta["error"] = pack(error_record(value))
-        self._end("complete" if ok else "errored", meta)
-
-    # ------------------------------------------------------------------ status and the transition
-    def _set_status(self, status: str) -> None:
-        self.status = status
-
-    def _settle_status(self) -> None:
-        if self.status == "waitingForPause" and not any(st.running for st in self._steps.values()):
-            self.status = "paused"
-        elif self.status in ("running", "waiting"):
-            if self._steps:
-                self.status = "running"
-            elif self._sleeps or self._waits:
-                self.status = "waiting"
-        before, after = self._status_before, self.status
-        if before != after:
-            self._tx.meta["status"] = after
-            self._tx.status_from, self._tx.status_to = before, after
-            if (before in _ACTIVE) != (after in _ACTIVE):
-                self._tx.active = "+" if after in _ACTIVE else "-"
-        if after == "waiting":
+    # ------------------------------------------------------------------ status
+    def _settle_status(self, turn: Turn) -> None:
+        state = self.state
+        if self.status == Status.WAITING_FOR_PAUSE and not state.any_running():
+            self.status = Status.PAUSED
+        elif self.status in _LIVE:
+            if state.steps:
+                self.status = Status.RUNNING
+            elif state.sleeps or state.waits:
+                self.status = Status.WAITING
+        after = self.status
+        turn.set_status(after)
+        if after == Status.WAITING:
             # A short sleep (or retry, or a wait about to time out) keeps the live coroutine: when the
             # timer fires the run continues with no load and no replay. Anything longer leaves memory.
-            warm = self._warm_ms > 0 and bool(self._timers) and min(self._timers.values()) <= self._now + self._warm_ms
-            self._effects.evict = not warm
+            timers = state.timers
+            warm = self._warm_ms > 0 and bool(timers) and min(timers.values()) <= turn.now_ms + self._warm_ms
+            turn.effects.evict = not warm
         else:
-            self._effects.evict = after == "paused" or after in FINISHED
-
-    def _record(self, record: Record) -> Record:
-        record.setdefault("t", self._now)
-        if record["k"] == "res":
-            record["g"] = self._group
-        self._records.append(record)
-        return record
-
-    def _close_tx(self) -> Transition | None:
-        tx = self._tx
-        if self._records:
-            tx.history = [pack(r) for r in self._records]
-            self.history.extend(self._records)
-        if not (tx.history or tx.meta or tx.timers_add or tx.timers_remove or tx.events_push or tx.events_remove):
-            return None
-        return tx
+            turn.effects.evict = after == Status.PAUSED or after in FINISHED

@@ -21,7 +21,7 @@ import logging
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hutch import tracing
@@ -32,6 +32,7 @@ from hutch.config import Limits
 from hutch.consumers.actor import Effects, Input, InstanceActor
 from hutch.consumers.items import CreatedNotice, StepDone
 from hutch.consumers.membership import LEASE_HEADER
+from hutch.consumers.settlement import ACK, REQUEUE, DeadLetter, Outcome, Settlement, Settling
 from hutch.consumers.steps import StepRunner
 from hutch.consumers.timers import TimerService
 from hutch.entrypoint import Env, WorkflowEntrypoint
@@ -54,9 +55,18 @@ class _Item:
     key: _ActorKey
     input: Input
     delivery: Delivery | None
-    settled: bool = False  # the delivery was acked, nacked or rejected already
     parked: bool = False  # kept in Orchestrator._parked for when its partition comes back
     generation: int = 0  # of its partition's subscription when it arrived (see Orchestrator.forget_partition)
+    settlement: Settlement | None = field(default=None, init=False)  # a delivery's (local inputs have none)
+
+    def __post_init__(self) -> None:
+        if self.delivery is not None:
+            self.settlement = Settlement(self.delivery)
+
+    @property
+    def settled(self) -> bool:
+        """The delivery was acked, requeued or dead-lettered already."""
+        return self.settlement is not None and self.settlement.settled
 
 
 class Orchestrator(PartitionListener):
@@ -381,12 +391,20 @@ class Orchestrator(PartitionListener):
                         await self._idle.wait()
 
     async def process(self, batch: list[_Item]) -> None:
-        """One turn: load, transition, commit, then acknowledge and start work."""
+        """One turn: load, transition, commit, then start work; its deliveries are settled at the end.
+
+        Each delivery is settled once, as the path that handled it decided (see consumers/settlement.py),
+        after the commit it depends on; one left undecided (the turn failed, or it is parked) stays unsettled.
+        """
+        async with Settling([item.settlement for item in batch]):
+            await self._process(batch)
+
+    async def _process(self, batch: list[_Item]) -> None:
         groups: dict[_ActorKey, list[_Item]] = {}
         for item in batch:
             if isinstance(item.input, PoisonMessage):
                 log.warning("dead-lettering a message on partition %d: %s", item.partition, item.input.reason)
-                await self._settle(item, item.input.reason)
+                _decide(item, DeadLetter(item.input.reason))
             elif item.partition not in self.owned:
                 if item.delivery is not None and item.generation != self._generation.get(item.partition, 0):
                     continue  # its subscription was closed: the broker delivers it again
@@ -399,10 +417,10 @@ class Orchestrator(PartitionListener):
                     # closes the subscription, which returns such deliveries to the queue.
                     item.parked = True
                     self._parked.setdefault(item.partition, []).append(item)
-                else:
-                    await self._settle(item, "nack")
+                # Other local inputs (re-drives, timers, notices) of a partition gone elsewhere are
+                # dropped: its new owner re-drives its instances and fires its timers.
             elif self._started_already(item):
-                await self._settle(item, "ack")  # a creation notice started it: nothing left to do
+                _decide(item, ACK)  # a creation notice started it: nothing left to do
             else:
                 groups.setdefault(item.key, []).append(item)
         if not groups:
@@ -419,10 +437,10 @@ class Orchestrator(PartitionListener):
             except Exception:
                 log.exception("instance %s/%s: transition failed; its messages are requeued", *key)
                 self._drop(key)
-                await self._nack(items, requeue_local=False)
+                self._requeue(items, requeue_local=False)
                 continue
             if transition is None:
-                await self._after_commit(key, actor, effects, items)
+                self._after_commit(key, actor, effects, items)
             else:
                 pending.append((transition, actor, effects, items))
         if not pending:
@@ -443,7 +461,7 @@ class Orchestrator(PartitionListener):
                     tracing.emit_committed(actor, transition, deliveries, now_ms=self.clock.now_ms())
                 if transition.timers_add or transition.timers_remove:
                     self.timers.committed(actor.partition, transition.timers_add, transition.timers_remove)
-                await self._after_commit(key, actor, effects, items)
+                self._after_commit(key, actor, effects, items)
                 continue
             # A creation notice that lost the race to its start message is done with: the
             # instance has started. Anything else is retried on the reloaded instance. A start
@@ -457,7 +475,7 @@ class Orchestrator(PartitionListener):
                 await self.on_revoked(actor.partition)
                 if self.on_fenced is not None:
                     self.on_fenced(actor.partition)
-            await self._nack(rest)
+            self._requeue(rest)
 
     async def _load_missing(self, groups: dict[_ActorKey, list[_Item]]) -> None:
         missing = [key for key in groups if key not in self.actors]
@@ -479,7 +497,7 @@ class Orchestrator(PartitionListener):
                     else f"workflow {key[0]!r} is not registered on this worker"
                 )
                 for item in items:
-                    await self._settle(item, reason)
+                    _decide(item, DeadLetter(reason))
                 del groups[key]
                 continue
             self.actors[key] = InstanceActor(
@@ -494,9 +512,9 @@ class Orchestrator(PartitionListener):
                 from_message=built is not None,
             )
 
-    async def _after_commit(self, key: _ActorKey, actor: InstanceActor, effects: Effects, items: list[_Item]) -> None:
+    def _after_commit(self, key: _ActorKey, actor: InstanceActor, effects: Effects, items: list[_Item]) -> None:
         for item in items:
-            await self._settle(item, "ack")
+            _decide(item, ACK)
         if effects.cancel_all:
             self.runner.cancel(*key)
         for step in effects.cancel:
@@ -532,27 +550,10 @@ class Orchestrator(PartitionListener):
         if actor is not None:
             actor.close()
 
-    async def _settle(self, item: _Item, outcome: str) -> None:
-        """Ack, nack or reject (``outcome`` is the dead-letter reason) a delivery, once."""
-        if item.delivery is None or item.settled:
-            return
-        item.settled = True
-        try:
-            if outcome == "ack":
-                await item.delivery.ack()
-            elif outcome == "nack":
-                await item.delivery.nack()
-            else:
-                await item.delivery.reject(outcome)
-        except Exception as exc:
-            # The delivery's channel is gone (a broker reconnect or a released partition): the
-            # broker requeues it by itself, and its effects are already committed or not at all.
-            log.warning("could not %s a delivery on partition %d: %r", outcome, item.partition, exc)
-
-    async def _nack(self, items: list[_Item], *, requeue_local: bool = True) -> None:
+    def _requeue(self, items: list[_Item], *, requeue_local: bool = True) -> None:
         for item in items:
-            if item.delivery is not None:
-                await self._settle(item, "nack")
+            if item.settlement is not None:
+                item.settlement.decide(REQUEUE)
             elif requeue_local:
                 # Local inputs (step results, re-drives) have no broker to redeliver them: retry
                 # them once the instance reloads.
@@ -566,6 +567,12 @@ class Orchestrator(PartitionListener):
             self._queued_results[partition] = left
         else:
             self._queued_results.pop(partition, None)
+
+
+def _decide(item: _Item, outcome: Outcome) -> None:
+    """Settle ``item``'s delivery with ``outcome`` when the turn ends (a local input has none to settle)."""
+    if item.settlement is not None:
+        item.settlement.decide(outcome)
 
 
 def _fresh_snapshot(item: _Item) -> Snapshot | None:

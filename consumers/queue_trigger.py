@@ -45,7 +45,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, Abstrac
 from hutch import tracing
 from hutch.broker import names
 from hutch.broker.connection import ClusterConnection, ConnectionOptions, connect
-from hutch.broker.transports.base import REASON_HEADER
+from hutch.broker.transports.base import dead_letter_headers
 from hutch.broker.transports.rabbitmq import CONNECTION_ERRORS
 from hutch.client import Client, WorkflowClient
 from hutch.consumers.templates import QUEUE_ROOTS, MessageContext, Template, TemplateError
@@ -217,11 +217,9 @@ class _Consumer:
         """Publish the message to the dead-letter queue with ``reason`` (confirmed), then ack it."""
         log.warning("queue %s: dead-lettering message %s: %s", self.spec.queue, message.message_id or "-", reason)
         assert self.channel is not None
-        headers: dict[str, Any] = dict(message.headers or {})
-        headers[REASON_HEADER] = reason
         copy = aio_pika.Message(
             message.body,
-            headers=headers,
+            headers=dead_letter_headers(message.headers or {}, reason),
             content_type=message.content_type,
             content_encoding=message.content_encoding,
             message_id=message.message_id,

@@ -6,7 +6,15 @@ Write a workflow as a subclass of :class:`WorkflowEntrypoint` and run it with
 
 import importlib.metadata
 
-from hutch.client import Client, ControlAccepted, EventAccepted, Instance, InstancePage, WorkflowClient
+from hutch.client import (
+    Client,
+    ControlAccepted,
+    CreatedOrSent,
+    EventAccepted,
+    Instance,
+    InstancePage,
+    WorkflowClient,
+)
 from hutch.config import Limits, RetryConfig, StepConfig
 from hutch.connect import Connection, connect
 from hutch.context import StepContext, StepInfo
@@ -63,6 +71,7 @@ __all__ = [
     "Client",
     "Connection",
     "ControlAccepted",
+    "CreatedOrSent",
     "DeploymentMismatch",
     "Env",
     "ErrorInfo",

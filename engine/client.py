@@ -7,7 +7,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from hutch import tracing
 from hutch.clock import Clock
@@ -23,7 +23,7 @@ from hutch.errors import (
     WaitTimeout,
     WorkflowNotFound,
 )
-from hutch.serialization import check_depth, encode_value, pack
+from hutch.serialization import check_depth, encode_value, pack, unpack
 from hutch.status import FINISHED, Action, InstanceDetail, InstanceStatus, Status, build_detail, status_from_meta
 from hutch.store.redis import RedisStore
 from hutch.watch import InstanceWatch
@@ -43,6 +43,25 @@ class InstancePage(BaseModel):
 class EventAccepted:
     """What ``send_event`` reports: whether the instance had already finished (the event is then ignored)."""
 
+    instance_finished: bool
+
+
+InstanceT = TypeVar("InstanceT", bound="Instance")
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedOrSent(Generic[InstanceT]):
+    """What ``create_or_send`` reports.
+
+    Attributes:
+        instance: the instance, whichever call created it.
+        created: True when this call created it (it started with the event buffered); False when
+            it existed and the event was sent to it.
+        instance_finished: it existed and had already finished, so the event is ignored.
+    """
+
+    instance: InstanceT
+    created: bool
     instance_finished: bool
 
 
@@ -141,6 +160,64 @@ class WorkflowClient:
         created = await self._create([{"id": id, "params": params}], trigger or {"source": "api"}, skip_existing=False)
         return created[0]
 
+    async def create_or_send(
+        self,
+        id: str,
+        params: Any,
+        event_type: str,
+        payload: Any = None,
+        *,
+        event_id: str | None = None,
+        trigger: dict[str, Any] | None = None,
+    ) -> CreatedOrSent[Instance]:
+        """Create the instance unless it exists, and deliver the event to it either way (signal-with-start).
+
+        An instance this call creates starts with the event already buffered: both are one atomic
+        write, so no crash can leave it without the event. An instance that exists is sent the
+        event as by :meth:`Instance.send_event`. Callers racing on one new id get one instance,
+        created by one of them, and each caller's event is delivered to it once.
+
+        Args:
+            id: the instance id.
+            params: the instance's params if this call creates it (checked either way).
+            event_type: the event's type, matched by ``wait_for_event``.
+            payload: the event's payload.
+            event_id: an idempotency key for the event: a call repeated with the same key (a retry
+                after a timeout or a lost connection) does not deliver it again, as long as the
+                instance still holds that event, buffered or taken by a wait (not after a restart,
+                which forgets its events). Without one, every call is a new event, and retrying a
+                call whose outcome is unknown may deliver it twice.
+            trigger: the instance's recorded trigger if this call creates it (default ``{"source": "api"}``).
+
+        Raises:
+            InvalidInputError: an invalid id, event type, event id, params or payload (subclasses
+                name which), checked before anything is written.
+        """
+        client = self._client
+        check_instance_id(id, client.limits)
+        data = _event_payload(event_type, payload, client.limits)
+        event_id = _event_id(event_id)
+        sent_ms = client.clock.now_ms()
+        # The record an owner buffers for an event it receives (consumers/actor.py), so that an owner
+        # that loads the instance takes this one exactly as if it had come as a message.
+        record = pack({"type": event_type, "payload": unpack(data), "ts": sent_ms, "id": event_id})
+        item = {"id": id, "params": params}
+        with tracing.creating(self.name, 1) as traced:
+            for _ in range(3):
+                created = await self._create_rows(
+                    [item], trigger or {"source": "api"}, skip_existing=True, trace=traced.traceparent, events=[record]
+                )
+                if created:
+                    traced.created([id])
+                    return CreatedOrSent(created[0], created=True, instance_finished=False)
+                instance = Instance(client, self.name, id)
+                meta = await client._store.read_meta(instance._partition, self.name, id)
+                if meta is None:
+                    continue  # gone since (its retention ended, or its creator undid it): create it
+                await client._dispatcher.event(self.name, id, event_type, data, sent_ms, event_id)
+                return CreatedOrSent(instance, created=False, instance_finished=meta["status"] in FINISHED)
+        raise InstanceNotFound(self.name, id)  # created and deleted again three times over: give up
+
     async def create_batch(self, items: Sequence[dict[str, Any]]) -> list[Instance]:
         """Create 1 to 100 instances at once; ids that already exist are skipped (not returned).
 
@@ -165,8 +242,15 @@ class WorkflowClient:
             return created
 
     async def _create_rows(
-        self, items: list[dict[str, Any]], trigger: dict[str, Any], *, skip_existing: bool, trace: str | None
+        self,
+        items: list[dict[str, Any]],
+        trigger: dict[str, Any],
+        *,
+        skip_existing: bool,
+        trace: str | None,
+        events: list[bytes] | None = None,
     ) -> list[Instance]:
+        """Create ``items``; ``events``, when given, are event records every one of them starts with."""
         client = self._client
         limits = client.limits
         now = client.clock.now_ms()
@@ -199,13 +283,17 @@ class WorkflowClient:
             if trace_field is not None:
                 fields[tracing.TRACE_META_FIELD] = trace_field
             rows.append((client._partition(self.name, iid), self.name, iid, now, fields))
-        created = await client._store.create_many(rows)
+        created = await client._store.create_many(rows, events=None if events is None else [events] * len(rows))
         fresh = [row for row, ok in zip(rows, created, strict=True) if ok]
         if not skip_existing and len(fresh) < len(rows):
             raise InstanceAlreadyExists(self.name, rows[0][2])
         if fresh:
             try:
-                await client._dispatcher.created([CreatedInstance(wf, iid, fields) for _, wf, iid, _, fields in fresh])
+                # An instance created with events starts from a load, which reads them: its start
+                # message carries no fields to start it from (create.lua announces it by member only).
+                await client._dispatcher.created(
+                    [CreatedInstance(wf, iid, {} if events else fields) for _, wf, iid, _, fields in fresh]
+                )
             except BaseException as exc:
                 # The broker did not take the start messages: undo, so nothing is left queued
                 # forever — except instances their owner already started from the create's
@@ -303,17 +391,18 @@ class Instance:
         before = (await self._meta()).get("run", 0)
         return await self._control("restart", None, lambda m: m.get("run", 0) > before, timeout)
 
-    async def send_event(self, type: str, payload: Any = None) -> EventAccepted:
+    async def send_event(self, type: str, payload: Any = None, *, event_id: str | None = None) -> EventAccepted:
         """Send an event; it is buffered until a matching ``wait_for_event`` takes it.
 
+        ``event_id`` is an optional idempotency key, as for :meth:`WorkflowClient.create_or_send`:
+        the instance ignores an event whose key it already holds (buffered, or taken by a wait).
         Returns whether the instance had already finished, in which case the event is ignored.
         """
-        if not isinstance(type, str) or not type or len(type) > 100:
-            raise InvalidInputError(f"event type {type!r} must be a non-empty string of at most 100 characters")
         client = self._client
-        data, _ = encode_value(payload, what=f"payload of event {type!r}", limit=client.limits.max_payload_bytes)
+        data = _event_payload(type, payload, client.limits)
+        event_id = _event_id(event_id)
         meta = await self._meta()
-        await client._dispatcher.event(self.workflow, self.id, type, data, client.clock.now_ms())
+        await client._dispatcher.event(self.workflow, self.id, type, data, client.clock.now_ms(), event_id)
         return EventAccepted(instance_finished=meta["status"] in FINISHED)
 
     async def wait(self, timeout: float = 60.0) -> InstanceStatus:
@@ -375,6 +464,29 @@ class Instance:
                 return ControlAccepted(applied=False, status=status)
             await self._changed(min(poll, remaining))
             poll = min(poll * 2, 0.1)
+
+
+MAX_EVENT_ID_LENGTH = 200
+"""The longest idempotency key ``create_or_send`` and ``send_event`` accept for an event."""
+
+
+def _event_payload(event_type: object, payload: Any, limits: Limits) -> bytes:
+    """An event's payload encoded for the wire, after checking its type and its size."""
+    if not isinstance(event_type, str) or not event_type or len(event_type) > 100:
+        raise InvalidInputError(f"event type {event_type!r} must be a non-empty string of at most 100 characters")
+    data, _ = encode_value(payload, what=f"payload of event {event_type!r}", limit=limits.max_payload_bytes)
+    return data
+
+
+def _event_id(event_id: object) -> str:
+    """A caller's idempotency key for an event, checked; a new unique id when there is none."""
+    if event_id is None:
+        return uuid.uuid4().hex
+    if not isinstance(event_id, str) or not 1 <= len(event_id) <= MAX_EVENT_ID_LENGTH:
+        raise InvalidInputError(
+            f"event id {event_id!r} must be a non-empty string of at most {MAX_EVENT_ID_LENGTH} characters"
+        )
+    return event_id
 
 
 _PAUSABLE = frozenset({Status.QUEUED, Status.RUNNING, Status.WAITING})

@@ -30,8 +30,20 @@ class Dispatcher(Protocol):
         """Tell owners that these instances were created."""
         ...
 
-    async def event(self, workflow: str, instance_id: str, event_type: str, payload: bytes, sent_ms: int) -> None:
-        """Deliver an event (payload already msgpack-encoded and size-checked)."""
+    async def event(
+        self,
+        workflow: str,
+        instance_id: str,
+        event_type: str,
+        payload: bytes,
+        sent_ms: int,
+        event_id: str | None = None,
+    ) -> None:
+        """Deliver an event (payload already msgpack-encoded and size-checked).
+
+        ``event_id`` is the event's identity (a new one when None): the owner takes an event whose
+        id it has seen (buffered, or taken by a wait) as a copy and ignores it.
+        """
         ...
 
     async def control(self, workflow: str, instance_id: str, action: Action) -> None:

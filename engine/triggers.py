@@ -27,8 +27,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 _WORKFLOW = r"^[a-zA-Z0-9_][a-zA-Z0-9\-_.]*$"
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
-WebhookAction = Literal["send_event", "create", "create_and_send"]
-"""What a webhook does: send an event to an instance, create one, or create it if absent then send."""
+WebhookAction = Literal["send_event", "create", "create_or_send"]
+"""What a webhook does: send an event to an instance, create one, or create it if absent and send it the event."""
 
 SignatureScheme = Literal["standard", "github", "stripe", "none"]
 """How a webhook is authenticated: Standard Webhooks, GitHub, Stripe, or not at all (``none``)."""
@@ -41,8 +41,9 @@ class WebhookRoute(BaseModel):
         path: the route under ``/webhooks/`` (letters, digits, ``-_.`` and ``/``).
         workflow: the workflow whose instances the route creates or signals.
         action: ``send_event`` (default when ``event_type`` is set), ``create`` (default
-            otherwise) or ``create_and_send`` (create the instance if absent, then send the event,
-            so a webhook that arrives before the instance exists is not lost).
+            otherwise) or ``create_or_send`` (create the instance if absent and send it the event
+            either way, atomically: a webhook that arrives before the instance exists is not lost;
+            ``create_and_send``, its earlier name, is accepted).
         signature: ``standard`` (Standard Webhooks: ``webhook-id``/``webhook-timestamp``/
             ``webhook-signature``, secret ``whsec_<base64>``), ``github`` (``X-Hub-Signature-256``),
             ``stripe`` (``Stripe-Signature``) or ``none`` (unauthenticated; only behind a trusted proxy).
@@ -52,7 +53,7 @@ class WebhookRoute(BaseModel):
         secret_envs: more environment variables, read the same way (rotate GitHub secrets this way).
         instance_id: template of the instance id (required to send events; optional for ``create``,
             which otherwise picks a random id).
-        event_type: template of the event type (``send_event`` and ``create_and_send``).
+        event_type: template of the event type (``send_event`` and ``create_or_send``).
         delivery_id: template of the id deliveries are deduplicated on; default: the scheme's
             (``webhook-id``, ``X-GitHub-Delivery``, the Stripe event's ``id``).
         tolerance_s: how far a signed timestamp may be from now (Standard Webhooks, Stripe).
@@ -85,6 +86,8 @@ class WebhookRoute(BaseModel):
     def _default_action(cls, data: Any) -> Any:
         if isinstance(data, Mapping) and data.get("action") is None:
             data = {**data, "action": "send_event" if data.get("event_type") is not None else "create"}
+        elif isinstance(data, Mapping) and data.get("action") == "create_and_send":  # its earlier name
+            data = {**data, "action": "create_or_send"}
         return data
 
     @model_validator(mode="after")
@@ -93,12 +96,12 @@ class WebhookRoute(BaseModel):
         segments = self.path.split("/")
         if any(s in ("", ".", "..") for s in segments):
             raise ValueError(f"{where}: the path must not contain empty, '.' or '..' segments")
-        if self.action in ("send_event", "create_and_send"):
+        if self.action in ("send_event", "create_or_send"):
             missing = [name for name in ("instance_id", "event_type") if getattr(self, name) is None]
             if missing:
                 raise ValueError(f"{where}: action {self.action!r} needs {' and '.join(missing)}")
         elif self.event_type is not None:
-            raise ValueError(f"{where}: event_type is only used by the send_event and create_and_send actions")
+            raise ValueError(f"{where}: event_type is only used by the send_event and create_or_send actions")
         names = self.secret_names
         if self.signature == "none":
             if names:

@@ -13,8 +13,9 @@ For each request, in order (the first failure answers):
    200 with ``duplicate: true`` and has no effect; one still being handled by a concurrent request
    is answered 409 so the sender retries it later;
 6. the route's action runs through the client (send an event, create an instance, or create it if
-   absent and then send the event), and only once those calls returned (the instance record is in
-   Redis and the broker confirmed the message) is the request answered 202. Any failure releases
+   absent and send it the event, in one atomic call: ``WorkflowClient.create_or_send``), and only
+   once that call returned (the instance record is in Redis and the broker confirmed the message)
+   is the request answered 202. Any failure releases
    the delivery id, so the sender's retry is processed: 404 when the instance to signal does not
    exist, 400/413 for input the engine refused, 503 when Redis or the broker is unavailable.
 
@@ -22,7 +23,9 @@ Every answer uses the REST API's envelope ``{"success", "errors", "messages", "r
 
 A crash after the action but before the delivery is marked done leaves the claim to expire
 (``_PENDING_TTL_S``); the sender's retry then repeats the action: a create is idempotent when the
-route has an ``instance_id``; an event may then be delivered twice (at-least-once).
+route has an ``instance_id``, and an event is sent with an id derived from the delivery id, so the
+instance ignores the copy (unless it was restarted in between; without a delivery id, an event may
+be delivered twice).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from hutch.client import Client, Instance, WorkflowClient
+from hutch.client import MAX_EVENT_ID_LENGTH, Client, Instance, WorkflowClient
 from hutch.config import check_instance_id
 from hutch.consumers.templates import WEBHOOK_ROOTS, MessageContext, Template, TemplateError
 from hutch.errors import (
@@ -268,16 +271,25 @@ class _Ingress:
         if delivery:
             trigger["delivery_id"] = delivery
         result: dict[str, Any] = {"action": spec.action, "workflow": spec.workflow, "instance_id": instance_id}
-        if spec.action in ("create", "create_and_send"):
+        event_id = _event_id(route, delivery)
+        if spec.action == "create":
             try:
                 instance = await route.workflow.create(id=instance_id, params=payload, trigger=trigger)
                 result.update(instance_id=instance.id, created=True)
             except InstanceAlreadyExists:
                 result["created"] = False
-        if spec.action in ("send_event", "create_and_send"):
-            assert instance_id is not None and event_type is not None  # the route model requires both
-            accepted = await Instance(self._client, spec.workflow, instance_id).send_event(event_type, payload)
-            result.update(event_type=event_type, instance_finished=accepted.instance_finished)
+            return result
+        assert instance_id is not None and event_type is not None  # the route model requires both
+        if spec.action == "create_or_send":
+            done = await route.workflow.create_or_send(
+                instance_id, payload, event_type, payload, event_id=event_id, trigger=trigger
+            )
+            result.update(created=done.created, instance_finished=done.instance_finished)
+        else:
+            instance = Instance(self._client, spec.workflow, instance_id)
+            accepted = await instance.send_event(event_type, payload, event_id=event_id)
+            result.update(instance_finished=accepted.instance_finished)
+        result["event_type"] = event_type
         return result
 
     # ------------------------------------------------------------------ deduplication
@@ -336,6 +348,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise _Rejected(413, f"the body is larger than {limit} bytes, the most this webhook accepts")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _event_id(route: _Route, delivery: str | None) -> str | None:
+    """The id of the event a delivery sends: the same for every copy of the delivery, so the instance keeps one."""
+    if not delivery:
+        return None
+    event_id = f"webhook:{route.spec.path}:{delivery}"
+    if len(event_id) > MAX_EVENT_ID_LENGTH:
+        event_id = "webhook:sha256-" + hashlib.sha256(f"{route.spec.path}:{delivery}".encode()).hexdigest()
+    return event_id
 
 
 def _parse_json(body: bytes) -> Any:

@@ -22,6 +22,7 @@ from hutch.clock import Clock
 from hutch.config import DEFAULT_LIMITS
 from hutch.consumers import Worker
 from hutch.consumers.runtime import start_distributed
+from hutch.consumers.settlement import ACK, REQUEUE, Outcome
 from hutch.errors import InstanceNotFound
 from hutch.serialization import pack
 from hutch.store.announcements import Created, created_instances
@@ -114,6 +115,32 @@ async def test_the_create_script_announces_only_what_it_created(redis_url: str) 
         await drop_namespace(namespace)
 
 
+async def test_an_instance_created_with_events_is_announced_by_member_only(redis_url: str) -> None:
+    # Its owner must load it to see its events: a notice carrying its meta would start it without them.
+    namespace = unique("test")
+    redis = Redis.from_url(redis_url)
+    store = RedisStore(redis, 4, namespace=namespace, announce_created=True)
+    pubsub = redis.pubsub()
+    await pubsub.ssubscribe(store.keys.created_channel(1))
+    try:
+        signalled, plain = unique("signalled"), unique("plain")
+        rows = [
+            (1, "one", signalled, 1000, _fields(signalled, 1000, None)),
+            (1, "one", plain, 1000, _fields(plain, 1000, None)),
+        ]
+        assert await store.create_many(rows, events=[[b"an event"], []]) == [True, True]
+
+        _, created = await _next_announcement(pubsub)
+        assert [(c.instance_id, c.meta()) for c in created] == [
+            (signalled, None),
+            (plain, await store.read_meta(1, "one", plain)),
+        ]
+    finally:
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await redis.aclose()
+        await drop_namespace(namespace)
+
+
 def test_a_truncated_announcement_is_refused() -> None:
     with pytest.raises(ValueError, match="truncated"):
         created_instances(b"1 1000 9 2\none:i-1ab")  # promises a 9-byte member and a 2-byte part
@@ -139,18 +166,22 @@ async def owner(redis_url: str, amqp_url: str) -> AsyncIterator[tuple[Client, Wo
         await drop_namespace(namespace)
 
 
-def _record_settles(worker: Worker) -> list[tuple[Any, str]]:
-    """Record (message, outcome) of every broker delivery the owner acks, nacks or rejects from now on."""
+def _record_settles(worker: Worker) -> list[tuple[Any, Outcome]]:
+    """Record (message, outcome) of every broker delivery the owner settles from now on."""
     orchestrator = worker.orchestrator
-    settled: list[tuple[Any, str]] = []
-    settle = orchestrator._settle  # type: ignore[attr-defined]
+    settled: list[tuple[Any, Outcome]] = []
+    process = orchestrator.process
 
-    async def spy(item: Any, outcome: str) -> None:
-        if item.delivery is not None and not item.settled:
-            settled.append((item.input, outcome))
-        await settle(item, outcome)
+    async def spy(batch: list[Any]) -> None:
+        before = {id(item) for item in batch if item.settled}
+        try:
+            await process(batch)
+        finally:
+            for item in batch:
+                if item.settled and id(item) not in before:
+                    settled.append((item.input, item.settlement.outcome))
 
-    orchestrator._settle = spy  # type: ignore[attr-defined]
+    orchestrator.process = spy  # type: ignore[method-assign]
     return settled
 
 
@@ -161,7 +192,7 @@ async def _start_message_settled(worker: Worker, partition: int, iid: str, field
     await worker.transport.publish([Outgoing(partition, encode(message))])
 
     async def acked() -> bool:
-        return (message, "ack") in settled
+        return (message, ACK) in settled
 
     await eventually(acked)
     return [outcome for m, outcome in settled if m == message]
@@ -185,7 +216,7 @@ async def test_the_notice_alone_starts_an_owned_instance_and_its_message_then_co
     # The start message arriving now (as it would, a broker round trip later) is acknowledged as
     # done: no read, no transition refused by the sequence check, the step not run again.
     caplog.set_level(logging.DEBUG, logger="hutch.worker")
-    assert await _start_message_settled(worker, partition, iid, fields) == ["ack"]
+    assert await _start_message_settled(worker, partition, iid, fields) == [ACK]
     assert loaded == []  # the notice carried the instance: it never read it either
     assert not [r for r in caplog.records if "commit rejected" in r.getMessage()]
     assert RAN[iid] == 1 and (await instance.status()).status == Status.COMPLETE
@@ -215,7 +246,7 @@ async def test_a_notice_that_lost_to_the_start_message_is_dropped_quietly(
     assert (await instance.wait(timeout=10)).status == Status.COMPLETE
 
     async def start_message_acked() -> bool:
-        return [(m.instance_id, outcome) for m, outcome in settled] == [(instance.id, "ack")]
+        return [(m.instance_id, outcome) for m, outcome in settled] == [(instance.id, ACK)]
 
     await eventually(start_message_acked)
     partition = client._partition("one", instance.id)
@@ -259,7 +290,7 @@ async def test_a_start_message_the_owner_forgot_it_had_started_is_settled_by_a_r
     # tried, refused by the sequence check, redelivered, and the reloaded instance acks it.
     worker.orchestrator._started.clear()  # type: ignore[attr-defined]
     caplog.set_level(logging.DEBUG, logger="hutch.worker")
-    assert await _start_message_settled(worker, partition, iid, fields) == ["nack", "ack"]
+    assert await _start_message_settled(worker, partition, iid, fields) == [REQUEUE, ACK]
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert RAN[iid] == 1 and (await instance.status()).output == "done"
 

@@ -19,6 +19,7 @@ import hutch
 import hutch.broker
 import hutch.consumers
 import hutch.errors
+import hutch.testing
 import pytest
 from hutch.broker import PoisonMessage
 
@@ -29,6 +30,7 @@ ENGINE_ALL = [
     "Client",
     "Connection",
     "ControlAccepted",
+    "CreatedOrSent",
     "DeploymentMismatch",
     "Env",
     "ErrorInfo",
@@ -106,6 +108,22 @@ BROKER_ALL = [
 
 CONSUMERS_ALL = ["Worker"]
 
+TESTING_ALL = [
+    "InstanceHistory",
+    "InstanceVerdict",
+    "Modifier",
+    "ReplayResult",
+    "TestClock",
+    "TestEnv",
+    "TestInstance",
+    "UnexpectedStatus",
+    "VerifyReport",
+    "load_history",
+    "replay_history",
+    "save_history",
+    "verify_histories",
+]
+
 # The error types SPEC §2 (SDK, limits) and §3 (client API) name, and the brief's limit errors.
 SPEC_ERRORS = [
     "HutchError",
@@ -133,8 +151,8 @@ SPEC_ERRORS = [
 
 @pytest.mark.parametrize(
     ("module", "expected"),
-    [(hutch, ENGINE_ALL), (hutch.broker, BROKER_ALL), (hutch.consumers, CONSUMERS_ALL)],
-    ids=["engine", "broker", "consumers"],
+    [(hutch, ENGINE_ALL), (hutch.broker, BROKER_ALL), (hutch.consumers, CONSUMERS_ALL), (hutch.testing, TESTING_ALL)],
+    ids=["engine", "broker", "consumers", "testing"],
 )
 def test_all_is_pinned_sorted_and_importable(module: ModuleType, expected: list[str]) -> None:
     assert module.__all__ == expected, f"{module.__name__}.__all__ changed; update the pinned list deliberately"
@@ -149,7 +167,7 @@ def test_all_is_pinned_sorted_and_importable(module: ModuleType, expected: list[
 
 
 def test_public_items_have_docstrings() -> None:
-    for module in (hutch, hutch.broker, hutch.consumers):
+    for module in (hutch, hutch.broker, hutch.consumers, hutch.testing):
         for name in module.__all__:
             obj = getattr(module, name)
             if inspect.isclass(obj) or inspect.isfunction(obj):

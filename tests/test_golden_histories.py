@@ -22,7 +22,6 @@ the diff before committing.
 from __future__ import annotations
 
 import asyncio
-import base64
 import importlib
 import inspect
 import json
@@ -40,6 +39,7 @@ from hutch.events import WorkflowEvent
 from hutch.executor import WorkflowRun
 from hutch.gateway.loader import workflow_name
 from hutch.history import Command
+from hutch.testing.history_file import from_json, to_json
 
 from examples.approval import ApprovalWorkflow
 from examples.fanout import FanOutWorkflow
@@ -48,42 +48,11 @@ from tests.helpers import wait_step
 
 HISTORIES = Path(__file__).parent / "histories"
 EXAMPLES = ("examples.order", "examples.approval", "examples.fanout")
-BYTES_MARKER = "$bytes"
-DICT_MARKER = "$dict"
-MARKERS = frozenset({BYTES_MARKER, DICT_MARKER})
 WRONG = "order_renamed_step"
 
 
 # --------------------------------------------------------------------------- the JSON format
-def to_json(value: Any) -> Any:
-    """Make history values JSON-safe: bytes become ``{"$bytes": base64}``.
-
-    A user dict that looks like a marker (its only key is ``$bytes`` or ``$dict``) is wrapped
-    as ``{"$dict": {...}}`` so it decodes back to itself.
-    """
-    if isinstance(value, bytes):
-        return {BYTES_MARKER: base64.b64encode(value).decode()}
-    if isinstance(value, dict):
-        encoded = {k: to_json(v) for k, v in value.items()}
-        return {DICT_MARKER: encoded} if len(value) == 1 and set(value) <= MARKERS else encoded
-    if isinstance(value, list | tuple):
-        return [to_json(v) for v in value]
-    return value
-
-
-def from_json(value: Any) -> Any:
-    """Undo :func:`to_json`."""
-    if isinstance(value, dict):
-        if set(value) == {BYTES_MARKER}:
-            return base64.b64decode(value[BYTES_MARKER])
-        if set(value) == {DICT_MARKER}:
-            return {k: from_json(v) for k, v in value[DICT_MARKER].items()}
-        return {k: from_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [from_json(v) for v in value]
-    return value
-
-
+# to_json/from_json: the value encoding of exported history files (hutch.testing.history_file), shared.
 def load(name: str) -> dict[str, Any]:
     golden: dict[str, Any] = json.loads((HISTORIES / f"{name}.json").read_text())
     golden["history"] = from_json(golden["history"])

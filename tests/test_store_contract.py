@@ -211,6 +211,25 @@ async def test_create_on_existing_id_returns_false_and_overwrites_nothing(backen
     assert meta is not None and meta["params"] == {"v": "first"}
 
 
+async def test_create_many_writes_the_events_an_instance_starts_with(store: RedisStore) -> None:
+    # create_or_send: the instance and its first event in one write, on several partitions at once.
+    rows = [(p, WF, iid, T0, fields_of(iid, T0, {"n": p})) for p, iid in [(0, "a"), (1, "b"), (3, "c")]]
+    events = [[b"event a1", b"event a2"], [], [b"event c"]]
+
+    assert await store.create_many(rows, events=events) == [True, True, True]
+
+    loaded = await store.load_many([(p, WF, iid) for p, _, iid, _, _ in rows])
+    assert [(s.meta, s.events) for s in loaded if s] == [
+        (meta_from_fields(fields), evs) for (_, _, _, _, fields), evs in zip(rows, events, strict=True)
+    ]
+    # An id that exists keeps its own events and gets none of the call's.
+    assert await store.create_many([rows[0]], events=[[b"event other"]]) == [False]
+    again = await store.load(0, WF, "a")
+    assert again is not None and again.events == [b"event a1", b"event a2"]
+    with pytest.raises(ValueError, match="2 event lists for 1 instances"):
+        await store.create_many([rows[1]], events=[[], []])
+
+
 async def test_create_many_skips_existing_ids(backend: Backend, store: RedisStore) -> None:
     assert await create(store, "b", params="old")
     rows = [

@@ -6,6 +6,7 @@ delivery ids are deduplicated in the real Redis under a namespace of the test's 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -105,11 +106,20 @@ ROUTES = [
         workflow="order",
         signature="stripe",
         secret_env="STRIPE_NEW",
-        action="create_and_send",
+        action="create_or_send",
         instance_id="{body.data.object.metadata.orderId}",
         event_type="{body.type}",
     ),
     WebhookRoute(path="tiny", workflow="echo", signature="none", instance_id="tiny-{body.n}", max_body_bytes=100),
+    WebhookRoute(
+        path="std/pings",
+        workflow="collect",
+        signature="standard",
+        secret_env="STANDARD_SECRETS",
+        action="create_or_send",
+        instance_id="{body.instance}",
+        event_type="ping",
+    ),
 ]
 
 
@@ -421,7 +431,7 @@ def payment(event_id: str, order: str) -> dict[str, Any]:
     return {"id": event_id, "type": "payment_intent.succeeded", "data": {"object": {"metadata": {"orderId": order}}}}
 
 
-async def test_create_and_send_delivers_an_event_that_arrived_before_the_instance(env: Env) -> None:
+async def test_create_or_send_delivers_an_event_that_arrived_before_the_instance(env: Env) -> None:
     order = unique("order")
     with pytest.raises(hutch.InstanceNotFound):
         await env.client.workflow("order").get(order)
@@ -429,7 +439,7 @@ async def test_create_and_send_delivers_an_event_that_arrived_before_the_instanc
     first = accepted(await env.signed("stripe", "stripe/orders", payment("evt_1", order)))
 
     assert first == {
-        "action": "create_and_send",
+        "action": "create_or_send",
         "workflow": "order",
         "instance_id": order,
         "created": True,
@@ -446,7 +456,7 @@ async def test_create_and_send_delivers_an_event_that_arrived_before_the_instanc
     assert detail.trigger == {"source": "webhook", "path": "stripe/orders", "delivery_id": "evt_1"}
 
 
-async def test_create_and_send_to_an_existing_instance_only_sends(env: Env) -> None:
+async def test_create_or_send_to_an_existing_instance_only_sends(env: Env) -> None:
     order = unique("order")
     instance = await env.client.workflow("order").create(id=order, params={"id": "from-api"})
 
@@ -456,7 +466,7 @@ async def test_create_and_send_to_an_existing_instance_only_sends(env: Env) -> N
     assert (await instance.wait(timeout=10)).output == {"params_id": "from-api", "event_id": "evt_2"}
 
 
-async def test_create_and_send_to_a_finished_instance_reports_it(env: Env) -> None:
+async def test_create_or_send_to_a_finished_instance_reports_it(env: Env) -> None:
     order = unique("order")
     accepted(await env.signed("stripe", "stripe/orders", payment(unique("evt"), order)))
     await (await env.client.workflow("order").get(order)).wait(timeout=10)
@@ -464,6 +474,45 @@ async def test_create_and_send_to_a_finished_instance_reports_it(env: Env) -> No
     late = accepted(await env.signed("stripe", "stripe/orders", payment(unique("evt"), order)))
 
     assert late["created"] is False and late["instance_finished"] is True
+
+
+async def test_create_or_send_racing_deliveries_make_one_instance(env: Env) -> None:
+    instance = unique("c")
+    payloads = [stripe_event(unique("evt"), instance, n) for n in range(20)]
+
+    results = [accepted(r) for r in await asyncio.gather(*(env.signed("standard", "std/pings", p) for p in payloads))]
+
+    assert sum(r["created"] for r in results) == 1
+    accepted(await env.signed("standard", "std/pings", stripe_event(unique("evt"), instance, 20, last=True)))
+    final = await (await env.client.workflow("collect").get(instance)).wait(timeout=10)
+    assert sorted(final.output) == list(range(21))
+
+
+@pytest.mark.parametrize("path", ["std/pings", "std/events"])  # create_or_send, send_event
+async def test_a_redelivery_after_a_lost_done_mark_does_not_deliver_the_event_twice(env: Env, path: str) -> None:
+    instance = unique("c")
+    if path == "std/events":
+        await env.client.workflow("collect").create(id=instance)
+    body = json.dumps(stripe_event(unique("evt"), instance, 1)).encode()
+    headers = sign("standard", body, delivery=unique("dlv"))
+    accepted(await env.post(path, body, headers))
+    # The gateway died before it marked the delivery done, and its claim expired: the sender's
+    # retry is processed again, but the event it sends has the id of the first one.
+    await env.redis.delete(*[key async for key in env.redis.scan_iter(match=f"{env.namespace}:webhook:*")])
+
+    again = accepted(await env.post(path, body, headers))
+
+    assert again.get("created", False) is False
+    accepted(await env.signed("standard", path, stripe_event(unique("evt"), instance, 2, last=True)))
+    final = await (await env.client.workflow("collect").get(instance)).wait(timeout=10)
+    assert final.output == [1, 2]
+
+
+def test_create_and_send_is_the_earlier_name_of_create_or_send() -> None:
+    route = WebhookRoute(
+        path="p", workflow="w", signature="none", action="create_and_send", instance_id="{body.i}", event_type="e"
+    )
+    assert route.action == "create_or_send"
 
 
 # --------------------------------------------------------------------------- construction errors

@@ -13,10 +13,17 @@ import abc
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 REASON_HEADER = "x-hutch-dead-letter-reason"
+
+
+def dead_letter_headers(headers: Mapping[str, Any], reason: str) -> dict[str, Any]:
+    """The headers of a message's dead-lettered copy: its own plus ``reason`` under :data:`REASON_HEADER`."""
+    return {**headers, REASON_HEADER: reason}
+
 
 log = logging.getLogger(__name__)
 

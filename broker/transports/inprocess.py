@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from hutch.broker.transports.base import (
-    REASON_HEADER,
     DeadLetter,
     Delivery,
     Outgoing,
     PartitionListener,
     Subscription,
     Transport,
+    dead_letter_headers,
 )
 
 
@@ -178,7 +178,7 @@ class InProcessTransport(Transport):
                     self._pump(p)
 
     def _dead_letter(self, partition: int, message: _Message, reason: str) -> None:
-        headers = {**message.headers, REASON_HEADER: reason}
+        headers = dead_letter_headers(message.headers, reason)
         self._dead.append(DeadLetter(partition, message.body, headers, reason))
 
     def _pump(self, partition: int) -> None:

@@ -79,6 +79,7 @@ from hutch.broker.transports.base import (
     PartitionListener,
     Subscription,
     Transport,
+    dead_letter_headers,
     stray_cancel,
 )
 from hutch.settings import redact_urls
@@ -173,7 +174,7 @@ class _RabbitDelivery(Delivery):
         if channel is None:
             return  # the broker already requeued it; the next delivery decides again
         transport = self._subscription.transport
-        headers = {**self.headers, REASON_HEADER: reason}
+        headers = dead_letter_headers(self.headers, reason)
         # Routed with the source queue's name, which dead_letters() reads back as the partition.
         source = self._message.routing_key or ""
         try:
@@ -746,7 +747,7 @@ class RabbitMQTransport(Transport):
         queue = raw.get("x-first-death-queue") or message.routing_key or ""
         queue = queue.decode() if isinstance(queue, bytes) else str(queue)
         partition = names.partition_of_queue(self.namespace, queue)
-        headers = {**_user_headers(raw), REASON_HEADER: reason}
+        headers = dead_letter_headers(_user_headers(raw), reason)
         return DeadLetter(-1 if partition is None else partition, message.body, headers, reason)
 
     async def ping(self) -> None:

@@ -260,14 +260,24 @@ class RedisStore:
         """Create the instance unless the id exists; True when it was created."""
         return (await self.create_many([(partition, workflow, instance_id, created_ms, fields)]))[0]
 
-    async def create_many(self, items: Sequence[tuple[int, str, str, int, dict[str, Any]]]) -> list[bool]:
+    async def create_many(
+        self,
+        items: Sequence[tuple[int, str, str, int, dict[str, Any]]],
+        *,
+        events: Sequence[Sequence[bytes]] | None = None,
+    ) -> list[bool]:
         """Create several instances in one round trip; each is skipped if its id exists.
 
         One script call creates them all (one per partition on a Redis Cluster); the results
-        come back in the order of ``items``.
+        come back in the order of ``items``. ``events``, one list per item, are event records
+        (packed as an owner buffers them) the instance starts with, written by the same atomic
+        script: an instance created with them never exists without them. Its start message and
+        its announcement must then not carry its fields, so that its owner loads it, events included.
         """
         if not items:
             return []
+        if events is not None and len(events) != len(items):
+            raise ValueError(f"create_many got {len(events)} event lists for {len(items)} instances")
         calls: dict[int, _ScriptCall] = {}
         workflows = set()
         for n, (partition, workflow, instance_id, created_ms, fields) in enumerate(items):
@@ -281,6 +291,7 @@ class RedisStore:
                 self.keys.meta(partition, workflow, instance_id),
                 self.keys.status_index(partition, workflow, "queued"),
                 self.keys.status_index(partition, workflow, keys.ALL),
+                self.keys.event_buffer(partition, workflow, instance_id),
             ]
             header: list[Any] = [slot, created_ms]
             parts: list[bytes] = []
@@ -288,6 +299,11 @@ class RedisStore:
             for k, v in fields.items():
                 _part(k, header, parts)
                 _part(v, header, parts)
+            first = events[n] if events is not None else ()
+            for event in first:
+                _part(event, header, parts)
+            if first:
+                header.append(f"e{len(first)}")
             call.args += [" ".join(map(str, header)), b"".join(parts)]
             workflows.add(workflow)
         # The deployment-wide set of workflow names (no partition tag: outside the script). Once

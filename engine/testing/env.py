@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
-from hutch.client import Client, Instance
+from hutch.client import Client, CreatedOrSent, Instance
 from hutch.config import DEFAULT_LIMITS, Limits
 from hutch.connect import connect
 from hutch.durations import Duration, to_seconds
@@ -190,6 +190,22 @@ class TestEnv:
             raise WorkflowNotFound(workflow)
         instance = await self.client.workflow(workflow).create(id=id, params=params)
         return TestInstance(self, workflow, instance.id)
+
+    async def create_or_send(
+        self,
+        workflow: str,
+        id: str,
+        params: Any,
+        event_type: str,
+        payload: Any = None,
+        *,
+        event_id: str | None = None,
+    ) -> CreatedOrSent[TestInstance]:
+        """Create the instance unless it exists and deliver the event either way (``WorkflowClient.create_or_send``)."""
+        if workflow not in self.workflows:
+            raise WorkflowNotFound(workflow)
+        done = await self.client.workflow(workflow).create_or_send(id, params, event_type, payload, event_id=event_id)
+        return CreatedOrSent(TestInstance(self, workflow, id), done.created, done.instance_finished)
 
     def instance(self, workflow: str, id: str) -> TestInstance:
         """A handle on an instance created some other way (by a workflow, by ``create_batch``)."""

@@ -13,8 +13,9 @@ from datetime import datetime
 from typing import Any, Literal
 
 from hutch import InvalidInputError, Status
+from hutch.client import MAX_EVENT_ID_LENGTH
 from hutch.status import Action
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 INSTANCE_ID_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_-]*$"
 WORKFLOW_NAME_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$"
@@ -24,6 +25,7 @@ WORKFLOW_NAME_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$"
 INSTANCE_ID_SCHEMA: dict[str, Any] = {"pattern": INSTANCE_ID_PATTERN, "minLength": 1, "maxLength": 100}
 WORKFLOW_NAME_SCHEMA: dict[str, Any] = {"pattern": WORKFLOW_NAME_PATTERN, "minLength": 1, "maxLength": 64}
 EVENT_TYPE_SCHEMA: dict[str, Any] = {"minLength": 1, "maxLength": 100}
+EVENT_ID_SCHEMA: dict[str, Any] = {"minLength": 1, "maxLength": MAX_EVENT_ID_LENGTH}
 
 MAX_INPUT_DEPTH = 64
 """How deeply params and event payloads may nest (arrays and objects): deeper input is refused."""
@@ -92,6 +94,32 @@ class CreateInstance(BaseModel):
         return check_json_value(value, "params")
 
 
+class CreateOrSend(BaseModel):
+    """Body of ``POST .../instances/create_or_send``: the instance to create if absent, and its event."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(
+        validation_alias=AliasChoices("id", "instance_id"),
+        description="Instance id; `instance_id` is accepted too.",
+        json_schema_extra=INSTANCE_ID_SCHEMA,
+    )
+    params: Any = Field(default=None, description="The instance's params if this request creates it, at most 1 MiB.")
+    event_type: str = Field(description="Event type, matched by `wait_for_event`.", json_schema_extra=EVENT_TYPE_SCHEMA)
+    payload: Any = Field(default=None, description="The event's payload: any JSON value, at most 1 MiB.")
+    event_id: str | None = Field(
+        default=None,
+        description="Idempotency key of the event: a request repeated with the same key does not deliver it twice "
+        "(while the instance holds the event). Without one, a retried request may deliver it twice.",
+        json_schema_extra=EVENT_ID_SCHEMA,
+    )
+
+    @field_validator("params", "payload")
+    @classmethod
+    def _finite(cls, value: Any, info: ValidationInfo) -> Any:
+        return check_json_value(value, "params" if info.field_name == "params" else "the event payload")
+
+
 class StatusChange(BaseModel):
     """Body of ``PATCH .../status``."""
 
@@ -157,6 +185,16 @@ class StatusChanged(BaseModel):
         "takes the instance's partition (the response is then 202)."
     )
     timestamp: datetime
+
+
+class CreatedOrSent(BaseModel):
+    """What ``create_or_send`` did: created the instance with the event (201), or sent the event to it (200)."""
+
+    id: str
+    workflow: str
+    created: bool = Field(description="True: this request created the instance, which starts with the event.")
+    event_type: str
+    instance_finished: bool = Field(description="The instance existed and had finished, so the event is ignored.")
 
 
 class EventSent(BaseModel):

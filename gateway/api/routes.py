@@ -6,6 +6,7 @@ GET    /api/workflows/{name}                                 one workflow
 GET    /api/workflows/{name}/instances                       instances, newest first (cursor)
 POST   /api/workflows/{name}/instances                       create one instance
 POST   /api/workflows/{name}/instances/batch                 create up to 100, skipping taken ids
+POST   /api/workflows/{name}/instances/create_or_send        create if absent, send an event either way
 GET    /api/workflows/{name}/instances/{id}                  instance detail with every step
 GET    /api/workflows/{name}/instances/{id}/status           status, output, error
 PATCH  /api/workflows/{name}/instances/{id}/status           pause | resume | terminate | restart
@@ -32,7 +33,9 @@ from hutch.gateway.api.models import (
     INSTANCE_ID_SCHEMA,
     WORKFLOW_NAME_SCHEMA,
     BatchInfo,
+    CreatedOrSent,
     CreateInstance,
+    CreateOrSend,
     EventSent,
     InstanceRef,
     InstanceSummary,
@@ -171,6 +174,43 @@ async def create_batch(
     skipped = [item.id for item in body if item.id is not None and item.id not in fresh]
     refs = [InstanceRef(id=i.id, workflow=name, status=Status.QUEUED) for i in created]
     return {**ok(refs), "result_info": BatchInfo(count=len(refs), skipped=skipped)}
+
+
+@router.post(
+    "/workflows/{name}/instances/create_or_send",
+    response_model=Envelope[CreatedOrSent],
+    responses={
+        **NOT_FOUND,
+        **NOT_JSON,
+        201: {"model": Envelope[CreatedOrSent], "description": "Created, with the event buffered."},
+    },
+    summary="Create an instance if absent and send it an event",
+)
+async def create_or_send(
+    body: CreateOrSend,
+    response: Response,
+    name: str = WorkflowName,
+    names: WorkflowNames = Depends(get_workflow_names),
+) -> dict[str, Any]:
+    """Create the instance unless it exists and deliver the event to it either way (Temporal's signal-with-start).
+
+    201: this request created it, and it starts with the event; 200: it existed and was sent the
+    event (``instance_finished``: it had finished, so the event is ignored). Concurrent requests
+    for one id create one instance and deliver every event once. Give ``event_id`` to retry safely.
+    """
+    workflow = await names.creator(name)
+    done = await workflow.create_or_send(body.id, body.params, body.event_type, body.payload, event_id=body.event_id)
+    if done.created:
+        response.status_code = 201
+    return ok(
+        CreatedOrSent(
+            id=body.id,
+            workflow=name,
+            created=done.created,
+            event_type=body.event_type,
+            instance_finished=done.instance_finished,
+        )
+    )
 
 
 @router.get(

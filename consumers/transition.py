@@ -1,0 +1,81 @@
+"""One batch's transition in the making: what :meth:`InstanceActor.apply` builds for one instance.
+
+A :class:`Turn` lives for one call of ``apply``: the records the batch adds to history, the
+resolutions not yet delivered to the live run, the :class:`~hutch.store.base.Transition` to
+commit and the :class:`Effects` to carry out once it committed. Nothing of it outlives the
+batch, so no half-built transition can leak into the next one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hutch.executor import StepCall
+from hutch.history import Record, Resolution, encode_record
+from hutch.status import Status
+from hutch.store.base import Transition
+
+
+@dataclass(slots=True)
+class Effects:
+    """What to do after the transition committed."""
+
+    execute: list[tuple[StepCall, int]] = field(default_factory=list)
+    cancel: list[tuple[str, int]] = field(default_factory=list)
+    cancel_all: bool = False
+    evict: bool = False
+
+
+@dataclass(slots=True)
+class Turn:
+    """The work in progress of one batch of one instance.
+
+    Attributes:
+        now_ms: the owner's clock when the batch began; every record of the batch carries it.
+        tx: what the commit writes.
+        status_before: the instance's status before the batch (the transition records the change).
+        records: history records the batch adds, in order.
+        res: resolutions not yet delivered to the live run.
+        effects: what to do once ``tx`` committed.
+    """
+
+    now_ms: int
+    tx: Transition
+    status_before: Status
+    records: list[Record] = field(default_factory=list)
+    res: list[Resolution] = field(default_factory=list)
+    effects: Effects = field(default_factory=Effects)
+
+    def record(self, record: Record) -> None:
+        """Add ``record`` to the history the batch writes."""
+        self.records.append(record)
+
+    def resolve(self, resolution: Resolution) -> None:
+        """Add ``resolution`` to history and to what the live run is delivered next."""
+        self.records.append(resolution)
+        self.res.append(resolution)
+
+    def set_status(self, after: Status) -> None:
+        """Record the status change the batch made (nothing when it ends where it began)."""
+        before = self.status_before
+        if before == after:
+            return
+        tx = self.tx
+        tx.meta["status"] = after.value
+        tx.status_from, tx.status_to = before.value, after.value
+        if (before in _ACTIVE) != (after in _ACTIVE):
+            tx.active = "+" if after in _ACTIVE else "-"
+
+    def close(self, history: list[Record]) -> Transition | None:
+        """The transition to commit (None when the batch changed nothing); ``history`` gets the records."""
+        tx = self.tx
+        if self.records:
+            tx.history = [encode_record(r) for r in self.records]
+            history.extend(self.records)
+        if not (tx.history or tx.meta or tx.timers_add or tx.timers_remove or tx.events_push or tx.events_remove):
+            return None
+        return tx
+
+
+# Statuses whose instances are in their partition's active set: re-driven by a new owner.
+_ACTIVE = frozenset({Status.QUEUED, Status.RUNNING, Status.WAITING_FOR_PAUSE})
