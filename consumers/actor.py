@@ -18,10 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hutch import tracing
 from hutch.broker.envelopes import Control, EventReceived, InstanceCreated, Message, Redrive, TimerFired
 from hutch.config import Limits
-from hutch.consumers import lifecycle
+from hutch.consumers import lifecycle, tracing
 from hutch.consumers.actor_state import ActorState, StepKey, StepState, timer_member
 from hutch.consumers.items import CreatedNotice, StepDone
 from hutch.consumers.retry import attempts_left, retry_due_ms

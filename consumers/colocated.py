@@ -1,8 +1,13 @@
-"""A worker and a client in one process, sharing a store and a transport (embedded mode, tests, bench)."""
+"""A worker and a client in one process, sharing a store and a transport (embedded mode, tests, bench).
+
+Also the one place a runtime's client is wired over a store and a transport (:func:`client_over`)
+and those two are closed (:func:`close_backends`): the embedded, colocated and remote runtimes
+(``hutch.consumers.runtime``) all go through these.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from hutch.broker.dispatch import BrokerDispatcher
@@ -13,12 +18,40 @@ from hutch.config import Limits
 from hutch.consumers.worker import Worker
 from hutch.entrypoint import Env, WorkflowEntrypoint
 from hutch.settings import Settings
-from hutch.store.redis import RedisStore
+from hutch.store.base import CheckpointStore
 from hutch.watch import InstanceWatch
 
 
+def client_over(
+    store: CheckpointStore,
+    transport: Transport,
+    workflows: Iterable[str],
+    *,
+    limits: Limits,
+    clock: Clock,
+    watch: InstanceWatch | None,
+    on_close: Callable[[], Awaitable[None]],
+) -> Client:
+    """A client writing to ``store`` and publishing on ``transport``; ``on_close`` runs when it is closed."""
+    return Client(
+        store,
+        BrokerDispatcher(transport),
+        workflows=list(workflows),
+        limits=limits,
+        clock=clock,
+        watch=watch,
+        on_close=on_close,
+    )
+
+
+async def close_backends(store: CheckpointStore, transport: Transport) -> None:
+    """Close the transport, then the store: nothing is published about state the store no longer holds."""
+    await transport.close()
+    await store.close()
+
+
 async def start_colocated(
-    store: RedisStore,
+    store: CheckpointStore,
     transport: Transport,
     workflows: Mapping[str, type[WorkflowEntrypoint]],
     *,
@@ -34,9 +67,13 @@ async def start_colocated(
 
     Closing the client shuts the worker down and closes the transport and the store.
     """
-    client = Client(
-        store, BrokerDispatcher(transport), workflows=list(workflows), limits=limits, clock=clock, watch=watch
-    )
+
+    async def stop() -> None:
+        await worker.shutdown(timeout=0)
+        await close_backends(store, transport)
+
+    # The client comes first: the worker's env binds it (workflows create children through it).
+    client = client_over(store, transport, workflows, limits=limits, clock=clock, watch=watch, on_close=stop)
     env = Env({**bindings(client, dict(workflows), dict(binding_names)), **resources})
     worker = Worker(
         store=store,
@@ -49,18 +86,10 @@ async def start_colocated(
         watch=watch,
         distributed=distributed,
     )
-
-    async def stop() -> None:
-        await worker.shutdown(timeout=0)
-        await transport.close()
-        await store.close()
-
     try:
         await worker.start()
     except BaseException:
-        await transport.close()
-        await store.close()
+        await close_backends(store, transport)
         raise
-    client._on_close = stop
     client.runtime_worker = worker
     return client, worker

@@ -18,6 +18,43 @@ from hutch.store.redis import RedisStore
 from hutch.watch import InstanceWatch
 
 
+class EmbeddedProbe:
+    """The embedded runtime as the testing toolkit sees it (:class:`hutch.runtime.EmbeddedRuntimeProbe`).
+
+    Exact because everything is in this process: the in-process transport counts its queued and
+    unacknowledged messages, and the orchestrator its inbox and the batch it is processing.
+    """
+
+    def __init__(self, worker: Worker, transport: InProcessTransport) -> None:
+        self._worker = worker
+        self._transport = transport
+        self._partitions = range(transport.partitions)
+
+    @property
+    def commits(self) -> int:
+        return self._worker.orchestrator.commits
+
+    @property
+    def steps_running(self) -> int:
+        return self._worker.orchestrator.runner.in_flight
+
+    def is_idle(self) -> bool:
+        orchestrator = self._worker.orchestrator
+        if orchestrator.runner.in_flight:
+            return False
+        # The inbox holds deliveries and local step results; _idle is clear mid-batch. (Private to the
+        # orchestrator, read here, in its own layer, until it says so itself.)
+        if not (orchestrator._inbox.empty() and orchestrator._idle.is_set()):
+            return False
+        return all(self._transport.depth(p) == (0, 0) for p in self._partitions)
+
+    async def has_due_timer(self, now_ms: int) -> bool:
+        return bool(await self._worker.store.due_timers(self._partitions, now_ms, limit=1))
+
+    async def next_due(self, after_ms: int) -> int | None:
+        return await self._worker.store.next_due(self._partitions, after_ms=after_ms)
+
+
 async def start_embedded(
     workflows: Mapping[str, type[WorkflowEntrypoint]],
     *,
@@ -32,7 +69,7 @@ async def start_embedded(
     store = RedisStore(redis, settings.partitions, namespace=settings.namespace)
     transport = InProcessTransport(settings.partitions)
     await transport.start()
-    return await start_colocated(
+    client, worker = await start_colocated(
         store,
         transport,
         workflows,
@@ -44,3 +81,5 @@ async def start_embedded(
         distributed=False,
         watch=InstanceWatch(),
     )
+    client.runtime = EmbeddedProbe(worker, transport)
+    return client, worker

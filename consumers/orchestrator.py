@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hutch import tracing
 from hutch.broker.envelopes import InstanceCreated, PoisonMessage, Redrive, TimerFired, decode
 from hutch.broker.transports.base import Delivery, PartitionListener
 from hutch.clock import Clock
 from hutch.config import Limits
+from hutch.consumers import tracing
 from hutch.consumers.actor import Effects, Input, InstanceActor
 from hutch.consumers.items import CreatedNotice, StepDone
 from hutch.consumers.membership import LEASE_HEADER
@@ -36,8 +36,8 @@ from hutch.consumers.settlement import ACK, REQUEUE, DeadLetter, Outcome, Settle
 from hutch.consumers.steps import StepRunner
 from hutch.consumers.timers import TimerService
 from hutch.entrypoint import Env, WorkflowEntrypoint
-from hutch.store.base import CommitResult, Snapshot, Transition
-from hutch.store.redis import STORE_ERRORS, RedisStore, meta_from_fields
+from hutch.store.base import CheckpointStore, CommitResult, Snapshot, Transition
+from hutch.store.redis import STORE_ERRORS, meta_from_fields
 from hutch.watch import InstanceWatch
 
 log = logging.getLogger("hutch.worker")
@@ -88,7 +88,7 @@ class Orchestrator(PartitionListener):
     def __init__(
         self,
         *,
-        store: RedisStore,
+        store: CheckpointStore,
         workflows: dict[str, type[WorkflowEntrypoint]],
         env: Env,
         limits: Limits,

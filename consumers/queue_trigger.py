@@ -42,12 +42,12 @@ import aio_pika
 import aiormq
 import msgpack
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustConnection
-from hutch import tracing
 from hutch.broker import names
 from hutch.broker.connection import ClusterConnection, ConnectionOptions, connect
 from hutch.broker.transports.base import dead_letter_headers
 from hutch.broker.transports.rabbitmq import CONNECTION_ERRORS
 from hutch.client import Client, WorkflowClient
+from hutch.consumers import tracing
 from hutch.consumers.templates import QUEUE_ROOTS, MessageContext, Template, TemplateError
 from hutch.errors import InstanceAlreadyExists, InvalidInputError, WorkflowNotFound
 from hutch.store.redis import STORE_ERRORS

@@ -1,4 +1,9 @@
-"""Builds clients and workers for the runtime the settings describe (embedded or distributed)."""
+"""Builds clients and workers for the runtime the settings describe (embedded or distributed).
+
+:data:`RUNTIME` is what :func:`hutch.connect` runs: this layer's implementation of the engine's
+:class:`hutch.runtime.Runtime` seam, registered as the ``default`` entry point of the
+``hutch.runtimes`` group in pyproject.toml (the engine never imports this package).
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,16 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from hutch.broker.dispatch import BrokerDispatcher
 from hutch.broker.transports.rabbitmq import RabbitMQTransport
 from hutch.client import Client
 from hutch.clock import Clock
 from hutch.config import Limits
-from hutch.consumers.colocated import start_colocated
+from hutch.consumers.colocated import client_over, close_backends, start_colocated
 from hutch.consumers.embedded import start_embedded
 from hutch.consumers.worker import Worker
 from hutch.entrypoint import WorkflowEntrypoint
 from hutch.errors import InvalidInputError, StoreUnavailable
+from hutch.runtime import Runtime
 from hutch.settings import Settings, redact_url, redis_socket_options
 from hutch.store.announcements import finished_member
 from hutch.store.redis import RedisStore
@@ -206,19 +211,15 @@ async def open_client(
         # Every partition's finished channel, once: a wait then costs no subscription of its own.
         await feed.start(store.keys.finished_channel(p) for p in range(store.partitions))
     except BaseException:
-        await transport.close()
-        await store.close()
+        await close_backends(store, transport)
         raise
 
     async def close() -> None:
         await feed.close()
-        await transport.close()
-        await store.close()
+        await close_backends(store, transport)
 
     names = list(workflows) or [spec.name for spec in settings.workflows]
-    return Client(
-        store, BrokerDispatcher(transport), workflows=names, limits=limits, clock=clock, watch=watch, on_close=close
-    )
+    return client_over(store, transport, names, limits=limits, clock=clock, watch=watch, on_close=close)
 
 
 async def start_distributed(
@@ -247,3 +248,25 @@ async def start_distributed(
         binding_names=binding_names,
         distributed=True,
     )
+
+
+class _Runtime:
+    """The embedded and distributed runtimes behind :func:`hutch.connect` (chosen by the settings' URLs)."""
+
+    async def open_client(
+        self,
+        workflows: Mapping[str, type[WorkflowEntrypoint]],
+        *,
+        settings: Settings,
+        limits: Limits,
+        clock: Clock,
+        resources: Mapping[str, Any],
+        binding_names: Mapping[str, str],
+    ) -> Client:
+        return await open_client(
+            workflows, settings=settings, limits=limits, clock=clock, resources=resources, binding_names=binding_names
+        )
+
+
+RUNTIME: Runtime = _Runtime()
+"""The ``default`` runtime of the ``hutch.runtimes`` entry point group (typed by the seam, so mypy checks it)."""

@@ -11,9 +11,9 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hutch import tracing
 from hutch.clock import Clock
 from hutch.config import Limits
+from hutch.consumers import tracing
 from hutch.consumers.items import StepDone
 from hutch.context import StepContext, StepInfo
 from hutch.errors import (

@@ -24,7 +24,8 @@ from hutch.broker.envelopes import TimerFired, encode
 from hutch.broker.transports.base import Outgoing, Transport
 from hutch.clock import Clock
 from hutch.serialization import unpack
-from hutch.store.redis import STORE_ERRORS, RedisStore
+from hutch.store.base import CheckpointStore
+from hutch.store.redis import STORE_ERRORS
 
 log = logging.getLogger("hutch.timers")
 
@@ -44,7 +45,7 @@ class TimerService:
 
     def __init__(
         self,
-        store: RedisStore,
+        store: CheckpointStore,
         transport: Transport,
         owned: Callable[[], list[int]],
         *,

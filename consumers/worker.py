@@ -33,7 +33,7 @@ from hutch.consumers.timers import TimerService
 from hutch.entrypoint import Env, WorkflowEntrypoint
 from hutch.settings import Settings
 from hutch.store.announcements import created_instances
-from hutch.store.redis import RedisStore
+from hutch.store.base import CheckpointStore
 from hutch.watch import ChannelFeed, InstanceWatch
 
 log = logging.getLogger("hutch.worker")
@@ -87,7 +87,7 @@ class Worker:
     def __init__(
         self,
         *,
-        store: RedisStore,
+        store: CheckpointStore,
         transport: Transport,
         workflows: dict[str, type[WorkflowEntrypoint]],
         settings: Settings,

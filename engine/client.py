@@ -23,9 +23,10 @@ from hutch.errors import (
     WaitTimeout,
     WorkflowNotFound,
 )
+from hutch.runtime import EmbeddedRuntimeProbe
 from hutch.serialization import check_depth, encode_value, pack, unpack
 from hutch.status import FINISHED, Action, InstanceDetail, InstanceStatus, Status, build_detail, status_from_meta
-from hutch.store.redis import RedisStore
+from hutch.store.base import CheckpointStore
 from hutch.watch import InstanceWatch
 from pydantic import BaseModel
 
@@ -90,7 +91,7 @@ class Client:
 
     def __init__(
         self,
-        store: RedisStore,
+        store: CheckpointStore,
         dispatcher: Dispatcher,
         *,
         workflows: Sequence[str] = (),
@@ -110,9 +111,12 @@ class Client:
         self._closed = False
         # How long pause/resume/terminate/restart wait for the owner to apply them by default.
         self.control_timeout = control_timeout
-        # The embedded runtime's consumers.Worker (None for a remote client). Typed loosely
-        # because engine does not import consumers; tests reach it to simulate crashes.
-        self.runtime_worker: Any = None
+        # What the testing toolkit reads of the embedded runtime behind this client (None otherwise).
+        self.runtime: EmbeddedRuntimeProbe | None = None
+        # The hutch.consumers Worker running in this client's process (embedded, or a colocated
+        # distributed one), else None: `hutch dev` stops it and tests crash it. The engine does not
+        # know the consumers layer's types, so callers narrow it (isinstance) before use.
+        self.runtime_worker: object | None = None
 
     async def __aenter__(self) -> Client:
         return self

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Generator, Mapping
 from typing import Any
 
@@ -11,6 +10,7 @@ from hutch.clock import Clock
 from hutch.config import Limits, check_workflow_name
 from hutch.entrypoint import WorkflowEntrypoint
 from hutch.errors import InvalidInputError
+from hutch.runtime import load_runtime
 from hutch.settings import Settings
 
 
@@ -95,10 +95,7 @@ async def _open(
         check_workflow_name(name, limits)
         if not (isinstance(cls, type) and issubclass(cls, WorkflowEntrypoint)):
             raise InvalidInputError(f"workflow {name!r} must be a WorkflowEntrypoint subclass, got {cls!r}")
-    # engine does not import the runtime packages at module level (they depend on engine);
-    # connect() is the one place that reaches into them, by name, when it is called.
-    runtime = importlib.import_module("hutch.consumers.runtime")
-    client: Client = await runtime.open_client(
+    # The runtime lives in a layer above the engine: found through its declared seam (hutch.runtime).
+    return await load_runtime().open_client(
         workflows, settings=settings, limits=limits, clock=clock or Clock(), resources=resources, binding_names=bindings
     )
-    return client

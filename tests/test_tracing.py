@@ -20,6 +20,7 @@ import httpx
 import hutch
 import pytest
 from hutch import EventTimeoutError, Status, WorkflowEntrypoint, tracing
+from hutch.consumers import tracing as worker_tracing
 from hutch.consumers.queue_trigger import QueueTrigger
 from hutch.gateway.app import create_app
 from hutch.triggers import QueueConsumerSpec
@@ -318,13 +319,13 @@ async def test_without_a_tracer_provider_nothing_is_recorded_but_the_caller_cont
 
 
 def test_an_instance_without_a_stored_context_still_gets_one_trace() -> None:
-    derived = tracing.instance_traceparent(None, "order", "o-1", 1_700_000_000_000)
-    assert derived == tracing.instance_traceparent(None, "order", "o-1", 1_700_000_000_000)
-    assert derived != tracing.instance_traceparent(None, "order", "o-1", 1_700_000_000_001)
+    derived = worker_tracing.instance_traceparent(None, "order", "o-1", 1_700_000_000_000)
+    assert derived == worker_tracing.instance_traceparent(None, "order", "o-1", 1_700_000_000_000)
+    assert derived != worker_tracing.instance_traceparent(None, "order", "o-1", 1_700_000_000_001)
     context = trace.get_current_span(tracing.parent_context(derived)).get_span_context()
     assert context.is_valid and context.is_remote and context.trace_flags.sampled
     stored, _, _ = new_traceparent()
-    assert tracing.instance_traceparent(stored, "order", "o-1", 0) == stored
+    assert worker_tracing.instance_traceparent(stored, "order", "o-1", 0) == stored
 
 
 async def test_a_queue_message_trace_continues_into_its_instance(spans: InMemorySpanExporter, amqp_url: str) -> None:
@@ -445,7 +446,7 @@ def test_otel_service_name_overrides_the_default(
 
 
 async def test_the_step_span_is_a_no_op_without_a_provider(reset_otel_tracer_provider: None) -> None:
-    with tracing.step_attempt("00-" + "1" * 32 + "-" + "2" * 16 + "-01", "wf", "i", "s", 1, 1) as span:
+    with worker_tracing.step_attempt("00-" + "1" * 32 + "-" + "2" * 16 + "-01", "wf", "i", "s", 1, 1) as span:
         assert span is None
     with tracing.creating("wf", 1) as created:
         assert created.span is None and created.traceparent is None

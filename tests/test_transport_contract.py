@@ -300,6 +300,31 @@ async def test_publish_of_1000_messages_is_confirmed(make_transport: MakeTranspo
         assert recorder.bodies(p) == [f"{i}".encode() for i in range(p, 1000, 4)]
 
 
+async def test_ready_count_counts_waiting_messages_only(make_transport: MakeTransport) -> None:
+    transport = await make_transport(partitions=2)
+    await transport.publish(messages(0, "a", "b", "c"))
+    assert [await transport.ready_count(p) for p in range(2)] == [3, 0]
+    recorder = Recorder()
+    await transport.subscribe([0], recorder, prefetch=2)
+    await recorder.wait_for(2)
+    # Two are delivered and unacknowledged: only the third still waits.
+    await eventually(lambda: _equals(transport.ready_count(0), 1))
+
+
+async def test_delete_topology_closes_subscriptions_first(make_transport: MakeTransport) -> None:
+    transport = await make_transport(partitions=2)
+    recorder = Recorder()
+    await transport.subscribe([0, 1], recorder, prefetch=10)
+    await transport.publish(messages(1, "x"))
+    await recorder.wait_for(1)
+    await transport.delete_topology()
+    assert sorted(e for e in recorder.events if e[0] == "revoked") == [("revoked", 0), ("revoked", 1)]
+
+
+async def _equals(value: Awaitable[Any], expected: Any) -> bool:
+    return await value == expected
+
+
 async def test_publish_to_a_missing_partition_fails(make_transport: MakeTransport) -> None:
     transport = await make_transport(partitions=2)
     with pytest.raises(ValueError, match="partition 2 does not exist"):

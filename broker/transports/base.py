@@ -132,6 +132,21 @@ class Transport(abc.ABC):
     async def dead_letters(self) -> list[DeadLetter]:
         """The messages in the dead-letter queue (for operators and tests)."""
 
+    @abc.abstractmethod
+    async def ready_count(self, partition: int) -> int:
+        """Messages waiting in a partition queue (delivered-but-unacknowledged ones not included)."""
+
+    @abc.abstractmethod
+    async def delete_topology(self) -> None:
+        """Delete every queue of this transport, and their messages and dead letters (namespace clean-up).
+
+        Closes this transport's subscriptions first (their consumers are revoked).
+        """
+
+    # A partition's unacknowledged count is not here: AMQP reports only a queue's ready messages
+    # (the rest needs the management API), so the in-process transport's ``depth`` stays its own,
+    # read by the embedded runtime that owns one (hutch.consumers.embedded).
+
     # ----------------------------------------------------------------- consumability
     # Partition ownership follows the ability to consume: a worker whose broker connection is down
     # (or whose consumers the broker cancelled) should let a worker that can consume take over.

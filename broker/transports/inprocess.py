@@ -136,6 +136,17 @@ class InProcessTransport(Transport):
     async def dead_letters(self) -> list[DeadLetter]:
         return list(self._dead)
 
+    async def ready_count(self, partition: int) -> int:
+        return len(self._queues[partition].ready)
+
+    async def delete_topology(self) -> None:
+        consumers = {id(c): c for queue in self._queues for c in queue.consumers}
+        for consumer in consumers.values():
+            consumer.closed = True  # its subscription's close() is then a no-op
+            await self._remove_consumer(consumer, consumer.partitions)
+        self._queues = [_Queue() for _ in range(self.partitions)]
+        self._dead.clear()
+
     def depth(self, partition: int) -> tuple[int, int]:
         """(ready, unacknowledged) message counts of a partition queue."""
         queue = self._queues[partition]

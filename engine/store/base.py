@@ -1,13 +1,17 @@
-"""The checkpoint store's values: what a transition writes and what loading an instance reads."""
+"""The checkpoint store's seam (:class:`CheckpointStore`) and its values: what a transition writes, a load reads."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from hutch.config import Limits
     from hutch.history import Record
+    from hutch.keys import Keys
+    from redis.asyncio import Redis
 
 
 class CommitResult(IntEnum):
@@ -60,3 +64,93 @@ class Snapshot:
     def seq(self) -> int:
         """The sequence number the next commit must expect."""
         return int(self.meta["seq"])
+
+
+class CheckpointStore(Protocol):
+    """What the client and the runtime (worker, orchestrator, timers, colocated runtime) need of the checkpoint store.
+
+    :class:`~hutch.store.redis.RedisStore` implements it. The store is Redis-shaped at its edges:
+    ``redis`` and ``keys`` are there for the pub/sub announcements, worker membership and the
+    gateway's counting views, which talk to the same Redis under the store's key layout.
+    """
+
+    @property
+    def redis(self) -> Redis:
+        """The Redis client the store writes through (announcement channels, membership, views)."""
+        ...
+
+    @property
+    def keys(self) -> Keys:
+        """The store's key layout (its namespace)."""
+        ...
+
+    @property
+    def partitions(self) -> int:
+        """The deployment's partition count."""
+        ...
+
+    async def close(self) -> None:
+        """Close the store's connections."""
+        ...
+
+    async def check_deployment(self, limits: Limits) -> None:
+        """Record the partition count and limits on first use; raise ``DeploymentMismatch`` on different ones."""
+        ...
+
+    # ------------------------------------------------------------------ the client's
+    async def create_many(
+        self,
+        items: Sequence[tuple[int, str, str, int, dict[str, Any]]],
+        *,
+        events: Sequence[Sequence[bytes]] | None = None,
+    ) -> list[bool]:
+        """Create each (partition, workflow, id, created ms, meta fields) unless its id exists; which were created.
+
+        ``events``, one list per item: packed event records each instance starts with, written atomically with it.
+        """
+        ...
+
+    async def delete_unstarted(self, partition: int, workflow: str, instance_id: str) -> bool:
+        """Delete an instance no worker has started (a create whose start message failed); whether it did."""
+        ...
+
+    async def read_meta(self, partition: int, workflow: str, instance_id: str) -> dict[str, Any] | None:
+        """An instance's meta fields, or None when it does not exist."""
+        ...
+
+    async def history(self, partition: int, workflow: str, instance_id: str) -> list[Record]:
+        """An instance's history records."""
+        ...
+
+    async def workflow_names(self) -> list[str]:
+        """Names of workflows that have (had) instances."""
+        ...
+
+    async def list_instances(
+        self, workflow: str, status: str | None, *, before: tuple[int, str] | None, limit: int
+    ) -> list[tuple[str, int]]:
+        """(instance id, created ms) of ``workflow``'s instances (optionally in one status), newest first."""
+        ...
+
+    # ------------------------------------------------------------------ the partition owner's
+    async def claim(self, partition: int, token: str) -> None:
+        """Make ``token`` the partition's fencing token: every commit of an older owner now fails."""
+        ...
+
+    async def load_many(self, items: Sequence[tuple[int, str, str]]) -> list[Snapshot | None]:
+        """Each (partition, workflow, id) instance as stored, or None where it does not exist."""
+        ...
+
+    async def commit_many(self, transitions: Sequence[Transition], fences: dict[int, str]) -> list[CommitResult]:
+        """Apply each transition atomically if its sequence number and partition fence still match."""
+        ...
+
+    async def due_timers(
+        self, partitions: Iterable[int], now_ms: int, limit: int = 1000
+    ) -> list[tuple[int, bytes, int]]:
+        """Timers due by ``now_ms`` on these partitions: (partition, member, due ms)."""
+        ...
+
+    async def next_due(self, partitions: Iterable[int], *, after_ms: int) -> int | None:
+        """The earliest timer due strictly after ``after_ms`` on these partitions (epoch ms), or None."""
+        ...

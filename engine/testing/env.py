@@ -27,6 +27,7 @@ from hutch.durations import Duration, to_seconds
 from hutch.entrypoint import WorkflowEntrypoint
 from hutch.errors import InvalidInputError, WaitTimeout, WorkflowNotFound, error_from_record
 from hutch.events import ReceivedEvent
+from hutch.runtime import EmbeddedRuntimeProbe
 from hutch.settings import Settings
 from hutch.status import ErrorInfo, InstanceStatus, Status, StepDetail
 from hutch.testing.clock import TestClock
@@ -271,37 +272,20 @@ class TestEnv:
             now = self.clock.now_ms()
             if now >= target:
                 return
-            next_due = await self._store.next_due(self._partitions, after_ms=now)
+            next_due = await self._runtime.next_due(now)
             self.clock.advance_to(target if next_due is None else min(next_due, target))
 
     # ------------------------------------------------------------------ idleness
     @property
-    def _worker(self) -> Any:
-        worker = self.client.runtime_worker
-        if worker is None:  # pragma: no cover - connect() with no URLs always runs embedded
+    def _runtime(self) -> EmbeddedRuntimeProbe:
+        runtime = self.client.runtime
+        if runtime is None:  # pragma: no cover - connect() with no URLs always runs embedded
             raise RuntimeError("the TestEnv runtime is not embedded")
-        return worker
-
-    @property
-    def _store(self) -> Any:
-        return self._worker.store
-
-    @property
-    def _partitions(self) -> list[int]:
-        return list(range(self._worker.transport.partitions))
+        return runtime
 
     def _busy(self) -> bool:
-        """Whether anything is in progress that needs no time to pass (reads the embedded runtime's state)."""
-        if self._sending:
-            return True
-        orchestrator = self._worker.orchestrator
-        if orchestrator.runner.in_flight:
-            return True
-        # The orchestrator's inbox holds deliveries and local step results; _idle is clear mid-batch.
-        if not (orchestrator._inbox.empty() and orchestrator._idle.is_set()):
-            return True
-        transport = self._worker.transport
-        return any(transport.depth(p) != (0, 0) for p in self._partitions)
+        """Whether anything is in progress that needs no time to pass (mocked events being sent, or the runtime)."""
+        return bool(self._sending) or not self._runtime.is_idle()
 
     async def _idle_until(self) -> tuple[bool, int | None]:
         """``(idle, next_due)``: whether nothing is left to do before the next timer, and when that is.
@@ -311,12 +295,13 @@ class TestEnv:
         """
         if self._busy():
             return False, None
-        commits = self._worker.orchestrator.commits
+        runtime = self._runtime
+        commits = runtime.commits
         now = self.clock.now_ms()
-        if await self._store.due_timers(self._partitions, now, limit=1):
+        if await runtime.has_due_timer(now):
             return False, None
-        next_due = await self._store.next_due(self._partitions, after_ms=now)
-        if self._busy() or self._worker.orchestrator.commits != commits:
+        next_due = await runtime.next_due(now)
+        if self._busy() or runtime.commits != commits:
             return False, None
         return True, next_due
 
@@ -333,7 +318,7 @@ class TestEnv:
         poll = 0.001
         while not (await self._idle_until())[0]:
             if loop.time() > deadline:
-                running = self._worker.orchestrator.runner.in_flight
+                running = self._runtime.steps_running
                 raise WaitTimeout(f"{what}: the runtime did not go idle in time ({running} step attempt(s) running)")
             await asyncio.sleep(poll)
             poll = min(poll * 2, _POLL_MAX_S)
