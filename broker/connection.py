@@ -42,6 +42,16 @@ log = logging.getLogger("hutch.broker")
 
 T = TypeVar("T")
 
+#: Exceptions that mean "the connection or channel went away", not "the request was wrong".
+#: Operations that fail with one of these are retried (publish) or were made moot by the broker
+#: requeueing the message (ack, nack) once the robust connection recovers.
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    aiormq.exceptions.AMQPConnectionError,  # the broker closed or reset the connection
+    aiormq.exceptions.ChannelInvalidStateError,  # the channel closed under a pending operation
+    aiormq.exceptions.ChannelClosed,  # the broker closed the channel
+    OSError,  # socket failures: reset, refused, unreachable (ConnectionError is a subclass)
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ConnectionOptions:
@@ -323,4 +333,4 @@ async def _first_live(urls: list[URL], attempt: Callable[[int], Awaitable[T]], t
     raise BrokerUnavailable(f"cannot connect to any RabbitMQ node of {shown}: {'; '.join(failures)}{hint}")
 
 
-__all__ = ["ClusterConnection", "ConnectionOptions", "connect", "connect_once"]
+__all__ = ["CONNECTION_ERRORS", "ClusterConnection", "ConnectionOptions", "connect", "connect_once"]

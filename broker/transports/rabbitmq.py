@@ -22,9 +22,11 @@ Semantics, and where RabbitMQ differs from a naive reading of AMQP:
 
 - ``publish`` returns only when the broker has confirmed every message (publisher confirms,
   persistent delivery mode). A batch is written at once and its confirms are gathered, so a batch
-  costs about one round trip, not one per message. Messages whose confirm was lost to a connection
-  failure are published again once the robust connection is back (so a rare duplicate is possible:
-  delivery is at-least-once and consumers deduplicate by sequence number).
+  costs about one round trip, not one per message. Messages the broker nacked (a quorum queue
+  whose leader went away), did not confirm within ``confirm_timeout_s`` or whose confirm was lost
+  to a connection failure are published again on a new channel, on whichever node the connection
+  is on (:mod:`hutch.broker.transports.confirms`), until ``publish_timeout_s``; so a rare
+  duplicate is possible: delivery is at-least-once and consumers deduplicate by sequence number.
 - ``Delivery.reject(reason)`` dead-letters with the reason in the ``REASON_HEADER`` header.
   RabbitMQ's own dead-lettering records only a fixed reason code in ``x-death``, so the transport
   publishes the message itself to the dead-letter exchange (original headers plus the reason, under
@@ -62,7 +64,6 @@ import functools
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
 import aio_pika
@@ -70,6 +71,7 @@ import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustChannel, AbstractRobustQueue
 from aiormq.abc import DeliveredMessage
 from hutch.broker import names
+from hutch.broker.connection import CONNECTION_ERRORS as CONNECTION_ERRORS
 from hutch.broker.connection import ClusterConnection, ConnectionOptions, connect
 from hutch.broker.transports.base import (
     REASON_HEADER,
@@ -82,30 +84,18 @@ from hutch.broker.transports.base import (
     dead_letter_headers,
     stray_cancel,
 )
+from hutch.broker.transports.confirms import ConfirmedPublisher, Publish
 from hutch.settings import redact_urls
 from pamqp import commands as spec
-from pamqp.common import FieldTable
 
 if TYPE_CHECKING:
     from hutch.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Exceptions that mean "the connection or channel went away", not "the request was wrong".
-#: Operations that fail with one of these are retried (publish) or were made moot by the broker
-#: requeueing the message (ack, nack) once the robust connection recovers.
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    aiormq.exceptions.AMQPConnectionError,  # the broker closed or reset the connection
-    aiormq.exceptions.ChannelInvalidStateError,  # the channel closed under a pending operation
-    aiormq.exceptions.ChannelClosed,  # the broker closed the channel
-    OSError,  # socket failures: reset, refused, unreachable (ConnectionError is a subclass)
-)
-
-
 # What closing a subscription may meet from a connection that dropped under it; aiormq reports an
 # RPC a closing connection abandoned as CancelledError (see stray_cancel).
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError, asyncio.CancelledError)
-_PERSISTENT = 2
 # Headers RabbitMQ adds on redelivery and dead-lettering; not part of the message a producer sent.
 _BROKER_HEADERS = frozenset({"x-death", "x-delivery-count"})
 _BROKER_HEADER_PREFIXES = ("x-first-death-", "x-last-death-")
@@ -124,14 +114,6 @@ def _user_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:
         elif isinstance(value, bytes):
             headers[key] = value.decode("utf-8", "replace")
     return headers
-
-
-@dataclass(slots=True, frozen=True)
-class _Publish:
-    exchange: str
-    routing_key: str
-    body: bytes
-    headers: dict[str, str]
 
 
 class _RabbitDelivery(Delivery):
@@ -179,7 +161,7 @@ class _RabbitDelivery(Delivery):
         source = self._message.routing_key or ""
         try:
             await transport._publish_all(
-                [_Publish(names.dead_letter_exchange(transport.namespace), source, self.body, headers)]
+                [Publish(names.dead_letter_exchange(transport.namespace), source, self.body, headers)]
             )
         except BaseException:
             # Not dead-lettered: hand it back rather than hold a prefetch slot until the channel closes.
@@ -422,8 +404,11 @@ class RabbitMQTransport(Transport):
             consumer keeps that partition away from every other worker.
         dead_after_s: a connection whose broker has not answered the transport's probe for this
             long is dropped and another node tried (0: no probe); see :mod:`hutch.broker.connection`.
-        publish_timeout_s: how long ``publish`` keeps retrying unconfirmed messages across
-            reconnects before raising ``TimeoutError``.
+        publish_timeout_s: how long ``publish`` keeps retrying unconfirmed messages (across
+            reconnects and new channels) before raising ``TimeoutError``.
+        confirm_timeout_s: how long a publish waits without hearing any confirm before it
+            publishes the unconfirmed messages again on a new channel (twice as long after each
+            attempt that timed out); see :mod:`hutch.broker.transports.confirms`.
         close_timeout_s: bound on each broker call made while closing.
         connect_timeout_s: how long ``start`` waits for each node before trying the next, and
             raising :class:`~engine.errors.BrokerUnavailable` after the last.
@@ -441,6 +426,7 @@ class RabbitMQTransport(Transport):
         heartbeat_s: int = 1,
         dead_after_s: float = 2.0,
         publish_timeout_s: float = 30.0,
+        confirm_timeout_s: float = 2.0,
         close_timeout_s: float = 5.0,
         connect_timeout_s: float = 5.0,
         connection_name: str | None = None,
@@ -455,6 +441,7 @@ class RabbitMQTransport(Transport):
         self.heartbeat_s = heartbeat_s
         self.dead_after_s = dead_after_s
         self.publish_timeout_s = publish_timeout_s
+        self.confirm_timeout_s = confirm_timeout_s
         self.close_timeout_s = close_timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.connection_name = connection_name or f"hutch/{namespace}"
@@ -465,7 +452,8 @@ class RabbitMQTransport(Transport):
         self._work_exchange = names.work_exchange(namespace)
         self._routing_keys = [names.partition_queue(namespace, p) for p in range(partitions)]
         self._connection: ClusterConnection | None = None
-        self._publisher: AbstractRobustChannel | None = None
+        self._topology: AbstractRobustChannel | None = None  # declares; restored (and re-declares) on reconnects
+        self._confirmed: ConfirmedPublisher | None = None  # publishes
         self._subscriptions: set[_RabbitSubscription] = set()
         self._start_lock = asyncio.Lock()
         self._up = False  # the connection is open and its channels restored
@@ -509,18 +497,26 @@ class RabbitMQTransport(Transport):
             InvalidInputError: the URL is malformed.
         """
         async with self._start_lock:
-            if self._publisher is not None:
+            if self._topology is not None:
                 return
             connection = await connect(self.url, options=self.connection_options, name=self.connection_name)
             try:
-                publisher = await connection.channel(publisher_confirms=True, on_return_raises=True)
-                await self._declare(connection, publisher)
+                topology = await connection.channel(publisher_confirms=False)
+                await self._declare(connection, topology)
             except BaseException:
                 await connection.close()
                 raise
             connection.close_callbacks.add(self._on_connection_lost)
             connection.reconnect_callbacks.add(self._on_connection_restored)
-            self._connection, self._publisher = connection, publisher
+            self._confirmed = ConfirmedPublisher(
+                connection,
+                ready=topology.ready,
+                confirm_timeout_s=self.confirm_timeout_s,
+                publish_timeout_s=self.publish_timeout_s,
+                close_timeout_s=self.close_timeout_s,
+                display_url=self._display_url,
+            )
+            self._connection, self._topology = connection, topology
             self._up = True
             log.info("connected to RabbitMQ at %s", connection.node)
 
@@ -594,7 +590,7 @@ class RabbitMQTransport(Transport):
 
     def _on_connection_restored(self, _sender: object) -> None:
         # After aio-pika restored every channel (and so every subscription's consumers).
-        if not self._up and self._publisher is not None:
+        if not self._up and self._topology is not None:
             self._up = True
             self._consumability_changed()
 
@@ -602,7 +598,10 @@ class RabbitMQTransport(Transport):
         """Close every subscription (revoking its partitions), then the connection; idempotent."""
         for subscription in list(self._subscriptions):
             await subscription.close()
-        connection, self._connection, self._publisher = self._connection, None, None
+        connection, self._connection, self._topology = self._connection, None, None
+        confirmed, self._confirmed = self._confirmed, None
+        if confirmed is not None:
+            await confirmed.close()
         if connection is not None:
             connection.close_callbacks.discard(self._on_connection_lost)
             connection.reconnect_callbacks.discard(self._on_connection_restored)
@@ -614,9 +613,9 @@ class RabbitMQTransport(Transport):
             self._consumability_changed()
 
     def _require_started(self) -> AbstractRobustChannel:
-        if self._publisher is None:
+        if self._topology is None:
             raise RuntimeError("the RabbitMQ transport is not started; call await transport.start() first")
-        return self._publisher
+        return self._topology
 
     # ----------------------------------------------------------------- publishing
     async def publish(self, messages: Sequence[Outgoing]) -> None:
@@ -631,55 +630,19 @@ class RabbitMQTransport(Transport):
         for out in messages:
             if not 0 <= out.partition < self.partitions:
                 raise ValueError(f"partition {out.partition} does not exist (0..{self.partitions - 1})")
-            batch.append(_Publish(self._work_exchange, self._routing_keys[out.partition], out.body, out.headers))
+            batch.append(Publish(self._work_exchange, self._routing_keys[out.partition], out.body, out.headers))
         if batch:
             await self._publish_all(batch)
 
-    async def _publish_all(self, batch: list[_Publish]) -> None:
-        publisher = self._require_started()
-        pending = batch
-        attempt = 0
-        try:
-            async with asyncio.timeout(self.publish_timeout_s):
-                while True:
-                    results = await asyncio.gather(
-                        *(self._publish_one(publisher, item) for item in pending), return_exceptions=True
-                    )
-                    retry: list[_Publish] = []
-                    for item, result in zip(pending, results, strict=True):
-                        if result is None:
-                            continue
-                        if isinstance(result, _RETRYABLE):
-                            retry.append(item)
-                        else:
-                            raise result
-                    if not retry:
-                        return
-                    pending = retry
-                    attempt += 1
-                    log.warning("republishing %d unconfirmed message(s) after a broker failure", len(pending))
-                    await publisher.ready()  # the robust connection has reconnected and restored the channel
-                    await asyncio.sleep(min(0.01 * 2**attempt, 0.5))  # the restored channel may close again
-        except TimeoutError:
-            raise TimeoutError(
-                f"RabbitMQ did not confirm {len(pending)} of {len(batch)} message(s) within "
-                f"{self.publish_timeout_s} s; is the broker at {self._display_url} reachable?"
-            ) from None
+    async def _publish_all(self, batch: list[Publish]) -> None:
+        self._require_started()
+        assert self._confirmed is not None
+        await self._confirmed.publish(batch)
 
-    @staticmethod
-    async def _publish_one(publisher: AbstractRobustChannel, item: _Publish) -> None:
-        channel = cast(aiormq.Channel, await publisher.get_underlay_channel())
-        headers: FieldTable | None = dict(item.headers) if item.headers else None
-        confirmation = await channel.basic_publish(
-            item.body,
-            exchange=item.exchange,
-            routing_key=item.routing_key,
-            properties=spec.Basic.Properties(delivery_mode=_PERSISTENT, headers=headers),
-            mandatory=True,
-            wait=False,  # queue the frames and move on: the batch shares the socket writes and the confirms
-        )
-        if not isinstance(confirmation, spec.Basic.Ack):
-            raise _Nacked(f"broker answered {confirmation!r}")
+    @property
+    def publish_channels_replaced(self) -> int:
+        """How often a publishing channel was replaced (it nacked, went silent or was lost); 0 before ``start``."""
+        return self._confirmed.channels_retired if self._confirmed is not None else 0
 
     # ----------------------------------------------------------------- consuming
     async def subscribe(self, partitions: Sequence[int], listener: PartitionListener, *, prefetch: int) -> Subscription:
@@ -751,31 +714,23 @@ class RabbitMQTransport(Transport):
         return DeadLetter(-1 if partition is None else partition, message.body, headers, reason)
 
     async def ping(self) -> None:
-        """A passive declare of partition 0's queue: one round trip on the publishing channel."""
+        """A passive declare of partition 0's queue: one round trip on the topology channel."""
         await self.ready_count(0)
 
     async def ready_count(self, partition: int) -> int:
         """Messages waiting in a partition queue (delivered-but-unacknowledged ones not included)."""
-        publisher = self._require_started()
-        channel = await publisher.get_underlay_channel()
+        topology = self._require_started()
+        channel = await topology.get_underlay_channel()
         result = await channel.queue_declare(names.partition_queue(self.namespace, partition), passive=True)
         return int(result.message_count or 0)
 
     async def delete_topology(self) -> None:
         """Delete every queue and exchange of this namespace (test cleanup); closes subscriptions first."""
-        publisher = self._require_started()
+        topology = self._require_started()
         for subscription in list(self._subscriptions):
             await subscription.close()
         # Deleted through the channel that declared them, so the robust connection forgets them too.
         for name in [*self._routing_keys, names.dead_letter_queue(self.namespace)]:
-            await publisher.queue_delete(name)
+            await topology.queue_delete(name)
         for name in (self._work_exchange, names.dead_letter_exchange(self.namespace)):
-            await publisher.exchange_delete(name)
-
-
-class _Nacked(Exception):
-    """The broker negatively confirmed a publish (e.g. a quorum queue without a leader): retry it."""
-
-
-# A publish cancelled by its channel closing surfaces as CancelledError inside the gather.
-_RETRYABLE = (*CONNECTION_ERRORS, asyncio.CancelledError, _Nacked)
+            await topology.exchange_delete(name)

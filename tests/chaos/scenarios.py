@@ -138,12 +138,6 @@ SCENARIOS: dict[str, Scenario] = {
             "stop one node of a private 3-node RabbitMQ cluster for good, publishing all along",
             _rabbitmq_node,
             options={"cluster": True},
-            xfail=(
-                "publishes fail once a cluster node stops: the broker nacks publishes on the client's "
-                "channel (on a fresh channel they succeed) and RabbitMQTransport.publish does not retry a "
-                "nack: aiormq raises DeliveryError for Basic.Nack, which is not in _RETRYABLE (the _Nacked "
-                "branch is never reached), and it republishes on the same channel anyway"
-            ),
         ),
         Scenario(
             "host-cut",

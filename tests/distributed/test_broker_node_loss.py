@@ -69,7 +69,17 @@ class _LoopThread:
 
 
 @pytest.fixture(scope="session")
-def rabbitmq_cluster() -> Iterator[PrivateRabbitMQCluster]:
+def rabbitmq_cluster_loop() -> Iterator[_LoopThread]:
+    """The loop the session's cluster nodes run under: a node is stopped and started again through it."""
+    runner = _LoopThread()
+    try:
+        yield runner
+    finally:
+        runner.stop()
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_cluster(rabbitmq_cluster_loop: _LoopThread) -> Iterator[PrivateRabbitMQCluster]:
     """A private 3-node RabbitMQ cluster for the session; skipped locally without RabbitMQ, failing in CI."""
     from tests.private_servers import RABBITMQ_HOME, PrivateRabbitMQCluster
 
@@ -80,18 +90,16 @@ def rabbitmq_cluster() -> Iterator[PrivateRabbitMQCluster]:
 
     if not (RABBITMQ_HOME / "bin" / "rabbitmq-server").exists() or shutil.which("erl") is None:
         unavailable("RabbitMQ is not installed: a private cluster needs rabbitmq-server")
-    runner = _LoopThread()
+    runner = rabbitmq_cluster_loop
     cluster = PrivateRabbitMQCluster()
     try:
         runner.run(cluster.start(), timeout=300)
     except Exception as exc:
-        runner.stop()
         unavailable(f"the private RabbitMQ cluster did not start: {exc}")
     try:
         yield cluster
     finally:
         runner.run(cluster.close(), timeout=180)
-        runner.stop()
 
 
 # ----------------------------------------------------------------------------- the workload
@@ -233,10 +241,10 @@ async def test_a_stopped_node_costs_its_worker_seconds_new_processes_start_and_n
                 await stopped.ctl("start_app")
         transport: Any = None
         for c in reversed(clients):
-            worker = c.runtime_worker
-            if worker is not None:
-                transport = worker.transport
-                await worker.shutdown(timeout=0)
+            runtime_worker = c.runtime_worker
+            if isinstance(runtime_worker, Worker):
+                transport = runtime_worker.transport
+                await runtime_worker.shutdown(timeout=0)
             await c.close()
         if transport is not None:
             cleaner = RabbitMQTransport(cluster.urls, partitions=PARTITIONS, namespace=namespace)
@@ -301,7 +309,7 @@ async def test_a_worker_cut_off_from_every_node_gives_its_partitions_to_one_that
             assert worker_a.partitions == []
             assert not worker_a.transport.can_consume
             await eventually(lambda: _ticked(instances, since=cut_wall + timedelta(seconds=taken_s)), timeout=15)
-            stalls = {}
+            stalls: dict[int, float] = {}
             for instance in instances:
                 p = partition_of("ticker", instance.id, PARTITIONS)
                 stall = _longest_stall(await _committed_ticks(instance), cut_wall, timedelta(seconds=8))
@@ -363,3 +371,131 @@ async def test_a_classic_dead_letter_queue_whose_node_is_down_does_not_stop_a_st
 
 async def _true(value: bool) -> bool:
     return value
+
+
+class Approval(WorkflowEntrypoint):
+    """Waits for one ``go`` event and returns its payload."""
+
+    async def run(self, event: Any, step: Any) -> Any:
+        return (await step.wait_for_event("go", "go", timeout="5 minutes")).payload
+
+
+async def test_client_creates_and_events_go_on_within_seconds_when_the_clients_node_stops(
+    rabbitmq_cluster: PrivateRabbitMQCluster, rabbitmq_cluster_loop: _LoopThread, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The client starts first, so its node declares and leads every partition queue: stopping it
+    # (a clean shutdown, as `rabbitmqctl stop` does) takes the client's connection and every
+    # queue's leader at once, with publishes in flight. The broker then nacks publishes for a
+    # while, leaves some unconfirmed, and can keep nacking one queue on a channel for good; each
+    # create and event must still be confirmed within seconds, on another node.
+    cluster = rabbitmq_cluster
+    namespace = unique("nodeloss-publish")
+    settings = Settings(
+        redis_url=REDIS_URL,
+        amqp_url=",".join(cluster.urls),
+        namespace=namespace,
+        partitions=8,
+        heartbeat_s=0.2,
+        worker_ttl_s=1.0,
+        timer_poll_s=0.3,
+    )
+    workflows = {"approval": Approval}
+    loop = asyncio.get_running_loop()
+    clients: list[Client] = []
+    stopped: PrivateRabbitMQ | None = None
+
+    def on_cluster_loop(coroutine: Coroutine[Any, Any, T]) -> asyncio.Future[T]:
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coroutine, rabbitmq_cluster_loop.loop))
+
+    try:
+        client = await hutch.connect(workflows, settings=settings)
+        clients.append(client)
+        for _ in range(2):
+            worker_client, _ = await start_distributed(
+                workflows, settings=settings, limits=DEFAULT_LIMITS, clock=Clock(), resources={}, binding_names={}
+            )
+            clients.append(worker_client)
+        node = _node_of(client._dispatcher.transport, cluster)  # type: ignore[attr-defined]
+        listing = await node.ctl("list_queues", "name", "leader", "--formatter", "json")
+        queues = json.loads(listing[listing.find("[") :])
+        led = [q["name"] for q in queues if q["name"].startswith(namespace) and q["leader"] == node.node]
+
+        stop = asyncio.Event()
+        created: list[Instance] = []
+        unsent: asyncio.Queue[Instance | None] = asyncio.Queue()  # None: no more
+        calls: list[tuple[float, float, str]] = []  # (began, took, what) of each call that returned
+        failures: list[str] = []
+
+        async def timed(what: str, call: Coroutine[Any, Any, Any]) -> Any:
+            began = loop.time()
+            try:
+                result = await call
+            except Exception as exc:
+                failures.append(f"{what} failed after {loop.time() - began:.2f} s: {exc!r}")
+                return None
+            calls.append((began, loop.time() - began, what))
+            return result
+
+        async def creating() -> None:
+            while not stop.is_set():
+                instance = await timed("create", client.workflow("approval").create(params={}))
+                if instance is not None:
+                    created.append(instance)
+                    unsent.put_nowait(instance)
+                await asyncio.sleep(0.01)  # pacing: a steady stream, not a flood
+
+        async def sending() -> None:
+            while (instance := await unsent.get()) is not None:
+                await timed("send_event", instance.send_event("go", instance.id))
+
+        creators = [asyncio.create_task(creating()) for _ in range(4)]
+        senders = [asyncio.create_task(sending()) for _ in range(4)]
+        with caplog.at_level("WARNING", logger="hutch"):
+            await eventually(lambda: _true(len(calls) >= 100), timeout=30)
+            stopped, stop_at = node, loop.time()
+            await on_cluster_loop(node.stop())  # SIGTERM; returns once the node is gone
+            print(f"\nstopped {node.node} (the client's; it led {len(led)} queues) in {loop.time() - stop_at:.2f} s")
+            await eventually(lambda: _true(any(began > stop_at + 6.0 for began, _, _ in calls)), timeout=90)
+            stop.set()
+            await asyncio.gather(*creators)
+            for _ in senders:
+                unsent.put_nowait(None)
+            await asyncio.gather(*senders)
+        # (By the format string: aio-pika logs records whose arguments cannot be formatted afterwards.)
+        publish_failures = [r.getMessage() for r in caplog.records if "start messages failed" in str(r.msg)]
+
+        after = sorted((began, took) for began, took, _ in calls if began + took > stop_at)
+        slowest = max(took for _, took in after)
+        # The longest time after the stop with no call returning: how long client work stalled.
+        ends = sorted([stop_at, *(began + took for began, took in after)])
+        stall = max(b - a for a, b in itertools.pairwise(ends))
+        print(
+            f"{len(calls)} creates and events; {len(after)} returned after the stop; slowest {slowest:.2f} s; "
+            f"longest stall {stall:.2f} s; failures {len(failures)}; publishing channels replaced "
+            f"{client._dispatcher.transport.publish_channels_replaced}"  # type: ignore[attr-defined]
+        )
+        assert failures == [], failures[:5]
+        assert publish_failures == [], publish_failures[:5]  # creates that only worked from the announcement
+        assert slowest < 5.0, slowest
+        assert stall < 5.0, stall
+        # Nothing a call accepted is lost: every instance created gets its event and completes.
+        for instance in created:
+            final = await instance.wait(timeout=60)
+            assert final.status == "complete" and final.output == instance.id, final
+    finally:
+        if stopped is not None:
+            await on_cluster_loop(stopped.start())
+
+            async def whole() -> bool:
+                return len(await cluster.running_nodes()) == len(cluster.nodes)
+
+            await eventually(whole, timeout=60, interval=0.2)
+        for c in reversed(clients):
+            if isinstance(c.runtime_worker, Worker):
+                await c.runtime_worker.shutdown(timeout=0)
+            await c.close()
+        cleaner = RabbitMQTransport(cluster.urls, partitions=8, namespace=namespace)
+        await cleaner.start()
+        await cleaner.delete_topology()
+        await cleaner.close()
+        await drop_namespace(namespace)
