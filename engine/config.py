@@ -120,14 +120,21 @@ class Limits(BaseModel):
 
 DEFAULT_LIMITS = Limits()
 
-_INSTANCE_ID = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9\-_]*$")
-_WORKFLOW_NAME = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9\-_.]*$")
+# The hyphen comes last in each class, so the REST schema can publish the very same string: a
+# valid ECMA-262 pattern with or without the "u" flag, which rejects "0-9-_".
+INSTANCE_ID_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_-]*$"
+"""What an instance id matches (the API, the client, ``hutch.toml``)."""
+WORKFLOW_NAME_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$"
+"""What a workflow name matches (the API, the client, ``hutch.toml`` and its triggers)."""
+
+_INSTANCE_ID = re.compile(INSTANCE_ID_PATTERN)
+_WORKFLOW_NAME = re.compile(WORKFLOW_NAME_PATTERN)
 
 
 def check_instance_id(instance_id: object, limits: Limits = DEFAULT_LIMITS) -> str:
     """Return the id if it is valid, else raise :class:`InvalidInstanceId` naming the rule."""
     if not isinstance(instance_id, str) or not _INSTANCE_ID.fullmatch(instance_id):
-        raise InvalidInstanceId(f"instance id {instance_id!r} must match ^[a-zA-Z0-9_][a-zA-Z0-9-_]*$")
+        raise InvalidInstanceId(f"instance id {instance_id!r} must match {INSTANCE_ID_PATTERN}")
     if len(instance_id) > limits.max_instance_id_length:
         raise InvalidInstanceId(
             f"instance id {instance_id[:20]!r}... is {len(instance_id)} characters; "
@@ -139,7 +146,7 @@ def check_instance_id(instance_id: object, limits: Limits = DEFAULT_LIMITS) -> s
 def check_workflow_name(name: object, limits: Limits = DEFAULT_LIMITS) -> str:
     """Return the name if it is valid, else raise :class:`InvalidWorkflowName`."""
     if not isinstance(name, str) or not _WORKFLOW_NAME.fullmatch(name):
-        raise InvalidWorkflowName(f"workflow name {name!r} must match ^[a-zA-Z0-9_][a-zA-Z0-9-_.]*$")
+        raise InvalidWorkflowName(f"workflow name {name!r} must match {WORKFLOW_NAME_PATTERN}")
     if len(name) > limits.max_workflow_name_length:
         raise InvalidWorkflowName(
             f"workflow name {name[:20]!r}... is {len(name)} characters; the limit is {limits.max_workflow_name_length}"

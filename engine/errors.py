@@ -164,7 +164,7 @@ class InvalidInputError(HutchError, ValueError):
 
 
 class InvalidInstanceId(InvalidInputError):
-    """An instance id does not match ``^[a-zA-Z0-9_][a-zA-Z0-9-_]*$`` or is too long."""
+    """An instance id does not match ``^[a-zA-Z0-9_][a-zA-Z0-9_-]*$`` or is too long."""
 
 
 class InvalidWorkflowName(InvalidInputError):

@@ -8,7 +8,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from hutch.config import Limits
+from hutch.config import WORKFLOW_NAME_PATTERN, Limits
 from hutch.entrypoint import WorkflowEntrypoint, default_binding_name
 from hutch.errors import InvalidInputError, TargetError
 from hutch.loader import config_file, load_workflow
@@ -151,7 +151,7 @@ class WorkflowSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = Field(max_length=64, pattern=r"^[a-zA-Z0-9_][a-zA-Z0-9\-_.]*$")
+    name: str = Field(max_length=64, pattern=WORKFLOW_NAME_PATTERN)
     class_name: str = Field(description="module.path:ClassName")
     binding: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 

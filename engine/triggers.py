@@ -20,11 +20,11 @@ from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterError, croniter
+from hutch.config import WORKFLOW_NAME_PATTERN
 from hutch.durations import Duration, to_seconds
 from hutch.errors import InvalidInputError
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_WORKFLOW = r"^[a-zA-Z0-9_][a-zA-Z0-9\-_.]*$"
 _ENV_VAR = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 WebhookAction = Literal["send_event", "create", "create_or_send"]
@@ -64,7 +64,7 @@ class WebhookRoute(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str = Field(max_length=200, pattern=r"^[A-Za-z0-9_\-][A-Za-z0-9_\-./]*$")
-    workflow: str = Field(max_length=64, pattern=_WORKFLOW)
+    workflow: str = Field(max_length=64, pattern=WORKFLOW_NAME_PATTERN)
     action: WebhookAction = "send_event"
     signature: SignatureScheme = "standard"
     secret_env: str | None = None
@@ -172,7 +172,7 @@ class QueueConsumerSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     queue: str = Field(min_length=1, max_length=200)
-    workflow: str = Field(max_length=64, pattern=_WORKFLOW)
+    workflow: str = Field(max_length=64, pattern=WORKFLOW_NAME_PATTERN)
     id: str = "{message_id}"
     prefetch: int = Field(default=32, ge=1, le=10_000)
     dead_letter_queue: str | None = Field(default=None, min_length=1, max_length=255)
@@ -227,7 +227,7 @@ class CronSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     schedule: str
-    workflow: str = Field(max_length=64, pattern=_WORKFLOW)
+    workflow: str = Field(max_length=64, pattern=WORKFLOW_NAME_PATTERN)
     timezone: str = "UTC"
     params: Any = None
     name: str | None = Field(default=None, max_length=60, pattern=r"^[a-zA-Z0-9_][a-zA-Z0-9\-_]*$")

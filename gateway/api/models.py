@@ -14,11 +14,9 @@ from typing import Any, Literal
 
 from hutch import InvalidInputError, Status
 from hutch.client import MAX_EVENT_ID_LENGTH
+from hutch.config import INSTANCE_ID_PATTERN, WORKFLOW_NAME_PATTERN
 from hutch.status import Action
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
-
-INSTANCE_ID_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_-]*$"
-WORKFLOW_NAME_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_.-]*$"
 
 # Documented in the schema but checked by the engine (a 400 naming the rule, not a 422), so the
 # limits configured on the client are the ones enforced.

@@ -10,6 +10,7 @@ from typing import Any
 import click
 from hutch import Status
 from hutch.gateway.cli import render
+from hutch.gateway.cli.lazy import LazyGroup
 from hutch.gateway.cli.options import remote_options
 from hutch.gateway.cli.remote import Remote, resolve_instance
 from hutch.gateway.http_client import GatewayClient
@@ -20,7 +21,7 @@ EXIT_NOT_APPLIED = 3
 yet a script must not assume the change happened."""
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy_subcommands={"export": "hutch.gateway.cli.verify:export"})
 def instances() -> None:
     """List, inspect and control instances (through a gateway's REST API)."""
 

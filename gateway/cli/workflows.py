@@ -9,7 +9,10 @@ from hutch.gateway.cli.options import instance_id_option, parse_json, remote_opt
 from hutch.gateway.cli.remote import Remote
 
 
-@click.group(cls=LazyGroup, lazy_subcommands={"diagram": "hutch.gateway.cli.diagram:diagram"})
+@click.group(
+    cls=LazyGroup,
+    lazy_subcommands={"diagram": "hutch.gateway.cli.diagram:diagram", "verify": "hutch.gateway.cli.verify:verify"},
+)
 def workflows() -> None:
     """List workflows and trigger instances (through a gateway's REST API); draw a workflow's diagram."""
 
