@@ -1,5 +1,7 @@
-"""Connections to a RabbitMQ cluster: any live node at start, the next live node after a loss, and a
-dead connection noticed within seconds.
+"""Connections to a RabbitMQ cluster that outlive the loss of a node.
+
+A connection goes to any live node at start and to the next live node after a loss, and a dead
+connection is noticed within seconds.
 
 aio-pika's robust connection reconnects to the one URL it was given, so a worker whose node fails
 would wait for that node to come back. :class:`ClusterConnection` is that robust connection with
@@ -74,6 +76,7 @@ class ConnectionOptions:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ConnectionOptions:
+        """The options the ``HUTCH_AMQP_*`` settings ask for; the reconnect pause keeps its default."""
         return cls(
             heartbeat_s=settings.amqp_heartbeat_s,
             dead_after_s=settings.amqp_dead_after_s,
@@ -133,6 +136,7 @@ class ClusterConnection(aio_pika.RobustConnection):
     # node has had its try since the last success there is another node to try at once.
     @property
     def reconnect_interval(self) -> float:
+        """Seconds aio-pika waits before the next attempt: none while a node is still untried."""
         return 0.0 if self._failed_in_a_row % len(self._urls) else self._pause_s
 
     @reconnect_interval.setter
@@ -158,6 +162,7 @@ class ClusterConnection(aio_pika.RobustConnection):
             self._watchdog = asyncio.get_running_loop().create_task(self._watch(), name="hutch-amqp-liveness")
 
     async def close(self, exc: aiormq.abc.ExceptionType | None = asyncio.CancelledError) -> None:
+        """Stop the liveness probe, then close the connection and its channels for good."""
         watchdog, self._watchdog = self._watchdog, None
         if watchdog is not None:
             watchdog.cancel()

@@ -22,9 +22,11 @@ class BrokerDispatcher:
         self.partitions = transport.partitions
 
     def partition_of(self, workflow: str, instance_id: str) -> int:
+        """The partition whose queue carries this instance's messages."""
         return partition_of(workflow, instance_id, self.partitions)
 
     async def created(self, items: list[CreatedInstance]) -> None:
+        """Publish one ``InstanceCreated`` per instance, each to its owner's partition, in one confirmed batch."""
         await self._send(
             [InstanceCreated(workflow=c.workflow, instance_id=c.instance_id, fields=c.fields) for c in items]
         )
@@ -38,6 +40,7 @@ class BrokerDispatcher:
         sent_ms: int,
         event_id: str | None = None,
     ) -> None:
+        """Publish an event to its instance's partition; ``event_id`` keeps a resent event's identity."""
         message = EventReceived(
             workflow=workflow, instance_id=instance_id, event_type=event_type, payload=payload, sent_ms=sent_ms
         )
@@ -46,9 +49,11 @@ class BrokerDispatcher:
         await self._send([message])
 
     async def control(self, workflow: str, instance_id: str, action: Action) -> None:
+        """Publish a pause, resume, terminate or restart request to the instance's partition."""
         await self._send([Control(workflow=workflow, instance_id=instance_id, action=action)])
 
     async def redrive(self, workflow: str, instance_id: str) -> None:
+        """Publish a ``Redrive`` to the instance's partition: its owner loads the instance and continues it."""
         await self._send([Redrive(workflow=workflow, instance_id=instance_id)])
 
     async def _send(self, messages: list[Message]) -> None:

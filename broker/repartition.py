@@ -1,5 +1,6 @@
-"""Moving a stopped deployment's queued messages to its new partitions: the RabbitMQ side of
-``hutch admin repartition`` (the Redis side is engine/store/repartition.py).
+"""Moving a stopped deployment's queued messages to its new partitions.
+
+This is the RabbitMQ side of ``hutch admin repartition`` (the Redis side is engine/store/repartition.py).
 
 Every message is about one instance and waits in the queue of the instance's partition
 (broker/dispatch.py routes it by ``partition_of(workflow, instance id, P)``). With the workers
@@ -172,8 +173,11 @@ class QueueMover:
 
     # ------------------------------------------------------------------ moving
     async def drain(self, partitions: Iterable[int], advance: Advance) -> tuple[int, int]:
-        """Move every message of these partitions' queues (those that exist) to the staging queue, in
-        order: (staged, dropped). Dropped are the partitions' own markers (:func:`names_no_instance`)."""
+        """Move every message of these partitions' queues (those that exist) to the staging queue, in order.
+
+        Returns:
+            ``(staged, dropped)``: dropped are the partitions' own markers (:func:`names_no_instance`).
+        """
         raw = await self._raw()
         await raw.queue_declare(self.staging, durable=True, arguments=STAGING_ARGUMENTS)
         dropped = 0

@@ -62,6 +62,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     def call_soon(
         self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
     ) -> asyncio.Handle:
+        """Queue ``callback`` to run in the next :meth:`run_until_quiescent`, after those already queued."""
         handle = asyncio.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
@@ -69,24 +70,29 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
     def call_soon_threadsafe(
         self, callback: Callable[..., object], *args: Any, context: contextvars.Context | None = None
     ) -> asyncio.Handle:
+        """Raise :class:`WorkflowCodeError`: workflow code runs on one thread and cannot be driven from another."""
         # Not code_error(): called from another thread, it must not touch the run's state.
         raise WorkflowCodeError("workflow code cannot be driven from another thread; do that work inside step.do")
 
     def call_later(
         self, delay: float, callback: Callable[..., object], *args: Any, **kwargs: Any
     ) -> asyncio.TimerHandle:
+        """Fail the run: an asyncio timer measures wall-clock time, which a replay cannot reproduce."""
         raise self.code_error(
             "run() used an asyncio timer (asyncio.sleep with a delay, asyncio.timeout or wait_for); "
             "wall-clock time is not replayable, use step.sleep / step.wait_for_event(timeout=...) instead"
         )
 
     def call_at(self, when: float, callback: Callable[..., object], *args: Any, **kwargs: Any) -> asyncio.TimerHandle:
+        """Fail the run, as :meth:`call_later` does."""
         return self.call_later(0, callback, *args)
 
     def time(self) -> float:
+        """Always 0.0: the loop has no clock (its timers are refused)."""
         return 0.0
 
     def create_future(self) -> asyncio.Future[Any]:
+        """A future bound to this loop."""
         return asyncio.Future(loop=self)
 
     def create_task(
@@ -97,6 +103,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         context: contextvars.Context | None = None,
         **kwargs: Any,
     ) -> asyncio.Task[Any]:
+        """A task on this loop; a step call is wrapped in a coroutine that awaits it."""
         if isinstance(coro, StepAwaitable):
             # asyncio.create_task(step.do(...)) and TaskGroup.create_task(step.do(...)) land here. A
             # step call is not a coroutine (asyncio.wait refuses coroutines), so run it in one. The
@@ -110,39 +117,51 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         return asyncio.Task(_Guarded(coro, self), loop=self, name=name, context=context)
 
     def get_debug(self) -> bool:
+        """Always False: asyncio's debug mode times callbacks, and this loop has no clock."""
         return False
 
     def is_running(self) -> bool:
+        """Whether this loop is running callbacks right now (inside :meth:`run_until_quiescent`)."""
         return events._get_running_loop() is self
 
     def is_closed(self) -> bool:
+        """Whether :meth:`close` was called."""
         return self._closed
 
     def close(self) -> None:
+        """Drop the callbacks still queued and mark the loop closed."""
         self._ready.clear()
         self._closed = True
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
-        # "Task exception was never retrieved" and friends: keep them for diagnostics rather
-        # than printing from inside a replay.
+        """Keep asyncio's error report ("Task exception was never retrieved" and the like) in ``unhandled``.
+
+        It is kept for diagnostics rather than logged from inside a replay.
+        """
         self.unhandled.append(context)
 
     def default_exception_handler(self, context: dict[str, Any]) -> None:
+        """Keep the error report in ``unhandled``, as :meth:`call_exception_handler` does."""
         self.unhandled.append(context)
 
     def get_exception_handler(self) -> None:
+        """None: no handler can be installed (see :meth:`set_exception_handler`)."""
         return None
 
     def set_exception_handler(self, handler: Any) -> None:
+        """Raise :class:`WorkflowCodeError`: errors raised on this loop are kept in ``unhandled``."""
         raise WorkflowCodeError("workflow code cannot install an exception handler")
 
     def get_task_factory(self) -> None:
+        """None: no factory can be installed (see :meth:`set_task_factory`)."""
         return None
 
     def set_task_factory(self, factory: Any) -> None:
+        """Raise :class:`WorkflowCodeError`: tasks on this loop are made by :meth:`create_task` alone."""
         raise WorkflowCodeError("workflow code cannot install a task factory")
 
     def run_in_executor(self, executor: Any, func: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Fail the run: blocking work belongs inside ``step.do``."""
         raise self.code_error("run() called run_in_executor; blocking work belongs inside step.do")
 
 

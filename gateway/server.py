@@ -60,7 +60,7 @@ class _H11Protocol(H11Protocol):
 
 
 def _http_protocol() -> type[asyncio.Protocol]:
-    """uvicorn's "auto" choice (httptools when installed, else h11), answering bad requests in the envelope."""
+    """The HTTP protocol uvicorn's "auto" picks (httptools, else h11), answering bad requests in the envelope."""
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
     except ImportError:

@@ -102,12 +102,20 @@ class InProcessTransport(Transport):
         self._closed = False
 
     async def start(self) -> None:
+        """Accept publishes again (there is nothing to connect to); idempotent."""
         self._closed = False
 
     async def close(self) -> None:
+        """Refuse publishes and pings from now on; queued messages stay until :meth:`delete_topology`."""
         self._closed = True
 
     async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Queue the messages and deliver to each partition's active consumer at once.
+
+        Raises:
+            ConnectionError: the transport is closed.
+            ValueError: a message names a partition that does not exist.
+        """
         if self._closed:
             raise ConnectionError("the in-process transport is closed")
         touched = set()
@@ -120,6 +128,7 @@ class InProcessTransport(Transport):
             self._pump(p)
 
     async def subscribe(self, partitions: Sequence[int], listener: PartitionListener, *, prefetch: int) -> Subscription:
+        """Join each partition's consumers; the first one on a queue is its single active consumer."""
         consumer = _Consumer(listener, prefetch, partitions=tuple(partitions))
         for p in partitions:
             queue = self._queues[p]
@@ -130,16 +139,20 @@ class InProcessTransport(Transport):
         return _InProcessSubscription(self, consumer, partitions)
 
     async def ping(self) -> None:
+        """Raise ``ConnectionError`` once the transport is closed, as a lost broker would."""
         if self._closed:
             raise ConnectionError("the in-process transport is closed")
 
     async def dead_letters(self) -> list[DeadLetter]:
+        """The rejected and over-delivered messages, oldest first."""
         return list(self._dead)
 
     async def ready_count(self, partition: int) -> int:
+        """Messages waiting in a partition queue (delivered-but-unacknowledged ones not included)."""
         return len(self._queues[partition].ready)
 
     async def delete_topology(self) -> None:
+        """Drop every consumer (their subscriptions' ``close()`` become no-ops), message and dead letter."""
         consumers = {id(c): c for queue in self._queues for c in queue.consumers}
         for consumer in consumers.values():
             consumer.closed = True  # its subscription's close() is then a no-op

@@ -63,7 +63,7 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import aio_pika
@@ -362,29 +362,28 @@ class _RabbitSubscription(Subscription):
         self._active.clear()
         for held in self._held.values():
             held.clear()
-        timeout_s = self.transport.close_timeout_s
         for queue, tag in self._queues.values() if not self._lost else ():
             # cancel() waits for a lost connection to come back (bounded here); a lost channel's
             # consumers are gone with it, so there is nothing to cancel then.
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await queue.cancel(tag)
-            except _CLOSE_ERRORS as exc:
-                if isinstance(exc, asyncio.CancelledError) and not stray_cancel(exc):
-                    raise
+            await self._closing_call(queue.cancel(tag))
         # Closing the channel returns every unacknowledged delivery to its original position in its
         # queue (an explicit nack would send it to the back of a 3.x quorum queue), so the next
         # active consumer sees the partition in order. It must be closed even when the connection
         # dropped under the cancel above: a robust channel left open is restored on the reconnect,
         # consuming (and, single active, holding the partition) for a subscription that is gone.
+        await self._closing_call(self._channel.close())
+        for partition in sorted(self._assigned):
+            await self._revoke(partition)
+
+    async def _closing_call(self, call: Awaitable[object]) -> None:
+        # A broker call made while closing: bounded by close_timeout_s, and a connection that
+        # dropped under it is no failure (the close goes on); only a real cancellation propagates.
         try:
-            async with asyncio.timeout(timeout_s):
-                await self._channel.close()
+            async with asyncio.timeout(self.transport.close_timeout_s):
+                await call
         except _CLOSE_ERRORS as exc:
             if isinstance(exc, asyncio.CancelledError) and not stray_cancel(exc):
                 raise
-        for partition in sorted(self._assigned):
-            await self._revoke(partition)
 
 
 class RabbitMQTransport(Transport):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import ast
 import itertools
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from hutch.diagram import names
 from hutch.diagram.expressions import VALUE, Expressions, started_ids
@@ -49,6 +49,10 @@ from hutch.errors import InvalidInputError
 
 SHORT_TEXT = 60
 _Arm = TypeVar("_Arm", IfBranch, MatchCase)
+# Statements with blocks in them (:meth:`_Analyzer.compound_stmt`).
+_Compound: TypeAlias = (
+    ast.If | ast.For | ast.AsyncFor | ast.While | ast.Try | ast.TryStar | ast.With | ast.AsyncWith | ast.Match
+)
 
 
 def analyze(cls: type) -> Diagram:
@@ -149,12 +153,19 @@ class _Analyzer(Expressions):
             return self.assign(stmt.targets, stmt.value, scope)
         if isinstance(stmt, ast.AnnAssign | ast.AugAssign):
             return self.assign([stmt.target], stmt.value, scope) if stmt.value is not None else []
-        if isinstance(stmt, ast.Return):
-            value = self.expr(stmt.value, scope, VALUE) if stmt.value is not None else []
-            return [*value, self.mark(Return(line=stmt.lineno, value=_exit_text(stmt.value, value)))]
-        if isinstance(stmt, ast.Raise):
-            value = self.expr(stmt.exc, scope, VALUE) if stmt.exc is not None else []
-            return [*value, self.mark(Raise(line=stmt.lineno, exception=_exit_text(stmt.exc, value)))]
+        if isinstance(stmt, ast.Return | ast.Raise | ast.Break | ast.Continue):
+            return self.exit_stmt(stmt, scope)
+        if isinstance(stmt, _Compound):
+            return self.compound_stmt(stmt, scope)
+        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
+            names.declare(stmt, scope)
+            return []
+        if isinstance(stmt, ast.Assert):
+            return self.expr(stmt.test, scope, VALUE)
+        return []
+
+    def compound_stmt(self, stmt: _Compound, scope: Scope) -> list[Node]:
+        """The nodes of a statement with blocks in it: ``if``, a loop, ``try``, ``with`` or ``match``."""
         if isinstance(stmt, ast.If):
             return self.if_stmt(stmt, scope)
         if isinstance(stmt, ast.For | ast.AsyncFor):
@@ -165,18 +176,19 @@ class _Analyzer(Expressions):
             return self.try_stmt(stmt, scope)
         if isinstance(stmt, ast.With | ast.AsyncWith):
             return self.with_stmt(stmt, scope)
-        if isinstance(stmt, ast.Match):
-            return self.match_stmt(stmt, scope)
-        if isinstance(stmt, ast.FunctionDef | ast.AsyncFunctionDef):
-            names.declare(stmt, scope)
-            return []
+        return self.match_stmt(stmt, scope)
+
+    def exit_stmt(self, stmt: ast.Return | ast.Raise | ast.Break | ast.Continue, scope: Scope) -> list[Node]:
+        """The nodes of a statement that leaves its block: ``return``, ``raise``, ``break``, ``continue``."""
+        if isinstance(stmt, ast.Return):
+            value = self.expr(stmt.value, scope, VALUE) if stmt.value is not None else []
+            return [*value, self.mark(Return(line=stmt.lineno, value=_exit_text(stmt.value, value)))]
+        if isinstance(stmt, ast.Raise):
+            value = self.expr(stmt.exc, scope, VALUE) if stmt.exc is not None else []
+            return [*value, self.mark(Raise(line=stmt.lineno, exception=_exit_text(stmt.exc, value)))]
         if isinstance(stmt, ast.Break):
             return [self.mark(Break(line=stmt.lineno))]
-        if isinstance(stmt, ast.Continue):
-            return [self.mark(Continue(line=stmt.lineno))]
-        if isinstance(stmt, ast.Assert):
-            return self.expr(stmt.test, scope, VALUE)
-        return []
+        return [self.mark(Continue(line=stmt.lineno))]
 
     # ------------------------------------------------------------------ simple statements
     def expr_stmt(self, value: ast.expr, scope: Scope) -> list[Node]:

@@ -347,22 +347,11 @@ class Expressions(ABC):
         branches: list[list[Node]] = []
         resolves: list[str] = []
         for arg in args:
-            inner = arg.value if isinstance(arg, ast.Starred) else arg
-            ids = self.iterated_ids(inner, scope)
+            ids = self.iterated_ids(arg.value if isinstance(arg, ast.Starred) else arg, scope)
             if ids:
                 resolves.extend(ids)
-                continue
-            if isinstance(inner, ast.Name) and (held := scope.take_deferred(inner.id)):
-                self.unlazy(held)
-                _set_awaited(held, True)
-                for loop in held:
-                    if isinstance(loop, Loop):
-                        loop.concurrent = True
-                branches.append(held)
-            elif isinstance(arg, ast.Starred) and isinstance(inner, ast.ListComp | ast.SetComp | ast.GeneratorExp):
-                branches.append(self.comprehension(inner, scope, AWAIT))
             else:
-                branches.append(self.expr(inner, scope, AWAIT))
+                branches.append(self.parallel_branch(arg, scope))
         prefix = self.children(node, scope, skip=tuple(node.args))
         if resolves:
             resolve = self.mark(Resolve(line=node.lineno, expr=source(node, EXPR_TEXT), resolves=resolves))
@@ -374,6 +363,21 @@ class Expressions(ABC):
             return prefix
         awaited = mode == AWAIT or kind == "as_completed"
         return [*prefix, self.mark(Parallel(line=node.lineno, mode=kind, branches=branches, awaited=awaited))]
+
+    def parallel_branch(self, arg: ast.expr, scope: Scope) -> list[Node]:
+        """The branch of one awaitable handed to :meth:`parallel` (``*`` spreads a comprehension's)."""
+        inner = arg.value if isinstance(arg, ast.Starred) else arg
+        if isinstance(inner, ast.Name) and (held := scope.take_deferred(inner.id)):
+            # A coroutine or loop of steps created earlier and held in a name runs here, concurrently.
+            self.unlazy(held)
+            _set_awaited(held, True)
+            for loop in held:
+                if isinstance(loop, Loop):
+                    loop.concurrent = True
+            return held
+        if isinstance(arg, ast.Starred) and isinstance(inner, ast.ListComp | ast.SetComp | ast.GeneratorExp):
+            return self.comprehension(inner, scope, AWAIT)
+        return self.expr(inner, scope, AWAIT)
 
     def task(self, node: ast.Call, scope: Scope, mode: Mode, in_group: bool) -> list[Node]:
         """``asyncio.create_task(coro)`` starts ``coro`` now; ``tg.create_task`` does, and the group awaits it."""

@@ -356,28 +356,22 @@ class Diagram(BaseModel):
 
 def blocks(node: Node) -> Iterator[list[Node]]:
     """The node lists nested directly in ``node`` (bodies, arms, branches), in document order."""
+    nested: list[list[Node] | None]
     if isinstance(node, Loop):
-        yield node.body
-        if node.orelse is not None:
-            yield node.orelse
+        nested = [node.body, node.orelse]
     elif isinstance(node, Parallel):
-        yield from node.branches
+        nested = list(node.branches)
     elif isinstance(node, Try):
-        yield node.body
-        for handler in node.handlers:
-            yield handler.body
-        if node.orelse is not None:
-            yield node.orelse
-        if node.finalbody is not None:
-            yield node.finalbody
+        nested = [node.body, *(handler.body for handler in node.handlers), node.orelse, node.finalbody]
     elif isinstance(node, If):
-        for branch in node.branches:
-            yield branch.body
+        nested = [branch.body for branch in node.branches]
     elif isinstance(node, Match):
-        for case in node.cases:
-            yield case.body
+        nested = [case.body for case in node.cases]
     elif isinstance(node, Dag):
-        yield list(node.steps)
+        nested = [list(node.steps)]
+    else:
+        return
+    yield from (block for block in nested if block is not None)
 
 
 def walk(nodes: list[Node]) -> Iterator[Node]:

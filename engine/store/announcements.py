@@ -1,4 +1,4 @@
-"""What the store's scripts publish on pub/sub, parsed: finished instances, created instances.
+r"""What the store's scripts publish on pub/sub, parsed: finished instances, created instances.
 
 commit.lua announces each instance that reaches a final status on its partition's sharded channel
 ``<namespace>:{pN}:finished`` (its member, ``workflow:id``); create.lua announces the instances
@@ -7,8 +7,8 @@ call (``Keys.finished_channel`` / ``Keys.created_channel`` in engine.keys). A cr
 record carries its meta fields when they are small (``ANNOUNCED_BLOB_MAX`` in engine.store.redis;
 the owner then starts it with no read, as from its start message) and only its member otherwise::
 
-    <slot> <created ms> <length of each part>\\n<member><field><value>...   (as create.lua got them)
-    - <member>\\n
+    <slot> <created ms> <length of each part>\n<member><field><value>...   (as create.lua got them)
+    - <member>\n
 """
 
 from __future__ import annotations

@@ -213,8 +213,10 @@ class RedisRepartition:
 
     # ------------------------------------------------------------------ moving
     async def move(self, plan: Plan, advance: Callable[[int], None] | None = None) -> RedisCounts:
-        """Move the data of the old partitions not moved yet, recording each as done; then the plan's
-        phase becomes ``drain`` (the broker's turn). ``advance(1)`` is called after each partition."""
+        """Move the data of the old partitions not moved yet, recording each as done.
+
+        Then the plan's phase becomes ``drain`` (the broker's turn). ``advance(1)`` is called after each partition.
+        """
         counts = RedisCounts()
         if plan.phase != "redis":
             return counts

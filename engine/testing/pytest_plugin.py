@@ -53,7 +53,7 @@ async def hutch_env(hutch_workflows: Mapping[str, type[WorkflowEntrypoint]]) -> 
 
 @_async_fixture
 async def hutch_env_factory() -> AsyncIterator[EnvFactory]:
-    """Start environments with ``await hutch_env_factory(workflows, **options)``; all closed after the test."""
+    """A factory of started environments, ``await factory(workflows, **options)``; all closed after the test."""
     envs: list[TestEnv] = []
 
     async def make(workflows: Mapping[str, type[WorkflowEntrypoint]], **options: Any) -> TestEnv:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from hutch.gateway.api.envelope import ErrorCode, error_response
 from hutch.gateway.api.errors import BodyTooLarge
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
@@ -30,23 +31,15 @@ class BodyLimitMiddleware:
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request, answering 400 or 413 instead when its declared or streamed body breaks the limit."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         limit = self.max_body_bytes
-        lengths = [v for k, v in scope.get("headers", ()) if k == b"content-length"]
-        if lengths:
-            try:
-                declared = {int(v) for v in lengths}
-            except ValueError:
-                declared = set()
-            if len(declared) != 1 or min(declared) < 0:
-                response = error_response(400, ErrorCode.INVALID_INPUT, "the Content-Length header is not valid")
-                await response(scope, receive, send)
-                return
-            if declared.pop() > limit:
-                await error_response(413, ErrorCode.PAYLOAD_TOO_LARGE, BodyTooLarge(limit).detail)(scope, receive, send)
-                return
+        refusal = _content_length_refusal(scope, limit)
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
 
         received = 0
         started = False
@@ -73,3 +66,20 @@ class BodyLimitMiddleware:
             if started:
                 raise
             await error_response(413, ErrorCode.PAYLOAD_TOO_LARGE, exc.detail)(scope, receive, send)
+
+
+def _content_length_refusal(scope: Scope, limit: int) -> JSONResponse | None:
+    # Decided from the headers alone, before any of the body is read: a malformed or conflicting
+    # Content-Length is a 400, one over the limit a 413; None lets the request through.
+    lengths = [v for k, v in scope.get("headers", ()) if k == b"content-length"]
+    if not lengths:
+        return None
+    try:
+        declared = {int(v) for v in lengths}
+    except ValueError:
+        declared = set()
+    if len(declared) != 1 or min(declared) < 0:
+        return error_response(400, ErrorCode.INVALID_INPUT, "the Content-Length header is not valid")
+    if declared.pop() > limit:
+        return error_response(413, ErrorCode.PAYLOAD_TOO_LARGE, BodyTooLarge(limit).detail)
+    return None

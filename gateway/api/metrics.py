@@ -108,6 +108,7 @@ class MetricsMiddleware:
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve the request, then count it with its status (500 when the app raised before answering) and duration."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

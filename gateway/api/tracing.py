@@ -51,6 +51,27 @@ def _header(scope: Scope, wanted: bytes) -> str | None:
     return None
 
 
+def _request_attributes(scope: Scope, method: str) -> dict[str, Any]:
+    """The server span's attributes known before the app runs (``method`` already mapped to ``_OTHER``)."""
+    attributes: dict[str, Any] = {
+        tracing.HTTP_REQUEST_METHOD: method,
+        tracing.URL_PATH: scope.get("path", ""),
+        tracing.URL_SCHEME: scope.get("scheme", "http"),
+    }
+    server = scope.get("server")
+    if server:
+        attributes[tracing.SERVER_ADDRESS] = str(server[0])
+        if server[1] is not None:
+            attributes[tracing.SERVER_PORT] = int(server[1])
+    client = scope.get("client")
+    if client:
+        attributes[tracing.CLIENT_ADDRESS] = str(client[0])
+    agent = _header(scope, b"user-agent")
+    if agent:
+        attributes[tracing.USER_AGENT_ORIGINAL] = agent
+    return attributes
+
+
 class TracingMiddleware:
     """Pure ASGI middleware: one SERVER span per HTTP request, named ``{method} {route template}``."""
 
@@ -58,6 +79,7 @@ class TracingMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Handle the request inside its server span, which records the route, the status and any error."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -67,27 +89,11 @@ class TracingMiddleware:
             return
         method = scope.get("method", "GET")
         known = method if method in _METHODS else "_OTHER"
-        attributes: dict[str, Any] = {
-            tracing.HTTP_REQUEST_METHOD: known,
-            tracing.URL_PATH: scope.get("path", ""),
-            tracing.URL_SCHEME: scope.get("scheme", "http"),
-        }
-        server = scope.get("server")
-        if server:
-            attributes[tracing.SERVER_ADDRESS] = str(server[0])
-            if server[1] is not None:
-                attributes[tracing.SERVER_PORT] = int(server[1])
-        client = scope.get("client")
-        if client:
-            attributes[tracing.CLIENT_ADDRESS] = str(client[0])
-        agent = _header(scope, b"user-agent")
-        if agent:
-            attributes[tracing.USER_AGENT_ORIGINAL] = agent
         span = tracer.start_span(
             "HTTP" if known == "_OTHER" else known,
             context=tracing.extract(_carrier(scope)),
             kind=SpanKind.SERVER,
-            attributes=attributes,
+            attributes=_request_attributes(scope, known),
         )
 
         async def traced_send(message: Message) -> None:

@@ -111,9 +111,20 @@ class HumanSink:
         self.console.print(Text.assemble((f"{elapsed:>7.3f}s ", "dim"), line), soft_wrap=True, highlight=False)
 
     def _line(self, e: ProgressEvent) -> Text | None:
-        g = self._glyph
         name = f"{e.step}" + (f" #{e.count}" if e.count and e.count > 1 else "")
-        kind = e.kind
+        family = e.kind.split(".", 1)[0]
+        if e.kind.endswith(".cancelled"):
+            return _t(self._glyph["off"], "dim", name, "cancelled")
+        if family in ("attempt", "retry", "step"):
+            return self._attempt_line(e, name)
+        if family in ("sleep", "wait", "event"):
+            return self._waiting_line(e, name)
+        if e.kind == "status" and e.status in ("paused", "waitingForPause"):
+            return Text(f"{self._glyph['off']} instance {e.status}", style="yellow")
+        return None  # routine status changes: the live region shows them
+
+    def _attempt_line(self, e: ProgressEvent, name: str) -> Text | None:
+        g, kind = self._glyph, e.kind
         if kind == "attempt.succeeded":
             tries = f" on attempt {e.attempt}" if (e.attempt or 1) > 1 else ""
             return _t(g["ok"], "green", name, f"succeeded{tries} in {ms_text(e.duration_ms)}")
@@ -127,6 +138,10 @@ class HumanSink:
         if kind == "step.failed":
             attempts = f"{e.attempt} attempt" + ("s" if (e.attempt or 0) != 1 else "")
             return _t(g["fail"], "bold red", name, f"gave up after {attempts}")
+        return None  # attempt.started: the live region shows it
+
+    def _waiting_line(self, e: ProgressEvent, name: str) -> Text | None:
+        g, kind = self._glyph, e.kind
         if kind in ("sleep.started", "sleep.rescheduled"):
             return _t(g["sleep"], "blue", name, f"sleeping {until_text(e.due, e.at)}, until {local_clock(e.due)}")
         if kind == "sleep.completed":
@@ -144,11 +159,7 @@ class HumanSink:
             return _t(
                 g["fail"], "yellow", name, f"timed out after {ms_text(e.duration_ms)} waiting for {e.event_type!r}"
             )
-        if kind.endswith(".cancelled"):
-            return _t(g["off"], "dim", name, "cancelled")
-        if kind == "status" and e.status in ("paused", "waitingForPause"):
-            return Text(f"{g['off']} instance {e.status}", style="yellow")
-        return None  # attempt.started, routine status changes: the live region shows them
+        return None
 
     def tick(self, detail: InstanceDetail, active: list[Active]) -> None:
         """Remember what is running now; the live region redraws it."""

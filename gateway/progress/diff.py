@@ -29,7 +29,7 @@ class ProgressTracker:
             out.append(ProgressEvent("status", detail.start, status=Status.RUNNING.value))
             self._status = Status.RUNNING
         for s in detail.steps:
-            out.extend(self._step_events(s))
+            out.extend(self._do_events(s) if s.type == "step" else self._timed_events(s))
         # Stable: events at the same millisecond keep issue order.
         out.sort(key=lambda e: e.at)
         # A status change seen by this poll comes after everything recorded up to it.
@@ -45,28 +45,34 @@ class ProgressTracker:
         self._seen.add(key)
         return True
 
-    def _step_events(self, s: StepDetail) -> list[ProgressEvent]:
+    def _do_events(self, s: StepDetail) -> list[ProgressEvent]:
+        # A step.do: each attempt's start and end, the retries scheduled, the step giving up.
         key = (s.type, s.name, s.count)
         base: dict[str, Any] = {"step": s.name, "count": s.count}
         out: list[ProgressEvent] = []
-        if s.type == "step":
-            for a in s.attempts:
-                if self._once((*key, a.attempt, "start")):
-                    out.append(ProgressEvent("attempt.started", a.start, attempt=a.attempt, **base))
-                if a.end is None or not self._once((*key, a.attempt, "end")):
-                    continue
-                ms = elapsed_ms(a.end - a.start)
-                outcome: dict[str, Any] = {"output": s.output} if a.success else {"error": a.error}
-                kind = "attempt.succeeded" if a.success else "attempt.failed"
-                out.append(ProgressEvent(kind, a.end, attempt=a.attempt, duration_ms=ms, **base, **outcome))
-                if a.retry_at is not None:
-                    out.append(ProgressEvent("retry.scheduled", a.end, attempt=a.attempt + 1, due=a.retry_at, **base))
-            if s.end is not None and s.success is False and self._once((*key, "failed")):
-                last = s.attempts[-1].attempt if s.attempts else None
-                out.append(ProgressEvent("step.failed", s.end, attempt=last, error=s.error, **base))
-            if s.outcome == "cancelled" and self._once((*key, "cancelled")):
-                out.append(ProgressEvent("step.cancelled", s.end or utc_now(), **base))
-            return out
+        for a in s.attempts:
+            if self._once((*key, a.attempt, "start")):
+                out.append(ProgressEvent("attempt.started", a.start, attempt=a.attempt, **base))
+            if a.end is None or not self._once((*key, a.attempt, "end")):
+                continue
+            ms = elapsed_ms(a.end - a.start)
+            outcome: dict[str, Any] = {"output": s.output} if a.success else {"error": a.error}
+            kind = "attempt.succeeded" if a.success else "attempt.failed"
+            out.append(ProgressEvent(kind, a.end, attempt=a.attempt, duration_ms=ms, **base, **outcome))
+            if a.retry_at is not None:
+                out.append(ProgressEvent("retry.scheduled", a.end, attempt=a.attempt + 1, due=a.retry_at, **base))
+        if s.end is not None and s.success is False and self._once((*key, "failed")):
+            last = s.attempts[-1].attempt if s.attempts else None
+            out.append(ProgressEvent("step.failed", s.end, attempt=last, error=s.error, **base))
+        if s.outcome == "cancelled" and self._once((*key, "cancelled")):
+            out.append(ProgressEvent("step.cancelled", s.end or utc_now(), **base))
+        return out
+
+    def _timed_events(self, s: StepDetail) -> list[ProgressEvent]:
+        # A step.sleep or step.wait_for_event: its start (again when a pause moved its due time) and its end.
+        key = (s.type, s.name, s.count)
+        base: dict[str, Any] = {"step": s.name, "count": s.count}
+        out: list[ProgressEvent] = []
         prefix = "sleep" if s.type == "sleep" else "wait"
         extra: dict[str, Any] = {"event_type": s.event_type} if s.type == "waitForEvent" else {}
         if self._once((*key, "start")):
