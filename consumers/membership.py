@@ -43,6 +43,15 @@ How a partition changes hands:
   (``Transport.can_consume``), gives it up to its successor once that lasted ``ttl_s`` minus a
   heartbeat (and stops heartbeating while it cannot consume at all).
 
+A Redis outage. While no worker reaches Redis no heartbeat lands, so once it is back every
+worker's last heartbeat may be older than ``ttl_s``: a worker that took that for death would count
+itself alone and claim every partition, the others would claim theirs back, and each move would
+re-run the steps in flight. So a worker counts against another only the silence it *watched*: a
+heartbeat's age minus the spans in which this worker itself read no heartbeat (a tick that failed,
+or hung, for more than a heartbeat). Workers silent before an outage it could not see through are
+then judged dead a ttl after it ends, or earlier if they were silent already; those that heartbeat
+again by then keep what they hold, and nothing moves.
+
 Safety does not depend on this layer's views agreeing: a claim is a compare-and-set on the token,
 every commit is fenced by it, and single active consumer delivers a queue to one consumer at a time.
 """
@@ -231,6 +240,7 @@ class Membership:
         self._clock = clock
         self._heartbeat_s = heartbeat_s
         self._ttl_ms = round(ttl_s * 1000)
+        self._heartbeat_ms = round(heartbeat_s * 1000)
         # How long a worker that cannot consume keeps its partitions: the others count it dead once
         # its last heartbeat (at most one interval before it became unable) is ttl old.
         self._grace_ms = max(0, self._ttl_ms - round(heartbeat_s * 1000))
@@ -255,6 +265,8 @@ class Membership:
         self._unable_since_ms: int | None = None  # when this worker became unable to consume at all
         self._partition_unable_since: dict[int, int] = {}
         self._logged: tuple[int, ...] | None = None
+        self._read_ms: int | None = None  # when the last tick that read the heartbeats started
+        self._blind: list[tuple[int, int]] = []  # (from, to) ms: the spans this worker read no heartbeat in
 
     # ------------------------------------------------------------------ signals
     def activated(self, partition: int) -> None:
@@ -284,13 +296,31 @@ class Membership:
 
     # ------------------------------------------------------------------ the loop
     async def live_workers(self) -> list[str]:
-        """Ids of workers that heartbeated within the TTL."""
+        """Ids of the workers this one counts as alive (see :meth:`_age`); prunes nothing."""
         now = self._clock.now_ms()
-        pipe = self._redis.pipeline(transaction=False)
-        pipe.zremrangebyscore(self._workers_key, "-inf", now - self._ttl_ms)
-        pipe.zrangebyscore(self._workers_key, now - self._ttl_ms, "+inf")
-        _, members = await pipe.execute()
-        return [_text(m) for m in members]
+        spans = self._blind_spans(now)
+        members = await self._redis.zrangebyscore(self._workers_key, self._horizon(now, spans), "+inf", withscores=True)
+        beats = {_text(m): int(beat) for m, beat in cast(list[tuple[bytes, float]], members)}
+        return [w for w, beat in beats.items() if self._age(beat, now, spans) <= self._ttl_ms]
+
+    def _blind_spans(self, now: int) -> list[tuple[int, int]]:
+        """The spans without a heartbeat read that still matter at ``now``, should this tick read them."""
+        spans = list(self._blind)
+        if self._read_ms is not None and now - self._read_ms > 2 * self._heartbeat_ms:
+            spans.append((self._read_ms, now))  # at least a whole heartbeat missed
+        # A span that ended a ttl ago changes no verdict: whoever was silent since before it is dead
+        # by the time watched since its end alone.
+        return [(start, end) for start, end in spans if end >= now - self._ttl_ms]
+
+    def _horizon(self, now: int, spans: list[tuple[int, int]]) -> int:
+        """A heartbeat older than this is dead, however much of its age this worker did not watch."""
+        return now - self._ttl_ms - sum(end - start for start, end in spans)
+
+    def _age(self, beat: int, now: int, spans: list[tuple[int, int]]) -> int:
+        """How long this worker watched ``beat`` stay a worker's last heartbeat: its age, minus the
+        spans in which this worker read none (an outage it could not see through is not silence)."""
+        unseen = sum(max(0, min(end, now) - max(start, beat)) for start, end in spans)
+        return now - beat - unseen
 
     async def run(self) -> None:
         """Tick until :meth:`stop`, claiming activated partitions in between; errors are retried."""
@@ -331,14 +361,25 @@ class Membership:
             if self.leaving:  # stay live until the partitions are released, change nothing
                 await pipe.execute()
                 return
-            pipe.zremrangebyscore(self._workers_key, "-inf", now - self._ttl_ms)
-            pipe.zrangebyscore(self._workers_key, now - self._ttl_ms, "+inf", withscores=True)
+            spans = self._blind_spans(now)
+            horizon = self._horizon(now, spans)
+            pipe.zremrangebyscore(self._workers_key, "-inf", horizon)
+            pipe.zrangebyscore(self._workers_key, horizon, "+inf", withscores=True)
             pipe.hgetall(self._handovers_key)
             pipe.hgetall(self._departures_key)
             for p in range(self._partitions):
                 pipe.get(self._keys.owner(p))
             _, _, members, wants, departed, *held_by = await pipe.execute()
+            if self._read_ms is not None and now - self._read_ms > self._ttl_ms:
+                log.warning(
+                    "worker %s read no heartbeat for %.1f s (Redis unreachable, or this process stalled): "
+                    "that time does not count against the other workers",
+                    self.worker_id,
+                    (now - self._read_ms) / 1000,
+                )
+            self._read_ms, self._blind = now, spans
             beats = {_text(m): int(score) for m, score in members}
+            beats = {w: beat for w, beat in beats.items() if self._age(beat, now, spans) <= self._ttl_ms}
             gone = [w for w in map(_text, departed) if w not in beats]
             if gone:  # their heartbeats expired too
                 await self._redis.hdel(self._departures_key, *gone)
@@ -362,7 +403,9 @@ class Membership:
         for worker, at in departed.items():
             self._suspects[worker] = max(at, self._suspects.get(worker, at))
         self._suspects = {w: at for w, at in self._suspects.items() if w in beats and beats[w] <= at}
-        self._fresh = frozenset(w for w, beat in beats.items() if now - beat <= fresh_ms and w not in self._suspects)
+        self._fresh = frozenset(
+            w for w, beat in beats.items() if self._age(beat, now, self._blind) <= fresh_ms and w not in self._suspects
+        )
         self._fresh |= {self.worker_id}
 
     def _standby(self, partition: int, holder: str) -> str | None:

@@ -370,3 +370,58 @@ async def test_a_partition_back_from_an_owner_that_died_reruns_the_attempt_that_
             await b_loop
         await b.orchestrator.runner.close()
         await a.shutdown()
+
+
+async def test_a_store_outage_longer_than_the_ttl_moves_no_partition(
+    shared: tuple[fakeredis.FakeServer, InProcessTransport],
+) -> None:
+    # No worker heartbeats during the outage, so afterwards every heartbeat is older than the ttl.
+    # Counting that as death, the first worker to read Redis again claimed every partition, and the
+    # others took theirs back: two moves per partition, each re-running its steps in flight.
+    server, transport = shared
+    workers = [_worker(server, transport, name) for name in ("a", "b", "c")]
+    for worker in workers:
+        await worker.start()
+    try:
+        planned = assign(["a", "b", "c"], 8)
+        await eventually(lambda: _async(all(w.partitions == planned[w.worker_id] for w in workers)), timeout=5)
+        before = {w.worker_id: dict(w.membership.held) for w in workers if w.membership is not None}
+        moves: list[tuple[str, str, Any]] = []
+        for worker in workers:
+            adopt, drop = worker.adopt, worker.drop
+
+            async def adopted(tokens: dict[int, str], adopt: Any = adopt, me: str = worker.worker_id) -> None:
+                moves.append((me, "adopt", sorted(tokens)))
+                await adopt(tokens)
+
+            async def dropped(partition: int, drop: Any = drop, me: str = worker.worker_id) -> None:
+                moves.append((me, "drop", partition))
+                await drop(partition)
+
+            worker.adopt = adopted  # type: ignore[method-assign]
+            worker.drop = dropped  # type: ignore[method-assign]
+
+        server.connected = False  # every command fails with a ConnectionError
+        await asyncio.sleep(3 * 6 * 0.05)  # the outage itself (3 ttl): its length is what is under test
+        server.connected = True
+        assert workers[0].membership is not None
+        assert sorted(await workers[0].membership.live_workers()) == ["a", "b", "c"]  # not dead: unseen
+
+        # Every worker reads the heartbeats again, for more than a ttl after the outage.
+        ticks = {w.worker_id: 0 for w in workers}
+        for worker in workers:
+            assert worker.membership is not None
+            tick = worker.membership.tick
+
+            async def counted(tick: Any = tick, me: str = worker.worker_id) -> None:
+                await tick()
+                ticks[me] += 1
+
+            worker.membership.tick = counted  # type: ignore[method-assign]
+        await eventually(lambda: _async(min(ticks.values()) >= 2 * 6), timeout=5)
+        assert moves == []
+        assert {w.worker_id: dict(w.membership.held) for w in workers if w.membership is not None} == before
+    finally:
+        server.connected = True
+        for worker in workers:
+            await worker.shutdown()
