@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hutch.cancelling import cancel_and_wait, cancel_requested
 from hutch.store.redis import STORE_ERRORS
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
@@ -101,6 +102,7 @@ class ChannelFeed:
         on_message: called with each message's data, in the reading task (keep it short).
         retry_s: the pause after a failed attempt to subscribe.
         confirm_timeout_s: how long an attempt waits for the server to confirm a subscription.
+        close_timeout_s: how long :meth:`close` waits for the feed's tasks and connections to end.
     """
 
     def __init__(
@@ -110,11 +112,13 @@ class ChannelFeed:
         *,
         retry_s: float = 1.0,
         confirm_timeout_s: float = 10.0,
+        close_timeout_s: float = 5.0,
     ) -> None:
         self._redis = redis
         self._on_message = on_message
         self._retry_s = retry_s
         self._confirm_timeout_s = confirm_timeout_s
+        self._close_timeout_s = close_timeout_s
         self._cluster = isinstance(redis, RedisCluster)
         self._wanted: set[str] = set()
         self._shards: dict[str, _Shard] = {}
@@ -170,13 +174,17 @@ class ChannelFeed:
         return await done
 
     async def close(self) -> None:
-        """Unsubscribe from everything and close the feed's connections."""
+        """Unsubscribe from everything and close the feed's connections.
+
+        Waits up to ``close_timeout_s`` for that: a task of the feed whose cancellation a library
+        swallowed, or a connection whose teardown never ends, is left behind (logged) rather than
+        holding up the caller's shutdown for good.
+        """
         self._closed = True
         self._wanted.clear()
+        deadline = asyncio.get_running_loop().time() + self._close_timeout_s
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task, self._close_timeout_s)
         for shard in list(self._shards.values()):
             self._drop(shard)
         for done in self._settling:
@@ -184,7 +192,15 @@ class ChannelFeed:
                 done.set_result(None)
         self._settling.clear()
         while self._closing:
-            await asyncio.gather(*self._closing, return_exceptions=True)
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                log.warning(
+                    "the pub/sub feed left %d connection(s) closing after %.1f s",
+                    len(self._closing),
+                    self._close_timeout_s,
+                )
+                return
+            await asyncio.wait(self._closing, timeout=remaining)
 
     # ------------------------------------------------------------------ internals
     def _kick(self) -> None:
@@ -196,6 +212,8 @@ class ChannelFeed:
         """Apply the changes, a pass at a time; after a failed pass, wait ``retry_s`` and try again."""
         while True:
             await self._changed.wait()
+            if cancel_requested():  # by close(), the CancelledError swallowed on the way (see hutch.cancelling)
+                raise asyncio.CancelledError
             self._changed.clear()
             settling, self._settling = self._settling, []
             error: BaseException | None = None
@@ -377,9 +395,7 @@ class ChannelFeed:
 
     async def _close_shard(self, shard: _Shard) -> None:
         if shard.reader is not None:
-            shard.reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await shard.reader
+            await cancel_and_wait(shard.reader, self._close_timeout_s)
         with contextlib.suppress(Exception):
             await shard.pubsub.aclose()
         if shard.owns_client:
