@@ -69,7 +69,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from hutch.broker.transports.base import stray_cancel
+from hutch.cancelling import cancel_requested
 from hutch.clock import Clock
+from hutch.consumers.supervision import TaskEnded
 from hutch.keys import Keys
 from hutch.store.redis import STORE_ERRORS
 from redis.asyncio import Redis
@@ -323,29 +325,43 @@ class Membership:
         return now - beat - unseen
 
     async def run(self) -> None:
-        """Tick until :meth:`stop`, claiming activated partitions in between; errors are retried."""
-        claimer = asyncio.create_task(self._claimer(), name="hutch-membership-claims")
-        try:
-            while not self._stop.is_set():
-                try:
-                    await self.tick()
-                except STORE_ERRORS as exc:
-                    log.warning("membership tick failed: %s", exc)
-                except (Exception, asyncio.CancelledError) as exc:
-                    # A broker error while (re)subscribing (e.g. a channel opened on a connection that
-                    # just dropped, which aiormq may report as CancelledError) must not end ownership
-                    # for good: the next tick reconciles again.
-                    if not isinstance(exc, Exception) and not stray_cancel(exc):
-                        raise
-                    log.exception("membership tick failed; retrying on the next tick")
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._heartbeat_s):
-                        await self._wake.wait()
-                self._wake.clear()
-        finally:
-            claimer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await claimer
+        """Tick until :meth:`stop`, claiming activated partitions in between; errors are retried.
+
+        Raises:
+            TaskEnded: the claimer was cancelled meanwhile (its crash ends this too, as is).
+        """
+        async with asyncio.TaskGroup() as group:
+            claimer = group.create_task(self._claimer(), name="hutch-membership-claims")
+            claimer.add_done_callback(lambda _: self._wake.set())
+            try:
+                await self._ticks(claimer)
+            finally:
+                claimer.cancel()
+                self._claim_wake.set()  # a claimer whose cancellation was swallowed sees it at once
+
+    async def _ticks(self, claimer: asyncio.Task[None]) -> None:
+        while not self._stop.is_set():
+            if cancel_requested():  # the CancelledError swallowed on the way (see hutch.cancelling)
+                raise asyncio.CancelledError
+            if claimer.done():
+                # A TaskGroup acts on a child's crash, not on one cancelled: without its claimer
+                # this worker would go on heartbeating, holding partitions and claiming none.
+                raise TaskEnded(f"{claimer.get_name()} was cancelled while membership ran")
+            try:
+                await self.tick()
+            except STORE_ERRORS as exc:
+                log.warning("membership tick failed: %s", exc)
+            except (Exception, asyncio.CancelledError) as exc:
+                # A broker error while (re)subscribing (e.g. a channel opened on a connection that
+                # just dropped, which aiormq may report as CancelledError) must not end ownership
+                # for good: the next tick reconciles again.
+                if not isinstance(exc, Exception) and not stray_cancel(exc):
+                    raise
+                log.exception("membership tick failed; retrying on the next tick")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._heartbeat_s):
+                    await self._wake.wait()
+            self._wake.clear()
 
     async def tick(self) -> None:
         """Heartbeat once and reconcile: subscriptions, claims, handover requests and handovers."""
@@ -488,6 +504,8 @@ class Membership:
         """Claim (or step back from) the partitions the broker activated this worker's consumer for."""
         while True:
             await self._claim_wake.wait()
+            if cancel_requested():  # the CancelledError swallowed on the way (see hutch.cancelling)
+                raise asyncio.CancelledError
             self._claim_wake.clear()
             try:
                 async with self._lock:

@@ -23,12 +23,13 @@ from collections.abc import Coroutine
 from typing import Any
 
 from hutch.broker.partitioning import partition_of
-from hutch.broker.transports.base import Delivery, Outgoing, PartitionListener, Subscription, Transport
+from hutch.broker.transports.base import Delivery, Outgoing, PartitionListener, Subscription, Transport, stray_cancel
 from hutch.clock import Clock
 from hutch.config import DEFAULT_LIMITS, Limits
 from hutch.consumers.membership import LEASE_HEADER, Membership
 from hutch.consumers.orchestrator import Orchestrator
 from hutch.consumers.steps import StepRunner
+from hutch.consumers.supervision import Supervisor
 from hutch.consumers.timers import TimerService
 from hutch.entrypoint import Env, WorkflowEntrypoint
 from hutch.settings import Settings
@@ -124,12 +125,13 @@ class Worker:
             ),
         )
         self._state = _State.NEW
-        self._tasks: list[asyncio.Task[None]] = []
+        # Its long-running tasks and background ones, in one TaskGroup: one that ends while the
+        # worker runs (crashed, returned or cancelled) stops the worker (see _on_failure).
+        self._children = Supervisor("hutch-worker", self._on_failure)
         self._subscriptions: dict[int, Subscription] = {}
         self._listeners: dict[int, _SubscriptionListener] = {}
         self._leases: dict[int, tuple[Delivery, float]] = {}  # partition → the lease held, when received
         self._lease_sent: dict[int, float] = {}  # partition → when this worker last published its lease
-        self._background: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
         # Distributed workers share partitions through Redis heartbeats; an embedded worker
         # (or a single one) simply consumes every partition.
@@ -195,11 +197,9 @@ class Worker:
         self._state = _State.RUNNING
         if self._notices is not None:
             await self._notices.start()
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self.orchestrator.run(), name="hutch-orchestrator"),
-            loop.create_task(self.orchestrator.timers.run(), name="hutch-timers"),
-        ]
+        await self._children.start()
+        self._children.spawn("hutch-orchestrator", self.orchestrator.run())
+        self._children.spawn("hutch-timers", self.orchestrator.timers.run())
         if self.membership is None:
             self._subscriptions[-1] = await self.transport.subscribe(
                 range(self.transport.partitions), self.orchestrator, prefetch=self.settings.prefetch
@@ -208,10 +208,8 @@ class Worker:
             await self.membership.tick()
             if self._notices is not None:  # the first partitions' channels confirmed: later creates are heard
                 await self._notices.settled()
-            self._tasks.append(loop.create_task(self.membership.run(), name="hutch-membership"))
-            self._tasks.append(loop.create_task(self._check_leases(), name="hutch-leases"))
-        for task in self._tasks:
-            task.add_done_callback(self._on_task_done)
+            self._children.spawn("hutch-membership", self.membership.run())
+            self._children.spawn("hutch-leases", self._check_leases())
 
     # ------------------------------------------------------------------ what membership drives
     def new_token(self) -> str:
@@ -315,7 +313,11 @@ class Worker:
             self._lease_sent[p] = now
         try:
             await self.transport.publish([Outgoing(p, b"", {LEASE_HEADER: self.worker_id}) for p in due])
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            # A stray CancelledError is aiormq's "the channel closed under the publish": an error like
+            # the others, not a reason for _check_leases to end (which would stop the worker).
+            if not isinstance(exc, Exception) and not stray_cancel(exc):
+                raise
             # Retried by _check_leases; meanwhile a crash of this worker is noticed by heartbeat only.
             for p in due:
                 self._lease_sent.pop(p, None)
@@ -338,22 +340,25 @@ class Worker:
             await self.orchestrator.on_revoked(partition)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background_done)
+        self._children.spawn("hutch-worker-background", coro, essential=False)
 
-    def _background_done(self, task: asyncio.Task[None]) -> None:
-        self._background.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.warning("worker background task failed: %r", task.exception())
-
-    def _on_task_done(self, task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("worker task %s crashed", task.get_name(), exc_info=task.exception())
-            self._stopped.set()
+    def _on_failure(self, errors: list[BaseException]) -> None:
+        # Stop rather than restart the loop that ended: what it was doing is unknown (a reconcile
+        # half done, inputs half processed), restarting would hide the bug, and a crash loop would
+        # hold the partitions for good. Every other task of the worker is cancelled by now
+        # (heartbeats too); wait_stopped() returns, and the caller's shutdown() hands the partitions
+        # over (``hutch worker`` does), or the other workers take them once the heartbeat expired.
+        if self._state is _State.STOPPED:  # while shutdown() stops them: it sets _stopped when done
+            for error in errors:
+                log.error("worker %s: an internal task failed while stopping", self.worker_id, exc_info=error)
+            return
+        for error in errors:
+            log.error("worker %s stops: an internal task ended", self.worker_id, exc_info=error)
+        self._stopped.set()
 
     async def wait_stopped(self) -> None:
-        """Return when the worker stopped (shutdown, or a crashed internal task)."""
+        """Return when the worker stopped: shut down, or one of its internal tasks crashed, returned
+        or was cancelled while it ran (logged; the worker does nothing any more, call :meth:`shutdown`)."""
         await self._stopped.wait()
 
     async def shutdown(self, timeout: float | None = None) -> None:
@@ -366,11 +371,13 @@ class Worker:
         if self._state is _State.STOPPED:
             return  # a shutdown already ran (or runs): it sets _stopped when it is done
         self._state = _State.STOPPED
+        self._children.stopping()
+        failed = self._children.failed  # its tasks have all ended: nothing finishes what is in flight
         if self.membership is not None:
             self.membership.leave()  # heartbeats go on until the partitions are released
         if self._notices is not None:
             await self._notices.close()
-        timeout = self.settings.shutdown_timeout_s if timeout is None else timeout
+        timeout = 0 if failed else self.settings.shutdown_timeout_s if timeout is None else timeout
         runner = self.orchestrator.runner
         # No new step attempt anywhere: what the running ones lead to is left to the next owners,
         # recorded, so that nothing this worker starts now has its result thrown away.
@@ -378,20 +385,13 @@ class Worker:
         # Every attempt, those a commit in flight starts after the hold too, and every result committed.
         if await self.orchestrator.wait_quiet(None, timeout):
             log.warning("shutdown: %d step attempts still running after %.1f s; cancelling", runner.in_flight, timeout)
-        await self.orchestrator.settle()
+        if not failed:
+            await self.orchestrator.settle()
         if self.membership is not None:
             await self.membership.stop()  # hands each partition to its successor
         for partition in list(self._subscriptions):
             await self.unsubscribe(partition)
         self.orchestrator.timers.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        background = list(self._background)
-        for task in background:
-            task.cancel()
-        await asyncio.gather(*background, return_exceptions=True)
+        await self._children.stop()
         await runner.close()
         self._stopped.set()

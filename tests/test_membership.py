@@ -201,8 +201,7 @@ async def test_a_crashed_owners_partitions_are_claimed_by_their_standbys_at_once
     try:
         assert a.partitions == list(range(8))  # B waits for handovers A would start at its next tick
         assert b.membership is not None and b.membership.subscribed == set(range(8))  # in line behind A
-        for task in a._tasks:  # the crash: nothing of A runs any more, its consumers vanish
-            task.cancel()
+        await a._children.stop()  # the crash: nothing of A runs any more, its consumers vanish
         for subscription in list(a._subscriptions.values()):
             await subscription.close()
         await eventually(lambda: _async(b.partitions == list(range(8))), timeout=2)
