@@ -316,11 +316,30 @@ class InstanceActor:
             return
         assert done.error is not None
         error, attempt = done.error, done.attempt
-        due = retry_due_ms(st.resolved_config().retries, st.attempts, now, retryable=done.retryable)
-        if due is None:
-            turn.record({"k": "attend", "n": name, "c": count, "a": attempt, "ok": False, "err": error, "t": now})
+        retry = retry_due_ms(
+            st.resolved_config().retries,
+            st.attempts,
+            now,
+            retryable=done.retryable,
+            error_wait_ms=done.error_wait_ms,
+            longest_ms=round(self.limits.max_sleep.total_seconds() * 1000),
+        )
+        if retry is None:
+            final: AttemptEnded = {
+                "k": "attend",
+                "n": name,
+                "c": count,
+                "a": attempt,
+                "ok": False,
+                "err": error,
+                "t": now,
+            }
+            if done.refused:
+                final["stop"] = "retry_if"  # the verdict is recorded: replay never asks retry_if again
+            turn.record(final)
             self._resolve_step(turn, name, count, error)
             return
+        due, source = retry
         ended: AttemptEnded = {
             "k": "attend",
             "n": name,
@@ -329,6 +348,7 @@ class InstanceActor:
             "ok": False,
             "err": error,
             "retry_at": due,
+            "wait": source,
             "t": now,
         }
         turn.record(ended)

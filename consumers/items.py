@@ -23,7 +23,9 @@ class StepDone:
     value: Any = None
     value_bytes: bytes = b""
     error: dict[str, str] | None = None
-    retryable: bool = True
+    retryable: bool = True  # False: NonRetryableError, or the step's retry_if refused the error
+    refused: bool = False  # the step's retry_if refused the error (hutch.consumers.retry.judge_error)
+    error_wait_ms: int | None = None  # the wait before a retry the error asked for (uncapped)
 
 
 @dataclass(frozen=True, slots=True)

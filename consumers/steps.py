@@ -15,6 +15,7 @@ from hutch.clock import Clock
 from hutch.config import Limits
 from hutch.consumers import tracing
 from hutch.consumers.items import StepDone
+from hutch.consumers.retry import judge_error
 from hutch.context import StepContext, StepInfo
 from hutch.errors import (
     NonRetryableError,
@@ -210,13 +211,13 @@ class StepRunner:
                     # Only our deadline is a step timeout; a TimeoutError the body raised is its own error.
                     ms = round(call.config.timeout * 1000)
                     timed_out = StepTimeoutError(f"Execution timed out after {ms}ms")
-                    outcome = {"ok": False, "error": error_record(timed_out if deadline.expired() else exc)}
+                    outcome = self._failed(call, attempt, timed_out if deadline.expired() else exc)
                 except NonRetryableError as exc:
                     outcome = {"ok": False, "error": error_record(exc), "retryable": False}
                 except _BodyRaised as exc:
-                    outcome = {"ok": False, "error": error_record(exc.error)}
+                    outcome = self._failed(call, attempt, exc.error)
                 except Exception as exc:
-                    outcome = {"ok": False, "error": error_record(exc)}
+                    outcome = self._failed(call, attempt, exc)
                 tracing.attempt_outcome(span, outcome.get("error"))
             self._post(
                 StepDone(
@@ -232,6 +233,23 @@ class StepRunner:
                     **outcome,
                 )
             )
+
+    def _failed(self, call: StepCall, attempt: int, error: BaseException) -> dict[str, Any]:
+        """The outcome of an attempt that failed with a retryable ``error``.
+
+        Only here is the exception itself at hand, so the step's ``retry_if`` and the wait the
+        error asks for are judged here, once; the owner records the verdict.
+        """
+        verdict = judge_error(
+            call.config.retries, attempt, error, self._clock.now_ms(), step=f"step {call.name!r}#{call.count}"
+        )
+        return {
+            "ok": False,
+            "error": error_record(error),
+            "retryable": not verdict.refused,
+            "refused": verdict.refused,
+            "error_wait_ms": verdict.wait_ms,
+        }
 
     async def _invoke(self, fn: Callable[..., Any], ctx: StepContext) -> Any:
         positional, keyword = _context_kwargs(fn)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -20,6 +21,11 @@ class RetryConfig(BaseModel):
     ``limit`` counts retries, so a step makes at most ``limit + 1`` attempts. The wait before
     retry n is ``delay`` (constant), ``delay * n`` (linear) or ``delay * 2**(n-1)`` (exponential),
     capped at ``max_delay`` when one is given.
+
+    ``retry_if`` decides from the error whether to retry at all (False: the step fails at once).
+    An error may also set the wait itself (``RetryAfter``, a ``retry_after`` attribute, an HTTP
+    429/503 with ``Retry-After``): see :mod:`hutch.consumers.retry`. ``retry_if`` lives in code, not
+    in history: it is left out of the recorded config, and its verdict is recorded instead.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -28,6 +34,7 @@ class RetryConfig(BaseModel):
     delay: float = Field(default=10.0, description="seconds")
     backoff: Backoff = "exponential"
     max_delay: float | None = Field(default=None, description="seconds")
+    retry_if: Callable[[BaseException], bool] | None = Field(default=None, exclude=True)
 
     @field_validator("delay", "max_delay", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ The tree::
      │    ├── NonRetryableError         raise it in a step to stop retrying at once
      │    │    ├── StepResultNotSerializable
      │    │    └── StepResultTooLarge
+     │    ├── RetryAfter                raise it in a step to retry after a delay of its choosing
      │    ├── StepTimeoutError          an attempt exceeded its timeout
      │    ├── StepFailedError           a user exception that is not a builtin type
      │    └── WorkerLostError           the worker running the last allowed attempt died
@@ -45,6 +46,8 @@ diverges (``NondeterminismError``) or ``run()`` awaits what it cannot replay
 from __future__ import annotations
 
 import builtins
+import math
+from datetime import datetime, timedelta
 from typing import Any
 
 
@@ -77,6 +80,33 @@ class StepResultNotSerializable(NonRetryableError):
 
 class StepResultTooLarge(NonRetryableError):
     """A step returned more than the result size limit."""
+
+
+class RetryAfter(StepError):
+    """Raised inside a step to retry it after ``delay`` instead of its backoff's wait.
+
+    ``delay`` is seconds, a ``timedelta`` or an aware ``datetime`` to retry at; a past one retries
+    at once. The wait is still capped by ``retries.max_delay``, the retry still counts toward
+    ``retries.limit`` and ``retries.retry_if`` still decides; after the last attempt ``run()``
+    sees this error. Any exception with a ``retry_after`` attribute of those types works alike.
+
+    Attributes:
+        retry_after: the delay as given (None on an error rebuilt from a stored record).
+    """
+
+    def __init__(self, delay: float | timedelta | datetime, message: str | None = None) -> None:
+        if isinstance(delay, datetime):
+            if delay.tzinfo is None:
+                raise InvalidDuration(f"RetryAfter: datetime {delay!r} must be timezone-aware")
+            when = f"at {delay.isoformat()}"
+        elif isinstance(delay, timedelta):
+            when = f"in {delay.total_seconds():g}s"
+        elif isinstance(delay, int | float) and not isinstance(delay, bool) and math.isfinite(delay):
+            when = f"in {delay:g}s"
+        else:
+            raise InvalidDuration(f"RetryAfter: {delay!r} must be seconds, a timedelta or an aware datetime")
+        super().__init__(message if message is not None else f"retry {when}")
+        self.retry_after: float | timedelta | datetime | None = delay
 
 
 class StepTimeoutError(StepError):
@@ -286,6 +316,7 @@ _ENGINE_STEP_ERRORS: dict[str, type[BaseException]] = {
     cls.__name__: cls
     for cls in (
         NonRetryableError,
+        RetryAfter,
         StepResultNotSerializable,
         StepResultTooLarge,
         StepTimeoutError,
@@ -319,6 +350,8 @@ def error_from_record(record: dict[str, str]) -> BaseException:
     """
     name, message = record["name"], record["message"]
     engine_cls = _ENGINE_STEP_ERRORS.get(name)
+    if engine_cls is RetryAfter:
+        return _rebuild(RetryAfter, message, {"retry_after": None})  # its delay is not stored
     if engine_cls is not None:
         return engine_cls(message)
     builtin = getattr(builtins, name, None)

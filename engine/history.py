@@ -33,6 +33,7 @@ Key = tuple[Kind, str, int]  # (kind, name, count)
 ErrorRecord = dict[str, str]  # ``{"name", "message"}``: see hutch.errors.error_record
 LifeEvent = Literal["started", "paused", "resumed", "terminated", "restarted"]
 TimerKind = Literal["sleep", "wait", "retry"]  # what a timer is for (a retry's timer belongs to a step)
+RetryWait = Literal["backoff", "error"]  # where a retry's wait came from: the config's backoff, or the error
 
 
 # ----------------------------------------------------------------------------- commands
@@ -129,7 +130,11 @@ class AttemptStarted(TypedDict):
 
 
 class AttemptEnded(TypedDict):
-    """Attempt ``a`` of step ``(n, c)`` ended; a failed one has ``err`` and, if retried, ``retry_at``."""
+    """Attempt ``a`` of step ``(n, c)`` ended; a failed one has ``err`` and, if retried, ``retry_at``.
+
+    ``wait`` says where a retry's wait came from (histories before it: the backoff); ``stop``
+    marks the failed attempt after which the step's ``retry_if`` refused to retry.
+    """
 
     k: Literal["attend"]
     n: str
@@ -139,6 +144,8 @@ class AttemptEnded(TypedDict):
     t: int
     err: NotRequired[ErrorRecord]
     retry_at: NotRequired[int]
+    wait: NotRequired[RetryWait]
+    stop: NotRequired[Literal["retry_if"]]
 
 
 class Lifecycle(TypedDict):

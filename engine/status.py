@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from hutch.events import ms_to_datetime
-from hutch.history import Record, SleepCommand, StepCommand, WaitCommand
+from hutch.history import Record, RetryWait, SleepCommand, StepCommand, WaitCommand
 from hutch.serialization import unpack
 from pydantic import BaseModel, ConfigDict
 
@@ -59,7 +59,13 @@ class InstanceStatus(BaseModel):
 
 
 class AttemptDetail(BaseModel):
-    """One attempt of a step."""
+    """One attempt of a step.
+
+    A failed attempt that was retried has ``retry_at``, and ``retry_delay_from`` says where that
+    wait came from: ``"backoff"`` (the step's retries config) or ``"error"`` (the error asked for
+    it: ``RetryAfter``, a ``retry_after`` attribute, an HTTP ``Retry-After``; capped by
+    ``max_delay``). ``retry_refused``: the step's ``retry_if`` refused to retry this attempt's error.
+    """
 
     attempt: int
     start: datetime
@@ -67,6 +73,8 @@ class AttemptDetail(BaseModel):
     success: bool | None = None
     error: ErrorInfo | None = None
     retry_at: datetime | None = None
+    retry_delay_from: RetryWait | None = None
+    retry_refused: bool = False
 
 
 class StepDetail(BaseModel):
@@ -147,6 +155,9 @@ def build_detail(meta: dict[str, Any], history: Sequence[Record]) -> InstanceDet
             attempt.success = r["ok"]
             attempt.error = ErrorInfo(**r["err"]) if r.get("err") else None
             attempt.retry_at = _at(r.get("retry_at"))
+            if "retry_at" in r:
+                attempt.retry_delay_from = r.get("wait", "backoff")  # recorded since error-driven waits exist
+            attempt.retry_refused = r.get("stop") == "retry_if"
         elif r["k"] == "retime":
             detail.due = _at(r["due"])
         elif r["k"] == "res":

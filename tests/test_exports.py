@@ -56,6 +56,7 @@ ENGINE_ALL = [
     "PayloadTooLarge",
     "ReceivedEvent",
     "RepartitionRefused",
+    "RetryAfter",
     "RetryConfig",
     "RollbackStep",
     "ServiceUnavailable",
@@ -221,6 +222,7 @@ SPECIAL_ARGS: dict[str, tuple[Any, ...]] = {
     "InstanceNotFound": ("order", "order-42"),
     "InstanceAlreadyExists": ("order", "order-42"),
     "IllegalTransition": ("order-42", "terminate", "complete"),
+    "RetryAfter": (2.5, "RetryAfter: instance order-42 asked for a pause"),
 }
 
 
