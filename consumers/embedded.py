@@ -42,9 +42,7 @@ class EmbeddedProbe:
         orchestrator = self._worker.orchestrator
         if orchestrator.runner.in_flight:
             return False
-        # The inbox holds deliveries and local step results; _idle is clear mid-batch. (Private to the
-        # orchestrator, read here, in its own layer, until it says so itself.)
-        if not (orchestrator._inbox.empty() and orchestrator._idle.is_set()):
+        if not orchestrator.idle:
             return False
         return all(self._transport.depth(p) == (0, 0) for p in self._partitions)
 

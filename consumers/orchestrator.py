@@ -244,6 +244,11 @@ class Orchestrator(PartitionListener):
         """Whether ``partition`` starts no new attempts right now."""
         return self._hold_all or partition in self._holding
 
+    @property
+    def idle(self) -> bool:
+        """Whether no input is queued and no turn is being processed (every partition at once)."""
+        return self._idle.is_set() and self._inbox.empty()
+
     def quiet(self, partition: int) -> bool:
         """Whether nothing of ``partition`` is left to commit: no attempt running, no result queued or in a turn."""
         return (
@@ -382,7 +387,7 @@ class Orchestrator(PartitionListener):
         """Wait (up to ``timeout`` s) until every queued input has been processed."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while not (self._idle.is_set() and self._inbox.empty()):
+                while not self.idle:
                     if self._idle.is_set():
                         # Queued but not yet taken by the loop: a set Event's wait() does not yield,
                         # so without this the loop task (and the timeout) would never run.

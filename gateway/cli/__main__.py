@@ -2,4 +2,5 @@
 
 from hutch.gateway.cli import main
 
-main()
+if __name__ == "__main__":  # imported by tools that walk the package, it must not run the CLI
+    main()
