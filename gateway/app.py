@@ -19,6 +19,7 @@ from hutch.gateway.api import probes, routes
 from hutch.gateway.api.auth import TokenSet
 from hutch.gateway.api.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
 from hutch.gateway.api.deps import WorkflowNames
+from hutch.gateway.api.docs import install_docs
 from hutch.gateway.api.errors import install_error_handlers
 from hutch.gateway.api.metrics import MetricsMiddleware, RequestMetrics
 from hutch.gateway.api.openapi import install_schema
@@ -61,6 +62,8 @@ def create_app(
             "Durable workflows on RabbitMQ and Redis. The REST API under `/api` mirrors Cloudflare's "
             "Workflows API and its envelope `{success, errors, messages, result}`."
         ),
+        docs_url=None,  # served by install_docs, with their assets from the package instead of a CDN
+        redoc_url=None,
         **fastapi_options(),
     )
     app.state.client = client
@@ -73,6 +76,7 @@ def create_app(
     for router in extra_routers:
         app.include_router(router)
     install_schema(app, client.limits)
+    install_docs(app)
     # Added last = outermost: metrics see every answer, including a 413 from the body limit.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)

@@ -66,7 +66,17 @@ def test_the_wheel_holds_one_top_level_package(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("hutch-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
+        (metadata,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        requires = [line for line in archive.read(metadata).decode().splitlines() if line.startswith("Requires-Dist:")]
     top = {name.split("/", 1)[0] for name in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"hutch"}
-    for expected in ("hutch/py.typed", "hutch/store/commit.lua", "hutch/broker/names.py", "hutch/gateway/cli/__init__.py"):
+    for expected in (
+        "hutch/py.typed",
+        "hutch/store/commit.lua",
+        "hutch/broker/names.py",
+        "hutch/gateway/cli/__init__.py",
+    ):
         assert expected in names
+    # /docs and /redoc load Swagger UI and ReDoc from the installed fastapi-offline, not a CDN
+    # (hutch.gateway.api.docs): an install from the wheel must bring it along.
+    assert any(line.split(":", 1)[1].strip().startswith("fastapi-offline") for line in requires), requires

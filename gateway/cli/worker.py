@@ -6,6 +6,7 @@ import asyncio
 import sys
 
 import click
+import prometheus_client
 from hutch import tracing
 from hutch.consumers.serve import serve
 from hutch.consumers.worker import Worker
@@ -18,8 +19,29 @@ from hutch.settings import Settings
 @click.command("worker")
 @workflow_option("A workflow to run (repeatable); default: the [[workflows]] of hutch.toml.")
 @backend_options()
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(1, 65535),
+    envvar="HUTCH_METRICS_PORT",
+    default=None,
+    help="Serve Prometheus /metrics on this port [env HUTCH_METRICS_PORT; default: not served].",
+)
+@click.option(
+    "--metrics-host",
+    envvar="HUTCH_METRICS_HOST",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address the metrics port listens on [env HUTCH_METRICS_HOST].",
+)
 @log_level_option
-def worker(workflows: tuple[str, ...], redis_url: str | None, amqp_url: str | None, log_level: str) -> None:
+def worker(
+    workflows: tuple[str, ...],
+    redis_url: str | None,
+    amqp_url: str | None,
+    metrics_port: int | None,
+    metrics_host: str,
+    log_level: str,
+) -> None:
     """Run a worker: consume this worker's share of the partitions until SIGTERM or SIGINT.
 
     Settings come from HUTCH_* environment variables and hutch.toml (HUTCH_CONFIG). On a signal
@@ -30,12 +52,28 @@ def worker(workflows: tuple[str, ...], redis_url: str | None, amqp_url: str | No
     tracing.configure_from_env("hutch-worker")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
     classes = parse_workflows(workflows)
     settings = load_settings(redis_url, amqp_url)
+    if metrics_port is not None:
+        _serve_metrics(metrics_host, metrics_port)
     try:
         asyncio.run(_run(settings, classes))
     except ServiceUnavailable as exc:
         raise click.ClickException(str(exc)) from None
     except HutchError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def _serve_metrics(host: str, port: int) -> None:
+    """Serve the default Prometheus registry on ``host:port`` from a daemon thread, for the life of the process.
+
+    Raises:
+        click.ClickException: the address cannot be bound (in use, or not an address of this host).
+    """
+    try:
+        # A thread, not the event loop: a scrape is answered even while the loop is busy.
+        prometheus_client.start_http_server(port, addr=host)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+    click.echo(f"hutch worker serving metrics on http://{host}:{port}/metrics")
 
 
 async def _run(settings: Settings, classes: dict[str, type] | None) -> None:
