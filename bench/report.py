@@ -43,6 +43,7 @@ TARGETS: dict[str, dict[str, tuple[Target, ...]]] = {
         "W1": (Target("steps_per_s", ">=", 3000, "steps/s"),),
         "W2": (Target("ms_per_step@1000", "<=", 0.5, "ms/step"),),
         "W2 scaling": (Target("ratio", "<=", 1.5, "ratio"),),
+        "W2L": (Target("ratio", "<=", 1.5, "ratio to W2"),),  # issue 12: 1 MiB every 10th step
         "W3": (Target("p50_ms", "<=", 2, "p50 ms"),),
         "W4": (Target("p50_ms", "<=", 5, "p50 ms"), Target("p99_ms", "<=", 15, "p99 ms")),
         "W5": (Target("total_s", "<=", 0.03, "s"),),
@@ -53,6 +54,7 @@ TARGETS: dict[str, dict[str, tuple[Target, ...]]] = {
         "W1": (Target("steps_per_s", ">=", 3000, "steps/s"),),
         "W2": (Target("ms_per_step@1000", "<=", 1.0, "ms/step"),),
         "W2 scaling": (Target("ratio", "<=", 1.5, "ratio"),),
+        "W2L": (Target("ratio", "<=", 1.5, "ratio to W2"),),  # issue 12: 1 MiB every 10th step
         "W3": (Target("p50_ms", "<=", 4, "p50 ms"),),
         "W4": (Target("p50_ms", "<=", 10, "p50 ms"), Target("p99_ms", "<=", 25, "p99 ms")),
         "W5": (Target("total_s", "<=", 0.05, "s"),),
@@ -117,6 +119,14 @@ def figures(runtime: str, workload: str, name: str, runs: Sequence[Metrics], *, 
             scaling.append(("ratio", f"ratio({sizes[-1]}/{sizes[0]})", ".2f"))
             out.append(Figure("W2", "scaling ms/step", scaling, median, runs, targets.get("W2 scaling", ())))
         return out
+    if workload == "W2L":
+        size = _sizes({k.replace("_plain", ""): v for k, v in median.items() if "_plain@" in k})[-1]
+        shown = [
+            (f"ms_per_step_plain@{size}", "W2 ms/step", ".3f"),
+            (f"ms_per_step_large@{size}", "W2L ms/step", ".3f"),
+            ("ratio", "ratio", ".2f"),
+        ]
+        return [Figure(workload, f"{name} @{size}", shown, median, runs, targets.get(workload, ()))]
     if workload == "MEM":
         shown = [
             ("worker_mb", "worker MB", ".1f"),

@@ -203,6 +203,41 @@ async def w2_long(connect: Connect, *, sizes: Sequence[int] = (1000,)) -> Metric
     return out
 
 
+LARGE_RESULT_BYTES = 1024 * 1024 - 64
+"""W2L's large result: 1 MiB less room for msgpack's header, so it fits the default 1 MiB value limit."""
+
+
+async def _large() -> bytes:
+    return b"x" * LARGE_RESULT_BYTES
+
+
+class SequentialLarge(WorkflowEntrypoint):
+    """W2L: ``params["steps"]`` sequential steps, every 10th returning a 1 MiB result (stored by reference)."""
+
+    async def run(self, event: Any, step: Any) -> dict[str, int]:
+        n = event.payload["steps"]
+        for i in range(n):
+            await step.do(f"step {i}", _large if i % 10 == 9 else _noop(i))
+        return {"steps": n}
+
+
+async def w2_large(connect: Connect, *, steps: int = 1000) -> Metrics:
+    """W2L: W2 with a 1 MiB result in every 10th step, against plain W2 in the same runtime.
+
+    ``ratio`` = ms/step with large results / ms/step of plain W2 (the claim check's budget is 1.5).
+    """
+    out: Metrics = {}
+    async with connect({"seq": Sequential, "large": SequentialLarge}) as client:
+        await _warm_up(client, "seq", {"steps": 2})
+        await _warm_up(client, "large", {"steps": 10})
+        for name, label in (("seq", "plain"), ("large", "large")):
+            start = time.perf_counter()
+            await _finish(await client.workflow(name).create(params={"steps": steps}), timeout=600)
+            out[f"ms_per_step_{label}@{steps}"] = (time.perf_counter() - start) * 1000 / steps
+    out["ratio"] = out[f"ms_per_step_large@{steps}"] / out[f"ms_per_step_plain@{steps}"]
+    return out
+
+
 async def w3_event(connect: Connect, *, instances: int = 50) -> Metrics:
     """W3: event round trip, ``instances`` sequential repeats.
 
@@ -447,6 +482,7 @@ WORKLOADS: dict[str, Workload] = {
     for w in (
         Workload("W1", "sequential", lambda c, s, _: w1_sequential(c, instances=s.w1_instances, steps=s.w1_steps)),
         Workload("W2", "long", _w2),
+        Workload("W2L", "long, large results", lambda c, s, _: w2_large(c, steps=s.w2_steps)),
         Workload("W3", "event", lambda c, s, _: w3_event(c, instances=s.w3_instances)),
         Workload("W4", "timer", lambda c, s, _: w4_timer(c, instances=s.w4_instances, sleep_s=s.w4_sleep_s)),
         Workload("W5", "fan-out", lambda c, s, _: w5_fanout(c, width=s.w5_width)),

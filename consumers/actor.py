@@ -84,6 +84,9 @@ class InstanceActor:
         # as issued and not attempted, for the next owner's re-drive (or this one's, if the handover
         # is called off). Running one here would only have its result thrown away.
         self.hold = False
+        # Values stored by reference that replay delivers, fetched by the orchestrator on demand
+        # (hutch.blobs.BlobsNeeded): digest → msgpack bytes.
+        self.blobs: dict[str, bytes] = {}
         self.state = ActorState.rebuild(
             self.history,
             snapshot.events,
@@ -166,6 +169,7 @@ class InstanceActor:
             return
         event = WorkflowEvent.build(self.params, self.created_ms, self.instance_id, self.workflow)
         run = WorkflowRun(self._workflow_cls(self._env), event, limits=self.limits, now_ms=self._now_ms)
+        run.blobs = self.blobs
         run.replay(self.history)
         self.run = run
         state = self.state

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from hutch.blobs import BlobAddress, BlobRef, BlobStore
 from hutch.clock import Clock
 from hutch.config import Limits
 from hutch.consumers import tracing
@@ -27,7 +28,7 @@ from hutch.errors import (
     error_record,
 )
 from hutch.executor import StepCall
-from hutch.serialization import encode_value
+from hutch.serialization import encode_value, pack
 
 _Key = tuple[str, str, int, str, int, int]  # workflow, instance id, run number, step name, count, attempt
 
@@ -81,6 +82,8 @@ class StepRunner:
         post: receives the :class:`StepDone` of every attempt that was not cancelled.
         max_concurrent: attempts running at once on this worker; more wait their turn.
         threads: size of the pool that runs sync step callables.
+        blobs: where a result encoded larger than ``limits.inline_threshold`` is stored before it
+            is reported (the history then records its reference); None keeps every result inline.
     """
 
     def __init__(
@@ -91,8 +94,10 @@ class StepRunner:
         clock: Clock,
         max_concurrent: int,
         threads: int,
+        blobs: BlobStore | None = None,
     ) -> None:
         self._post = post
+        self._blobs = blobs
         self._limits = limits
         self._clock = clock
         self._semaphore = asyncio.Semaphore(max_concurrent)
@@ -206,6 +211,8 @@ class StepRunner:
                     async with deadline:
                         result = await self._invoke(call.fn, ctx)
                     data, value = self._encode(name, count, result)
+                    if len(data) > self._limits.inline_threshold and self._blobs is not None:
+                        data = await self._store(BlobAddress(partition, workflow, instance_id), data)
                     outcome = {"ok": True, "value": value, "value_bytes": data}
                 except TimeoutError as exc:
                     # Only our deadline is a step timeout; a TimeoutError the body raised is its own error.
@@ -265,6 +272,16 @@ class StepRunner:
         if inspect.isawaitable(result):
             result = await _body_awaited(result)
         return result
+
+    async def _store(self, where: BlobAddress, data: bytes) -> bytes:
+        """Store a large result before it is reported (so before its commit); the bytes of its reference.
+
+        Part of the attempt: a store that fails fails the attempt, which is retried as any other.
+        """
+        assert self._blobs is not None
+        ref = await asyncio.to_thread(BlobRef.of, data)  # hashing megabytes must not stall the loop
+        await self._blobs.put(where, ref, data)
+        return pack(ref)
 
     def _encode(self, name: str, count: int, result: Any) -> tuple[bytes, Any]:
         what = f"step {name!r}#{count} result"

@@ -21,6 +21,7 @@ from hutch.context import StepContext, StepInfo
 from hutch.entrypoint import Env, WorkflowEntrypoint
 from hutch.errors import (
     BatchTooLarge,
+    BlobNotFound,
     BrokerUnavailable,
     DeploymentMismatch,
     EventTimeoutError,
@@ -68,6 +69,7 @@ except importlib.metadata.PackageNotFoundError:  # a source tree on sys.path tha
 __all__ = [
     "AttemptDetail",
     "BatchTooLarge",
+    "BlobNotFound",
     "BrokerUnavailable",
     "Client",
     "Connection",

@@ -104,8 +104,11 @@ class Limits(BaseModel):
     max_instance_id_length: int = Field(default=100, ge=1)
     max_workflow_name_length: int = Field(default=64, ge=1)
     max_step_name_length: int = Field(default=256, ge=1)
-    # Values live inline in the history, replayed whole: SPEC's bound for them (before claim checks).
+    # The largest value (params, step result, event payload, output) once encoded.
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1, le=64 * 1024 * 1024)
+    # A step result encoded larger than this is stored once in the blob store and the history holds
+    # its reference (hutch.blobs), so histories stay small and replay fast.
+    inline_threshold: int = Field(default=64 * 1024, ge=64, le=64 * 1024 * 1024)
     max_steps: int = Field(default=10_000, ge=1)
     max_sleep: timedelta = Field(default=timedelta(days=365), gt=timedelta(0))
     max_batch: int = Field(default=100, ge=1)

@@ -31,6 +31,7 @@ The tree::
      ├── WaitTimeout                   Instance.wait() gave up before the instance finished
      ├── WorkflowCodeError             run() awaited something that is not a step
      ├── DeploymentMismatch            partitions or limits differ from those the deployment recorded
+     ├── BlobNotFound                  a large value's history reference names a blob the blob store lacks
      ├── RepartitionRefused            hutch admin repartition cannot start or go on (e.g. a worker runs)
      └── ServiceUnavailable            a server the runtime needs cannot be reached at start
           ├── BrokerUnavailable         RabbitMQ refused, timed out or failed the handshake
@@ -289,6 +290,14 @@ class DeploymentMismatch(HutchError):
     later one must match them. A partition count is part of every key (a client with another one
     writes instances no worker ever sees), and workers with different limits would decide the same
     replay differently. Fix the settings to the recorded values named in the message.
+    """
+
+
+class BlobNotFound(HutchError):
+    """A value stored by reference (claim check) is not in the blob store its history points to.
+
+    Its blob was deleted, or this process has another ``blob_store`` than the one that stored it:
+    configure every process of a deployment with the same one.
     """
 
 

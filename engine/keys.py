@@ -76,6 +76,14 @@ class Keys:
         """List of events received before a matching wait (msgpack, FIFO)."""
         return f"{self._tag(partition)}:i:{workflow}:{instance_id}:evbuf"
 
+    def blobs(self, partition: int, workflow: str, instance_id: str) -> str:
+        """Hash of the instance's values stored by reference (field: SHA-256 hex; hutch.blobs).
+
+        commit.lua expires it with the instance, building it from the history key: it must differ
+        from :meth:`history` only by its ``:blobs`` suffix.
+        """
+        return f"{self._tag(partition)}:i:{workflow}:{instance_id}:blobs"
+
     def instance_keys(self, partition: int, workflow: str, instance_id: str) -> tuple[str, ...]:
         """Every key holding the instance's own data: what moving it to another partition takes.
 
@@ -85,6 +93,7 @@ class Keys:
             self.meta(partition, workflow, instance_id),
             self.history(partition, workflow, instance_id),
             self.event_buffer(partition, workflow, instance_id),
+            self.blobs(partition, workflow, instance_id),
         )
 
     def timers(self, partition: int) -> str:

@@ -6,6 +6,7 @@ from types import MappingProxyType
 from typing import Any
 
 import msgpack
+from hutch.blobs import BLOB_EXT, BlobRef
 from hutch.errors import NotSerializable, PayloadTooLarge
 from pydantic import BaseModel
 
@@ -23,6 +24,8 @@ class _IntegerOutOfRange(OverflowError):
 
 
 def _default(value: object) -> object:
+    if isinstance(value, BlobRef):  # a large value's reference, in a record the engine writes
+        return msgpack.ExtType(BLOB_EXT, value.ext_data())
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     if isinstance(value, MappingProxyType):
@@ -41,9 +44,20 @@ def pack(value: Any) -> bytes:
     return msgpack.packb(value, **_packer_kwargs)  # type: ignore[no-any-return]
 
 
+def _ext(code: int, data: bytes) -> object:
+    if code == BLOB_EXT:
+        return BlobRef.from_ext(data)
+    return msgpack.ExtType(code, data)
+
+
+def _no_ext(code: int, data: bytes) -> object:
+    # A user value holding msgpack.ExtType (which msgpack packs as is) could pass for a reference.
+    raise TypeError(f"msgpack extension types (here code {code}) are not serializable")
+
+
 def unpack(data: bytes) -> Any:
-    """Decode bytes written by :func:`pack`."""
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    """Decode bytes written by :func:`pack` (a large value's reference decodes as a :class:`BlobRef`)."""
+    return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_ext)
 
 
 MAX_PARAMS_DEPTH = 64
@@ -75,7 +89,7 @@ def encode_value(value: Any, *, what: str, limit: int) -> tuple[bytes, Any]:
     """
     try:
         data: bytes = msgpack.packb(value, **_packer_kwargs)
-        decoded = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        decoded = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext)
     except _IntegerOutOfRange as exc:
         raise NotSerializable(f"{what} is not serializable: {exc}") from None
     except (TypeError, ValueError, OverflowError) as exc:

@@ -26,6 +26,7 @@ from hutch.broker import PoisonMessage
 ENGINE_ALL = [
     "AttemptDetail",
     "BatchTooLarge",
+    "BlobNotFound",
     "BrokerUnavailable",
     "Client",
     "Connection",

@@ -121,11 +121,13 @@ async def populate(redis: Any, namespace: str, partitions: int, count: int = 60)
         p = partition_of(workflow, iid, partitions)
         member = f"{workflow}:{iid}"
         status = STATUSES[n % len(STATUSES)]
-        meta, hist, evbuf = k.instance_keys(p, workflow, iid)
+        meta, hist, evbuf, blobs = k.instance_keys(p, workflow, iid)
         await redis.hset(meta, mapping={"wf": workflow, "id": iid, "status": status, "seq": n, "created": T0 + n})
         await redis.rpush(hist, pack({"k": "start", "n": n}), pack({"k": "step", "n": n}))
         if n % 3 == 0:
             await redis.rpush(evbuf, pack({"type": "b", "n": n}))
+        if n % 4 == 0:
+            await redis.hset(blobs, f"digest{n}", b"large value")
         await redis.zadd(k.status_index(p, workflow, ALL), {member: T0 + n})
         await redis.zadd(k.status_index(p, workflow, status), {member: T0 + n})
         if status in ("queued", "running", "waitingForPause"):

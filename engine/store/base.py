@@ -8,6 +8,7 @@ from enum import IntEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from hutch.blobs import BlobStore
     from hutch.config import Limits
     from hutch.history import Record
     from hutch.keys import Keys
@@ -89,6 +90,11 @@ class CheckpointStore(Protocol):
         """The deployment's partition count."""
         ...
 
+    @property
+    def blobs(self) -> BlobStore:
+        """Where values over the inline threshold are stored (hutch.blobs)."""
+        ...
+
     async def close(self) -> None:
         """Close the store's connections."""
         ...
@@ -149,6 +155,10 @@ class CheckpointStore(Protocol):
         self, partitions: Iterable[int], now_ms: int, limit: int = 1000
     ) -> list[tuple[int, bytes, int]]:
         """Timers due by ``now_ms`` on these partitions: (partition, member, due ms)."""
+        ...
+
+    async def remove_timers(self, partition: int, members: Sequence[bytes]) -> None:
+        """Remove timers outside a transition: outbox timers whose effect was carried out."""
         ...
 
     async def next_due(self, partitions: Iterable[int], *, after_ms: int) -> int | None:

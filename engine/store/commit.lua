@@ -74,7 +74,9 @@ for a = P + 4, #ARGV, 2 do
     if h[4] ~= '.' then later(h[4] == '+' and 'SADD' or 'SREM', KEYS[4 * j - 2], p[1]) end
     if h[14] > 0 then later('ZREM', KEYS[k + 4], p[1]); later('ZADD', KEYS[k + 5], h[5], p[1]) end
     if h[14] == 2 then finished[#finished + 1] = {j, p[1]} end
-    for _, key in ipairs(h[6] ~= 0 and {meta, hist, evbuf} or {}) do
+    -- The instance's blobs (keys.py: its history key with ":blobs" for ":hist") expire with it.
+    local blobs = h[6] ~= 0 and string.sub(hist, 1, #hist - 4) .. 'blobs' or nil
+    for _, key in ipairs(h[6] ~= 0 and {meta, hist, evbuf, blobs} or {}) do
       if h[6] > 0 then redis.call('EXPIRE', key, h[6]) else redis.call('PERSIST', key) end
     end
     if h[6] > 0 then

@@ -11,6 +11,7 @@ from importlib import resources
 from typing import Any, cast
 
 from hutch import keys
+from hutch.blobs import BlobAddress, BlobRef, BlobStore
 from hutch.config import Limits
 from hutch.errors import DeploymentMismatch
 from hutch.history import Record, decode_record
@@ -173,6 +174,8 @@ class RedisStore:
             messages at once).
         prune_per_finish: how many index entries of instances whose retention ended each finishing
             commit removes at most (see commit.lua); at least 1.
+        blobs: where values over the inline threshold go (:mod:`hutch.blobs`); default: this
+            Redis (:class:`RedisBlobs`).
     """
 
     def __init__(
@@ -184,6 +187,7 @@ class RedisStore:
         cross_slot: bool | None = None,
         announce_created: bool = False,
         prune_per_finish: int = PRUNE_PER_FINISH,
+        blobs: BlobStore | None = None,
     ) -> None:
         if prune_per_finish < 1:
             raise ValueError(f"prune_per_finish must be at least 1, got {prune_per_finish}")
@@ -202,9 +206,11 @@ class RedisStore:
         self.prune_per_finish = prune_per_finish
         self._record_deployment: AsyncScript = redis.register_script(_RECORD_DEPLOYMENT)
         self._named: set[str] = set()  # workflow names this store has recorded in the workflows set
+        self.blobs: BlobStore = blobs if blobs is not None else RedisBlobs(self.redis, self.keys)
 
     async def close(self) -> None:
-        """Close the client's connections."""
+        """Close the client's connections (and the blob store's)."""
+        await self.blobs.close()
         await self.redis.aclose()
 
     async def check_deployment(self, limits: Limits) -> None:
@@ -242,6 +248,8 @@ class RedisStore:
                 f"hutch admin repartition --to {self.partitions}"
             )
         recorded: dict[str, Any] = json.loads(stored_limits) if stored_limits else mine
+        # A limit added after the deployment was recorded is absent from the record: its default holds there.
+        recorded = {**Limits().model_dump(mode="json"), **recorded}
         differ = sorted(name for name in mine.keys() | recorded.keys() if mine.get(name) != recorded.get(name))
         if differ:
             theirs = ", ".join(f"{name}={recorded.get(name)!r}" for name in differ)
@@ -549,3 +557,31 @@ class RedisStore:
         if before is not None:
             ordered = [r for r in ordered if (r[0], r[1]) < before]
         return [(iid, created) for created, iid in ordered[:limit]]
+
+
+class RedisBlobs:
+    """The default blob store: one hash per instance (field: digest), in the instance's partition slot.
+
+    Its key is one of the instance's keys (:meth:`Keys.blobs`): it moves with the instance on a
+    repartition and expires with it when its retention ends (commit.lua).
+    """
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def put(self, where: BlobAddress, ref: BlobRef, data: bytes) -> None:
+        """Store the blob (HSET: storing it again rewrites the same bytes)."""
+        key = self._keys.blobs(where.partition, where.workflow, where.instance_id)
+        await self._redis.hset(key, ref.digest, data)
+
+    async def get_many(self, where: BlobAddress, refs: Sequence[BlobRef]) -> list[bytes | None]:
+        """The blobs, in one round trip."""
+        if not refs:
+            return []
+        key = self._keys.blobs(where.partition, where.workflow, where.instance_id)
+        found: list[bytes | None] = await self._redis.hmget(key, [ref.digest for ref in refs])  # type: ignore[assignment]
+        return found
+
+    async def close(self) -> None:
+        """The checkpoint store closes the shared client."""

@@ -1,0 +1,297 @@
+"""Claim check (SPEC §11): step results over the inline threshold are stored once, outside the history."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import pytest
+from hutch import Limits, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
+from hutch.blobs import BlobAddress, BlobRef, BlobStore, open_blob_store, stored_ref
+from hutch.errors import InvalidInputError, NotSerializable
+from hutch.history import Record
+from hutch.serialization import encode_value, pack, unpack
+from hutch.settings import Settings
+from hutch.store.redis import RedisStore
+
+from tests.conftest import MakeClient
+from tests.helpers import eventually
+
+RunFn = Callable[[WorkflowEvent, WorkflowStep], Awaitable[Any]]
+MIB = 1024 * 1024
+BIG_LIMITS = Limits(max_payload_bytes=16 * MIB)
+
+
+def workflow(run: RunFn) -> type[WorkflowEntrypoint]:
+    class ClaimCheck(WorkflowEntrypoint):
+        async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+            return await run(event, step)
+
+    return ClaimCheck
+
+
+class CountingBlobs:
+    """A blob store that counts what is fetched from the one it wraps."""
+
+    def __init__(self, inner: BlobStore) -> None:
+        self.inner = inner
+        self.fetched: list[str] = []
+
+    async def put(self, where: BlobAddress, ref: BlobRef, data: bytes) -> None:
+        await self.inner.put(where, ref, data)
+
+    async def get_many(self, where: BlobAddress, refs: Sequence[BlobRef]) -> list[bytes | None]:
+        self.fetched += [ref.digest for ref in refs]
+        return await self.inner.get_many(where, refs)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def ten_mib() -> bytes:
+    return bytes(range(256)) * (10 * MIB // 256)
+
+
+def step_values(history: list[Record]) -> dict[str, bytes]:
+    return {r["n"]: r["vb"] for r in history if r["k"] == "res" and r["ref"] == "step" and "vb" in r}
+
+
+async def test_a_10_mib_result_round_trips_by_reference(make_client: MakeClient) -> None:
+    """The result is stored once outside the history; waking after the sleep replays and loads it."""
+
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        data = await step.do("big", ten_mib)
+        await step.sleep("evict", 0.01)
+        return {"size": len(data), "sha": hashlib.sha256(data).hexdigest()}
+
+    client = await make_client({"cc": workflow(run)}, limits=BIG_LIMITS)
+    orchestrator = client.runtime_worker.orchestrator
+    orchestrator.warm_horizon_ms = 0  # the sleep evicts, so waking replays
+    store = orchestrator.store
+    assert isinstance(store, RedisStore)
+    counting = CountingBlobs(store.blobs)
+    store.blobs = counting
+    instance = await client.workflow("cc").create()
+    final = await instance.wait(timeout=30)
+
+    assert final.status == "complete", final.error
+    expected = ten_mib()
+    assert final.output == {"size": len(expected), "sha": hashlib.sha256(expected).hexdigest()}
+    history = await store.history(*_where(client, instance.id))
+    ref = stored_ref(step_values(history)["big"])
+    assert ref is not None and ref.size == len(pack(expected))  # a 43-byte reference, not 10 MiB
+    assert counting.fetched == [ref.digest]  # the replay after the sleep loaded it, once
+    stored = await store.redis.hget(store.keys.blobs(*_where(client, instance.id)), ref.digest)
+    assert stored == pack(expected)
+
+
+async def test_small_results_stay_inline_and_replay_fetches_nothing(make_client: MakeClient) -> None:
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        small = await step.do("small", lambda: "x" * 1000)
+        await step.sleep("evict", 0.01)
+        return len(small)
+
+    client = await make_client({"cc": workflow(run)})
+    orchestrator = client.runtime_worker.orchestrator
+    orchestrator.warm_horizon_ms = 0
+    store = orchestrator.store
+    assert isinstance(store, RedisStore)
+    counting = CountingBlobs(store.blobs)
+    store.blobs = counting
+    instance = await client.workflow("cc").create()
+    final = await instance.wait(timeout=15)
+
+    assert final.output == 1000
+    history = await store.history(*_where(client, instance.id))
+    assert unpack(step_values(history)["small"]) == "x" * 1000
+    assert counting.fetched == []
+    assert not await store.redis.exists(store.keys.blobs(*_where(client, instance.id)))
+
+
+@pytest.mark.embedded_only
+async def test_replay_loads_a_large_value_only_when_it_is_delivered(make_client: MakeClient) -> None:
+    """Loading the history (describe, an evicted instance's reload) fetches nothing; a replay fetches
+    each stored value when the code receives it, and each only once."""
+
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        first = await step.do("first", lambda: b"a" * 200_000)
+        await step.sleep("evict 1", 0.01)
+        second = await step.do("second", lambda: b"b" * 300_000)
+        await step.sleep("evict 2", 0.01)
+        return [len(first), len(second)]
+
+    client = await make_client({"cc": workflow(run)})
+    orchestrator = client.runtime_worker.orchestrator
+    orchestrator.warm_horizon_ms = 0
+    store = orchestrator.store
+    assert isinstance(store, RedisStore)
+    counting = CountingBlobs(store.blobs)
+    store.blobs = counting
+    instance = await client.workflow("cc").create()
+    final = await instance.wait(timeout=15)
+    detail = await instance.describe()
+
+    assert final.output == [200_000, 300_000]
+    refs = {name: stored_ref(vb) for name, vb in step_values(await store.history(*_where(client, instance.id))).items()}
+    first, second = refs["first"], refs["second"]
+    assert first is not None and second is not None
+    # Wake 1 replays "first"; wake 2 replays both (one fetch round per group the code blocks on).
+    assert counting.fetched == [first.digest, first.digest, second.digest]
+    outputs = {s.name: s.output for s in detail.steps if s.type == "step"}
+    assert outputs["first"] == first  # describe() shows the reference, it does not load the value
+
+
+def _where(client: Any, instance_id: str) -> tuple[int, str, str]:
+    return client._partition("cc", instance_id), "cc", instance_id
+
+
+# --------------------------------------------------------------------------- units
+def test_a_reference_is_recognised_from_its_bytes_alone() -> None:
+    ref = BlobRef.of(b"payload")
+    data = pack(ref)
+    assert stored_ref(data) == ref
+    assert unpack(data) == ref
+    assert stored_ref(pack(b"x" * 40)) is None
+    assert stored_ref(pack("y" * 41)) is None
+
+
+def test_a_user_value_cannot_pass_for_a_reference() -> None:
+    forged = msgpack.ExtType(1, BlobRef.of(b"z").ext_data())
+    with pytest.raises(NotSerializable, match="extension types"):
+        encode_value(forged, what="step 'x'#1 result", limit=MIB)
+
+
+def test_the_blob_store_setting_names_redis_a_directory_or_a_bucket(tmp_path: Path) -> None:
+    assert Settings(blob_store="redis").blob_store == "redis"
+    assert open_blob_store("redis") is None
+    assert type(open_blob_store(f"file://{tmp_path}")).__name__ == "FileBlobs"
+    assert type(open_blob_store("s3://bucket/prefix?endpoint=http://127.0.0.1:1")).__name__ == "S3Blobs"
+    with pytest.raises(ValueError, match="blob_store: 'ftp://host/x' is not a blob store"):
+        Settings(blob_store="ftp://host/x")
+    with pytest.raises(InvalidInputError):
+        open_blob_store("s3:///no-bucket")
+
+
+def test_the_inline_threshold_is_a_limit_up_to_64_mib() -> None:
+    assert Limits().inline_threshold == 64 * 1024
+    assert Limits(max_payload_bytes=64 * MIB).max_payload_bytes == 64 * MIB
+    with pytest.raises(ValueError):
+        Limits(inline_threshold=64 * MIB + 1)
+
+
+async def test_a_deployment_recorded_before_the_inline_threshold_still_matches(redis_url: str) -> None:
+    """A record written before ``inline_threshold`` existed lacks it: the default is what it held."""
+    from tests.conftest import drop_namespace
+    from tests.helpers import unique
+
+    namespace = unique("cc")
+    store = RedisStore(_redis(redis_url), 4, namespace=namespace)
+    try:
+        old = {k: v for k, v in Limits().model_dump(mode="json").items() if k != "inline_threshold"}
+        await store.redis.hset(store.keys.config(), mapping={"partitions": 4, "limits": json.dumps(old)})
+        await store.check_deployment(Limits())
+    finally:
+        await store.close()
+        await drop_namespace(namespace)
+
+
+def _redis(url: str) -> Any:
+    from redis.asyncio import Redis
+
+    return Redis.from_url(url)
+
+
+# --------------------------------------------------------------------------- the stores
+async def _round_trip(blobs: BlobStore) -> None:
+    where = BlobAddress(3, "wf", "order-1")
+    data = pack(b"v" * 300_000)
+    ref = BlobRef.of(data)
+    await blobs.put(where, ref, data)
+    await blobs.put(where, ref, data)  # stored once, again: harmless
+    missing = BlobRef.of(b"other")
+    assert await blobs.get_many(where, [ref, missing]) == [data, None]
+    assert await blobs.get_many(BlobAddress(3, "wf", "order-2"), [ref]) == [None]
+
+
+async def test_filesystem_blob_store(tmp_path: Path) -> None:
+    blobs = open_blob_store(f"file://{tmp_path}/blobs")
+    assert blobs is not None
+    await _round_trip(blobs)
+    assert [p.name for p in (tmp_path / "blobs" / "wf" / "order-1").iterdir()] == [
+        BlobRef.of(pack(b"v" * 300_000)).digest
+    ]
+
+
+async def test_redis_blob_store_keeps_an_instance_s_blobs_in_its_slot(redis_url: str) -> None:
+    from tests.conftest import drop_namespace
+    from tests.helpers import unique
+
+    namespace = unique("cc")
+    store = RedisStore(_redis(redis_url), 4, namespace=namespace)
+    try:
+        await _round_trip(store.blobs)
+        key = store.keys.blobs(3, "wf", "order-1")
+        assert key.startswith(f"{namespace}:{{p3}}:") and key in store.keys.instance_keys(3, "wf", "order-1")
+    finally:
+        await store.close()
+        await drop_namespace(namespace)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> AsyncIterator[str] | Any:
+    """A local S3-compatible server: moto's (``moto[server]``, installed from PyPI), on a free port."""
+    if shutil.which("moto_server") is None and not _has_moto():
+        pytest.skip("moto[server] is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _has_moto() -> bool:
+    try:
+        import moto.server  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+async def test_s3_blob_store_against_a_local_s3_server(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.request
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+
+    def put_bucket() -> bool:
+        try:
+            request = urllib.request.Request(f"{s3_endpoint}/hutch-blobs", method="PUT")
+            urllib.request.urlopen(request, timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    async def create_bucket() -> bool:  # once the server listens
+        return await asyncio.to_thread(put_bucket)
+
+    await eventually(create_bucket, timeout=15)
+    blobs = open_blob_store(f"s3://hutch-blobs/deploy-1?endpoint={s3_endpoint}&region=us-east-1")
+    assert blobs is not None
+    await _round_trip(blobs)
