@@ -25,14 +25,16 @@ from hutch.consumers.actor_state import ActorState, StepKey, StepState, timer_me
 from hutch.consumers.items import CreatedNotice, StepDone
 from hutch.consumers.retry import attempts_left, retry_due_ms
 from hutch.consumers.transition import Effects, Turn
-from hutch.entrypoint import Env, WorkflowEntrypoint
+from hutch.entrypoint import Env
 from hutch.errors import WorkerLostError
 from hutch.events import WorkflowEvent
 from hutch.executor import StepCall, WorkflowRun, timeout_error
-from hutch.history import AttemptEnded, Command, EventRecord, Kind, Record, Resolution, TimerKind
+from hutch.history import AttemptEnded, EventRecord, Issued, Kind, Record, Resolution, TimerKind
 from hutch.serialization import pack, unpack
 from hutch.status import FINISHED, Status
 from hutch.store.base import Snapshot, Transition
+from hutch.versions import META_FIELD as VERSION_FIELD
+from hutch.versions import WAITING_FIELD, WorkflowVersions
 
 __all__ = ["Effects", "Input", "InstanceActor"]
 
@@ -49,7 +51,7 @@ class InstanceActor:
         snapshot: Snapshot,
         *,
         partition: int,
-        workflow_cls: type[WorkflowEntrypoint],
+        versions: WorkflowVersions,
         env: Env,
         limits: Limits,
         now_ms: Callable[[], int],
@@ -69,7 +71,14 @@ class InstanceActor:
         # The W3C context every span of this instance continues (stored at create), on any worker.
         self.trace = tracing.instance_traceparent(meta.get("trace"), self.workflow, self.instance_id, self.created_ms)
         self.limits = limits
-        self._workflow_cls = workflow_cls
+        self.versions = versions
+        # The version this instance runs on, and its class here: None when this worker lacks it. Such
+        # an instance is never run on other code: it waits (meta "vwait" says for what) for an owner
+        # that has its version, recording only what arrives meanwhile (events, controls).
+        started = self.status != Status.QUEUED
+        self.version, self._workflow_cls = versions.resolve(meta.get(VERSION_FIELD), started=started)
+        self._waiting_recorded = meta.get(WAITING_FIELD) is not None
+        self._needs_version = False
         self._env = env
         self._now_ms = now_ms
         self._is_executing = is_executing
@@ -84,9 +93,6 @@ class InstanceActor:
         # as issued and not attempted, for the next owner's re-drive (or this one's, if the handover
         # is called off). Running one here would only have its result thrown away.
         self.hold = False
-        # Values stored by reference that replay delivers, fetched by the orchestrator on demand
-        # (hutch.blobs.BlobsNeeded): digest → msgpack bytes.
-        self.blobs: dict[str, bytes] = {}
         self.state = ActorState.rebuild(
             self.history,
             snapshot.events,
@@ -117,6 +123,9 @@ class InstanceActor:
         # leave an event consumed by a wait it cancelled.
         turn.res = []
         self._settle_status(turn)
+        if self._needs_version and not self._waiting_recorded and self.status not in FINISHED:
+            turn.tx.meta[WAITING_FIELD] = pack(self.version)
+            self._waiting_recorded = True
         return turn.close(self.history), turn.effects
 
     def committed(self, transition: Transition) -> None:
@@ -139,7 +148,21 @@ class InstanceActor:
         """The timer member of this run's sleep, wait or retry ``name``#``count``."""
         return timer_member(kind, self.workflow, self.instance_id, self.run_no, name, count)
 
+    @property
+    def awaiting_version(self) -> str | None:
+        """The version this instance needs to go on and no class of this worker has (it is not run here)."""
+        return self.version if self._needs_version else None
+
+    def pin_newest(self, turn: Turn) -> None:
+        """Run on the newest version from now on (a start, or a restart) and record it."""
+        self.version, self._workflow_cls = self.versions.newest_version, self.versions.newest
+        turn.tx.meta[VERSION_FIELD] = pack(self.version)
+
     def _on_input(self, turn: Turn, item: Input) -> None:
+        if isinstance(item, TimerFired) and self._workflow_cls is None and self.status in _LIVE:
+            # Left in Redis, unhandled: an owner with the version fires it again and runs on.
+            self._needs_version = True
+            return
         if isinstance(item, StepDone):
             self._on_step_done(turn, item)
         elif isinstance(item, TimerFired):
@@ -157,6 +180,7 @@ class InstanceActor:
         if self.status == Status.QUEUED:
             self.status = Status.RUNNING
             turn.tx.meta["started"] = turn.now_ms
+            self.pin_newest(turn)
             turn.record({"k": "life", "what": "started", "t": turn.now_ms})
         if self.status in _LIVE and self.run is None:
             self.status = Status.RUNNING
@@ -167,9 +191,15 @@ class InstanceActor:
         """Rebuild the live run by replay (if there is none) and restart the attempts it lost."""
         if self.run is not None:
             return
+        if self._workflow_cls is None:
+            self._needs_version = True
+            return
+        self._needs_version = False
+        if self._waiting_recorded:
+            turn.tx.meta[WAITING_FIELD] = pack(None)
+            self._waiting_recorded = False
         event = WorkflowEvent.build(self.params, self.created_ms, self.instance_id, self.workflow)
         run = WorkflowRun(self._workflow_cls(self._env), event, limits=self.limits, now_ms=self._now_ms)
-        run.blobs = self.blobs
         run.replay(self.history)
         self.run = run
         state = self.state
@@ -208,7 +238,8 @@ class InstanceActor:
     def _drive(self, turn: Turn) -> None:
         self.ensure_run(turn)
         run = self.run
-        assert run is not None
+        if run is None:
+            return  # this worker lacks the instance's version
         state = self.state
         while True:
             if turn.res:
@@ -222,10 +253,12 @@ class InstanceActor:
         if run.finished:
             lifecycle.finish(self, turn, *run.outcome())
 
-    def _on_command(self, turn: Turn, cmd: Command) -> None:
+    def _on_command(self, turn: Turn, cmd: Issued) -> None:
         state = self.state
         cmd["g"] = state.group  # the group whose delivery led to this command (informational)
         turn.record(cmd)
+        if cmd["k"] == "patch":
+            return  # a marker: only recorded
         key = (cmd["n"], cmd["c"])
         if cmd["k"] == "step":
             assert self.run is not None

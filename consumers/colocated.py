@@ -16,9 +16,10 @@ from hutch.client import Client, bindings
 from hutch.clock import Clock
 from hutch.config import Limits
 from hutch.consumers.worker import Worker
-from hutch.entrypoint import Env, WorkflowEntrypoint
+from hutch.entrypoint import Env
 from hutch.settings import Settings
 from hutch.store.base import CheckpointStore
+from hutch.versions import Workflows
 from hutch.watch import InstanceWatch
 
 
@@ -53,7 +54,7 @@ async def close_backends(store: CheckpointStore, transport: Transport) -> None:
 async def start_colocated(
     store: CheckpointStore,
     transport: Transport,
-    workflows: Mapping[str, type[WorkflowEntrypoint]],
+    workflows: Workflows,
     *,
     settings: Settings,
     limits: Limits,

@@ -12,9 +12,9 @@ from hutch.clock import Clock
 from hutch.config import Limits
 from hutch.consumers.colocated import start_colocated
 from hutch.consumers.worker import Worker
-from hutch.entrypoint import WorkflowEntrypoint
 from hutch.settings import Settings
 from hutch.store.redis import RedisStore
+from hutch.versions import Workflows
 from hutch.watch import InstanceWatch
 
 
@@ -54,7 +54,7 @@ class EmbeddedProbe:
 
 
 async def start_embedded(
-    workflows: Mapping[str, type[WorkflowEntrypoint]],
+    workflows: Workflows,
     *,
     settings: Settings,
     limits: Limits,

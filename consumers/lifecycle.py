@@ -89,6 +89,7 @@ def restart(actor: InstanceActor, turn: Turn) -> None:
     actor.run_no += 1
     tx.meta["run"] = actor.run_no
     turn.record({"k": "life", "what": "restarted", "t": turn.now_ms})
+    actor.pin_newest(turn)  # a run from the start runs the newest code
     actor.ensure_run(turn)
 
 

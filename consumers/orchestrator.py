@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hutch.blobs import BlobAddress, BlobsNeeded, fetch_blobs
 from hutch.broker.envelopes import InstanceCreated, PoisonMessage, Redrive, TimerFired, decode
 from hutch.broker.transports.base import Delivery, PartitionListener
 from hutch.clock import Clock
@@ -36,9 +35,11 @@ from hutch.consumers.membership import LEASE_HEADER
 from hutch.consumers.settlement import ACK, REQUEUE, DeadLetter, Outcome, Settlement, Settling
 from hutch.consumers.steps import StepRunner
 from hutch.consumers.timers import TimerService
-from hutch.entrypoint import Env, WorkflowEntrypoint
+from hutch.consumers.versions import VersionWaits
+from hutch.entrypoint import Env
 from hutch.store.base import CheckpointStore, CommitResult, Snapshot, Transition
 from hutch.store.redis import STORE_ERRORS, meta_from_fields
+from hutch.versions import Workflows, registry
 from hutch.watch import InstanceWatch
 
 log = logging.getLogger("hutch.worker")
@@ -90,7 +91,7 @@ class Orchestrator(PartitionListener):
         self,
         *,
         store: CheckpointStore,
-        workflows: dict[str, type[WorkflowEntrypoint]],
+        workflows: Workflows,
         env: Env,
         limits: Limits,
         clock: Clock,
@@ -104,12 +105,13 @@ class Orchestrator(PartitionListener):
         noticed: bool = False,
     ) -> None:
         self.store = store
-        self.workflows = workflows
+        self.workflows = registry(workflows)
         self.env = env
         self.limits = limits
         self.clock = clock
         self.watch = watch
         self.worker_id = worker_id or uuid.uuid4().hex[:12]
+        self.version_waits = VersionWaits(self.worker_id, {n: v.versions for n, v in self.workflows.items()})
         self.warm_horizon_ms = max(0, round(warm_horizon_s * 1000))
         self.owned: dict[int, str] = {}
         self.actors: dict[_ActorKey, InstanceActor] = {}
@@ -439,17 +441,14 @@ class Orchestrator(PartitionListener):
                 continue
             actor.hold = self.holding(actor.partition)
             try:
-                applied = await self._apply(key, actor, items)
-                if applied is None:
-                    continue
-                actor, transition, effects = applied
-            except STORE_ERRORS:
-                raise
+                transition, effects = actor.apply([i.input for i in items])
             except Exception:
                 log.exception("instance %s/%s: transition failed; its messages are requeued", *key)
                 self._drop(key)
                 self._requeue(items, requeue_local=False)
                 continue
+            if actor.awaiting_version is not None:
+                self.version_waits.waiting(*key, actor.awaiting_version)
             if transition is None:
                 self._after_commit(key, actor, effects, items)
             else:
@@ -488,31 +487,6 @@ class Orchestrator(PartitionListener):
                     self.on_fenced(actor.partition)
             self._requeue(rest)
 
-    async def _apply(
-        self, key: _ActorKey, actor: InstanceActor, items: list[_Item]
-    ) -> tuple[InstanceActor, Transition | None, Effects] | None:
-        """``actor.apply``, fetching the values stored by reference that its replay delivers (hutch.blobs).
-
-        Replay asks for them group by group, so only values the code receives are loaded; each time
-        the instance is rebuilt as stored (nothing of the interrupted apply is kept) and replayed
-        with what was fetched so far. None: the instance vanished meanwhile (its inputs are decided).
-        """
-        blobs: dict[str, bytes] = {}
-        while True:
-            try:
-                return actor, *actor.apply([i.input for i in items])
-            except BlobsNeeded as need:
-                where = BlobAddress(actor.partition, actor.workflow, actor.instance_id)
-                blobs.update(await fetch_blobs(self.store.blobs, where, need.refs))
-            hold = actor.hold
-            self._drop(key)
-            await self._load_missing({key: items})
-            rebuilt = self.actors.get(key)
-            if rebuilt is None:
-                return None
-            rebuilt.hold, rebuilt.blobs = hold, blobs
-            actor = rebuilt
-
     async def _load_missing(self, groups: dict[_ActorKey, list[_Item]]) -> None:
         missing = [key for key in groups if key not in self.actors]
         if not missing:
@@ -525,8 +499,8 @@ class Orchestrator(PartitionListener):
         snapshots = [f if f is not None else next(loaded) for f in fresh]
         for partition, key, snapshot, built in zip(partitions, missing, snapshots, fresh, strict=True):
             items = groups[key]
-            workflow_cls = self.workflows.get(key[0])
-            if snapshot is None or workflow_cls is None:
+            versions = self.workflows.get(key[0])
+            if snapshot is None or versions is None:
                 reason = (
                     f"instance {key[1]!r} of workflow {key[0]!r} does not exist (expired or never created)"
                     if snapshot is None
@@ -539,7 +513,7 @@ class Orchestrator(PartitionListener):
             self.actors[key] = InstanceActor(
                 snapshot,
                 partition=partition,
-                workflow_cls=workflow_cls,
+                versions=versions,
                 env=self.env,
                 limits=self.limits,
                 now_ms=self.clock.now_ms,

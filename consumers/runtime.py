@@ -11,7 +11,6 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from hutch.blobs import open_blob_store
 from hutch.broker.transports.rabbitmq import RabbitMQTransport
 from hutch.client import Client
 from hutch.clock import Clock
@@ -19,12 +18,12 @@ from hutch.config import Limits
 from hutch.consumers.colocated import client_over, close_backends, start_colocated
 from hutch.consumers.embedded import start_embedded
 from hutch.consumers.worker import Worker
-from hutch.entrypoint import WorkflowEntrypoint
 from hutch.errors import InvalidInputError, StoreUnavailable
 from hutch.runtime import Runtime
 from hutch.settings import Settings, redact_url, redis_socket_options
 from hutch.store.announcements import finished_member
 from hutch.store.redis import RedisStore
+from hutch.versions import Workflows
 from hutch.watch import ChannelFeed, InstanceWatch
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -125,13 +124,7 @@ def open_store(settings: Settings) -> RedisStore:
         pool_timeout_s=settings.redis_pool_timeout_s,
         socket_options=settings.redis_socket_options(),
     )
-    return RedisStore(
-        redis,
-        settings.partitions,
-        namespace=settings.namespace,
-        announce_created=True,
-        blobs=open_blob_store(settings.blob_store),
-    )
+    return RedisStore(redis, settings.partitions, namespace=settings.namespace, announce_created=True)
 
 
 async def connect_store(settings: Settings) -> RedisStore:
@@ -190,7 +183,7 @@ async def connect_servers(settings: Settings, limits: Limits) -> tuple[RedisStor
 
 
 async def open_client(
-    workflows: Mapping[str, type[WorkflowEntrypoint]],
+    workflows: Workflows,
     *,
     settings: Settings,
     limits: Limits,
@@ -230,7 +223,7 @@ async def open_client(
 
 
 async def start_distributed(
-    workflows: Mapping[str, type[WorkflowEntrypoint]],
+    workflows: Workflows,
     *,
     settings: Settings,
     limits: Limits,
@@ -262,7 +255,7 @@ class _Runtime:
 
     async def open_client(
         self,
-        workflows: Mapping[str, type[WorkflowEntrypoint]],
+        workflows: Workflows,
         *,
         settings: Settings,
         limits: Limits,

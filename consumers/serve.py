@@ -16,9 +16,10 @@ from hutch.consumers.crons import CronTrigger
 from hutch.consumers.queue_trigger import QueueTrigger
 from hutch.consumers.runtime import connect_servers
 from hutch.consumers.worker import Worker
-from hutch.entrypoint import Env, WorkflowEntrypoint
+from hutch.entrypoint import Env
 from hutch.errors import InvalidInputError
 from hutch.settings import Settings
+from hutch.versions import Workflows
 
 log = logging.getLogger("hutch.worker")
 
@@ -27,7 +28,7 @@ async def serve(
     settings: Settings,
     stop: asyncio.Event,
     *,
-    workflows: Mapping[str, type[WorkflowEntrypoint]] | None = None,
+    workflows: Workflows | None = None,
     resources: Mapping[str, Any] | None = None,
     on_ready: Callable[[Worker], None] | None = None,
 ) -> None:

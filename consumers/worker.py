@@ -31,10 +31,11 @@ from hutch.consumers.orchestrator import Orchestrator
 from hutch.consumers.steps import StepRunner
 from hutch.consumers.supervision import Supervisor
 from hutch.consumers.timers import TimerService
-from hutch.entrypoint import Env, WorkflowEntrypoint
+from hutch.entrypoint import Env
 from hutch.settings import Settings
 from hutch.store.announcements import created_instances
 from hutch.store.base import CheckpointStore
+from hutch.versions import Workflows
 from hutch.watch import ChannelFeed, InstanceWatch
 
 log = logging.getLogger("hutch.worker")
@@ -90,7 +91,7 @@ class Worker:
         *,
         store: CheckpointStore,
         transport: Transport,
-        workflows: dict[str, type[WorkflowEntrypoint]],
+        workflows: Workflows,
         settings: Settings,
         env: Env | None = None,
         limits: Limits = DEFAULT_LIMITS,
@@ -119,7 +120,6 @@ class Worker:
                 clock=clock,
                 max_concurrent=settings.max_concurrent_steps,
                 threads=settings.step_threads,
-                blobs=store.blobs,
             ),
             timers_factory=lambda owned: TimerService(
                 store, transport, owned, clock=clock, poll_s=settings.timer_poll_s

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -13,7 +13,7 @@ from hutch import tracing
 from hutch.clock import Clock
 from hutch.config import DEFAULT_LIMITS, Limits, check_instance_id, check_workflow_name
 from hutch.dispatch import CreatedInstance, Dispatcher
-from hutch.entrypoint import WorkflowEntrypoint, default_binding_name
+from hutch.entrypoint import default_binding_name
 from hutch.errors import (
     BatchTooLarge,
     IllegalTransition,
@@ -498,6 +498,6 @@ _PAUSED = frozenset({Status.PAUSED, Status.WAITING_FOR_PAUSE})
 _UNFINISHED = _PAUSABLE | _PAUSED
 
 
-def bindings(client: Client, workflows: dict[str, type[WorkflowEntrypoint]], names: dict[str, str]) -> dict[str, Any]:
+def bindings(client: Client, workflows: Iterable[str], names: dict[str, str]) -> dict[str, Any]:
     """``self.env`` bindings: each workflow's client under its binding name."""
     return {names.get(name) or default_binding_name(name): client.workflow(name) for name in workflows}

@@ -8,10 +8,9 @@ from typing import Any
 from hutch.client import Client
 from hutch.clock import Clock
 from hutch.config import Limits, check_workflow_name
-from hutch.entrypoint import WorkflowEntrypoint
-from hutch.errors import InvalidInputError
 from hutch.runtime import load_runtime
 from hutch.settings import Settings
+from hutch.versions import WorkflowClasses, Workflows, registry
 
 
 class Connection:
@@ -34,7 +33,7 @@ class Connection:
 
 
 def connect(
-    workflows: Mapping[str, type[WorkflowEntrypoint]] | None = None,
+    workflows: Workflows | None = None,
     *,
     redis_url: str | None = None,
     amqp_url: str | None = None,
@@ -52,7 +51,8 @@ def connect(
     workers run.
 
     Args:
-        workflows: workflow name → :class:`WorkflowEntrypoint` subclass.
+        workflows: workflow name → :class:`WorkflowEntrypoint` subclass, or a list of them: its
+            versions, oldest first (new instances start on the last; see :mod:`hutch.versions`).
         redis_url: the checkpoint store (``redis://host:6379/0``).
         amqp_url: the broker (``amqp://guest:guest@host:5672/``).
         settings: full settings (defaults come from the environment).
@@ -78,7 +78,7 @@ def connect(
 
 async def _open(
     *,
-    workflows: dict[str, type[WorkflowEntrypoint]],
+    workflows: dict[str, WorkflowClasses],
     redis_url: str | None,
     amqp_url: str | None,
     settings: Settings | None,
@@ -91,10 +91,9 @@ async def _open(
     limits = settings.limits if limits is None else limits
     updates = {k: v for k, v in {"redis_url": redis_url, "amqp_url": amqp_url}.items() if v is not None}
     settings = settings.model_copy(update=updates)
-    for name, cls in workflows.items():
+    for name in workflows:
         check_workflow_name(name, limits)
-        if not (isinstance(cls, type) and issubclass(cls, WorkflowEntrypoint)):
-            raise InvalidInputError(f"workflow {name!r} must be a WorkflowEntrypoint subclass, got {cls!r}")
+    registry(workflows)  # every class a WorkflowEntrypoint subclass, versions distinct: checked here, at once
     # The runtime lives in a layer above the engine: found through its declared seam (hutch.runtime).
     return await load_runtime().open_client(
         workflows, settings=settings, limits=limits, clock=clock or Clock(), resources=resources, binding_names=bindings

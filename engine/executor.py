@@ -11,11 +11,10 @@ until workflow code is blocked again — so live execution and replay see the sa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hutch.blobs import BlobsNeeded, stored_ref
 from hutch.config import Limits, StepConfig, check_step_name
 from hutch.errors import (
     EventTimeoutError,
@@ -29,14 +28,16 @@ from hutch.events import ReceivedEvent, WorkflowEvent, ms_to_datetime
 from hutch.history import (
     CancelCommand,
     Command,
+    Issued,
     Key,
+    PatchMarker,
     Record,
     Resolution,
     StepCommand,
     TimerCommand,
     TimerCommandKind,
     describe_command,
-    is_command,
+    is_issued,
     key_of,
 )
 from hutch.loop import WorkflowLoop
@@ -75,9 +76,10 @@ class WorkflowRun:
         # Abstract for mypy: the loop implements only what tasks and futures use.
         self.loop = WorkflowLoop(on_code_error=self._code_error)  # type: ignore[abstract]
         self.step = WorkflowStep(self)
-        self._recorded: list[Command] = []
+        self._recorded: list[Issued] = []
         self._cursor = 0
-        self._new: list[Command] = []
+        self._new: list[Issued] = []
+        self._patches: dict[str, bool] = {}  # patch id → what patched() answered in this run
         self._pending: dict[Key, asyncio.Future[Any]] = {}
         self._counts: dict[str, int] = {}
         self._steps_issued = 0
@@ -86,8 +88,6 @@ class WorkflowRun:
         self.group = 0
         self._task: asyncio.Task[Any] | None = None
         self.replaying = False
-        # Values stored by reference that replay may deliver (digest → msgpack bytes): see deliver().
-        self.blobs: Mapping[str, bytes] = {}
 
     # ----------------------------------------------------------------- driving
     def start(self) -> None:
@@ -97,7 +97,7 @@ class WorkflowRun:
 
     def replay(self, history: list[Record]) -> None:
         """Rebuild the run's state by re-running ``run()`` against recorded history."""
-        self._recorded = [r for r in history if is_command(r)]
+        self._recorded = [r for r in history if is_issued(r)]
         groups: dict[int, list[Resolution]] = {}
         for record in history:
             if record["k"] == "res":
@@ -110,17 +110,12 @@ class WorkflowRun:
                 self.group = g + 1
         finally:
             self.replaying = False
+        self._skip_markers()
         if self.failure is None and self._cursor < len(self._recorded):
             self._fail(self._diverged(None))
 
     def deliver(self, resolutions: list[Resolution]) -> None:
-        """Settle the commands these resolutions refer to, then run until blocked.
-
-        Raises:
-            BlobsNeeded: a value this delivers is stored by reference and not in :attr:`blobs`
-                (raised before anything is delivered; the caller fetches them and replays again).
-        """
-        self._check_blobs(resolutions)
+        """Settle the commands these resolutions refer to, then run until blocked."""
         for record in resolutions:
             future = self._pending.pop(key_of(record), None)
             if future is None or future.done():
@@ -132,8 +127,8 @@ class WorkflowRun:
         if self.failure is None:
             self.loop.run_until_quiescent()
 
-    def take_commands(self) -> list[Command]:
-        """The commands issued beyond history since the last call."""
+    def take_commands(self) -> list[Issued]:
+        """The commands (and patch markers) issued beyond history since the last call."""
         new, self._new = self._new, []
         return new
 
@@ -221,6 +216,50 @@ class WorkflowRun:
         future, _ = self._issue(record)
         return future
 
+    def patched(self, patch_id: str, *, deprecated: bool = False) -> bool:
+        """``step.patched`` / ``step.deprecate_patch``: whether this run takes the patch's new code path.
+
+        Temporal's semantics. Beyond history (the run reaches this point live) a marker is recorded
+        and the answer is True. While replaying, it is True only if history has this patch's
+        marker here (among the markers before the next recorded command): an instance that passed
+        this point on code without the patch recorded a command instead, and takes the old path.
+        The answer is memoized per patch id for the run, as the first call gave it.
+        ``deprecated``: the old path is gone; recorded like a marker, and a history without the
+        marker replays too (the caller takes the new path whatever is answered).
+        """
+        check_step_name(patch_id, self.limits)
+        known = self._patches.get(patch_id)
+        if known is not None:
+            return known
+        if self.failure is not None:
+            return True
+        answer = True
+        if self._cursor < len(self._recorded):
+            answer = False
+            at = self._cursor
+            while at < len(self._recorded) and self._recorded[at]["k"] == "patch":
+                if self._recorded[at]["n"] == patch_id:
+                    answer = True
+                    break
+                at += 1
+        else:
+            marker: PatchMarker = {"k": "patch", "n": patch_id, "g": self.group, "t": self._now_ms()}
+            if deprecated:
+                marker["dep"] = True
+            self._new.append(marker)
+        self._patches[patch_id] = answer
+        return answer
+
+    def _skip_markers(self) -> None:
+        """Move the replay cursor past the markers at it: a command comes next, or history ends.
+
+        Markers no ``patched`` call took are of patches whose calls were removed from the code once
+        deprecated; every other command is still checked.
+        """
+        recorded = self._recorded
+        while self._cursor < len(recorded) and recorded[self._cursor]["k"] == "patch":
+            self._cursor += 1
+
     def now_ms(self) -> int:
         """The clock commands are stamped with (history keeps what it was when first issued)."""
         return self._now_ms()
@@ -236,8 +275,10 @@ class WorkflowRun:
         future: asyncio.Future[Any] = self.loop.create_future()
         if self.failure is not None:
             return future, record
+        self._skip_markers()
         if self._cursor < len(self._recorded):
             expected = self._recorded[self._cursor]
+            assert expected["k"] != "patch"  # skipped above
             if expected["k"] != record["k"] or expected["n"] != record["n"] or expected.get("ref") != record.get("ref"):
                 self._fail(self._diverged(record))
                 return future, record
@@ -288,29 +329,12 @@ class WorkflowRun:
         if self.failure is None:
             self.failure = error
 
-    def _check_blobs(self, resolutions: list[Resolution]) -> None:
-        # Only values delivered to a pending command are fetched: replay loads a large value when
-        # the code receives it, never for loading a history.
-        missing = []
-        for record in resolutions:
-            if "vb" in record and "v" not in record:
-                stored = stored_ref(record["vb"])
-                if stored is not None and stored.digest not in self.blobs:
-                    future = self._pending.get(key_of(record))
-                    if future is not None and not future.done():
-                        missing.append(stored)
-        if missing:
-            raise BlobsNeeded(missing)
-
     def _value(self, record: Resolution) -> Any:
         ref = record["ref"]
         if ref == "step":
             if "v" in record:  # the live path hands over the decoded value it already has
                 return record["v"]
-            if "vb" not in record:
-                return None
-            stored = stored_ref(record["vb"])
-            return unpack(record["vb"] if stored is None else self.blobs[stored.digest])
+            return unpack(record["vb"]) if "vb" in record else None
         if ref == "wait":
             event = record["ev"]
             return ReceivedEvent(event["type"], event.get("payload"), ms_to_datetime(event["ts"]))

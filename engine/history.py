@@ -1,13 +1,16 @@
 """The records an instance's history is made of.
 
 History is an append-only list in Redis; every record is a msgpack map with short keys.
-Records fall in three families:
+Records fall in four families:
 
 * **commands** the workflow issued, in issue order — replay re-issues them and checks each
   against the record at the same position (``k`` = ``step`` | ``sleep`` | ``wait`` | ``cancel``);
 * **resolutions** (``k`` = ``res``) that settled a command, grouped by ``g``: replay delivers
   each group at once and lets the workflow run until it blocks, exactly as the live run did;
-* **bookkeeping** (``att``, ``attend``, ``life``, ``retime``) for ``describe()``, ignored by replay.
+* **bookkeeping** (``att``, ``attend``, ``life``, ``retime``) for ``describe()``, ignored by replay;
+* **markers** (``k`` = ``patch``): ``step.patched(id)`` / ``step.deprecate_patch(id)`` was first
+  reached here. A marker sits among the commands, in issue order: replay answers ``patched`` True
+  only where history has its marker (see :meth:`hutch.executor.WorkflowRun.patched`).
 
 Keys: ``n`` name, ``c`` count, ``g`` group, ``t`` time (epoch ms), ``ref`` the kind a
 resolution or cancel refers to, ``ok``/``vb``/``err`` the outcome (``vb`` holds msgpack bytes of
@@ -172,7 +175,21 @@ class Retimed(TypedDict):
 
 
 Bookkeeping = AttemptStarted | AttemptEnded | Lifecycle | Retimed
-Record = Command | Resolution | Bookkeeping
+
+
+# ----------------------------------------------------------------------------- markers
+class PatchMarker(TypedDict):
+    """Workflow code reached ``step.patched(n)`` (or ``step.deprecate_patch(n)``: ``dep``) on code with the patch."""
+
+    k: Literal["patch"]
+    n: str  # the patch id
+    g: int
+    t: int
+    dep: NotRequired[bool]  # recorded by deprecate_patch
+
+
+Record = Command | Resolution | Bookkeeping | PatchMarker
+Issued = Command | PatchMarker  # what workflow code issued, in order: replay checks it position by position
 
 COMMAND_KINDS = frozenset({"step", "sleep", "wait", "cancel"})
 
@@ -192,6 +209,11 @@ def is_command(record: Record) -> TypeGuard[Command]:
     return record["k"] in COMMAND_KINDS
 
 
+def is_issued(record: Record) -> TypeGuard[Issued]:
+    """Whether the record holds a position in the order workflow code issued things (a command or a marker)."""
+    return record["k"] in COMMAND_KINDS or record["k"] == "patch"
+
+
 def key_of(record: Command | Resolution | AttemptStarted | AttemptEnded) -> Key:
     """The (kind, name, count) a command, resolution, cancel or attempt record is about."""
     if record["k"] == "res" or record["k"] == "cancel":
@@ -201,8 +223,10 @@ def key_of(record: Command | Resolution | AttemptStarted | AttemptEnded) -> Key:
     return (record["k"], record["n"], record["c"])
 
 
-def describe_command(record: Command) -> str:
+def describe_command(record: Issued) -> str:
     """How a command reads in a nondeterminism message: ``step 'charge card'#1``."""
+    if record["k"] == "patch":
+        return f"patch marker {record['n']!r}"
     if record["k"] == "cancel":
         return f"cancel of {record['ref']} {record['n']!r}#{record['c']}"
     return f"{record['k']} {record['n']!r}#{record['c']}"

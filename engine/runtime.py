@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from hutch.client import Client
     from hutch.clock import Clock
     from hutch.config import Limits
-    from hutch.entrypoint import WorkflowEntrypoint
     from hutch.settings import Settings
+    from hutch.versions import Workflows
 
 ENTRY_POINT_GROUP = "hutch.runtimes"
 """The entry point group :func:`load_runtime` looks a runtime up in."""
@@ -43,7 +43,7 @@ class Runtime(Protocol):
 
     async def open_client(
         self,
-        workflows: Mapping[str, type[WorkflowEntrypoint]],
+        workflows: Workflows,
         *,
         settings: Settings,
         limits: Limits,

@@ -8,13 +8,13 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
-from hutch.blobs import check_blob_store_url
 from hutch.config import WORKFLOW_NAME_PATTERN, Limits
 from hutch.entrypoint import WorkflowEntrypoint, default_binding_name
 from hutch.errors import InvalidInputError, TargetError
 from hutch.loader import config_file, load_workflow
 from hutch.triggers import QueuesConfig, TriggersConfig, WebhookRoutes
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from hutch.versions import WorkflowClasses
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 
@@ -147,32 +147,69 @@ def redis_socket_options(*, timeout_s: float = 2.0, health_check_s: float = 1.0)
     }
 
 
+def _check_class_path(field: str, value: str) -> None:
+    if not re.fullmatch(r"[\w.]+:\w+", value):
+        raise ValueError(f"{field} {value!r} must look like 'package.module:ClassName'")
+
+
 class WorkflowSpec(BaseModel):
-    """A ``[[workflows]]`` entry of ``hutch.toml``."""
+    """A ``[[workflows]]`` entry of ``hutch.toml``: ``class_name``, or ``versions`` (oldest first, the last newest)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(max_length=64, pattern=WORKFLOW_NAME_PATTERN)
-    class_name: str = Field(description="module.path:ClassName")
+    class_name: str | None = Field(default=None, description="module.path:ClassName")
+    versions: list[str] = Field(
+        default=[], description="module.path:ClassName of each version still running, oldest first"
+    )
     binding: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
     @field_validator("class_name")
     @classmethod
-    def _class_path(cls, value: str) -> str:
-        if not re.fullmatch(r"[\w.]+:\w+", value):
-            raise ValueError(f"class_name {value!r} must look like 'package.module:ClassName'")
+    def _class_path(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_class_path("class_name", value)
         return value
 
+    @field_validator("versions")
+    @classmethod
+    def _class_paths(cls, value: list[str]) -> list[str]:
+        for path in value:
+            _check_class_path("versions", path)
+        return value
+
+    @model_validator(mode="after")
+    def _one_of(self) -> WorkflowSpec:
+        if (self.class_name is None) == (not self.versions):
+            raise ValueError(f"workflow {self.name!r}: give either class_name or versions = [...] (oldest first)")
+        return self
+
+    @property
+    def class_paths(self) -> list[str]:
+        """The class of each version, oldest first (one for a ``class_name`` entry)."""
+        return list(self.versions) if self.class_name is None else [self.class_name]
+
     def load(self) -> type[WorkflowEntrypoint]:
-        """Import the workflow class as ``hutch run`` and ``--workflow`` do (:mod:`hutch.loader`).
+        """Import the workflow's newest class (the one new instances start on), as ``--workflow`` does.
 
         Raises:
             TargetError: naming this entry and what is wrong.
         """
-        try:
-            return load_workflow(self.class_name)
-        except TargetError as exc:
-            raise TargetError(f"workflow {self.name!r}: cannot import {self.class_name!r}: {exc}") from None
+        return self.load_versions()[-1]
+
+    def load_versions(self) -> list[type[WorkflowEntrypoint]]:
+        """Import the class of every version, oldest first (:mod:`hutch.loader`).
+
+        Raises:
+            TargetError: naming this entry and what is wrong.
+        """
+        classes = []
+        for path in self.class_paths:
+            try:
+                classes.append(load_workflow(path))
+            except TargetError as exc:
+                raise TargetError(f"workflow {self.name!r}: cannot import {path!r}: {exc}") from None
+        return classes
 
     @property
     def binding_name(self) -> str:
@@ -221,9 +258,6 @@ class Settings(BaseSettings):
             0 turns the probe off (aio-pika then notices only after about three heartbeats).
         amqp_connect_timeout_s: how long one connection attempt to one node may take (TCP and
             the AMQP handshake) before the next node is tried.
-        blob_store: where values over ``limits.inline_threshold`` are stored (:mod:`hutch.blobs`):
-            ``redis`` (the checkpoint store's Redis, the default), ``file:///path/to/dir`` (a
-            directory every worker shares) or ``s3://bucket/prefix?endpoint=...`` (``hutch[s3]``).
         limits: the :class:`~engine.config.Limits` (``[limits]`` in hutch.toml, or
             ``HUTCH_LIMITS__MAX_STEPS=...`` and so on); recorded for the deployment like the
             partition count, so every client and worker of a namespace enforces the same ones.
@@ -254,7 +288,6 @@ class Settings(BaseSettings):
     amqp_heartbeat_s: int = Field(default=1, ge=0, le=65535)
     amqp_dead_after_s: float = Field(default=2.0, ge=0)
     amqp_connect_timeout_s: float = Field(default=5.0, gt=0)
-    blob_store: str = "redis"
     limits: Limits = Limits()
     workflows: list[WorkflowSpec] = []
     webhooks: WebhookRoutes = []
@@ -269,11 +302,6 @@ class Settings(BaseSettings):
         if isinstance(value, list | tuple):
             return ",".join(str(item) for item in value)
         return value
-
-    @field_validator("blob_store")
-    @classmethod
-    def _blob_store(cls, value: str) -> str:
-        return check_blob_store_url(value)
 
     @property
     def amqp_urls(self) -> list[str]:
@@ -307,9 +335,9 @@ class Settings(BaseSettings):
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
 
-    def workflow_classes(self) -> dict[str, type[WorkflowEntrypoint]]:
-        """Import every configured workflow class: name → class."""
-        return {spec.name: spec.load() for spec in self.workflows}
+    def workflow_classes(self) -> dict[str, WorkflowClasses]:
+        """Import every configured workflow class: name → class (or its versions, oldest first)."""
+        return {spec.name: spec.load() if spec.class_name else spec.load_versions() for spec in self.workflows}
 
     def binding_names(self) -> dict[str, str]:
         """Workflow name → its binding name under ``self.env``."""

@@ -10,6 +10,8 @@ from typing import Any, Literal
 from hutch.events import ms_to_datetime
 from hutch.history import Record, RetryWait, SleepCommand, StepCommand, WaitCommand
 from hutch.serialization import unpack
+from hutch.versions import META_FIELD as VERSION_FIELD
+from hutch.versions import WAITING_FIELD
 from pydantic import BaseModel, ConfigDict
 
 
@@ -96,8 +98,21 @@ class StepDetail(BaseModel):
     depends: list[str] = []  # DAG steps: the names of the steps this one depends on
 
 
+class PatchDetail(BaseModel):
+    """A patch this instance's code reached first with the patch (``step.patched`` answered True)."""
+
+    id: str
+    at: datetime
+    deprecated: bool = False  # recorded by step.deprecate_patch
+
+
 class InstanceDetail(BaseModel):
-    """What ``describe()`` returns: Cloudflare's instance detail."""
+    """What ``describe()`` returns: Cloudflare's instance detail.
+
+    ``version``: the code version the instance started on (see :mod:`hutch.versions`; None before
+    it started, or for one started before versions were recorded). ``waiting_for_version``: the
+    version it needs to go on while the worker owning it has no class of that version.
+    """
 
     id: str
     workflow: str
@@ -110,6 +125,9 @@ class InstanceDetail(BaseModel):
     output: Any = None
     error: ErrorInfo | None = None
     steps: list[StepDetail] = []
+    version: str | None = None
+    waiting_for_version: str | None = None
+    patches: list[PatchDetail] = []
 
 
 _STEP_TYPE: dict[str, Literal["step", "sleep", "waitForEvent"]] = {
@@ -137,11 +155,15 @@ def _at(ms: int | None) -> datetime | None:
 def build_detail(meta: dict[str, Any], history: Sequence[Record]) -> InstanceDetail:
     """The ``describe()`` view: meta plus every step in issue order with its attempts and outcome."""
     steps: dict[tuple[str, str, int], StepDetail] = {}
+    patches: list[PatchDetail] = []
     for r in history:
         if r["k"] == "step" or r["k"] == "sleep" or r["k"] == "wait":
             steps[(r["k"], r["n"], r["c"])] = _issued(r)
             continue
         if r["k"] == "life":
+            continue
+        if r["k"] == "patch":
+            patches.append(PatchDetail(id=r["n"], at=ms_to_datetime(r["t"]), deprecated=r.get("dep", False)))
             continue
         # Attempts are a step's; a retime or a resolution or cancel names the kind it is about.
         detail = steps.get(("step" if r["k"] == "att" or r["k"] == "attend" else r["ref"], r["n"], r["c"]))
@@ -189,6 +211,9 @@ def build_detail(meta: dict[str, Any], history: Sequence[Record]) -> InstanceDet
         output=meta.get("output") if status is Status.COMPLETE else None,
         error=ErrorInfo(**error) if error else None,
         steps=list(steps.values()),
+        version=meta.get(VERSION_FIELD),
+        waiting_for_version=meta.get(WAITING_FIELD),
+        patches=patches,
     )
 
 

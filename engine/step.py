@@ -1,5 +1,5 @@
 """The ``step`` object ``run()`` receives: ``do``, ``sleep``, ``sleep_until``, ``wait_for_event``,
-``with_rollback`` and ``rollback_all``."""
+``with_rollback``, ``rollback_all``, ``patched`` and ``deprecate_patch``."""
 
 from __future__ import annotations
 
@@ -441,6 +441,28 @@ class WorkflowStep:
                 and the undos after it are not run.
         """
         await self._saga.rollback_all(error, continue_on_error=continue_on_error)
+
+    def patched(self, patch_id: str) -> bool:
+        """Whether this instance takes the new code path of an in-place change: ``if step.patched("charge-v2"):``.
+
+        True for an instance that reaches this point first on code with the patch (a marker is
+        recorded in its history), False for one whose history passed this point without it — so
+        an instance that started on the old code keeps replaying the old path. The answer holds
+        for the rest of the run (every call with this id gives the first call's answer).
+        Temporal's ``workflow.patched``; once no instance on the old path is left, replace the call
+        with :meth:`deprecate_patch` and remove the old path.
+        """
+        return self._run.patched(patch_id)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Mark a patch whose old code path is gone: keep this call where ``patched(patch_id)`` was.
+
+        Histories with the patch's marker and histories without it both replay (the code takes the
+        one path left); new instances still record the marker, so code that still asks
+        ``patched(patch_id)`` takes the new path for them. Once every instance that recorded a
+        marker has finished, the call can go too. Temporal's ``workflow.deprecate_patch``.
+        """
+        self._run.patched(patch_id, deprecated=True)
 
     def sleep(self, name: str, duration: Duration) -> StepAwaitable[None]:
         """Suspend the instance for ``duration`` (a string like ``"3 days"``, seconds, or a timedelta).

@@ -721,12 +721,19 @@ def test_lists_render_status_counts_and_durations() -> None:
             "order",
             [
                 {"id": "a", "status": "running", "created_on": at(0), "started_on": at(1)},
-                {"id": "b", "status": "complete", "created_on": at(0), "started_on": at(1), "ended_on": at(3.5)},
+                {
+                    "id": "b",
+                    "status": "complete",
+                    "created_on": at(0),
+                    "started_on": at(1),
+                    "ended_on": at(3.5),
+                    "version": "2",
+                },
             ],
             now=datetime(2026, 1, 1, 0, 0, 11, tzinfo=UTC),
         )
     )
     rows = [line.split() for line in console.export_text().splitlines()]
     assert ["order", "│", "7", "│", "running", "2", "·", "complete", "5"] in rows
-    assert ["a", "│", "running", "│", "2026-01-01", "00:00:00", "│", "10.00", "s…"] in rows
-    assert ["b", "│", "complete", "│", "2026-01-01", "00:00:00", "│", "2.50", "s"] in rows
+    assert ["a", "│", "running", "│", "-", "│", "2026-01-01", "00:00:00", "│", "10.00", "s…"] in rows
+    assert ["b", "│", "complete", "│", "2", "│", "2026-01-01", "00:00:00", "│", "2.50", "s"] in rows

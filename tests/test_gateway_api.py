@@ -36,6 +36,7 @@ from hutch.gateway.server import GatewayServer
 from hutch.gateway.settings import GatewaySettings
 from hutch.settings import Settings
 from hutch.step import WorkflowStep
+from hutch.versions import version_of
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.conftest import drop_namespace
@@ -223,6 +224,10 @@ async def test_http_create_describe_event_and_finish(deployment: Deployment) -> 
     assert detail["id"] == "order-1" and detail["workflow"] == "approval" and detail["status"] == "waiting"
     assert detail["params"] == {"order": 1} and detail["trigger"] == {"source": "api"}
     assert detail["queued"] and detail["start"] and detail["end"] is None and detail["output"] is None
+    assert detail["version"] == version_of(Approval) and detail["waiting_for_version"] is None
+    assert detail["patches"] == []
+    listed = assert_ok(await http.get("/api/workflows/approval/instances?status=waiting"))
+    assert {row["id"]: row["version"] for row in listed}["order-1"] == version_of(Approval)
     prepare, approval = detail["steps"]
     assert prepare["type"] == "step" and prepare["name"] == "prepare" and prepare["count"] == 1
     assert prepare["success"] is True and prepare["output"] == {"order": 1}

@@ -16,6 +16,7 @@ from hutch.history import (
     AttemptStarted,
     CancelCommand,
     Lifecycle,
+    PatchMarker,
     Record,
     Resolution,
     Retimed,
@@ -77,6 +78,7 @@ attempt_end: AttemptEnded = {
 }
 pause: Lifecycle = {"k": "life", "what": "paused", "t": T + 400, "g": 5}
 retime: Retimed = {"k": "retime", "ref": "retry", "n": "charge", "c": 1, "due": T + 2000, "t": T + 600}
+patch: PatchMarker = {"k": "patch", "n": "charge-v2", "g": 1, "t": T + 700, "dep": True}
 
 # The stored bytes of each record, as written by every version so far (key order included:
 # msgpack keeps the order the engine builds a record in).
@@ -116,6 +118,7 @@ GOLDEN: list[tuple[Record, str]] = [
         "86a16ba6726574696d65a3726566a57265747279a16ea6636861726765a16301a3647565cf0000018bcfe56fd0a174cf0000018bcfe5"
         "6a58",
     ),
+    (patch, "85a16ba57061746368a16ea96368617267652d7632a16701a174cf0000018bcfe56abca3646570c3"),
 ]
 
 # Each record kind's TypedDict, by the value of its "k" key.
@@ -142,6 +145,7 @@ def test_the_golden_bytes_cover_every_record_kind() -> None:
             "attend",
             "life",
             "retime",
+            "patch",
         }
     )
 

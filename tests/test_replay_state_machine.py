@@ -54,6 +54,7 @@ from hutch.status import FINISHED
 from hutch.step import WorkflowStep
 from hutch.store.base import CommitResult, Snapshot, Transition
 from hutch.store.redis import RedisStore
+from hutch.versions import WorkflowVersions
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -274,7 +275,7 @@ class ReplayMachine(RuleBasedStateMachine):
         return InstanceActor(
             snapshot,
             partition=PARTITION,
-            workflow_cls=self.workflow_cls,
+            versions=WorkflowVersions("wf", self.workflow_cls),
             env=Env(),
             limits=LIMITS,
             now_ms=lambda: self.now,

@@ -12,6 +12,7 @@ a node into the wrong subgraph.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from hutch.diagram.model import (
@@ -53,6 +54,10 @@ _PARALLEL_LABEL = {
 def to_mermaid(diagram: Diagram) -> str:
     """The diagram as Mermaid flowchart text (``flowchart TD``)."""
     return _Renderer(diagram).render()
+
+
+_PATCHED = re.compile(r"""\w+\.patched\((?P<q>["'])(?P<id>[^"']+)(?P=q)\)""")
+"""An ``if`` condition that is ``step.patched("id")``: drawn as the patch's two code paths."""
 
 
 def label(text: str, limit: int = LABEL_LIMIT) -> str:
@@ -281,7 +286,12 @@ class _Renderer:
         if isinstance(node, If):
             arms = [(branch.condition, branch.body) for branch in node.branches]
             question = "if"
-            if len(arms) <= 2 and arms[0][0] is not None and (len(arms) == 1 or arms[1][0] is None):
+            patch = _PATCHED.fullmatch(arms[0][0] or "")
+            if patch is not None and len(arms) <= 2 and (len(arms) == 1 or arms[1][0] is None):
+                # step.patched(id): new instances take the first arm, those recorded before the patch the other.
+                question = f"patch {patch['id']!r}"
+                arms = [("new code", arms[0][1]), ("old code", arms[1][1] if len(arms) > 1 else [])]
+            elif len(arms) <= 2 and arms[0][0] is not None and (len(arms) == 1 or arms[1][0] is None):
                 question, arms = f"{arms[0][0]}?", [("yes", arms[0][1]), ("no", arms[1][1] if len(arms) > 1 else [])]
             elif arms[-1][0] is not None:
                 arms.append(("else", []))

@@ -24,7 +24,6 @@ from hutch.client import Client, CreatedOrSent, Instance
 from hutch.config import DEFAULT_LIMITS, Limits
 from hutch.connect import connect
 from hutch.durations import Duration, to_seconds
-from hutch.entrypoint import WorkflowEntrypoint
 from hutch.errors import InvalidInputError, WaitTimeout, WorkflowNotFound, error_from_record
 from hutch.events import ReceivedEvent
 from hutch.runtime import EmbeddedRuntimeProbe
@@ -33,6 +32,7 @@ from hutch.status import ErrorInfo, InstanceStatus, Status, StepDetail
 from hutch.testing.clock import TestClock
 from hutch.testing.intercept import Interceptor, instrument
 from hutch.testing.modifiers import Modifier
+from hutch.versions import WorkflowClasses, Workflows
 
 log = logging.getLogger("hutch.testing")
 
@@ -91,7 +91,8 @@ class TestEnv:
     ``hutch_env`` pytest fixture.
 
     Args:
-        workflows: workflow name → :class:`~engine.WorkflowEntrypoint` subclass.
+        workflows: workflow name → :class:`~engine.WorkflowEntrypoint` subclass, or its versions
+            oldest first (see :mod:`hutch.versions`).
         settings: runtime settings (always run embedded, under a fresh namespace).
         resources: extra ``self.env`` bindings for the workflows (fakes of your services).
         bindings: workflow name → binding name under ``self.env``.
@@ -105,7 +106,7 @@ class TestEnv:
 
     def __init__(
         self,
-        workflows: Mapping[str, type[WorkflowEntrypoint]],
+        workflows: Workflows,
         *,
         settings: Settings | None = None,
         resources: Mapping[str, Any] | None = None,
@@ -148,7 +149,12 @@ class TestEnv:
         base = self._settings or Settings()
         # Always embedded (URLs from the environment or hutch.toml are ignored) and always a fresh namespace.
         settings = base.model_copy(update={"redis_url": "", "amqp_url": "", "namespace": f"test-{uuid.uuid4().hex}"})
-        classes = {name: instrument(cls, self._interceptor) for name, cls in self.workflows.items()}
+        classes: dict[str, WorkflowClasses] = {
+            name: instrument(cls, self._interceptor)
+            if isinstance(cls, type)
+            else [instrument(version, self._interceptor) for version in cls]
+            for name, cls in self.workflows.items()
+        }
         self._client = await connect(
             classes,
             settings=settings,

@@ -13,13 +13,13 @@ instead of breaking pytest for projects that do not test workflows.
 from __future__ import annotations
 
 import importlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from hutch.entrypoint import WorkflowEntrypoint
 from hutch.settings import Settings
 from hutch.testing.env import TestEnv
+from hutch.versions import Workflows
 
 EnvFactory = Callable[..., Awaitable[TestEnv]]
 
@@ -39,13 +39,13 @@ def _async_fixture(fn: Callable[..., Any]) -> Any:
 
 
 @pytest.fixture
-def hutch_workflows() -> Mapping[str, type[WorkflowEntrypoint]]:
+def hutch_workflows() -> Workflows:
     """The workflows ``hutch_env`` runs: override this fixture (default: hutch.toml's ``[[workflows]]``)."""
     return Settings().workflow_classes()
 
 
 @_async_fixture
-async def hutch_env(hutch_workflows: Mapping[str, type[WorkflowEntrypoint]]) -> AsyncIterator[TestEnv]:
+async def hutch_env(hutch_workflows: Workflows) -> AsyncIterator[TestEnv]:
     """A started :class:`~engine.testing.TestEnv` running ``hutch_workflows``, closed after the test."""
     async with TestEnv(hutch_workflows) as env:
         yield env
@@ -56,7 +56,7 @@ async def hutch_env_factory() -> AsyncIterator[EnvFactory]:
     """A factory of started environments, ``await factory(workflows, **options)``; all closed after the test."""
     envs: list[TestEnv] = []
 
-    async def make(workflows: Mapping[str, type[WorkflowEntrypoint]], **options: Any) -> TestEnv:
+    async def make(workflows: Workflows, **options: Any) -> TestEnv:
         env = TestEnv(workflows, **options)
         envs.append(env)
         return await env.start()

@@ -165,6 +165,7 @@ class InstanceSummary(BaseModel):
     created_on: datetime
     started_on: datetime | None = None
     ended_on: datetime | None = None
+    version: str | None = None  # the code version it started on (None until it started)
 
 
 class BatchInfo(BaseModel):

@@ -15,6 +15,7 @@ from hutch import Client, Status
 from hutch.events import ms_to_datetime
 from hutch.gateway.api.models import InstanceCounts, InstanceSummary
 from hutch.store.redis import decode_meta
+from hutch.versions import META_FIELD as VERSION_FIELD
 
 COUNTED_STATUSES = tuple(s for s in Status if s is not Status.UNKNOWN)
 
@@ -38,6 +39,7 @@ async def instance_summaries(client: Client, workflow: str, instance_ids: Sequen
                 created_on=ms_to_datetime(meta["created"]),
                 started_on=_at(meta.get("started")),
                 ended_on=_at(meta.get("ended")),
+                version=meta.get(VERSION_FIELD),
             )
         )
     return rows

@@ -23,7 +23,7 @@ import sys
 
 import click
 import hutch
-from hutch import Client, WorkflowEntrypoint, tracing
+from hutch import Client, tracing
 from hutch.clock import Clock
 from hutch.consumers.runtime import start_distributed
 from hutch.consumers.serve import start_triggers
@@ -47,6 +47,7 @@ from hutch.gateway.http_client import DEFAULT_URL
 from hutch.gateway.server import BindError, GatewayServer, is_loopback
 from hutch.gateway.settings import GatewaySettings
 from hutch.settings import Settings
+from hutch.versions import Workflows
 
 DEFAULT_PORT = 8787
 EXIT_WORKER_DIED = 1
@@ -133,7 +134,7 @@ def dev(
 async def _serve(
     server: GatewayServer,
     settings: Settings,
-    classes: dict[str, type[WorkflowEntrypoint]],
+    classes: Workflows,
     tokens: list[str],
     max_body_bytes: int,
 ) -> int:
@@ -196,7 +197,7 @@ async def _serve(
     return 0
 
 
-async def _open(settings: Settings, classes: dict[str, type[WorkflowEntrypoint]], distributed: bool) -> Client:
+async def _open(settings: Settings, classes: Workflows, distributed: bool) -> Client:
     """A client with a worker running in this process: embedded, or on the configured Redis and RabbitMQ."""
     if not distributed:
         return await hutch.connect(classes, settings=settings, bindings=settings.binding_names())

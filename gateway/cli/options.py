@@ -15,10 +15,12 @@ from typing import Any, TypeVar
 
 import click
 import httpx
+from hutch.entrypoint import WorkflowEntrypoint
 from hutch.gateway.cli.remote import Remote
 from hutch.gateway.http_client import DEFAULT_URL
 from hutch.gateway.loader import TargetError, load_workflow
 from hutch.settings import Settings
+from hutch.versions import WorkflowClasses
 from pydantic import ValidationError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,24 +38,27 @@ def workflow_option(help: str) -> Callable[[F], F]:
     return click.option("--workflow", "workflows", multiple=True, metavar="NAME=TARGET", help=help)
 
 
-def parse_workflows(values: tuple[str, ...]) -> dict[str, type] | None:
+def parse_workflows(values: tuple[str, ...]) -> dict[str, WorkflowClasses] | None:
     """The classes ``--workflow`` names, by workflow name; None when none was given (use hutch.toml's).
+
+    A name given several times is registered with each class as a version, oldest first (the last
+    is the newest: new instances start on it).
 
     Raises:
         click.BadParameter: a value is not ``NAME=TARGET``, or its target does not load.
     """
     if not values:
         return None
-    out: dict[str, type] = {}
+    out: dict[str, list[type[WorkflowEntrypoint]]] = {}
     for value in values:
         name, sep, target = value.partition("=")
         if not sep or not name or not target:
             raise click.BadParameter(f"{value!r} must look like NAME=path/to/file.py:Class or NAME=module:Class")
         try:
-            out[name] = load_workflow(target)
+            out.setdefault(name, []).append(load_workflow(target))
         except TargetError as exc:
             raise click.BadParameter(str(exc)) from None
-    return out
+    return {name: classes[0] if len(classes) == 1 else classes for name, classes in out.items()}
 
 
 def backend_options(redis_help: str = REDIS_HELP, amqp_help: str = AMQP_HELP) -> Callable[[F], F]:

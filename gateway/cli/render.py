@@ -99,13 +99,14 @@ def created_text(result: Mapping[str, Any]) -> RenderableType:
 
 # --------------------------------------------------------------------------- instances
 def instances_table(workflow: str, rows: Sequence[Mapping[str, Any]], *, now: datetime | None = None) -> RenderableType:
-    """``hutch instances list``: id, status, creation time and how long each ran (or has been running)."""
+    """``hutch instances list``: id, status, code version, creation time and how long each ran (or is running)."""
     if not rows:
         return Text(f"No instances of {workflow}.", style="dim")
     now = now or datetime.now(UTC)
     table = list_table(f"{workflow}: newest first")
     table.add_column("Instance", overflow="fold")
     table.add_column("Status")
+    table.add_column("Version")
     table.add_column("Created (UTC)")
     table.add_column("Duration", justify="right")
     for row in rows:
@@ -113,6 +114,7 @@ def instances_table(workflow: str, rows: Sequence[Mapping[str, Any]], *, now: da
         table.add_row(
             str(row["id"]),
             status_text(str(row["status"])),
+            Text(str(row["version"])) if row.get("version") else Text("-", style="dim"),
             utc_clock(parse_time(row.get("created_on"))),
             _span(started, ended, now),
         )
@@ -173,6 +175,13 @@ def _summary(d: InstanceDetail, now: datetime) -> Table:
     grid.add_column(overflow="fold")
     grid.add_row("Instance", Text.assemble((d.id, "bold"), " of ", (d.workflow, "bold cyan")))
     grid.add_row("Status", status_text(d.status.value))
+    if d.version is not None:
+        grid.add_row("Version", d.version)
+    if d.waiting_for_version is not None:
+        waiting = f"for version {d.waiting_for_version!r}: no worker owning it has that version"
+        grid.add_row("Waiting", Text(waiting, style="yellow"))
+    if d.patches:
+        grid.add_row("Patches", ", ".join(p.id + (" (deprecated)" if p.deprecated else "") for p in d.patches))
     trigger = d.trigger.get("source") if d.trigger else None
     if trigger:
         extra = {k: v for k, v in d.trigger.items() if k != "source"}

@@ -14,6 +14,7 @@ from hutch.errors import HutchError, ServiceUnavailable
 from hutch.gateway.cli.options import backend_options, load_settings, log_level_option, parse_workflows, workflow_option
 from hutch.gateway.cli.serving import configure_logging, stop_on_signals
 from hutch.settings import Settings
+from hutch.versions import Workflows
 
 
 @click.command("worker")
@@ -76,7 +77,7 @@ def _serve_metrics(host: str, port: int) -> None:
     click.echo(f"hutch worker serving metrics on http://{host}:{port}/metrics")
 
 
-async def _run(settings: Settings, classes: dict[str, type] | None) -> None:
+async def _run(settings: Settings, classes: Workflows | None) -> None:
     stop = asyncio.Event()
 
     def ready(w: Worker) -> None:
