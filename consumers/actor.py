@@ -93,6 +93,9 @@ class InstanceActor:
         # as issued and not attempted, for the next owner's re-drive (or this one's, if the handover
         # is called off). Running one here would only have its result thrown away.
         self.hold = False
+        # Values stored by reference that replay delivers, fetched by the orchestrator on demand
+        # (hutch.blobs.BlobsNeeded): digest → msgpack bytes.
+        self.blobs: dict[str, bytes] = {}
         self.state = ActorState.rebuild(
             self.history,
             snapshot.events,
@@ -200,6 +203,7 @@ class InstanceActor:
             self._waiting_recorded = False
         event = WorkflowEvent.build(self.params, self.created_ms, self.instance_id, self.workflow)
         run = WorkflowRun(self._workflow_cls(self._env), event, limits=self.limits, now_ms=self._now_ms)
+        run.blobs = self.blobs
         run.replay(self.history)
         self.run = run
         state = self.state

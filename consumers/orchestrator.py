@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from hutch.blobs import BlobAddress, BlobsNeeded, fetch_blobs
 from hutch.broker.envelopes import InstanceCreated, PoisonMessage, Redrive, TimerFired, decode
 from hutch.broker.transports.base import Delivery, PartitionListener
 from hutch.clock import Clock
@@ -441,7 +442,12 @@ class Orchestrator(PartitionListener):
                 continue
             actor.hold = self.holding(actor.partition)
             try:
-                transition, effects = actor.apply([i.input for i in items])
+                applied = await self._apply(key, actor, items)
+                if applied is None:
+                    continue
+                actor, transition, effects = applied
+            except STORE_ERRORS:
+                raise
             except Exception:
                 log.exception("instance %s/%s: transition failed; its messages are requeued", *key)
                 self._drop(key)
@@ -486,6 +492,31 @@ class Orchestrator(PartitionListener):
                 if self.on_fenced is not None:
                     self.on_fenced(actor.partition)
             self._requeue(rest)
+
+    async def _apply(
+        self, key: _ActorKey, actor: InstanceActor, items: list[_Item]
+    ) -> tuple[InstanceActor, Transition | None, Effects] | None:
+        """``actor.apply``, fetching the values stored by reference that its replay delivers (hutch.blobs).
+
+        Replay asks for them group by group, so only values the code receives are loaded; each time
+        the instance is rebuilt as stored (nothing of the interrupted apply is kept) and replayed
+        with what was fetched so far. None: the instance vanished meanwhile (its inputs are decided).
+        """
+        blobs: dict[str, bytes] = {}
+        while True:
+            try:
+                return actor, *actor.apply([i.input for i in items])
+            except BlobsNeeded as need:
+                where = BlobAddress(actor.partition, actor.workflow, actor.instance_id)
+                blobs.update(await fetch_blobs(self.store.blobs, where, need.refs))
+            hold = actor.hold
+            self._drop(key)
+            await self._load_missing({key: items})
+            rebuilt = self.actors.get(key)
+            if rebuilt is None:
+                return None
+            rebuilt.hold, rebuilt.blobs = hold, blobs
+            actor = rebuilt
 
     async def _load_missing(self, groups: dict[_ActorKey, list[_Item]]) -> None:
         missing = [key for key in groups if key not in self.actors]

@@ -11,6 +11,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
+from hutch.blobs import open_blob_store
 from hutch.broker.transports.rabbitmq import RabbitMQTransport
 from hutch.client import Client
 from hutch.clock import Clock
@@ -124,7 +125,13 @@ def open_store(settings: Settings) -> RedisStore:
         pool_timeout_s=settings.redis_pool_timeout_s,
         socket_options=settings.redis_socket_options(),
     )
-    return RedisStore(redis, settings.partitions, namespace=settings.namespace, announce_created=True)
+    return RedisStore(
+        redis,
+        settings.partitions,
+        namespace=settings.namespace,
+        announce_created=True,
+        blobs=open_blob_store(settings.blob_store),
+    )
 
 
 async def connect_store(settings: Settings) -> RedisStore:

@@ -120,6 +120,7 @@ class Worker:
                 clock=clock,
                 max_concurrent=settings.max_concurrent_steps,
                 threads=settings.step_threads,
+                blobs=store.blobs,
             ),
             timers_factory=lambda owned: TimerService(
                 store, transport, owned, clock=clock, poll_s=settings.timer_poll_s

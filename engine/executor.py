@@ -11,10 +11,11 @@ until workflow code is blocked again — so live execution and replay see the sa
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hutch.blobs import BlobsNeeded, stored_ref
 from hutch.config import Limits, StepConfig, check_step_name
 from hutch.errors import (
     EventTimeoutError,
@@ -88,6 +89,8 @@ class WorkflowRun:
         self.group = 0
         self._task: asyncio.Task[Any] | None = None
         self.replaying = False
+        # Values stored by reference that replay may deliver (digest → msgpack bytes): see deliver().
+        self.blobs: Mapping[str, bytes] = {}
 
     # ----------------------------------------------------------------- driving
     def start(self) -> None:
@@ -115,7 +118,13 @@ class WorkflowRun:
             self._fail(self._diverged(None))
 
     def deliver(self, resolutions: list[Resolution]) -> None:
-        """Settle the commands these resolutions refer to, then run until blocked."""
+        """Settle the commands these resolutions refer to, then run until blocked.
+
+        Raises:
+            BlobsNeeded: a value this delivers is stored by reference and not in :attr:`blobs`
+                (raised before anything is delivered; the caller fetches them and replays again).
+        """
+        self._check_blobs(resolutions)
         for record in resolutions:
             future = self._pending.pop(key_of(record), None)
             if future is None or future.done():
@@ -329,12 +338,29 @@ class WorkflowRun:
         if self.failure is None:
             self.failure = error
 
+    def _check_blobs(self, resolutions: list[Resolution]) -> None:
+        # Only values delivered to a pending command are fetched: replay loads a large value when
+        # the code receives it, never for loading a history.
+        missing = []
+        for record in resolutions:
+            if "vb" in record and "v" not in record:
+                stored = stored_ref(record["vb"])
+                if stored is not None and stored.digest not in self.blobs:
+                    future = self._pending.get(key_of(record))
+                    if future is not None and not future.done():
+                        missing.append(stored)
+        if missing:
+            raise BlobsNeeded(missing)
+
     def _value(self, record: Resolution) -> Any:
         ref = record["ref"]
         if ref == "step":
             if "v" in record:  # the live path hands over the decoded value it already has
                 return record["v"]
-            return unpack(record["vb"]) if "vb" in record else None
+            if "vb" not in record:
+                return None
+            stored = stored_ref(record["vb"])
+            return unpack(record["vb"] if stored is None else self.blobs[stored.digest])
         if ref == "wait":
             event = record["ev"]
             return ReceivedEvent(event["type"], event.get("payload"), ms_to_datetime(event["ts"]))

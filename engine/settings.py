@@ -8,6 +8,7 @@ import urllib.parse
 from collections.abc import Sequence
 from typing import Any
 
+from hutch.blobs import check_blob_store_url
 from hutch.config import WORKFLOW_NAME_PATTERN, Limits
 from hutch.entrypoint import WorkflowEntrypoint, default_binding_name
 from hutch.errors import InvalidInputError, TargetError
@@ -258,6 +259,9 @@ class Settings(BaseSettings):
             0 turns the probe off (aio-pika then notices only after about three heartbeats).
         amqp_connect_timeout_s: how long one connection attempt to one node may take (TCP and
             the AMQP handshake) before the next node is tried.
+        blob_store: where values over ``limits.inline_threshold`` are stored (:mod:`hutch.blobs`):
+            ``redis`` (the checkpoint store's Redis, the default), ``file:///path/to/dir`` (a
+            directory every worker shares) or ``s3://bucket/prefix?endpoint=...`` (``hutch[s3]``).
         limits: the :class:`~engine.config.Limits` (``[limits]`` in hutch.toml, or
             ``HUTCH_LIMITS__MAX_STEPS=...`` and so on); recorded for the deployment like the
             partition count, so every client and worker of a namespace enforces the same ones.
@@ -288,6 +292,7 @@ class Settings(BaseSettings):
     amqp_heartbeat_s: int = Field(default=1, ge=0, le=65535)
     amqp_dead_after_s: float = Field(default=2.0, ge=0)
     amqp_connect_timeout_s: float = Field(default=5.0, gt=0)
+    blob_store: str = "redis"
     limits: Limits = Limits()
     workflows: list[WorkflowSpec] = []
     webhooks: WebhookRoutes = []
@@ -302,6 +307,11 @@ class Settings(BaseSettings):
         if isinstance(value, list | tuple):
             return ",".join(str(item) for item in value)
         return value
+
+    @field_validator("blob_store")
+    @classmethod
+    def _blob_store(cls, value: str) -> str:
+        return check_blob_store_url(value)
 
     @property
     def amqp_urls(self) -> list[str]:
