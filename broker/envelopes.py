@@ -57,13 +57,34 @@ class Control(_Envelope):
     action: Action
 
 
+class ChildFinished(_Envelope):
+    """A child created by ``step.invoke`` finished; sent to its parent (``workflow``/``instance_id``).
+
+    ``name``/``count``/``run`` name the parent's invoke, so the parent settles it once and ignores a
+    copy, or a child of an earlier run. ``status`` is the child's final status; ``output`` its
+    output (msgpack) when complete, ``error`` its ``{"name", "message"}`` when errored.
+    """
+
+    kind: Literal["child"] = "child"
+    name: str
+    count: int
+    run: int
+    child_workflow: str
+    child_id: str
+    status: Literal["complete", "errored", "terminated"]
+    output: bytes | None = None
+    error: dict[str, str] | None = None
+
+
 class Redrive(_Envelope):
     """Load the instance and continue it (sent to itself by a partition's new owner)."""
 
     kind: Literal["redrive"] = "redrive"
 
 
-Message = Annotated[InstanceCreated | EventReceived | TimerFired | Control | Redrive, Field(discriminator="kind")]
+Message = Annotated[
+    InstanceCreated | EventReceived | TimerFired | Control | ChildFinished | Redrive, Field(discriminator="kind")
+]
 _adapter: TypeAdapter[Message] = TypeAdapter(Message)
 
 

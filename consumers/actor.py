@@ -18,18 +18,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from hutch.broker.envelopes import Control, EventReceived, InstanceCreated, Message, Redrive, TimerFired
+from hutch.broker.envelopes import ChildFinished, Control, EventReceived, InstanceCreated, Message, Redrive, TimerFired
+from hutch.children import ParentLink
 from hutch.config import Limits
 from hutch.consumers import lifecycle, tracing
 from hutch.consumers.actor_state import ActorState, StepKey, StepState, timer_member
+from hutch.consumers.children import (
+    OUTBOX_KINDS,
+    CloseChild,
+    NotifyParent,
+    OutboxKind,
+    StartChild,
+    child_finished,
+    outbox_member,
+)
 from hutch.consumers.items import CreatedNotice, StepDone
 from hutch.consumers.retry import attempts_left, retry_due_ms
 from hutch.consumers.transition import Effects, Turn
 from hutch.entrypoint import Env
-from hutch.errors import WorkerLostError
+from hutch.errors import ChildWorkflowError, WorkerLostError
 from hutch.events import WorkflowEvent
 from hutch.executor import StepCall, WorkflowRun, timeout_error
-from hutch.history import AttemptEnded, EventRecord, Issued, Kind, Record, Resolution, TimerKind
+from hutch.history import AttemptEnded, EventRecord, InvokeCommand, Issued, Kind, Record, Resolution, TimerKind
 from hutch.serialization import pack, unpack
 from hutch.status import FINISHED, Status
 from hutch.store.base import Snapshot, Transition
@@ -68,6 +78,11 @@ class InstanceActor:
         self.run_no: int = meta.get("run", 0)
         self.created_ms: int = meta["created"]
         self.params: Any = meta.get("params")
+        # Set on a child created by step.invoke: its end is sent to this parent.
+        self.parent: ParentLink | None = meta.get("parent")
+        # The outcome a finished child sends its parent (lifecycle.finish sets them as it ends).
+        self.output: bytes | None = pack(meta["output"]) if "output" in meta else None
+        self.error: dict[str, str] | None = meta.get("error")
         # The W3C context every span of this instance continues (stored at create), on any worker.
         self.trace = tracing.instance_traceparent(meta.get("trace"), self.workflow, self.instance_id, self.created_ms)
         self.limits = limits
@@ -174,6 +189,8 @@ class InstanceActor:
             self._on_event(turn, item)
         elif isinstance(item, Control):
             lifecycle.control(self, turn, item.action)
+        elif isinstance(item, ChildFinished):
+            self._on_child(turn, item)
         elif isinstance(item, InstanceCreated | Redrive):
             self._on_wake(turn)
         elif isinstance(item, CreatedNotice) and self.status == Status.QUEUED:
@@ -202,7 +219,9 @@ class InstanceActor:
             turn.tx.meta[WAITING_FIELD] = pack(None)
             self._waiting_recorded = False
         event = WorkflowEvent.build(self.params, self.created_ms, self.instance_id, self.workflow)
-        run = WorkflowRun(self._workflow_cls(self._env), event, limits=self.limits, now_ms=self._now_ms)
+        run = WorkflowRun(
+            self._workflow_cls(self._env), event, limits=self.limits, now_ms=self._now_ms, run_no=self.run_no
+        )
         run.blobs = self.blobs
         run.replay(self.history)
         self.run = run
@@ -295,12 +314,19 @@ class InstanceActor:
             member = self.member("wait", *key)
             state.waits[key] = (cmd["type"], member)
             state.arm(turn, cmd["due"], member, paused=self.status in lifecycle.PAUSED)
+        elif cmd["k"] == "invoke":
+            state.invokes[key] = cmd
+            self.outbox(turn, "child", *key)  # creates the child once this commit is durable
         else:
             if cmd["ref"] == "step" and key in state.steps:
                 turn.effects.cancel.append(key)
             self._drop_pending(turn, cmd["ref"], key)
 
     def _drop_pending(self, turn: Turn, kind: Kind, key: StepKey) -> None:
+        if kind == "invoke":
+            invoke = self.state.invokes.get(key)
+            if invoke is not None:
+                self.close_child(turn, invoke)
         member = self.state.pop_pending(kind, key)
         if kind == "step":
             # An attempt this transition scheduled (a re-drive of a lost one, say) must not start:
@@ -416,9 +442,13 @@ class InstanceActor:
         state = self.state
         if member in state.paused:
             return  # fired just before a pause suspended it; resume re-arms it
+        fields = unpack(member)
+        if fields[0] in OUTBOX_KINDS:
+            self._on_outbox(turn, member, fields)
+            return
         turn.tx.timers_remove.append(member)
         state.timers.pop(member, None)
-        kind, _, _, run_no, name, count = unpack(member)
+        kind, _, _, run_no, name, count = fields
         key = (name, count)
         if run_no != self.run_no:
             return
@@ -486,6 +516,66 @@ class InstanceActor:
         state.buffer.append((raw, event))
         turn.tx.events_push.append(raw)
 
+    # ------------------------------------------------------------------ children (step.invoke)
+    def outbox(self, turn: Turn, kind: OutboxKind, a: str = "", b: Any = 0) -> None:
+        """Have the owner carry out an effect once this transition is durable (see consumers/children.py)."""
+        turn.tx.timers_add.append(
+            (turn.now_ms, outbox_member(kind, self.workflow, self.instance_id, self.run_no, a, b))
+        )
+
+    def close_child(self, turn: Turn, invoke: InvokeCommand) -> None:
+        """The invoke ends unsettled (cancelled, or this instance ended): apply its ``parent_close`` policy."""
+        if invoke["close"] == "terminate":
+            self.outbox(turn, "close", invoke["wf"], invoke["id"])
+
+    def _on_outbox(self, turn: Turn, member: bytes, fields: list[Any]) -> None:
+        kind, run_no, a, b = fields[0], fields[3], fields[4], fields[5]
+        effects = turn.effects.outbox
+        if kind == "close":
+            effects.append(CloseChild(member, self.partition, a, b))
+            return
+        if kind == "child":
+            invoke = self.state.invokes.get((a, b))
+            if invoke is not None and run_no == self.run_no:
+                link: ParentLink = {"wf": self.workflow, "id": self.instance_id, "n": a, "c": b, "run": run_no}
+                effects.append(StartChild(member, self.partition, link, invoke, self.trace))
+                return
+        elif self.parent is not None and run_no == self.run_no and self.status in FINISHED:
+            message = child_finished(self.parent, self.workflow, self.instance_id, self.status, self.output, self.error)
+            effects.append(NotifyParent(member, self.partition, message))
+            return
+        # Void: the invoke was settled or cancelled, or the child was restarted since it finished.
+        turn.tx.timers_remove.append(member)
+
+    def _on_child(self, turn: Turn, message: ChildFinished) -> None:
+        state = self.state
+        key = (message.name, message.count)
+        invoke = state.invokes.get(key)
+        if (
+            invoke is None
+            or message.run != self.run_no
+            or (invoke["wf"], invoke["id"]) != (message.child_workflow, message.child_id)
+        ):
+            return  # a copy, a child of an earlier run, or an invoke no longer pending (cancelled, or we ended)
+        del state.invokes[key]
+        res: Resolution = {
+            "k": "res",
+            "ref": "invoke",
+            "n": key[0],
+            "c": key[1],
+            "ok": message.status == "complete",
+            "t": turn.now_ms,
+            "g": state.group,
+        }
+        if message.status == "complete":
+            if message.output is not None:
+                res["vb"] = message.output
+        else:
+            error = message.error or {"name": "Terminated", "message": "the child instance was terminated"}
+            failed = ChildWorkflowError(message.child_workflow, message.child_id, error["name"], error["message"])
+            res["err"] = failed.record()
+        turn.resolve(res)
+
     # ------------------------------------------------------------------ status
     def _settle_status(self, turn: Turn) -> None:
         state = self.state
@@ -494,7 +584,7 @@ class InstanceActor:
         elif self.status in _LIVE:
             if state.steps:
                 self.status = Status.RUNNING
-            elif state.sleeps or state.waits:
+            elif state.sleeps or state.waits or state.invokes:
                 self.status = Status.WAITING
         after = self.status
         turn.set_status(after)

@@ -15,7 +15,7 @@ from typing import Any
 
 from hutch.config import StepConfig
 from hutch.consumers.transition import Turn
-from hutch.history import EventRecord, Kind, Record, TimerKind
+from hutch.history import EventRecord, InvokeCommand, Kind, Record, TimerKind
 from hutch.serialization import pack, unpack
 from hutch.status import FINISHED, Status
 
@@ -53,6 +53,7 @@ class ActorState:
         steps: issued steps not yet resolved.
         sleeps: unresolved sleeps and their timers.
         waits: unresolved event waits: the event type and the timeout's timer.
+        invokes: unsettled ``step.invoke`` commands (their children run or are being created).
         timers: armed timers and their due times (epoch ms).
         paused: timers suspended by a pause and the time each had left (ms).
         buffer: events no wait took yet, packed and unpacked.
@@ -64,6 +65,7 @@ class ActorState:
     steps: dict[StepKey, StepState] = field(default_factory=dict)
     sleeps: dict[StepKey, bytes] = field(default_factory=dict)
     waits: dict[StepKey, tuple[str, bytes]] = field(default_factory=dict)
+    invokes: dict[StepKey, InvokeCommand] = field(default_factory=dict)
     timers: dict[bytes, int] = field(default_factory=dict)
     paused: dict[bytes, int] = field(default_factory=dict)
     buffer: list[tuple[bytes, EventRecord]] = field(default_factory=list)
@@ -105,6 +107,8 @@ class ActorState:
                 wait = member("wait", r["n"], r["c"])
                 state.waits[(r["n"], r["c"])] = (r["type"], wait)
                 state.timers[wait] = r["due"]
+            elif r["k"] == "invoke":
+                state.invokes[(r["n"], r["c"])] = r
             elif r["k"] == "retime":
                 state.timers[member(r["ref"], r["n"], r["c"])] = r["due"]
             elif r["k"] == "res" or r["k"] == "cancel":
@@ -141,14 +145,18 @@ class ActorState:
             return st.retry_member if st else None
         if kind == "sleep":
             return self.sleeps.pop(key, None)
+        if kind == "invoke":
+            self.invokes.pop(key, None)
+            return None  # its outbox timers are not the instance's to disarm: they must run
         wait = self.waits.pop(key, None)
         return wait[1] if wait else None
 
     def drop_all_pending(self) -> None:
-        """Forget every step, sleep and wait in flight (the instance ended or restarted)."""
+        """Forget every step, sleep, wait and invoke in flight (the instance ended or restarted)."""
         self.steps.clear()
         self.sleeps.clear()
         self.waits.clear()
+        self.invokes.clear()
 
     def any_running(self) -> bool:
         """Whether an attempt of some step is running."""

@@ -101,11 +101,12 @@ def finish(actor: InstanceActor, turn: Turn, ok: bool, value: Any) -> None:
             data, _ = encode_value(
                 value, what=f"output of instance {actor.instance_id!r}", limit=actor.limits.max_payload_bytes
             )
-            meta["output"] = data
+            meta["output"] = actor.output = data
         except HutchError as exc:
             ok, value = False, exc
     if not ok:
-        meta["error"] = pack(error_record(value))
+        actor.error = error_record(value)
+        meta["error"] = pack(actor.error)
     end(actor, turn, Status.COMPLETE if ok else Status.ERRORED, meta)
 
 
@@ -116,9 +117,13 @@ def end(actor: InstanceActor, turn: Turn, status: Status, meta: dict[str, Any]) 
     effects.execute.clear()  # scheduled by this transition before it ended: never started
     state = actor.state
     state.disarm_all(turn)
+    for invoke in state.invokes.values():
+        actor.close_child(turn, invoke)
     state.drop_all_pending()
     actor.close()
     actor.status = status
     turn.tx.meta.update(meta)
+    if status in FINISHED and actor.parent is not None:
+        actor.outbox(turn, "parent")  # tells the parent, once this end is durable
     if status in FINISHED:
         turn.tx.ttl_s = int(actor.limits.retention.total_seconds())

@@ -26,10 +26,10 @@ from typing import Any
 
 from hutch.blobs import BlobAddress, BlobsNeeded, fetch_blobs
 from hutch.broker.envelopes import InstanceCreated, PoisonMessage, Redrive, TimerFired, decode
-from hutch.broker.transports.base import Delivery, PartitionListener
+from hutch.broker.transports.base import Delivery, PartitionListener, Transport
 from hutch.clock import Clock
 from hutch.config import Limits
-from hutch.consumers import tracing
+from hutch.consumers import children, tracing
 from hutch.consumers.actor import Effects, Input, InstanceActor
 from hutch.consumers.items import CreatedNotice, StepDone
 from hutch.consumers.membership import LEASE_HEADER
@@ -86,6 +86,8 @@ class Orchestrator(PartitionListener):
         noticed: creation notices reach this orchestrator (:meth:`notice_created`; distributed
             workers), so it remembers the instances it started: their start messages, trailing
             behind, are then acknowledged with no transition.
+        transport: where the effects of ``step.invoke`` publish (a child's start message, its end
+            sent to the parent, a terminate): see consumers/children.py.
     """
 
     def __init__(
@@ -104,8 +106,11 @@ class Orchestrator(PartitionListener):
         worker_id: str | None = None,
         warm_horizon_s: float = 2.0,
         noticed: bool = False,
+        transport: Transport | None = None,
     ) -> None:
         self.store = store
+        self.transport = transport
+        self._outbox: list[children.Outbox] = []  # decided by this turn's transitions, carried out at its end
         self.workflows = registry(workflows)
         self.env = env
         self.limits = limits
@@ -407,6 +412,7 @@ class Orchestrator(PartitionListener):
         """
         async with Settling([item.settlement for item in batch]):
             await self._process(batch)
+            await self._carry_out_outbox()
 
     async def _process(self, batch: list[_Item]) -> None:
         groups: dict[_ActorKey, list[_Item]] = {}
@@ -556,6 +562,7 @@ class Orchestrator(PartitionListener):
     def _after_commit(self, key: _ActorKey, actor: InstanceActor, effects: Effects, items: list[_Item]) -> None:
         for item in items:
             _decide(item, ACK)
+        self._outbox += effects.outbox
         if effects.cancel_all:
             self.runner.cancel(*key)
         for step in effects.cancel:
@@ -568,6 +575,26 @@ class Orchestrator(PartitionListener):
             self._drop(key)
         if self.watch is not None:
             self.watch.notify(*key, actor.status)
+
+    async def _carry_out_outbox(self) -> None:
+        """Carry out the outbox timers this turn handled, then remove them (one failing fires again later)."""
+        items, self._outbox = self._outbox, []
+        if not items:
+            return
+        if self.transport is None:
+            log.error("outbox: %d effects of step.invoke cannot be carried out: no transport", len(items))
+            return
+        done = await children.carry_out(items, store=self.store, transport=self.transport, now_ms=self.clock.now_ms())
+        by_partition: dict[int, list[bytes]] = {}
+        for item in done:
+            by_partition.setdefault(item.partition, []).append(item.member)
+        for partition, members in by_partition.items():
+            try:
+                await self.store.remove_timers(partition, members)
+            except STORE_ERRORS as exc:  # done again when they fire again: every effect is idempotent
+                log.warning("outbox: removing %d timers of partition %d failed: %s", len(members), partition, exc)
+                continue
+            self.timers.committed(partition, [], members)
 
     def _remember_started(self, key: _ActorKey, created_ms: int) -> None:
         self._started[key] = created_ms

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hutch.consumers.children import Outbox
 from hutch.executor import StepCall
 from hutch.history import Record, Resolution, encode_record
 from hutch.status import Status
@@ -24,6 +25,7 @@ class Effects:
     cancel: list[tuple[str, int]] = field(default_factory=list)
     cancel_all: bool = False
     evict: bool = False
+    outbox: list[Outbox] = field(default_factory=list)  # fired outbox timers to carry out (consumers/children.py)
 
 
 @dataclass(slots=True)

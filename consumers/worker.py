@@ -114,6 +114,7 @@ class Worker:
             watch=watch,
             worker_id=worker_id,
             noticed=distributed,
+            transport=transport,
             runner_factory=lambda post: StepRunner(
                 post,
                 limits=limits,

@@ -6,6 +6,7 @@ Write a workflow as a subclass of :class:`WorkflowEntrypoint` and run it with
 
 import importlib.metadata
 
+from hutch.children import InvokeConfig
 from hutch.client import (
     Client,
     ControlAccepted,
@@ -23,6 +24,7 @@ from hutch.errors import (
     BatchTooLarge,
     BlobNotFound,
     BrokerUnavailable,
+    ChildWorkflowError,
     DeploymentMismatch,
     EventTimeoutError,
     HutchError,
@@ -57,7 +59,15 @@ from hutch.errors import (
 )
 from hutch.events import ReceivedEvent, WorkflowEvent
 from hutch.settings import Settings
-from hutch.status import AttemptDetail, ErrorInfo, InstanceDetail, InstanceStatus, Status, StepDetail
+from hutch.status import (
+    AttemptDetail,
+    ErrorInfo,
+    InstanceDetail,
+    InstanceLink,
+    InstanceStatus,
+    Status,
+    StepDetail,
+)
 from hutch.step import RollbackStep, StepFunction, WorkflowStep
 
 try:
@@ -71,6 +81,7 @@ __all__ = [
     "BatchTooLarge",
     "BlobNotFound",
     "BrokerUnavailable",
+    "ChildWorkflowError",
     "Client",
     "Connection",
     "ControlAccepted",
@@ -85,6 +96,7 @@ __all__ = [
     "Instance",
     "InstanceAlreadyExists",
     "InstanceDetail",
+    "InstanceLink",
     "InstanceNotFound",
     "InstancePage",
     "InstanceStatus",
@@ -93,6 +105,7 @@ __all__ = [
     "InvalidInstanceId",
     "InvalidStepName",
     "InvalidWorkflowName",
+    "InvokeConfig",
     "Limits",
     "NonRetryableError",
     "NondeterminismError",

@@ -12,6 +12,7 @@ The tree::
      │    ├── StepFailedError           a user exception that is not a builtin type
      │    └── WorkerLostError           the worker running the last allowed attempt died
      ├── EventTimeoutError             wait_for_event timed out
+     ├── ChildWorkflowError            a child run by step.invoke errored or was terminated
      ├── NondeterminismError           replay diverged from recorded history
      ├── InvalidInputError (also ValueError)
      │    ├── InvalidInstanceId
@@ -134,6 +135,35 @@ class WorkerLostError(StepError):
 
 class EventTimeoutError(HutchError):
     """``wait_for_event`` reached its timeout before a matching event arrived."""
+
+
+class ChildWorkflowError(HutchError):
+    """A child workflow run by ``step.invoke`` errored or was terminated; raised into the parent's ``run()``.
+
+    Attributes:
+        workflow: the child's workflow name.
+        instance_id: the child's instance id.
+        error_name: the child's error name (``"Terminated"`` for a terminated child).
+        message: the child's error message.
+    """
+
+    def __init__(self, workflow: str, instance_id: str, error_name: str, message: str) -> None:
+        super().__init__(f"child instance {instance_id!r} of workflow {workflow!r} failed: {error_name}: {message}")
+        self.workflow = workflow
+        self.instance_id = instance_id
+        self.error_name = error_name
+        self.message = message
+
+    def record(self) -> dict[str, str]:
+        """The stored form, which :func:`error_from_record` turns back into this error."""
+        return {
+            "name": ChildWorkflowError.__name__,
+            "message": str(self),
+            "child_workflow": self.workflow,
+            "child_id": self.instance_id,
+            "error_name": self.error_name,
+            "error_message": self.message,
+        }
 
 
 class NondeterminismError(HutchError):
@@ -358,6 +388,10 @@ def error_from_record(record: dict[str, str]) -> BaseException:
     :class:`StepFailedError`. The live path and replay both go through here, so they agree.
     """
     name, message = record["name"], record["message"]
+    if name == ChildWorkflowError.__name__ and "child_id" in record:
+        return ChildWorkflowError(
+            record["child_workflow"], record["child_id"], record["error_name"], record["error_message"]
+        )
     engine_cls = _ENGINE_STEP_ERRORS.get(name)
     if engine_cls is RetryAfter:
         return _rebuild(RetryAfter, message, {"retry_after": None})  # its delay is not stored

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from hutch.blobs import BlobsNeeded, stored_ref
-from hutch.config import Limits, StepConfig, check_step_name
+from hutch.children import InvokeConfig, derived_child_id
+from hutch.config import Limits, StepConfig, check_instance_id, check_step_name, check_workflow_name
 from hutch.errors import (
     EventTimeoutError,
     HutchError,
@@ -29,6 +30,7 @@ from hutch.events import ReceivedEvent, WorkflowEvent, ms_to_datetime
 from hutch.history import (
     CancelCommand,
     Command,
+    InvokeCommand,
     Issued,
     Key,
     PatchMarker,
@@ -42,7 +44,7 @@ from hutch.history import (
     key_of,
 )
 from hutch.loop import WorkflowLoop
-from hutch.serialization import unpack
+from hutch.serialization import check_depth, encode_value, unpack
 from hutch.step import WorkflowStep
 
 if TYPE_CHECKING:
@@ -69,10 +71,12 @@ class WorkflowRun:
         *,
         limits: Limits,
         now_ms: Callable[[], int],
+        run_no: int = 0,
     ) -> None:
         self.workflow = workflow
         self.event = event
         self.limits = limits
+        self.run_no = run_no  # the instance's run number: part of the ids ``step.invoke`` derives
         self._now_ms = now_ms
         # Abstract for mypy: the loop implements only what tasks and futures use.
         self.loop = WorkflowLoop(on_code_error=self._code_error)  # type: ignore[abstract]
@@ -225,6 +229,42 @@ class WorkflowRun:
         future, _ = self._issue(record)
         return future
 
+    def issue_invoke(
+        self, name: str, workflow: str, params: Any, instance_id: str | None, config: Any
+    ) -> asyncio.Future[Any]:
+        """``step.invoke``: issue (or replay) a child workflow and return the future of its output.
+
+        Replay takes the child's id from history, so a replayed invoke always names the child the
+        first run created.
+        """
+        check_step_name(name, self.limits)
+        check_workflow_name(workflow, self.limits)
+        resolved = InvokeConfig.resolve(config)
+        data, decoded = encode_value(
+            params, what=f"params of child workflow {name!r}", limit=self.limits.max_payload_bytes
+        )
+        check_depth(decoded, what=f"params of child workflow {name!r}")
+        count = self._next_count(name)
+        if instance_id is None:
+            child_id = derived_child_id(
+                self.event.instance_id, name, count, self.run_no, self.limits.max_instance_id_length
+            )
+        else:
+            child_id = check_instance_id(instance_id, self.limits)
+        record: InvokeCommand = {
+            "k": "invoke",
+            "n": name,
+            "c": count,
+            "g": self.group,
+            "t": self._now_ms(),
+            "wf": workflow,
+            "id": child_id,
+            "pb": data,
+            "close": resolved.parent_close,
+        }
+        future, _ = self._issue(record)
+        return future
+
     def patched(self, patch_id: str, *, deprecated: bool = False) -> bool:
         """``step.patched`` / ``step.deprecate_patch``: whether this run takes the patch's new code path.
 
@@ -354,7 +394,7 @@ class WorkflowRun:
 
     def _value(self, record: Resolution) -> Any:
         ref = record["ref"]
-        if ref == "step":
+        if ref == "step" or ref == "invoke":
             if "v" in record:  # the live path hands over the decoded value it already has
                 return record["v"]
             if "vb" not in record:

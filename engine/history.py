@@ -4,7 +4,8 @@ History is an append-only list in Redis; every record is a msgpack map with shor
 Records fall in four families:
 
 * **commands** the workflow issued, in issue order — replay re-issues them and checks each
-  against the record at the same position (``k`` = ``step`` | ``sleep`` | ``wait`` | ``cancel``);
+  against the record at the same position (``k`` = ``step`` | ``sleep`` | ``wait`` | ``invoke`` |
+  ``cancel``);
 * **resolutions** (``k`` = ``res``) that settled a command, grouped by ``g``: replay delivers
   each group at once and lets the workflow run until it blocks, exactly as the live run did;
 * **bookkeeping** (``att``, ``attend``, ``life``, ``retime``) for ``describe()``, ignored by replay;
@@ -15,7 +16,9 @@ Records fall in four families:
 Keys: ``n`` name, ``c`` count, ``g`` group, ``t`` time (epoch ms), ``ref`` the kind a
 resolution or cancel refers to, ``ok``/``vb``/``err`` the outcome (``vb`` holds msgpack bytes of
 the value), ``due`` a timer's due time (epoch ms), ``a`` attempt number, ``cfg`` a step's resolved
-config, ``deps`` the names of the steps a DAG step depends on (only on DAG step commands).
+config, ``deps`` the names of the steps a DAG step depends on (only on DAG step commands); an
+invoke's ``wf``/``id`` name its child, ``pb`` holds the child's params (msgpack) and ``close`` its
+``parent_close`` policy.
 
 Each kind is a :class:`~typing.TypedDict` whose field names *are* those keys, so a record is the
 plain dict msgpack decodes (no conversion on the hot path) and the stored format is this module's
@@ -30,7 +33,7 @@ from typing import Any, Literal, NotRequired, TypedDict, TypeGuard
 
 from hutch.serialization import pack, unpack
 
-Kind = Literal["step", "sleep", "wait"]
+Kind = Literal["step", "sleep", "wait", "invoke"]
 TimerCommandKind = Literal["sleep", "wait"]  # the commands a timer settles
 Key = tuple[Kind, str, int]  # (kind, name, count)
 ErrorRecord = dict[str, str]  # ``{"name", "message"}``: see hutch.errors.error_record
@@ -75,6 +78,20 @@ class WaitCommand(TypedDict):
     type: str  # the event type it waits for
 
 
+class InvokeCommand(TypedDict):
+    """``step.invoke`` was issued: the child ``wf``/``id`` is created after the commit and its end resolves it."""
+
+    k: Literal["invoke"]
+    n: str
+    c: int
+    g: int
+    t: int
+    wf: str  # the child's workflow
+    id: str  # the child's instance id
+    pb: bytes  # the child's params, msgpack
+    close: Literal["terminate", "abandon"]  # what the parent's end does to the child while it runs
+
+
 class CancelCommand(TypedDict):
     """Workflow code cancelled the pending command ``(ref, n, c)``."""
 
@@ -86,7 +103,7 @@ class CancelCommand(TypedDict):
     t: int
 
 
-Command = StepCommand | SleepCommand | WaitCommand | CancelCommand
+Command = StepCommand | SleepCommand | WaitCommand | InvokeCommand | CancelCommand
 TimerCommand = SleepCommand | WaitCommand
 
 
@@ -103,7 +120,7 @@ class EventRecord(TypedDict):
 class Resolution(TypedDict):
     """The command ``(ref, n, c)`` settled.
 
-    ``ok`` with ``vb`` (a step's value; absent for ``None``) or ``ev`` (a wait's event); not ok
+    ``ok`` with ``vb`` (a step's value or a child's output; absent for ``None``) or ``ev`` (a wait's event); not ok
     with ``err``. ``v`` is the decoded value the live path hands to the run alongside ``vb``; it is
     never stored.
     """
@@ -191,7 +208,7 @@ class PatchMarker(TypedDict):
 Record = Command | Resolution | Bookkeeping | PatchMarker
 Issued = Command | PatchMarker  # what workflow code issued, in order: replay checks it position by position
 
-COMMAND_KINDS = frozenset({"step", "sleep", "wait", "cancel"})
+COMMAND_KINDS = frozenset({"step", "sleep", "wait", "invoke", "cancel"})
 
 
 # ----------------------------------------------------------------------------- the codec

@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from hutch.events import ms_to_datetime
-from hutch.history import Record, RetryWait, SleepCommand, StepCommand, WaitCommand
+from hutch.history import InvokeCommand, Record, RetryWait, SleepCommand, StepCommand, WaitCommand
 from hutch.serialization import unpack
 from hutch.versions import META_FIELD as VERSION_FIELD
 from hutch.versions import WAITING_FIELD
@@ -79,10 +79,22 @@ class AttemptDetail(BaseModel):
     retry_refused: bool = False
 
 
-class StepDetail(BaseModel):
-    """One step, sleep or wait of an instance, in issue order."""
+class InstanceLink(BaseModel):
+    """Another instance ``describe()`` links to: an invoke's child, or the parent that invoked this one.
 
-    type: Literal["step", "sleep", "waitForEvent"]
+    ``step`` and ``count`` name the parent's invoke (on a parent link only).
+    """
+
+    workflow: str
+    instance_id: str
+    step: str | None = None
+    count: int | None = None
+
+
+class StepDetail(BaseModel):
+    """One step, sleep, wait or invoke (a child workflow: see ``child``) of an instance, in issue order."""
+
+    type: Literal["step", "sleep", "waitForEvent", "invoke"]
     name: str
     count: int
     start: datetime
@@ -96,6 +108,7 @@ class StepDetail(BaseModel):
     event_type: str | None = None
     outcome: str | None = None  # sleeps: "completed"/"cancelled"; waits: "received"/"timed out"/"cancelled"
     depends: list[str] = []  # DAG steps: the names of the steps this one depends on
+    child: InstanceLink | None = None  # invokes: the child instance
 
 
 class PatchDetail(BaseModel):
@@ -128,9 +141,10 @@ class InstanceDetail(BaseModel):
     version: str | None = None
     waiting_for_version: str | None = None
     patches: list[PatchDetail] = []
+    parent: InstanceLink | None = None  # set on a child created by a parent's step.invoke
 
 
-_STEP_TYPE: dict[str, Literal["step", "sleep", "waitForEvent"]] = {
+_STEP_TYPE: dict[str, Literal["step", "sleep", "waitForEvent", "invoke"]] = {
     "step": "step",
     "sleep": "sleep",
     "wait": "waitForEvent",
@@ -157,7 +171,7 @@ def build_detail(meta: dict[str, Any], history: Sequence[Record]) -> InstanceDet
     steps: dict[tuple[str, str, int], StepDetail] = {}
     patches: list[PatchDetail] = []
     for r in history:
-        if r["k"] == "step" or r["k"] == "sleep" or r["k"] == "wait":
+        if r["k"] == "step" or r["k"] == "sleep" or r["k"] == "wait" or r["k"] == "invoke":
             steps[(r["k"], r["n"], r["c"])] = _issued(r)
             continue
         if r["k"] == "life":
@@ -199,6 +213,7 @@ def build_detail(meta: dict[str, Any], history: Sequence[Record]) -> InstanceDet
             detail.outcome = "cancelled"
     error = meta.get("error")
     status = Status(meta.get("status", "unknown"))
+    parent = meta.get("parent")
     return InstanceDetail(
         id=meta["id"],
         workflow=meta["wf"],
@@ -214,10 +229,22 @@ def build_detail(meta: dict[str, Any], history: Sequence[Record]) -> InstanceDet
         version=meta.get(VERSION_FIELD),
         waiting_for_version=meta.get(WAITING_FIELD),
         patches=patches,
+        parent=InstanceLink(workflow=parent["wf"], instance_id=parent["id"], step=parent["n"], count=parent["c"])
+        if parent
+        else None,
     )
 
 
-def _issued(r: StepCommand | SleepCommand | WaitCommand) -> StepDetail:
+def _issued(r: StepCommand | SleepCommand | WaitCommand | InvokeCommand) -> StepDetail:
+    if r["k"] == "invoke":
+        return StepDetail(
+            type="invoke",
+            name=r["n"],
+            count=r["c"],
+            start=ms_to_datetime(r["t"]),
+            config={"parent_close": r["close"]},
+            child=InstanceLink(workflow=r["wf"], instance_id=r["id"]),
+        )
     return StepDetail(
         type=_STEP_TYPE[r["k"]],
         name=r["n"],

@@ -1,5 +1,5 @@
 """The ``step`` object ``run()`` receives: ``do``, ``sleep``, ``sleep_until``, ``wait_for_event``,
-``with_rollback``, ``rollback_all``, ``patched`` and ``deprecate_patch``."""
+``invoke``, ``with_rollback``, ``rollback_all``, ``patched`` and ``deprecate_patch``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, overload
 
+from hutch.children import InvokeConfig
 from hutch.config import StepConfig
 from hutch.dag import DependencyBinding, plan_dependencies
 from hutch.durations import Duration, to_seconds
@@ -510,6 +511,38 @@ class WorkflowStep:
         return StepAwaitable(
             self._run.issue_timer("wait", name, now + round(seconds * 1000), event_type, issued_ms=now)
         )
+
+    def invoke(
+        self,
+        name: str,
+        workflow: str | Any,
+        params: Any = None,
+        id: str | None = None,
+        config: InvokeConfig | dict[str, Any] | None = None,
+    ) -> StepAwaitable[Any]:
+        """Run a child workflow and return its output: ``await step.invoke("bill", "billing", {...})``.
+
+        The child is created durably once this command is committed, with ``id`` or, by default, an
+        id derived from this instance and the invoke's name and count, so a replay (or a crash and
+        re-drive) never creates a second child. The parent waits without holding worker memory; the
+        child may run on any partition and any worker.
+
+        Args:
+            name: the invoke's name (its identity is ``(name, count)``, as for steps).
+            workflow: the child's workflow name, or its client (``self.env.BILLING``).
+            params: the child's params.
+            id: the child's instance id (default: derived). An id held by an instance this invoke
+                did not create fails the invoke (``ChildWorkflowError`` naming ``InstanceAlreadyExists``).
+            config: ``{"parent_close": "terminate" | "abandon"}`` (:class:`InvokeConfig`): whether a
+                child still running when this instance ends (terminated, restarted, or returning
+                without awaiting it) is terminated (default) or runs on.
+
+        Raises:
+            ChildWorkflowError: (at the await) the child errored or was terminated; it carries the
+                child's id, error name and message.
+        """
+        workflow_name = workflow if isinstance(workflow, str) else getattr(workflow, "name", workflow)
+        return StepAwaitable(self._run.issue_invoke(name, workflow_name, params, id, config))
 
     def _check_sleep(self, name: str, seconds: float) -> None:
         limit = self._run.limits.max_sleep.total_seconds()

@@ -28,6 +28,7 @@ ENGINE_ALL = [
     "BatchTooLarge",
     "BlobNotFound",
     "BrokerUnavailable",
+    "ChildWorkflowError",
     "Client",
     "Connection",
     "ControlAccepted",
@@ -42,6 +43,7 @@ ENGINE_ALL = [
     "Instance",
     "InstanceAlreadyExists",
     "InstanceDetail",
+    "InstanceLink",
     "InstanceNotFound",
     "InstancePage",
     "InstanceStatus",
@@ -50,6 +52,7 @@ ENGINE_ALL = [
     "InvalidInstanceId",
     "InvalidStepName",
     "InvalidWorkflowName",
+    "InvokeConfig",
     "Limits",
     "NonRetryableError",
     "NondeterminismError",
@@ -224,6 +227,7 @@ SPECIAL_ARGS: dict[str, tuple[Any, ...]] = {
     "InstanceAlreadyExists": ("order", "order-42"),
     "IllegalTransition": ("order-42", "terminate", "complete"),
     "RetryAfter": (2.5, "RetryAfter: instance order-42 asked for a pause"),
+    "ChildWorkflowError": ("billing", "order-42-bill-0123456789ab", "ValueError", "declined"),
 }
 
 

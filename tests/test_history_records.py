@@ -15,6 +15,7 @@ from hutch.history import (
     AttemptEnded,
     AttemptStarted,
     CancelCommand,
+    InvokeCommand,
     Lifecycle,
     PatchMarker,
     Record,
@@ -43,6 +44,17 @@ step: StepCommand = {
 }
 sleep: SleepCommand = {"k": "sleep", "n": "nap", "c": 1, "g": 1, "t": T, "due": T + 1000}
 wait: WaitCommand = {"k": "wait", "n": "approval", "c": 2, "g": 1, "t": T, "due": T + 60_000, "type": "approved"}
+invoke: InvokeCommand = {
+    "k": "invoke",
+    "n": "bill",
+    "c": 1,
+    "g": 0,
+    "t": T,
+    "wf": "billing",
+    "id": "order-1-bill-0123456789ab",
+    "pb": b"\x81\xa1x\x01",
+    "close": "terminate",
+}
 cancel: CancelCommand = {"k": "cancel", "ref": "wait", "n": "approval", "c": 2, "g": 2, "t": T + 500}
 value: Resolution = {"k": "res", "ref": "step", "n": "charge", "c": 1, "ok": True, "g": 0, "t": T + 100, "vb": b"\x2a"}
 event: Resolution = {
@@ -94,6 +106,11 @@ GOLDEN: list[tuple[Record, str]] = [
         "87a16ba477616974a16ea8617070726f76616ca16302a16701a174cf0000018bcfe56800a3647565cf0000018bcfe65260a474797065"
         "a8617070726f766564",
     ),
+    (
+        invoke,
+        "89a16ba6696e766f6b65a16ea462696c6ca16301a16700a174cf0000018bcfe56800a27766a762696c6c696e67a26964b96f72646572"
+        "2d312d62696c6c2d303132333435363738396162a27062c40481a17801a5636c6f7365a97465726d696e617465",
+    ),
     (cancel, "86a16ba663616e63656ca3726566a477616974a16ea8617070726f76616ca16302a16702a174cf0000018bcfe569f4"),
     (value, "88a16ba3726573a3726566a473746570a16ea6636861726765a16301a26f6bc3a16700a174cf0000018bcfe56864a27662c4012a"),
     (
@@ -139,6 +156,7 @@ def test_the_golden_bytes_cover_every_record_kind() -> None:
             "step",
             "sleep",
             "wait",
+            "invoke",
             "cancel",
             "res",
             "att",

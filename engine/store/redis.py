@@ -511,6 +511,11 @@ class RedisStore:
             out += [(p, member, int(score)) for member, score in rows]
         return out
 
+    async def remove_timers(self, partition: int, members: Sequence[bytes]) -> None:
+        """Remove timers outside a transition: outbox timers whose effect was carried out."""
+        if members:
+            await self.redis.zrem(self.keys.timers(partition), *members)
+
     async def next_due(self, partitions: Iterable[int], *, after_ms: int) -> int | None:
         """The earliest timer due strictly after ``after_ms`` on these partitions (epoch ms), or None."""
         pipe = self.redis.pipeline(transaction=False)
