@@ -32,8 +32,7 @@ from hutch.broker.transports.rabbitmq import RabbitMQTransport
 from hutch.clock import Clock
 from hutch.config import Limits
 from hutch.consumers.runtime import start_distributed
-from hutch.gateway.cli import render
-from hutch.gateway.cli import main
+from hutch.gateway.cli import main, render
 from hutch.gateway.http_client import ApiRequestError, GatewayClient, GatewayUnreachable, UnexpectedResponse
 from hutch.settings import Settings
 from rich.console import Console

@@ -38,8 +38,8 @@ from hutch.broker.repartition import QueueMover
 from hutch.broker.transports.rabbitmq import RabbitMQTransport
 from hutch.clock import Clock
 from hutch.consumers.runtime import open_redis, start_distributed
-from hutch.gateway.repartition import repartition
 from hutch.gateway.cli import main
+from hutch.gateway.repartition import repartition
 from hutch.keys import ALL, INDEXED_STATUSES, Keys
 from hutch.serialization import pack
 from hutch.store.redis import RedisStore
