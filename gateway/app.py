@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from fastapi import APIRouter, FastAPI
 from hutch import Client
-from hutch.gateway.api import probes, routes
+from hutch.gateway.api import cloudflare, probes, routes
 from hutch.gateway.api.auth import TokenSet
 from hutch.gateway.api.body_limit import DEFAULT_MAX_BODY_BYTES, BodyLimitMiddleware
 from hutch.gateway.api.deps import WorkflowNames
@@ -72,6 +72,7 @@ def create_app(
     app.state.metrics = RequestMetrics()
     install_error_handlers(app)
     app.include_router(routes.router)
+    app.include_router(cloudflare.router)
     app.include_router(probes.router)
     for router in extra_routers:
         app.include_router(router)
