@@ -1,5 +1,6 @@
-"""What ``step.invoke`` makes partition owners do outside a commit: create a child, tell a parent that
-its child finished, terminate a child whose parent ended.
+"""Effects of ``step.invoke`` that partition owners carry out after a commit, through outbox timers.
+
+They are: create a child, tell a parent that its child finished, terminate a child whose parent ended.
 
 Each such effect is decided by a transition and must happen even if the worker dies right after the
 commit, so the transition records it as an *outbox timer*: a timer due at once in the instance's

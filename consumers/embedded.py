@@ -32,13 +32,16 @@ class EmbeddedProbe:
 
     @property
     def commits(self) -> int:
+        """Transitions the orchestrator committed so far."""
         return self._worker.orchestrator.commits
 
     @property
     def steps_running(self) -> int:
+        """Step attempts the step runner has in flight right now."""
         return self._worker.orchestrator.runner.in_flight
 
     def is_idle(self) -> bool:
+        """Whether no step runs, the orchestrator is idle and every partition queue is empty and fully acked."""
         orchestrator = self._worker.orchestrator
         if orchestrator.runner.in_flight:
             return False
@@ -47,9 +50,11 @@ class EmbeddedProbe:
         return all(self._transport.depth(p) == (0, 0) for p in self._partitions)
 
     async def has_due_timer(self, now_ms: int) -> bool:
+        """Whether any partition has a timer due by ``now_ms`` in the store."""
         return bool(await self._worker.store.due_timers(self._partitions, now_ms, limit=1))
 
     async def next_due(self, after_ms: int) -> int | None:
+        """When the earliest timer due strictly after ``after_ms`` is due (epoch ms), or None."""
         return await self._worker.store.next_due(self._partitions, after_ms=after_ms)
 
 

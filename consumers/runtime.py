@@ -135,8 +135,11 @@ def open_store(settings: Settings) -> RedisStore:
 
 
 async def connect_store(settings: Settings) -> RedisStore:
-    """:func:`open_store`, checked: a wrong URL, a down Redis, one older than 7, or a node of a
-    cluster given as a single server fails here, clearly (one ``INFO`` round trip per server)."""
+    """Open the store with :func:`open_store` and check that the servers behind it are usable.
+
+    A wrong URL, a down Redis, one older than 7, or a node of a cluster given as a single server
+    fails here, clearly (one ``INFO`` round trip per server).
+    """
     store = open_store(settings)
     url = settings.redacted(settings.redis_url)
     cluster = urllib.parse.urlsplit(settings.redis_url).scheme in CLUSTER_SCHEMES

@@ -48,8 +48,10 @@ class _BodyRaised(Exception):
 
 
 def _context_kwargs(fn: Callable[..., Any]) -> tuple[tuple[Any, ...], bool]:
-    """How a callable takes ``ctx``: ``((), False)`` not at all, ``((None,), False)`` positionally,
-    ``((), True)`` as the keyword-only parameter ``ctx``.
+    """How a callable takes ``ctx``, as ``(positional args, pass ctx by keyword)``.
+
+    ``((), False)``: not at all; ``((None,), False)``: positionally; ``((), True)``: as the
+    keyword-only parameter ``ctx``.
 
     A callable gets ``ctx`` if it has a parameter named ``ctx`` or a required positional one.
     """

@@ -106,8 +106,11 @@ class Supervisor:
             self._group = None
 
     def _recancel(self) -> None:
-        """Cancel again the tasks still running a while after the group cancelled them: a library may
-        have swallowed the cancellation (see hutch.cancelling), and the group would wait for them forever."""
+        """Cancel again the tasks still running a while after the group cancelled them.
+
+        A library may have swallowed the cancellation (see hutch.cancelling), and the group would wait
+        for them forever.
+        """
         alive = [task for task in self._tasks if not task.done()]
         for task in alive:
             log.warning(

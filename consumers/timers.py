@@ -92,8 +92,10 @@ class TimerService:
                 self._removed_in_scan.add(member)
 
     def deliver_locally(self, deliver: Callable[[int, TimerFired], None]) -> None:
-        """Hand fired timers to ``deliver(partition, message)`` (this worker's partition owner) instead
-        of publishing them: the owner is here, so the broker round trip is saved."""
+        """Hand fired timers to ``deliver(partition, message)`` instead of publishing them.
+
+        ``deliver`` is this worker's partition owner: the owner is here, so the broker round trip is saved.
+        """
         self._deliver = deliver
 
     def due_at(self, due_ms: int) -> None:

@@ -234,8 +234,11 @@ class Worker:
             raise
 
     async def unsubscribe(self, partition: int, *, retire_lease: bool = False) -> None:
-        """Stop consuming the partition: the broker takes back what this consumer held, the lease too
-        unless ``retire_lease`` (then it is acknowledged: no worker is left to hand the partition to)."""
+        """Stop consuming the partition; the broker takes back what this consumer held.
+
+        The lease goes back too unless ``retire_lease`` (then it is acknowledged: no worker is left to
+        hand the partition to).
+        """
         self.orchestrator.forget_partition(partition)
         listener = self._listeners.pop(partition, None)
         if listener is not None:
@@ -360,8 +363,11 @@ class Worker:
         self._stopped.set()
 
     async def wait_stopped(self) -> None:
-        """Return when the worker stopped: shut down, or one of its internal tasks crashed, returned
-        or was cancelled while it ran (logged; the worker does nothing any more, call :meth:`shutdown`)."""
+        """Return when the worker stopped.
+
+        It stops when shut down, or when one of its internal tasks crashed, returned or was cancelled
+        while it ran (logged; the worker does nothing any more, call :meth:`shutdown`).
+        """
         await self._stopped.wait()
 
     async def shutdown(self, timeout: float | None = None) -> None:

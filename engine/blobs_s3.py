@@ -63,4 +63,4 @@ class S3Blobs:
         return bytes(await result.bytes_async())
 
     async def close(self) -> None:
-        """obstore holds no connection that needs closing."""
+        """Do nothing: obstore holds no connection that needs closing."""

@@ -1,5 +1,6 @@
-"""Child workflows that return (``step.invoke``): the invoke's config, the child's derived id, and the
-link to its parent that a child's meta keeps.
+"""Child workflows that return (``step.invoke``): the invoke's config, ids and parent link.
+
+The link is what a child's meta keeps of its parent; the child's id is derived from the invoke.
 
 The parent records the invoke as a command in its history (the child's workflow, id, params and
 close policy), so a replay re-issues the same child and never creates a second one. Creating the

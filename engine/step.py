@@ -1,5 +1,8 @@
-"""The ``step`` object ``run()`` receives: ``do``, ``sleep``, ``sleep_until``, ``wait_for_event``,
-``invoke``, ``with_rollback``, ``rollback_all``, ``patched`` and ``deprecate_patch``."""
+"""The ``step`` object ``run()`` receives, and the step functions and awaitables it hands out.
+
+Its methods: ``do``, ``sleep``, ``sleep_until``, ``wait_for_event``, ``invoke``, ``with_rollback``,
+``rollback_all``, ``patched`` and ``deprecate_patch``.
+"""
 
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ class StepFunction(Generic[T]):
         self._latest: asyncio.Future[Any] | None = None
 
     def __call__(self) -> StepAwaitable[T]:
+        """Issue the step now (after its dependencies, if it has any); await the result to get its output."""
         run = self._step._run
         future: asyncio.Future[Any]
         if self._binding is None:
@@ -115,6 +119,7 @@ class RollbackStep(StepFunction[T]):
         self._undo_has_config = False
 
     def __call__(self) -> StepAwaitable[T]:
+        """Issue the step like :class:`StepFunction`; once it succeeds its undo joins the compensation stack."""
         awaitable = super().__call__()
         # Registered before the caller's await resumes: code right after ``await fn()`` can roll it back.
         awaitable._future.add_done_callback(self._on_done)
@@ -226,9 +231,11 @@ class StepAwaitable(_AsyncioCompatible[T]):
     # The subset of the Future API that asyncio.wait uses, and that code inspecting its ``done``
     # set calls.
     def done(self) -> bool:
+        """Whether the step, sleep or wait has an outcome (or was cancelled)."""
         return self._future.done()
 
     def cancelled(self) -> bool:
+        """Whether it was cancelled."""
         return self._future.cancelled()
 
     def cancel(self, msg: Any = None) -> bool:
@@ -236,15 +243,29 @@ class StepAwaitable(_AsyncioCompatible[T]):
         return self._future.cancel(msg)
 
     def result(self) -> T:
+        """The outcome once done: the value, or the step's error raised.
+
+        Raises:
+            asyncio.InvalidStateError: it is not done yet.
+            asyncio.CancelledError: it was cancelled.
+        """
         result: T = self._future.result()
         return result
 
     def exception(self) -> BaseException | None:
+        """The error it failed with once done, or None if it succeeded.
+
+        Raises:
+            asyncio.InvalidStateError: it is not done yet.
+            asyncio.CancelledError: it was cancelled.
+        """
         return self._future.exception()
 
     def add_done_callback(
         self, fn: Callable[[StepAwaitable[T]], object], *, context: contextvars.Context | None = None
     ) -> None:
+        """Call ``fn(self)`` once it is done (at once, on the loop, if it already is)."""
+
         # Relayed so that ``fn`` receives this object, as the Future API promises, not the inner future.
         def relay(_: asyncio.Future[Any]) -> None:
             fn(self)
@@ -253,6 +274,7 @@ class StepAwaitable(_AsyncioCompatible[T]):
         self._future.add_done_callback(relay, context=context)
 
     def remove_done_callback(self, fn: Callable[[StepAwaitable[T]], object]) -> int:
+        """Unregister every registration of ``fn``; returns how many were removed."""
         removed = 0
         kept = []
         for registered, relay in self._relays:
@@ -290,6 +312,7 @@ class StepDecorator:
     def __call__(self, fn: Callable[..., T]) -> StepFunction[T]: ...
 
     def __call__(self, fn: Callable[..., Any]) -> StepFunction[Any]:
+        """Make ``fn`` a step function with this decorator's name, config and dependencies."""
         return StepFunction(self._step, self._name, fn, self._config, self._depends, self._concurrent)
 
 
@@ -310,6 +333,7 @@ class RollbackDecorator:
     def __call__(self, fn: Callable[..., T]) -> RollbackStep[T]: ...
 
     def __call__(self, fn: Callable[..., Any]) -> RollbackStep[Any]:
+        """Make ``fn`` a step with a rollback, under this decorator's name and config."""
         return RollbackStep(self._step, self._name, fn, self._config)
 
 
