@@ -369,31 +369,14 @@ async def rolling_bench(*, instances: int, redis_url: str, amqp_url: str, partit
             feeder = asyncio.create_task(feed())
             await _until(lambda: len(created) >= min(instances, 50), 60, "instances were not created")
             started = time.monotonic()
-            for i in range(2):
-                procs[i].signal(signal.SIGTERM)
-                code = await procs[i].wait(120)
-                if code != 0:
-                    raise RuntimeError(f"a worker stopped with {code}:\n{procs[i].output}")
-                await procs[i].close()
-                procs[i] = await _Worker(env).start()
-                await _until(lambda: _settled(procs, partitions), 120, "the replacement did not settle")
+            await _replace_each(procs, env, partitions)
             deployed_s = time.monotonic() - started
             await feeder
-            ids = [inst.id for inst in created]
             for inst in created:
                 final = await inst.wait(timeout=300)
                 if final.status.value != "complete":
                     raise RuntimeError(f"{inst.id} ended {final.status.value}: {final.error}")
-            pipe = redis.pipeline(transaction=False)
-            for iid in ids:
-                pipe.hgetall(_key_of(env, "runs", iid))
-            counted = await pipe.execute()
-            runs = [int(n) for counts in counted for n in counts.values()]
-            by_step: dict[str, int] = {}
-            for counts in counted:
-                for name, n in counts.items():
-                    if int(n) > 1:
-                        by_step[name.decode()] = by_step.get(name.decode(), 0) + int(n) - 1
+            runs, by_step = await _step_runs(redis, env, [inst.id for inst in created])
         finally:
             for proc in procs:
                 await proc.close()
@@ -405,6 +388,33 @@ async def rolling_bench(*, instances: int, redis_url: str, amqp_url: str, partit
         "re_executed_by_step": by_step,
         "deploy_s": deployed_s,
     }
+
+
+async def _replace_each(procs: list[_Worker], env: dict[str, str], partitions: int) -> None:
+    """SIGTERM each worker in turn and start its replacement once it exited, waiting for the partitions to settle."""
+    for i in range(len(procs)):
+        procs[i].signal(signal.SIGTERM)
+        code = await procs[i].wait(120)
+        if code != 0:
+            raise RuntimeError(f"a worker stopped with {code}:\n{procs[i].output}")
+        await procs[i].close()
+        procs[i] = await _Worker(env).start()
+        await _until(lambda: _settled(procs, partitions), 120, "the replacement did not settle")
+
+
+async def _step_runs(redis: Redis, env: dict[str, str], ids: list[str]) -> tuple[list[int], dict[str, int]]:
+    """How many times each step of the instances ran, and the runs beyond the first summed by step name."""
+    pipe = redis.pipeline(transaction=False)
+    for iid in ids:
+        pipe.hgetall(_key_of(env, "runs", iid))
+    counted = await pipe.execute()
+    runs = [int(n) for counts in counted for n in counts.values()]
+    by_step: dict[str, int] = {}
+    for counts in counted:
+        for name, n in counts.items():
+            if int(n) > 1:
+                by_step[name.decode()] = by_step.get(name.decode(), 0) + int(n) - 1
+    return runs, by_step
 
 
 # ---------------------------------------------------------------------------- a blocked event loop

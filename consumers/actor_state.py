@@ -15,7 +15,17 @@ from typing import Any
 
 from hutch.config import StepConfig
 from hutch.consumers.transition import Turn
-from hutch.history import EventRecord, InvokeCommand, Kind, Record, TimerKind
+from hutch.history import (
+    AttemptEnded,
+    AttemptStarted,
+    CancelCommand,
+    EventRecord,
+    InvokeCommand,
+    Kind,
+    Record,
+    Resolution,
+    TimerKind,
+)
 from hutch.serialization import pack, unpack
 from hutch.status import FINISHED, Status
 
@@ -82,45 +92,10 @@ class ActorState:
         state = cls(paused=paused)
         pause_group: int | None = None  # the group results join while paused (histories before it: None)
         for r in history:
-            if r["k"] == "step":
-                state.steps[(r["n"], r["c"])] = StepState(None, r["cfg"])
-            elif r["k"] == "att":
-                st = state.steps.get((r["n"], r["c"]))
-                if st is not None:
-                    st.attempts, st.running = r["a"], True
-                    if st.retry_member is not None:
-                        # This attempt is the retry: its timer fired and the commit removed it.
-                        state.timers.pop(st.retry_member, None)
-                        st.retry_member = None
-            elif r["k"] == "attend":
-                st = state.steps.get((r["n"], r["c"]))
-                if st is not None:
-                    st.running = False
-                    if "retry_at" in r:
-                        st.retry_member = member("retry", r["n"], r["c"])
-                        state.timers[st.retry_member] = r["retry_at"]
-            elif r["k"] == "sleep":
-                sleep = member("sleep", r["n"], r["c"])
-                state.sleeps[(r["n"], r["c"])] = sleep
-                state.timers[sleep] = r["due"]
-            elif r["k"] == "wait":
-                wait = member("wait", r["n"], r["c"])
-                state.waits[(r["n"], r["c"])] = (r["type"], wait)
-                state.timers[wait] = r["due"]
-            elif r["k"] == "invoke":
-                state.invokes[(r["n"], r["c"])] = r
-            elif r["k"] == "retime":
-                state.timers[member(r["ref"], r["n"], r["c"])] = r["due"]
-            elif r["k"] == "res" or r["k"] == "cancel":
-                timer = state.pop_pending(r["ref"], (r["n"], r["c"]))
-                if timer is not None:
-                    state.timers.pop(timer, None)
-                if r["k"] == "res":
-                    state.group = max(state.group, r["g"] + 1)
-                    if "ev" in r:
-                        state.seen_events.add(r["ev"]["id"])
-            elif r["k"] == "life":
+            if r["k"] == "life":
                 pause_group = r.get("g") if r["what"] == "paused" else None
+            else:
+                state._replay(r, member)
         for raw in events:
             event: EventRecord = unpack(raw)
             state.buffer.append((raw, event))
@@ -136,6 +111,56 @@ class ActorState:
             # Results committed during the pause join the group it recorded (see InstanceActor.apply).
             state.group = pause_group
         return state
+
+    def _replay(self, r: Record, member: Member) -> None:
+        """Apply one history record (other than a lifecycle one) to the state being rebuilt."""
+        if r["k"] == "step":
+            self.steps[(r["n"], r["c"])] = StepState(None, r["cfg"])
+        elif r["k"] == "att":
+            self._replay_attempt_started(r)
+        elif r["k"] == "attend":
+            self._replay_attempt_ended(r, member)
+        elif r["k"] == "sleep":
+            sleep = member("sleep", r["n"], r["c"])
+            self.sleeps[(r["n"], r["c"])] = sleep
+            self.timers[sleep] = r["due"]
+        elif r["k"] == "wait":
+            wait = member("wait", r["n"], r["c"])
+            self.waits[(r["n"], r["c"])] = (r["type"], wait)
+            self.timers[wait] = r["due"]
+        elif r["k"] == "invoke":
+            self.invokes[(r["n"], r["c"])] = r
+        elif r["k"] == "retime":
+            self.timers[member(r["ref"], r["n"], r["c"])] = r["due"]
+        elif r["k"] == "res" or r["k"] == "cancel":
+            self._replay_settled(r)
+
+    def _replay_attempt_started(self, r: AttemptStarted) -> None:
+        st = self.steps.get((r["n"], r["c"]))
+        if st is not None:
+            st.attempts, st.running = r["a"], True
+            if st.retry_member is not None:
+                # This attempt is the retry: its timer fired and the commit removed it.
+                self.timers.pop(st.retry_member, None)
+                st.retry_member = None
+
+    def _replay_attempt_ended(self, r: AttemptEnded, member: Member) -> None:
+        st = self.steps.get((r["n"], r["c"]))
+        if st is not None:
+            st.running = False
+            if "retry_at" in r:
+                st.retry_member = member("retry", r["n"], r["c"])
+                self.timers[st.retry_member] = r["retry_at"]
+
+    def _replay_settled(self, r: Resolution | CancelCommand) -> None:
+        """A resolution or cancel: the command is no longer pending, its timer gone; a result moves the group on."""
+        timer = self.pop_pending(r["ref"], (r["n"], r["c"]))
+        if timer is not None:
+            self.timers.pop(timer, None)
+        if r["k"] == "res":
+            self.group = max(self.group, r["g"] + 1)
+            if "ev" in r:
+                self.seen_events.add(r["ev"]["id"])
 
     # ------------------------------------------------------------------ commands in flight
     def pop_pending(self, kind: Kind, key: StepKey) -> bytes | None:

@@ -65,7 +65,7 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
 from hutch.broker.transports.base import stray_cancel
@@ -166,6 +166,27 @@ def _parse(token: str | None) -> tuple[str | None, str | None]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(slots=True)
+class _Moves:
+    """What one reconcile pass decided for the partitions, carried out once it has looked at them all.
+
+    Attributes:
+        claims: partitions to claim, with the token each is expected to have.
+        subscribe: partitions to start consuming.
+        unsubscribe: partitions to stop consuming.
+        give_up: held partitions to release (this worker could not consume them for too long).
+        requests: handover requests to record (partition as a string → ``"<worker>|<token>"``).
+        stale: tokens of ours from before a suspension, to hand to the partition's owner.
+    """
+
+    claims: dict[int, str | None] = field(default_factory=dict)
+    subscribe: list[int] = field(default_factory=list)
+    unsubscribe: list[int] = field(default_factory=list)
+    give_up: list[int] = field(default_factory=list)
+    requests: dict[Any, Any] = field(default_factory=dict)  # field → value, as hset types them
+    stale: dict[int, str] = field(default_factory=dict)
 
 
 class PartitionHost(Protocol):
@@ -319,8 +340,11 @@ class Membership:
         return now - self._ttl_ms - sum(end - start for start, end in spans)
 
     def _age(self, beat: int, now: int, spans: list[tuple[int, int]]) -> int:
-        """How long this worker watched ``beat`` stay a worker's last heartbeat: its age, minus the
-        spans in which this worker read none (an outage it could not see through is not silence)."""
+        """How long this worker watched ``beat`` stay a worker's last heartbeat.
+
+        That is its age minus the spans in which this worker read none: an outage it could not see
+        through is not silence.
+        """
         unseen = sum(max(0, min(end, now) - max(start, beat)) for start, end in spans)
         return now - beat - unseen
 
@@ -429,73 +453,88 @@ class Membership:
         return owners(self._fresh - {holder}, self._partitions).get(partition)
 
     async def _reconcile(self, tokens: dict[int, str | None], wants: dict[int, str]) -> None:
-        me, live = self.worker_id, self._live
+        """Bring this worker in line with the plan, given every partition's token and handover request."""
         assert self._owners is not None
         unable = self._unable_partitions()
-        claims: dict[int, str | None] = {}
-        subscribe: list[int] = []
-        unsubscribe: list[int] = []
-        give_up: list[int] = []
-        requests: dict[Any, Any] = {}  # field → value, as hset types them
-        stale: dict[int, str] = {}
+        moves = _Moves()
         for p in range(self._partitions):
             if p in self._handovers:
                 continue
             token, owner = tokens[p], self._owners[p]
-            holder, handed_to = _parse(token)
             if p in self.held:
-                if token == self.held[p] and p not in self._fenced:
-                    if p in unable and unable[p] >= self._grace_ms:
-                        give_up.append(p)
-                    elif owner != me and owner in self._fresh and wants.get(p) == f"{owner}|{token}":
-                        self._start_handover(p, owner)
+                if self._still_held(p, token, owner, wants, unable, moves):
                     continue
                 await self._lost(p)  # another worker claimed it; see below what to do now
-            consumable = p not in unable
-            free = (
-                token is None
-                or token == HANDED
-                or (holder is not None and (holder == me or holder not in live))
-                or (handed_to is not None and handed_to not in live)
-            )
-            claim = consumable and (handed_to == me or (owner == me and free))
-            # Standby behind the holder: who would own the partition without it. The broker
-            # activating this consumer while the token is still the one it stood behind means the
-            # holder's consumer went away without handing the partition over (a release rewrites it).
-            standby = holder is not None and holder != me and self._standby(p, holder) == me
-            if standby and token is not None:
-                self._behind[p] = token
-            else:
-                self._behind.pop(p, None)
-            if claim:
-                claims[p] = token
-            elif holder == me and token is not None and owner != me:
-                # Ours from before a suspension, and not ours to hold any more: hand it to its owner.
-                # (Our own we keep: a standby the broker activated claims over it meanwhile.)
-                stale[p] = token
-            if claim or owner == me or standby:
-                if p not in self.subscribed:
-                    subscribe.append(p)
-            elif p in self.subscribed:
-                unsubscribe.append(p)
-            if owner == me and consumable and not claim and holder is not None and holder != me and holder in live:
-                request = f"{me}|{token}"
-                if wants.get(p) != request:
-                    requests[str(p)] = request
-        if give_up:
-            await self._release(give_up, why="it cannot consume them")
-        if unsubscribe:
-            await asyncio.gather(*(self._unsubscribe(p) for p in unsubscribe))
-        if subscribe:
-            await self._subscribe(subscribe)
-        if requests:
-            await self._redis.hset(self._handovers_key, mapping=requests)
-        if stale:
+            self._decide(p, token, owner, wants, unable, moves)
+        await self._carry_out(moves)
+
+    def _still_held(
+        self, p: int, token: str | None, owner: str, wants: dict[int, str], unable: dict[int, int], moves: _Moves
+    ) -> bool:
+        """Whether a partition we hold still has our token; if so, give it up or hand it over when due."""
+        if token != self.held[p] or p in self._fenced:
+            return False
+        if p in unable and unable[p] >= self._grace_ms:
+            moves.give_up.append(p)
+        elif owner != self.worker_id and owner in self._fresh and wants.get(p) == f"{owner}|{token}":
+            self._start_handover(p, owner)
+        return True
+
+    def _decide(
+        self, p: int, token: str | None, owner: str, wants: dict[int, str], unable: dict[int, int], moves: _Moves
+    ) -> None:
+        """Decide for a partition we do not hold: claim it, consume it (owner or standby), ask for it, or let go."""
+        me, live = self.worker_id, self._live
+        holder, handed_to = _parse(token)
+        consumable = p not in unable
+        free = (
+            token is None
+            or token == HANDED
+            or (holder is not None and (holder == me or holder not in live))
+            or (handed_to is not None and handed_to not in live)
+        )
+        claim = consumable and (handed_to == me or (owner == me and free))
+        # Standby behind the holder: who would own the partition without it. The broker
+        # activating this consumer while the token is still the one it stood behind means the
+        # holder's consumer went away without handing the partition over (a release rewrites it).
+        standby = holder is not None and holder != me and self._standby(p, holder) == me
+        if standby and token is not None:
+            self._behind[p] = token
+        else:
+            self._behind.pop(p, None)
+        if claim:
+            moves.claims[p] = token
+        elif holder == me and token is not None and owner != me:
+            # Ours from before a suspension, and not ours to hold any more: hand it to its owner.
+            # (Our own we keep: a standby the broker activated claims over it meanwhile.)
+            moves.stale[p] = token
+        if claim or owner == me or standby:
+            if p not in self.subscribed:
+                moves.subscribe.append(p)
+        elif p in self.subscribed:
+            moves.unsubscribe.append(p)
+        if owner == me and consumable and not claim and holder is not None and holder != me and holder in live:
+            request = f"{me}|{token}"
+            if wants.get(p) != request:
+                moves.requests[str(p)] = request
+
+    async def _carry_out(self, moves: _Moves) -> None:
+        """Release, unsubscribe, subscribe, request handovers, hand stale tokens on, then claim (in that order)."""
+        assert self._owners is not None
+        if moves.give_up:
+            await self._release(moves.give_up, why="it cannot consume them")
+        if moves.unsubscribe:
+            await asyncio.gather(*(self._unsubscribe(p) for p in moves.unsubscribe))
+        if moves.subscribe:
+            await self._subscribe(moves.subscribe)
+        if moves.requests:
+            await self._redis.hset(self._handovers_key, mapping=moves.requests)
+        if moves.stale:
             pipe = self._redis.pipeline(transaction=False)
-            for p, token in stale.items():
+            for p, token in moves.stale.items():
                 pipe.eval(_SWAP, 1, self._keys.owner(p), token, HANDED + self._owners[p])
             await pipe.execute()
-        claims = {p: t for p, t in claims.items() if p in self.subscribed}
+        claims = {p: t for p, t in moves.claims.items() if p in self.subscribed}
         if claims:
             await self._claim(claims)
 
@@ -520,6 +559,11 @@ class Membership:
                 log.exception("claiming activated partitions failed")
 
     async def _on_activations(self) -> None:
+        """Claim the activated partitions that are ours to take, step back from the others.
+
+        The consumer ahead of ours went away, so each holder named by a token is suspected gone; the
+        suspicion is recorded in the claims' round trip, for every worker's standby plan.
+        """
         batch = sorted(p for p in self._activated if p in self.subscribed and p not in self.held)
         if self._owners is None or self.leaving or self._stop.is_set() or not batch:
             return  # kept in _activated (not held yet) until the first plan, or dropped with the worker
@@ -537,14 +581,8 @@ class Membership:
             owner = self._owners[p]
             if holder is not None and holder != me:
                 suspects.add(holder)  # its consumer is gone: the broker activated ours
-            if handed_to == me:
+            if self._ours_to_claim(p, token, handed_to, owner):
                 claims[p] = token
-            elif owner == me and not (handed_to is not None and handed_to in self._live):
-                # The consumer ahead of ours went away: its holder died, lost its connection, or let
-                # the partition go. (One handed to another live worker is that worker's to claim.)
-                claims[p] = token
-            elif token is not None and token == self._behind.get(p):
-                claims[p] = token  # the holder we stood behind went away without handing it over
             else:
                 step_back.append(p)  # not ours to take: let the next consumer in line have it
         if step_back:
@@ -559,6 +597,17 @@ class Membership:
             self._activated.update(lost)  # the token changed under us: decide again on what it is now
             self._claim_wake.set()
         self._log_if_changed()
+
+    def _ours_to_claim(self, p: int, token: str | None, handed_to: str | None, owner: str) -> bool:
+        """Whether this worker claims a partition the broker activated its consumer for."""
+        if handed_to == self.worker_id:
+            return True
+        if owner == self.worker_id and not (handed_to is not None and handed_to in self._live):
+            # The consumer ahead of ours went away: its holder died, lost its connection, or let
+            # the partition go. (One handed to another live worker is that worker's to claim.)
+            return True
+        # The holder we stood behind went away without handing it over.
+        return token is not None and token == self._behind.get(p)
 
     async def _claim(self, expected: dict[int, str | None], *, departed: dict[str, int] | None = None) -> list[int]:
         """Compare-and-set a new token on each partition, all in one round trip; adopt those won.
@@ -653,8 +702,10 @@ class Membership:
             log.info("worker %s released partitions %s (%s)", self.worker_id, sorted(tokens), why)
 
     async def _lost(self, partition: int) -> None:
-        """Another worker claimed a partition we held: drop it and stop consuming it, so the broker
-        can activate the new holder's consumer (it may be a standby behind ours)."""
+        """Drop a partition another worker claimed from us, and stop consuming it.
+
+        Stopping lets the broker activate the new holder's consumer (it may be a standby behind ours).
+        """
         self.held.pop(partition, None)
         self._fenced.discard(partition)
         log.warning("worker %s lost partition %d to another worker", self.worker_id, partition)

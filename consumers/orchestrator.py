@@ -72,6 +72,10 @@ class _Item:
         return self.settlement is not None and self.settlement.settled
 
 
+# A transition to commit, with the actor that computed it, its effects and the inputs it consumed.
+_Pending = tuple[Transition, InstanceActor, Effects, list[_Item]]
+
+
 class Orchestrator(PartitionListener):
     """Owns partitions, keeps their live instances and commits their transitions.
 
@@ -159,6 +163,7 @@ class Orchestrator(PartitionListener):
 
     # ------------------------------------------------------------------ transport callbacks
     def on_delivery(self, delivery: Delivery) -> None:
+        """Queue a delivery for processing (an undecodable one as poison); a partition lease is just acked."""
         if LEASE_HEADER in delivery.headers:
             # Partition leases are the worker's (consumers/worker.py); one reaching a consumer that
             # has no use for it (every partition's, embedded) is no poison, just not needed.
@@ -300,6 +305,7 @@ class Orchestrator(PartitionListener):
         self._generation[partition] = self._generation.get(partition, 0) + 1
 
     async def on_revoked(self, partition: int) -> None:
+        """Give up the partition: forget its fencing token and timers, and drop its instances' actors."""
         self.owned.pop(partition, None)
         self.timers.forget_partition(partition)
         for key, actor in list(self.actors.items()):
@@ -415,6 +421,17 @@ class Orchestrator(PartitionListener):
             await self._carry_out_outbox()
 
     async def _process(self, batch: list[_Item]) -> None:
+        """Sort the batch by instance, transition each instance, and commit the transitions together."""
+        groups = self._group(batch)
+        if not groups:
+            return
+        await self._load_missing(groups)
+        pending = await self._transition(groups)
+        if pending:
+            await self._commit(pending)
+
+    def _group(self, batch: list[_Item]) -> dict[_ActorKey, list[_Item]]:
+        """The batch's inputs to transition, by instance; the others are decided, parked or dropped here."""
         groups: dict[_ActorKey, list[_Item]] = {}
         for item in batch:
             if isinstance(item.input, PoisonMessage):
@@ -438,10 +455,14 @@ class Orchestrator(PartitionListener):
                 _decide(item, ACK)  # a creation notice started it: nothing left to do
             else:
                 groups.setdefault(item.key, []).append(item)
-        if not groups:
-            return
-        await self._load_missing(groups)
-        pending: list[tuple[Transition, InstanceActor, Effects, list[_Item]]] = []
+        return groups
+
+    async def _transition(self, groups: dict[_ActorKey, list[_Item]]) -> list[_Pending]:
+        """Apply each loaded instance's inputs; the transitions left to commit (the others are done with).
+
+        An instance whose transition fails is dropped and its messages requeued; store errors propagate.
+        """
+        pending: list[_Pending] = []
         for key, items in groups.items():
             actor = self.actors.get(key)
             if actor is None:
@@ -465,39 +486,52 @@ class Orchestrator(PartitionListener):
                 self._after_commit(key, actor, effects, items)
             else:
                 pending.append((transition, actor, effects, items))
-        if not pending:
-            return
+        return pending
+
+    async def _commit(self, pending: list[_Pending]) -> None:
+        """Commit the transitions in one round trip, then follow each up as committed or rejected."""
         # The tokens this commit is fenced with: a partition re-claimed while it is in flight (its
         # channel was restored) fences it, and that must not revoke the ownership just re-taken.
         fences = dict(self.owned)
         results = await self.store.commit_many([p[0] for p in pending], fences)
         self.commits += len(pending)
         for (transition, actor, effects, items), result in zip(pending, results, strict=True):
-            key = (actor.workflow, actor.instance_id)
             if result is CommitResult.COMMITTED:
-                actor.committed(transition)
-                if self._noticed and "started" in transition.meta:
-                    self._remember_started(key, actor.created_ms)
-                if tracing.enabled():  # spans of what this transition recorded: never of replayed history
-                    deliveries = [(i.input, i.delivery.headers) for i in items if i.delivery is not None]
-                    tracing.emit_committed(actor, transition, deliveries, now_ms=self.clock.now_ms())
-                if transition.timers_add or transition.timers_remove:
-                    self.timers.committed(actor.partition, transition.timers_add, transition.timers_remove)
-                self._after_commit(key, actor, effects, items)
-                continue
-            # A creation notice that lost the race to its start message is done with: the
-            # instance has started. Anything else is retried on the reloaded instance. A start
-            # that conflicts is the expected end of such a race (the other one started it).
-            rest = [i for i in items if not isinstance(i.input, CreatedNotice)]
-            starts_only = all(isinstance(i.input, CreatedNotice | InstanceCreated) for i in items)
-            level = logging.DEBUG if result is CommitResult.CONFLICT and starts_only else logging.WARNING
-            log.log(level, "instance %s/%s: commit rejected (%s); reloading", *key, result.name)
-            self._drop(key)
-            if result is CommitResult.FENCED and self.owned.get(actor.partition) == fences.get(actor.partition):
-                await self.on_revoked(actor.partition)
-                if self.on_fenced is not None:
-                    self.on_fenced(actor.partition)
-            self._requeue(rest)
+                self._committed(transition, actor, effects, items)
+            else:
+                await self._rejected(result, actor, items, fences)
+
+    def _committed(self, transition: Transition, actor: InstanceActor, effects: Effects, items: list[_Item]) -> None:
+        """Follow a committed transition up: the actor, started instances, spans, timers, then its effects."""
+        key = (actor.workflow, actor.instance_id)
+        actor.committed(transition)
+        if self._noticed and "started" in transition.meta:
+            self._remember_started(key, actor.created_ms)
+        if tracing.enabled():  # spans of what this transition recorded: never of replayed history
+            deliveries = [(i.input, i.delivery.headers) for i in items if i.delivery is not None]
+            tracing.emit_committed(actor, transition, deliveries, now_ms=self.clock.now_ms())
+        if transition.timers_add or transition.timers_remove:
+            self.timers.committed(actor.partition, transition.timers_add, transition.timers_remove)
+        self._after_commit(key, actor, effects, items)
+
+    async def _rejected(
+        self, result: CommitResult, actor: InstanceActor, items: list[_Item], fences: dict[int, str]
+    ) -> None:
+        """Drop the instance of a rejected commit and requeue its inputs; a fenced one revokes the partition."""
+        key = (actor.workflow, actor.instance_id)
+        # A creation notice that lost the race to its start message is done with: the
+        # instance has started. Anything else is retried on the reloaded instance. A start
+        # that conflicts is the expected end of such a race (the other one started it).
+        rest = [i for i in items if not isinstance(i.input, CreatedNotice)]
+        starts_only = all(isinstance(i.input, CreatedNotice | InstanceCreated) for i in items)
+        level = logging.DEBUG if result is CommitResult.CONFLICT and starts_only else logging.WARNING
+        log.log(level, "instance %s/%s: commit rejected (%s); reloading", *key, result.name)
+        self._drop(key)
+        if result is CommitResult.FENCED and self.owned.get(actor.partition) == fences.get(actor.partition):
+            await self.on_revoked(actor.partition)
+            if self.on_fenced is not None:
+                self.on_fenced(actor.partition)
+        self._requeue(rest)
 
     async def _apply(
         self, key: _ActorKey, actor: InstanceActor, items: list[_Item]

@@ -214,12 +214,7 @@ def emit_committed(
         return
     parent = parent_context(instance.trace)
     base = {WORKFLOW_NAME: instance.workflow, INSTANCE_ID: instance.instance_id}
-    senders: dict[str, str] = {}
-    for message, headers in deliveries:
-        message_id = getattr(message, "id", None)
-        traceparent = headers.get("traceparent")
-        if message_id and traceparent:
-            senders[message_id] = traceparent
+    senders = _senders(deliveries)
     for record in records:
         if record["k"] == "res" and record["ref"] in ("sleep", "wait"):
             _timer_span(tracer, parent, base, instance.history, record)
@@ -232,6 +227,17 @@ def emit_committed(
         _event_span(tracer, parent, base, event, records[-1]["t"] if records else now_ms, senders, None)
     if finished:
         _run_span(tracer, parent, base, instance, transition)
+
+
+def _senders(deliveries: Iterable[tuple[object, Mapping[str, str]]]) -> dict[str, str]:
+    """The ``traceparent`` each delivered message was sent with, by message id (messages without either left out)."""
+    senders: dict[str, str] = {}
+    for message, headers in deliveries:
+        message_id = getattr(message, "id", None)
+        traceparent = headers.get("traceparent")
+        if message_id and traceparent:
+            senders[message_id] = traceparent
+    return senders
 
 
 def _timer_span(

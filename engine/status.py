@@ -8,7 +8,16 @@ from enum import StrEnum
 from typing import Any, Literal
 
 from hutch.events import ms_to_datetime
-from hutch.history import InvokeCommand, Record, RetryWait, SleepCommand, StepCommand, WaitCommand
+from hutch.history import (
+    AttemptEnded,
+    InvokeCommand,
+    Record,
+    Resolution,
+    RetryWait,
+    SleepCommand,
+    StepCommand,
+    WaitCommand,
+)
 from hutch.serialization import unpack
 from hutch.versions import META_FIELD as VERSION_FIELD
 from hutch.versions import WAITING_FIELD
@@ -181,36 +190,52 @@ def build_detail(meta: dict[str, Any], history: Sequence[Record]) -> InstanceDet
             continue
         # Attempts are a step's; a retime or a resolution or cancel names the kind it is about.
         detail = steps.get(("step" if r["k"] == "att" or r["k"] == "attend" else r["ref"], r["n"], r["c"]))
-        if detail is None:
-            continue
-        if r["k"] == "att":
-            detail.attempts.append(AttemptDetail(attempt=r["a"], start=ms_to_datetime(r["t"])))
-        elif r["k"] == "attend" and detail.attempts:
-            attempt = detail.attempts[-1]
-            attempt.end = ms_to_datetime(r["t"])
-            attempt.success = r["ok"]
-            attempt.error = ErrorInfo(**r["err"]) if r.get("err") else None
-            attempt.retry_at = _at(r.get("retry_at"))
-            if "retry_at" in r:
-                attempt.retry_delay_from = r.get("wait", "backoff")  # recorded since error-driven waits exist
-            attempt.retry_refused = r.get("stop") == "retry_if"
-        elif r["k"] == "retime":
-            detail.due = _at(r["due"])
-        elif r["k"] == "res":
-            detail.end = ms_to_datetime(r["t"])
-            detail.success = r["ok"]
-            if r["ok"]:
-                if "vb" in r:
-                    detail.output = unpack(r["vb"])
-                if "ev" in r:
-                    ev = r["ev"]
-                    detail.output = {"type": ev["type"], "payload": ev.get("payload"), "timestamp": _at(ev["ts"])}
-            else:
-                detail.error = ErrorInfo(**r["err"])
-            detail.outcome = _outcome(detail.type, r["ok"])
-        elif r["k"] == "cancel":
-            detail.end = ms_to_datetime(r["t"])
-            detail.outcome = "cancelled"
+        if detail is not None:
+            _apply(detail, r)
+    return _instance_detail(meta, list(steps.values()), patches)
+
+
+def _apply(detail: StepDetail, r: Record) -> None:
+    """Update a step's detail with a later record about it: an attempt, a retime, its resolution or cancel."""
+    if r["k"] == "att":
+        detail.attempts.append(AttemptDetail(attempt=r["a"], start=ms_to_datetime(r["t"])))
+    elif r["k"] == "attend" and detail.attempts:
+        _end_attempt(detail.attempts[-1], r)
+    elif r["k"] == "retime":
+        detail.due = _at(r["due"])
+    elif r["k"] == "res":
+        _resolve(detail, r)
+    elif r["k"] == "cancel":
+        detail.end = ms_to_datetime(r["t"])
+        detail.outcome = "cancelled"
+
+
+def _end_attempt(attempt: AttemptDetail, r: AttemptEnded) -> None:
+    attempt.end = ms_to_datetime(r["t"])
+    attempt.success = r["ok"]
+    attempt.error = ErrorInfo(**r["err"]) if r.get("err") else None
+    attempt.retry_at = _at(r.get("retry_at"))
+    if "retry_at" in r:
+        attempt.retry_delay_from = r.get("wait", "backoff")  # recorded since error-driven waits exist
+    attempt.retry_refused = r.get("stop") == "retry_if"
+
+
+def _resolve(detail: StepDetail, r: Resolution) -> None:
+    detail.end = ms_to_datetime(r["t"])
+    detail.success = r["ok"]
+    if r["ok"]:
+        if "vb" in r:
+            detail.output = unpack(r["vb"])
+        if "ev" in r:
+            ev = r["ev"]
+            detail.output = {"type": ev["type"], "payload": ev.get("payload"), "timestamp": _at(ev["ts"])}
+    else:
+        detail.error = ErrorInfo(**r["err"])
+    detail.outcome = _outcome(detail.type, r["ok"])
+
+
+def _instance_detail(meta: dict[str, Any], steps: list[StepDetail], patches: list[PatchDetail]) -> InstanceDetail:
+    """The instance's own fields from its meta, around its steps and patches."""
     error = meta.get("error")
     status = Status(meta.get("status", "unknown"))
     parent = meta.get("parent")
@@ -225,7 +250,7 @@ def build_detail(meta: dict[str, Any], history: Sequence[Record]) -> InstanceDet
         end=_at(meta.get("ended")),
         output=meta.get("output") if status is Status.COMPLETE else None,
         error=ErrorInfo(**error) if error else None,
-        steps=list(steps.values()),
+        steps=steps,
         version=meta.get(VERSION_FIELD),
         waiting_for_version=meta.get(WAITING_FIELD),
         patches=patches,

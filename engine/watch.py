@@ -307,8 +307,10 @@ class ChannelFeed:
         return groups
 
     def _batches(self, channels: set[str]) -> list[list[str]]:
-        """SSUBSCRIBE/SUNSUBSCRIBE arguments: all at once on a single server; one channel per command on a
-        cluster, which refuses a command whose channels are in different slots (every partition has its own)."""
+        """SSUBSCRIBE/SUNSUBSCRIBE arguments: all at once on a single server, one channel per command on a cluster.
+
+        A cluster refuses a command whose channels are in different slots (every partition has its own).
+        """
         ordered = sorted(channels)
         return [[c] for c in ordered] if self._cluster else [ordered]
 
@@ -337,29 +339,50 @@ class ChannelFeed:
         """Deliver the shard's messages until it is dropped; a failure hands its channels back to the feed."""
         try:
             async for message in shard.pubsub.listen():
-                kind, channel = message["type"], _text(message["channel"])
-                if kind == "smessage":
-                    if channel in shard.channels and channel in self._wanted:
-                        try:
-                            self._on_message(message["data"])
-                        except Exception:
-                            log.exception("a message on %s could not be handled: %r", channel, message["data"][:200])
-                elif kind == "ssubscribe":
-                    confirmation = shard.confirming.pop(channel, None)
-                    if confirmation is not None and not confirmation.done():
-                        confirmation.set_result(None)
-                elif kind == "sunsubscribe":
-                    sent = shard.leaving.pop(channel, 0)
-                    if sent > 1:
-                        shard.leaving[channel] = sent - 1
-                    if not sent and channel in shard.channels:
-                        raise _Moved(f"the server unsubscribed {channel!r}: its slot moved")
+                self._handle(shard, message)
             if shard.channels:  # listen() ends only when nothing is subscribed
                 raise _Moved(f"the subscription to {sorted(shard.channels)} ended")
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self._lost(shard, exc)
+
+    def _handle(self, shard: _Shard, message: dict[str, Any]) -> None:
+        """Act on one message of the shard's connection: deliver it, or note a (un)subscribe confirmation.
+
+        Raises:
+            _Moved: the server unsubscribed a channel the shard still holds (its slot moved).
+        """
+        kind, channel = message["type"], _text(message["channel"])
+        if kind == "smessage":
+            self._deliver(shard, channel, message["data"])
+        elif kind == "ssubscribe":
+            confirmation = shard.confirming.pop(channel, None)
+            if confirmation is not None and not confirmation.done():
+                confirmation.set_result(None)
+        elif kind == "sunsubscribe":
+            self._unsubscribed(shard, channel)
+
+    def _deliver(self, shard: _Shard, channel: str, data: Any) -> None:
+        """Hand a message to the feed's callback if its channel is still wanted; a failing callback is logged."""
+        if channel in shard.channels and channel in self._wanted:
+            try:
+                self._on_message(data)
+            except Exception:
+                log.exception("a message on %s could not be handled: %r", channel, data[:200])
+
+    def _unsubscribed(self, shard: _Shard, channel: str) -> None:
+        """Count an SUNSUBSCRIBE confirmation against the ones this feed asked for.
+
+        Raises:
+            _Moved: the feed asked for none and the shard still holds the channel, so the server
+                dropped it on its own: its slot moved.
+        """
+        sent = shard.leaving.pop(channel, 0)
+        if sent > 1:
+            shard.leaving[channel] = sent - 1
+        if not sent and channel in shard.channels:
+            raise _Moved(f"the server unsubscribed {channel!r}: its slot moved")
 
     def _lost(self, shard: _Shard, error: BaseException) -> None:
         """The shard's connection failed (or a channel moved): drop it; the next pass subscribes its channels again."""
