@@ -239,6 +239,7 @@ def _ms(seconds: Any) -> Any:
 
 
 def cf_error(error: ErrorInfo | None) -> CfError | None:
+    """An error record in Cloudflare's shape (its ``name`` and ``message``), None for no error."""
     return None if error is None else CfError(name=error.name, message=error.message)
 
 
