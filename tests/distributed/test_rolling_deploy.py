@@ -69,6 +69,13 @@ async def _version(client: Client, iid: str) -> str | None:
     return (await Instance(client, WF, iid).describe()).version
 
 
+async def _started(client: Client, ids: list[str]) -> None:
+    async def recorded() -> bool:
+        return None not in {await _version(client, i) for i in ids}
+
+    await eventually(recorded, timeout=30, interval=0.05)
+
+
 async def _complete_on(client: Client, ids: list[str], version: str) -> None:
     for iid in ids:
         await Instance(client, WF, iid).send_event("go")
@@ -97,13 +104,17 @@ async def test_a_rolling_deploy_runs_every_instance_on_the_version_it_started_on
             waiting_v1 = [(await orders.create()).id for _ in range(4)]
             late_v1 = [(await orders.create()).id for _ in range(3)]
             await _in_status(client, waiting_v1 + late_v1, Status.WAITING)
+            await _started(client, sleeping_v1)
             assert {await _version(client, i) for i in sleeping_v1 + waiting_v1 + late_v1} == {"1"}
 
             await _roll(gen1, gen2)
             sleeping_v2 = [(await orders.create(params={"sleep": 4})).id for _ in range(4)]
             waiting_v2 = [(await orders.create()).id for _ in range(4)]
             await _in_status(client, waiting_v2, Status.WAITING)
-            assert {await _version(client, i) for i in sleeping_v2 + waiting_v2} == {"2"}  # new ones: the newest
+            # New ones start on the newest. A version is recorded when its instance starts, and the sleeping ones
+            # are not awaited into a status: wait until each has one.
+            await _started(client, sleeping_v2)
+            assert {await _version(client, i) for i in sleeping_v2 + waiting_v2} == {"2"}
             await _in_status(client, sleeping_v1, Status.WAITING)  # woke on v1+v2 workers, now wait for "go"
             await _complete_on(client, sleeping_v1 + waiting_v1, "1")
 
