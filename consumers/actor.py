@@ -20,6 +20,7 @@ from typing import Any
 
 from hutch.broker.envelopes import ChildFinished, Control, EventReceived, InstanceCreated, Message, Redrive, TimerFired
 from hutch.children import ParentLink
+from hutch.concurrency import SLOT_WAIT_FIELD
 from hutch.config import Limits
 from hutch.consumers import lifecycle, tracing
 from hutch.consumers.actor_state import ActorState, StepKey, StepState, timer_member
@@ -34,6 +35,7 @@ from hutch.consumers.children import (
 )
 from hutch.consumers.items import CreatedNotice, StepDone
 from hutch.consumers.retry import attempts_left, retry_due_ms
+from hutch.consumers.slots import priority_of
 from hutch.consumers.transition import Effects, Turn
 from hutch.entrypoint import Env
 from hutch.errors import ChildWorkflowError, WorkerLostError
@@ -111,6 +113,13 @@ class InstanceActor:
         # Values stored by reference that replay delivers, fetched by the orchestrator on demand
         # (hutch.blobs.BlobsNeeded): digest → msgpack bytes.
         self.blobs: dict[str, bytes] = {}
+        # Concurrency limits (consumers/slots.py): whether this owner knows the instance holds its
+        # slots, or was refused one (then no step attempt starts and a queued instance stays queued).
+        self.priority = priority_of(meta)
+        self.slot_held = False
+        self.slot_denied = False
+        self.slot_wait: dict[str, Any] | None = None
+        self.slot_wait_recorded: dict[str, Any] | None = meta.get(SLOT_WAIT_FIELD)
         self.state = ActorState.rebuild(
             self.history,
             snapshot.events,
@@ -131,7 +140,7 @@ class InstanceActor:
         if turn.res and self.status == Status.WAITING:
             self.status = Status.RUNNING
         if self.status == Status.RUNNING:
-            if self.state.deferred and not self.hold and self.run is not None:
+            if self.state.deferred and not self.hold and not self.slot_denied and self.run is not None:
                 self._start_deferred(turn)
             self._drive(turn)
         # Resolved while not live (paused): every result of the pause joins one group, which replay
@@ -150,6 +159,12 @@ class InstanceActor:
         """The transition is durable: advance the sequence number."""
         self.seq = transition.expected_seq + 1
         self._from_message = False
+
+    def empty_transition(self) -> Transition:
+        """A transition of this instance that writes nothing yet (its fields are added by the caller)."""
+        return Transition(
+            self.partition, self.workflow, self.instance_id, self.seq, self.created_ms, check_created=self._from_message
+        )
 
     def close(self) -> None:
         """Free the live coroutine (eviction)."""
@@ -197,6 +212,8 @@ class InstanceActor:
             self._on_wake(turn)
 
     def _on_wake(self, turn: Turn) -> None:
+        if self.status == Status.QUEUED and self.slot_denied:
+            return  # over a concurrency limit: it stays queued until a slot is its
         if self.status == Status.QUEUED:
             self.status = Status.RUNNING
             turn.tx.meta["started"] = turn.now_ms
@@ -339,7 +356,7 @@ class InstanceActor:
     # ------------------------------------------------------------------ steps
     def _start_attempt(self, turn: Turn, name: str, count: int, st: StepState) -> None:
         deferred = self.state.deferred
-        if self.hold:
+        if self.hold or self.slot_denied:
             st.running = False
             deferred[(name, count)] = None
             return

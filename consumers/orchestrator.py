@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hutch.blobs import BlobAddress, BlobsNeeded, fetch_blobs
-from hutch.broker.envelopes import InstanceCreated, PoisonMessage, Redrive, TimerFired, decode
-from hutch.broker.transports.base import Delivery, PartitionListener, Transport
+from hutch.broker.envelopes import InstanceCreated, PoisonMessage, Redrive, TimerFired, decode, encode
+from hutch.broker.partitioning import partition_of
+from hutch.broker.transports.base import Delivery, Outgoing, PartitionListener, Transport
 from hutch.clock import Clock
 from hutch.config import Limits
 from hutch.consumers import children, tracing
@@ -34,12 +35,14 @@ from hutch.consumers.actor import Effects, Input, InstanceActor
 from hutch.consumers.items import CreatedNotice, StepDone
 from hutch.consumers.membership import LEASE_HEADER
 from hutch.consumers.settlement import ACK, REQUEUE, DeadLetter, Outcome, Settlement, Settling
+from hutch.consumers.slots import RECHECK_S, SlotGate
 from hutch.consumers.steps import StepRunner
 from hutch.consumers.timers import TimerService
 from hutch.consumers.versions import VersionWaits
 from hutch.entrypoint import Env
 from hutch.store.base import CheckpointStore, CommitResult, Snapshot, Transition
 from hutch.store.redis import STORE_ERRORS, meta_from_fields
+from hutch.store.slots import SlotStore
 from hutch.versions import Workflows, registry
 from hutch.watch import InstanceWatch
 
@@ -160,6 +163,8 @@ class Orchestrator(PartitionListener):
         self._retry_s = 0.2
         self._retry_max_s = 1.0
         self.commits = 0
+        self.slots = SlotGate(self.workflows, lambda: SlotStore(store.redis, store.keys))
+        self._recheck: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ transport callbacks
     def on_delivery(self, delivery: Delivery) -> None:
@@ -419,6 +424,7 @@ class Orchestrator(PartitionListener):
         async with Settling([item.settlement for item in batch]):
             await self._process(batch)
             await self._carry_out_outbox()
+        await self._wake_waiters()
 
     async def _process(self, batch: list[_Item]) -> None:
         """Sort the batch by instance, transition each instance, and commit the transitions together."""
@@ -543,9 +549,15 @@ class Orchestrator(PartitionListener):
         with what was fetched so far. None: the instance vanished meanwhile (its inputs are decided).
         """
         blobs: dict[str, bytes] = {}
+        limited = self.slots.limited(actor.workflow)  # no slot work at all for a workflow without limits
+        if limited:
+            await self.slots.before(actor, [i.input for i in items], self.owned.get(actor.partition, ""))
         while True:
             try:
-                return actor, *actor.apply([i.input for i in items])
+                transition, effects = actor.apply([i.input for i in items])
+                if limited:
+                    transition = await self._after_slots(actor, transition)
+                return actor, transition, effects
             except BlobsNeeded as need:
                 where = BlobAddress(actor.partition, actor.workflow, actor.instance_id)
                 blobs.update(await fetch_blobs(self.store.blobs, where, need.refs))
@@ -556,7 +568,47 @@ class Orchestrator(PartitionListener):
             if rebuilt is None:
                 return None
             rebuilt.hold, rebuilt.blobs = hold, blobs
+            rebuilt.slot_held, rebuilt.slot_denied = actor.slot_held, actor.slot_denied
+            rebuilt.slot_wait = actor.slot_wait
             actor = rebuilt
+
+    async def _after_slots(self, actor: InstanceActor, transition: Transition | None) -> Transition | None:
+        """Give back the slots of an instance that parks, before its commit (see consumers/slots.py)."""
+        transition, release = self.slots.after(actor, transition)
+        if release:
+            await self.slots.release(actor, self.owned.get(actor.partition, ""))
+        return transition
+
+    async def _wake_waiters(self) -> None:
+        """Re-drive the instances a slot was freed for (on their partitions), and re-check ours later."""
+        wakes = self.slots.take_wakes()
+        if self.slots.waiting and self._recheck is None:
+            self._recheck = asyncio.get_running_loop().call_later(RECHECK_S, self._recheck_waiting)
+        if not wakes:
+            return
+        partitions = self.transport.partitions if self.transport is not None else self.store.partitions
+        outgoing: list[Outgoing] = []
+        for workflow, instance_id in wakes:
+            partition = partition_of(workflow, instance_id, partitions)
+            redrive = Redrive(workflow=workflow, instance_id=instance_id)
+            if partition in self.owned:
+                self._inbox.put_nowait(_Item(partition, (workflow, instance_id), redrive, None))
+            else:
+                outgoing.append(Outgoing(partition, encode(redrive)))
+        if outgoing and self.transport is not None:
+            try:
+                await self.transport.publish(outgoing)
+            except Exception as exc:  # each waiter tries again within RECHECK_S
+                log.warning("waking %d instances waiting for a slot failed: %r", len(outgoing), exc)
+
+    def _recheck_waiting(self) -> None:
+        self._recheck = None
+        for (workflow, instance_id), partition in list(self.slots.waiting.items()):
+            if partition in self.owned:
+                redrive = Redrive(workflow=workflow, instance_id=instance_id)
+                self._inbox.put_nowait(_Item(partition, (workflow, instance_id), redrive, None))
+            else:
+                del self.slots.waiting[(workflow, instance_id)]
 
     async def _load_missing(self, groups: dict[_ActorKey, list[_Item]]) -> None:
         missing = [key for key in groups if key not in self.actors]

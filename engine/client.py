@@ -11,6 +11,7 @@ from typing import Any, Generic, TypeVar
 
 from hutch import tracing
 from hutch.clock import Clock
+from hutch.concurrency import PRIORITY_FIELD, check_priority
 from hutch.config import DEFAULT_LIMITS, Limits, check_instance_id, check_workflow_name
 from hutch.dispatch import CreatedInstance, Dispatcher
 from hutch.entrypoint import default_binding_name
@@ -158,10 +159,22 @@ class WorkflowClient:
         return f"WorkflowClient({self.name!r})"
 
     async def create(
-        self, id: str | None = None, params: Any = None, *, trigger: dict[str, Any] | None = None
+        self,
+        id: str | None = None,
+        params: Any = None,
+        *,
+        trigger: dict[str, Any] | None = None,
+        priority: int | None = None,
     ) -> Instance:
-        """Create and start an instance; raises :class:`InstanceAlreadyExists` for a taken id."""
-        created = await self._create([{"id": id, "params": params}], trigger or {"source": "api"}, skip_existing=False)
+        """Create and start an instance; raises :class:`InstanceAlreadyExists` for a taken id.
+
+        ``priority`` orders the instances waiting for a slot of the workflow's concurrency limits
+        (hutch.concurrency): lower starts first (from -1000 to 1000, default 0), then oldest first.
+        """
+        item: dict[str, Any] = {"id": id, "params": params}
+        if priority is not None:
+            item["priority"] = priority
+        created = await self._create([item], trigger or {"source": "api"}, skip_existing=False)
         return created[0]
 
     async def create_or_send(
@@ -262,9 +275,11 @@ class WorkflowClient:
         rows: list[tuple[int, str, str, int, dict[str, Any]]] = []
         seen: set[str] = set()
         for item in items:
-            unknown = set(item) - {"id", "params"}
+            unknown = set(item) - {"id", "params", "priority"}
             if unknown:
-                raise InvalidInputError(f"instance options {sorted(unknown)} are not known; use 'id' and 'params'")
+                raise InvalidInputError(
+                    f"instance options {sorted(unknown)} are not known; use 'id', 'params' and 'priority'"
+                )
             iid = item.get("id")
             iid = str(uuid.uuid4()) if iid is None else check_instance_id(iid, limits)
             if iid in seen:
@@ -286,6 +301,8 @@ class WorkflowClient:
             }
             if trace_field is not None:
                 fields[tracing.TRACE_META_FIELD] = trace_field
+            if item.get("priority") is not None:
+                fields[PRIORITY_FIELD] = pack(check_priority(item["priority"]))
             rows.append((client._partition(self.name, iid), self.name, iid, now, fields))
         created = await client._store.create_many(rows, events=None if events is None else [events] * len(rows))
         fresh = [row for row, ok in zip(rows, created, strict=True) if ok]
@@ -370,8 +387,16 @@ class Instance:
     async def describe(self) -> InstanceDetail:
         """The full detail: params, timestamps, output, error and every step with its attempts."""
         meta = await self._meta()
-        history = await self._client._store.history(self._partition, self.workflow, self.id)
-        return build_detail(meta, history)
+        store = self._client._store
+        history = await store.history(self._partition, self.workflow, self.id)
+        detail = build_detail(meta, history)
+        wait = detail.waiting_for_slot
+        if wait is not None:  # its place in the limit's queue, as of now
+            key = None if wait.limit == "max_concurrency" else wait.key
+            waiters = store.keys.limit_waiters(self.workflow, key)
+            place = await store.redis.zrank(waiters, f"{self.workflow}:{self.id}")
+            wait.position = None if place is None else int(place)  # type: ignore[arg-type]
+        return detail
 
     async def pause(self, *, timeout: float | None = None) -> ControlAccepted:
         """Pause: ``waitingForPause`` while a step runs, then ``paused``.

@@ -50,6 +50,11 @@ class WorkflowEntrypoint:
     """
 
     env: Env
+    # Concurrency limits across every worker (hutch.concurrency): instances of this workflow running
+    # at once, and per value of the ``concurrency_key`` template over the params.
+    max_concurrency: int | None = None
+    concurrency_key: str | None = None
+    max_concurrency_per_key: int | None = None
 
     def __init__(self, env: Env | None = None) -> None:
         self.env = env if env is not None else Env()

@@ -14,6 +14,7 @@ are namespace-wide; no script or transaction writes them together with a partiti
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -165,6 +166,26 @@ class Keys:
         Published by create.lua, built like :meth:`finished_channel` (:data:`CREATED_SUFFIX`).
         """
         return f"{self._tag(partition)}{CREATED_SUFFIX}"
+
+    def limit_holders(self, workflow: str, key: str | None) -> str:
+        """Hash of the instances holding a slot of a concurrency limit (field: instance, value: owner's token).
+
+        ``key`` None is the workflow-wide limit, else the value of its ``concurrency_key``. Each
+        limit has its own hash tag (not a partition's): its instances are spread over every
+        partition, so taking a slot is a script on the limit's slot, apart from the instance's commit.
+        """
+        return f"{self._limit_tag(workflow, key)}:holders"
+
+    def limit_waiters(self, workflow: str, key: str | None) -> str:
+        """Sorted set of the instances waiting for a slot of a limit (score: hutch.concurrency.waiter_score)."""
+        return f"{self._limit_tag(workflow, key)}:waiters"
+
+    def _limit_tag(self, workflow: str, key: str | None) -> str:
+        if key is None:
+            return f"{self.namespace}:{{limit:{workflow}}}"
+        # A brace would end the hash tag early: such a key is named by its digest.
+        safe = key if "{" not in key and "}" not in key else "#" + hashlib.sha256(key.encode()).hexdigest()[:24]
+        return f"{self.namespace}:{{limit:{workflow}:k:{safe}}}"
 
     def workers(self) -> str:
         """Sorted set of live workers' heartbeats (score: last heartbeat epoch ms)."""

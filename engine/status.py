@@ -7,6 +7,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Literal
 
+from hutch.concurrency import SLOT_WAIT_FIELD
 from hutch.events import ms_to_datetime
 from hutch.history import (
     AttemptEnded,
@@ -128,6 +129,19 @@ class PatchDetail(BaseModel):
     deprecated: bool = False  # recorded by step.deprecate_patch
 
 
+class SlotWait(BaseModel):
+    """The concurrency limit a queued instance waits for (hutch.concurrency).
+
+    ``limit``: ``max_concurrency`` (the workflow's) or ``max_concurrency_per_key``; ``key``: the
+    instance's ``concurrency_key`` value for the latter; ``position``: how many wait ahead of it
+    (0: it takes the next free slot), None when it is no longer in that queue.
+    """
+
+    limit: str
+    key: str | None = None
+    position: int | None = None
+
+
 class InstanceDetail(BaseModel):
     """What ``describe()`` returns: Cloudflare's instance detail.
 
@@ -149,6 +163,7 @@ class InstanceDetail(BaseModel):
     steps: list[StepDetail] = []
     version: str | None = None
     waiting_for_version: str | None = None
+    waiting_for_slot: SlotWait | None = None
     patches: list[PatchDetail] = []
     parent: InstanceLink | None = None  # set on a child created by a parent's step.invoke
 
@@ -253,6 +268,9 @@ def _instance_detail(meta: dict[str, Any], steps: list[StepDetail], patches: lis
         steps=steps,
         version=meta.get(VERSION_FIELD),
         waiting_for_version=meta.get(WAITING_FIELD),
+        waiting_for_slot=SlotWait(**meta[SLOT_WAIT_FIELD])
+        if meta.get(SLOT_WAIT_FIELD) and status not in FINISHED
+        else None,
         patches=patches,
         parent=InstanceLink(workflow=parent["wf"], instance_id=parent["id"], step=parent["n"], count=parent["c"])
         if parent

@@ -85,6 +85,12 @@ class CreateInstance(BaseModel):
         json_schema_extra=INSTANCE_ID_SCHEMA,
     )
     params: Any = Field(default=None, description="The instance's params (event.payload), at most 1 MiB.")
+    priority: int | None = Field(
+        default=None,
+        ge=-1000,
+        le=1000,
+        description="Order among instances waiting for a concurrency slot: lower starts first (default 0).",
+    )
 
     @field_validator("params")
     @classmethod

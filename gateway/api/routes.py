@@ -151,7 +151,7 @@ async def create_instance(
     """Create and start an instance; 409 if the id is taken."""
     workflow = await names.creator(name)
     body = body or CreateInstance()
-    instance = await workflow.create(id=body.id, params=body.params)
+    instance = await workflow.create(id=body.id, params=body.params, priority=body.priority)
     return ok(InstanceRef(id=instance.id, workflow=name, status=Status.QUEUED))
 
 
@@ -169,7 +169,9 @@ async def create_batch(
 ) -> dict[str, Any]:
     """Create up to 100 instances at once; ids that already exist are skipped and listed in ``result_info``."""
     workflow = await names.creator(name)
-    created = await workflow.create_batch([{"id": item.id, "params": item.params} for item in body])
+    created = await workflow.create_batch(
+        [{"id": item.id, "params": item.params, "priority": item.priority} for item in body]
+    )
     fresh = {instance.id for instance in created}
     skipped = [item.id for item in body if item.id is not None and item.id not in fresh]
     refs = [InstanceRef(id=i.id, workflow=name, status=Status.QUEUED) for i in created]

@@ -1,0 +1,105 @@
+"""Slots of concurrency limits in Redis: one script call per limit (slots.lua), pipelined.
+
+A limit's keys share their own hash tag (:meth:`hutch.keys.Keys.limit_holders`), never an
+instance's partition tag: the instances under one limit are spread over every partition, so a
+slot is taken by a script on the limit's slot, and the instance's own commit follows as a second
+write (consumers/slots.py orders the two so that a crash between them leaks nothing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+from hutch.keys import Keys
+from redis.asyncio import Redis
+from redis.exceptions import NoScriptError
+
+
+@dataclass(frozen=True, slots=True)
+class SlotCall:
+    """One acquire or release of one instance's slot of one limit.
+
+    Attributes:
+        op: ``acquire`` (take a slot, else wait in the limit's queue) or ``release``.
+        workflow: the limit's workflow.
+        key: the limit's ``concurrency_key`` value (None: the workflow-wide limit).
+        limit: how many slots the limit has.
+        member: the instance (hutch.keys.instance_member).
+        token: the fencing token of the owner of the instance's partition.
+        score: the instance's place in the queue (hutch.concurrency.waiter_score).
+    """
+
+    op: Literal["acquire", "release"]
+    workflow: str
+    key: str | None
+    limit: int
+    member: str
+    token: str
+    score: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SlotAnswer:
+    """What a :class:`SlotCall` did: whether the instance holds a slot, its place, whom to wake."""
+
+    granted: bool
+    place: int  # 0-based among the limit's waiters; -1 when it does not wait
+    wake: tuple[str, ...]  # waiters a free slot is for (instance members): the caller wakes them
+
+
+class SlotStore:
+    """Runs slot calls against one Redis (or Redis Cluster) under one key layout."""
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._script = "\n".join(
+            line
+            for line in resources.files("hutch.store").joinpath("slots.lua").read_text().splitlines()
+            if not line.lstrip().startswith("--")
+        )
+        self._sha: str | None = None
+
+    async def run(self, calls: Sequence[SlotCall]) -> list[SlotAnswer]:
+        """Apply ``calls`` in one pipelined round trip (each atomic on its limit's slot), in order."""
+        if not calls:
+            return []
+        if self._sha is None:
+            self._sha = await self._redis.script_load(self._script)
+        results = await self._send(calls)
+        missing = [i for i, r in enumerate(results) if isinstance(r, NoScriptError)]
+        if missing:  # Redis restarted or its scripts were flushed: nothing of those calls ran
+            self._sha = await self._redis.script_load(self._script)
+            for i, result in zip(missing, await self._send([calls[i] for i in missing]), strict=True):
+                results[i] = result
+        answers: list[SlotAnswer] = []
+        for result in results:
+            if isinstance(result, Exception):
+                raise result
+            wake = tuple(m.decode() if isinstance(m, bytes) else str(m) for m in result[2:])
+            answers.append(SlotAnswer(bool(int(result[0])), int(result[1]), wake))
+        return answers
+
+    async def _send(self, calls: Sequence[SlotCall]) -> list[Any]:
+        pipe = self._redis.pipeline(transaction=False)
+        for c in calls:
+            holders, waiters = self._keys.limit_holders(c.workflow, c.key), self._keys.limit_waiters(c.workflow, c.key)
+            pipe.evalsha(self._sha, 2, holders, waiters, c.op, c.limit, c.member, c.token, c.score)  # type: ignore[arg-type]
+        return list(await pipe.execute(raise_on_error=False))
+
+    async def holders(self, workflow: str, key: str | None) -> dict[str, str]:
+        """The instances holding a slot of the limit, with their owners' tokens."""
+        raw = await self._redis.hgetall(self._keys.limit_holders(workflow, key))
+        return {_text(k): _text(v) for k, v in raw.items()}
+
+    async def place(self, workflow: str, key: str | None, member: str) -> int | None:
+        """The instance's 0-based place among the limit's waiters, or None when it does not wait."""
+        rank = await self._redis.zrank(self._keys.limit_waiters(workflow, key), member)
+        return None if rank is None else int(rank)  # type: ignore[arg-type]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
