@@ -111,7 +111,7 @@ class InstanceActor:
         # is called off). Running one here would only have its result thrown away.
         self.hold = False
         # Values stored by reference that replay delivers, fetched by the orchestrator on demand
-        # (hutch.blobs.BlobsNeeded): digest → msgpack bytes.
+        # (hutch.blobs.BlobsNeeded): key → msgpack bytes.
         self.blobs: dict[str, bytes] = {}
         # Concurrency limits (consumers/slots.py): whether this owner knows the instance holds its
         # slots, or was refused one (then no step attempt starts and a queued instance stays queued).

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from hutch.blobs import BlobAddress, BlobRef, BlobStore
+from hutch.blobs import BlobAddress, BlobStore, by_reference
 from hutch.clock import Clock
 from hutch.config import Limits
 from hutch.consumers import tracing
@@ -28,7 +28,7 @@ from hutch.errors import (
     error_record,
 )
 from hutch.executor import StepCall
-from hutch.serialization import encode_value, pack
+from hutch.serialization import encode_value
 
 _Key = tuple[str, str, int, str, int, int]  # workflow, instance id, run number, step name, count, attempt
 
@@ -213,8 +213,8 @@ class StepRunner:
                     async with deadline:
                         result = await self._invoke(call.fn, ctx)
                     data, value = self._encode(name, count, result)
-                    if len(data) > self._limits.inline_threshold and self._blobs is not None:
-                        data = await self._store(BlobAddress(partition, workflow, instance_id), data)
+                    where = BlobAddress(partition, workflow, instance_id)
+                    data = await by_reference(self._blobs, where, data, self._limits.inline_threshold)
                     outcome = {"ok": True, "value": value, "value_bytes": data}
                 except TimeoutError as exc:
                     # Only our deadline is a step timeout; a TimeoutError the body raised is its own error.
@@ -274,16 +274,6 @@ class StepRunner:
         if inspect.isawaitable(result):
             result = await _body_awaited(result)
         return result
-
-    async def _store(self, where: BlobAddress, data: bytes) -> bytes:
-        """Store a large result before it is reported (so before its commit); the bytes of its reference.
-
-        Part of the attempt: a store that fails fails the attempt, which is retried as any other.
-        """
-        assert self._blobs is not None
-        ref = await asyncio.to_thread(BlobRef.of, data)  # hashing megabytes must not stall the loop
-        await self._blobs.put(where, ref, data)
-        return pack(ref)
 
     def _encode(self, name: str, count: int, result: Any) -> tuple[bytes, Any]:
         what = f"step {name!r}#{count} result"

@@ -2,10 +2,12 @@
 
 A value whose encoding is larger than ``Limits.inline_threshold`` is stored once in a
 :class:`BlobStore`, and the history holds a :class:`BlobRef` in its place — a msgpack
-extension value (code :data:`BLOB_EXT`) carrying the SHA-256 of the bytes and their size. The
+extension value (code :data:`BLOB_EXT`) carrying a random key and the size of the bytes. The
 blob is written before the transition that records the reference commits: an orphan blob (the
 commit failed) is harmless, a reference to nothing is not. Blobs are addressed by the instance
-(:class:`BlobAddress`) and the digest, so one value stored twice by an instance is stored once.
+(:class:`BlobAddress`) and the key. The key is drawn, not a content hash: hashing megabytes
+costs more than writing them, and a fresh key per write means two runs of one attempt (a
+superseded owner's and the new one's) never overwrite the blob the committed one refers to.
 
 Stores: Redis (the default, :class:`hutch.store.redis.RedisBlobs`: one hash per instance under
 the instance's hash tag, expiring with it), a filesystem directory
@@ -15,7 +17,7 @@ the ``blob_store`` setting (:func:`open_blob_store`).
 
 from __future__ import annotations
 
-import hashlib
+import os
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,24 +31,31 @@ BLOB_EXT = 1
 
 @dataclass(frozen=True, slots=True)
 class BlobRef:
-    """Where a large value went: the SHA-256 (hex) of its msgpack bytes and their size."""
+    """Where a large value went: its key in the blob store (32 hex digits) and its msgpack bytes' size."""
 
-    digest: str
+    key: str
     size: int
 
     def ext_data(self) -> bytes:
-        """The extension payload: 32 digest bytes, then the size (8 bytes, big-endian)."""
-        return bytes.fromhex(self.digest) + self.size.to_bytes(8, "big")
+        """The extension payload: 16 key bytes, then the size (8 bytes, big-endian)."""
+        return bytes.fromhex(self.key) + self.size.to_bytes(8, "big")
 
     @classmethod
     def from_ext(cls, data: bytes) -> BlobRef:
         """The reference an extension payload written by :meth:`ext_data` holds."""
-        return cls(data[:32].hex(), int.from_bytes(data[32:40], "big"))
+        return cls(data[:_KEY_BYTES].hex(), int.from_bytes(data[_KEY_BYTES:], "big"))
+
+    def packed(self) -> bytes:
+        """The reference's msgpack bytes (what ``pack(ref)`` writes)."""
+        return _REF_HEAD + self.ext_data()
 
     @classmethod
-    def of(cls, data: bytes) -> BlobRef:
-        """The reference of these bytes."""
-        return cls(hashlib.sha256(data).hexdigest(), len(data))
+    def new(cls, data: bytes) -> BlobRef:
+        """A fresh reference for these bytes (a random key: no two writes share one)."""
+        return cls(os.urandom(_KEY_BYTES).hex(), len(data))
+
+
+_KEY_BYTES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,20 +92,20 @@ class BlobStore(Protocol):
 
 
 async def fetch_blobs(store: BlobStore, where: BlobAddress, refs: Sequence[BlobRef]) -> dict[str, bytes]:
-    """The bytes of ``refs`` by digest, each checked against its reference.
+    """The bytes of ``refs`` by key, each checked against its reference's size.
 
     Raises:
-        BlobNotFound: a blob is missing, or its bytes are not the ones the reference names.
+        BlobNotFound: a blob is missing, or its size is not the one the reference names.
     """
     out: dict[str, bytes] = {}
     for ref, data in zip(refs, await store.get_many(where, refs), strict=True):
-        if data is None or len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.digest:
+        if data is None or len(data) != ref.size:
             raise BlobNotFound(
-                f"instance {where.instance_id!r} of workflow {where.workflow!r}: the value {ref.digest[:12]} "
+                f"instance {where.instance_id!r} of workflow {where.workflow!r}: the value {ref.key[:12]} "
                 f"({ref.size} bytes) its history refers to is not in the blob store; give every process "
                 "of the deployment the same blob_store setting"
             )
-        out[ref.digest] = data
+        out[ref.key] = data
     return out
 
 
@@ -143,8 +152,22 @@ def open_blob_store(url: str) -> BlobStore | None:
     return None
 
 
-_REF_HEAD = b"\xc7\x28" + bytes([BLOB_EXT])  # msgpack "ext 8" of 40 bytes, type BLOB_EXT
-_REF_LENGTH = len(_REF_HEAD) + 40
+_REF_HEAD = b"\xc7" + bytes([_KEY_BYTES + 8, BLOB_EXT])  # msgpack "ext 8" of 24 bytes, type BLOB_EXT
+_REF_LENGTH = len(_REF_HEAD) + _KEY_BYTES + 8
+
+
+async def by_reference(store: BlobStore | None, where: BlobAddress, data: bytes, threshold: int) -> bytes:
+    """The msgpack bytes to record for a value: ``data`` itself, or its reference once ``data`` is stored.
+
+    ``data`` itself up to ``threshold`` bytes (or without a store), else the bytes of its reference.
+
+    Call it before the transition that records the result commits.
+    """
+    if store is None or len(data) <= threshold:
+        return data
+    ref = BlobRef.new(data)
+    await store.put(where, ref, data)
+    return ref.packed()
 
 
 def stored_ref(data: bytes) -> BlobRef | None:

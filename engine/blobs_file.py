@@ -12,7 +12,7 @@ from hutch.blobs import BlobAddress, BlobRef
 
 
 class FileBlobs:
-    """Blobs as files ``<root>/<workflow>/<instance id>/<digest>``, written whole or not at all.
+    """Blobs as files ``<root>/<workflow>/<instance id>/<key>``, written whole or not at all.
 
     Nothing prunes them when an instance's retention ends: remove old instance folders with the
     deployment's own tooling (e.g. ``find <root> -mindepth 2 -maxdepth 2 -mtime +30``).
@@ -22,7 +22,7 @@ class FileBlobs:
         self.root = Path(root)
 
     def _path(self, where: BlobAddress, ref: BlobRef) -> Path:
-        return self.root / where.workflow / where.instance_id / ref.digest
+        return self.root / where.workflow / where.instance_id / ref.key
 
     async def put(self, where: BlobAddress, ref: BlobRef, data: bytes) -> None:
         """Write the blob (in a thread: a large write must not stall the event loop)."""

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 
 
 class S3Blobs:
-    """Blobs as objects ``<prefix>/<workflow>/<instance id>/<digest>`` in one bucket.
+    """Blobs as objects ``<prefix>/<workflow>/<instance id>/<key>`` in one bucket.
 
     Nothing here prunes them when an instance's retention ends: give the bucket (or the prefix)
     a lifecycle rule that expires objects after the deployment's retention plus its longest run.
@@ -41,7 +41,7 @@ class S3Blobs:
 
     @staticmethod
     def _path(where: BlobAddress, ref: BlobRef) -> str:
-        return f"{where.workflow}/{where.instance_id}/{ref.digest}"
+        return f"{where.workflow}/{where.instance_id}/{ref.key}"
 
     async def put(self, where: BlobAddress, ref: BlobRef, data: bytes) -> None:
         """Upload the blob (a multipart upload for a large one, as obstore decides)."""

@@ -93,7 +93,7 @@ class WorkflowRun:
         self.group = 0
         self._task: asyncio.Task[Any] | None = None
         self.replaying = False
-        # Values stored by reference that replay may deliver (digest → msgpack bytes): see deliver().
+        # Values stored by reference that replay may deliver (key → msgpack bytes): see deliver().
         self.blobs: Mapping[str, bytes] = {}
 
     # ----------------------------------------------------------------- driving
@@ -385,7 +385,7 @@ class WorkflowRun:
         for record in resolutions:
             if "vb" in record and "v" not in record:
                 stored = stored_ref(record["vb"])
-                if stored is not None and stored.digest not in self.blobs:
+                if stored is not None and stored.key not in self.blobs:
                     future = self._pending.get(key_of(record))
                     if future is not None and not future.done():
                         missing.append(stored)
@@ -400,7 +400,7 @@ class WorkflowRun:
             if "vb" not in record:
                 return None
             stored = stored_ref(record["vb"])
-            return unpack(record["vb"] if stored is None else self.blobs[stored.digest])
+            return unpack(record["vb"] if stored is None else self.blobs[stored.key])
         if ref == "wait":
             event = record["ev"]
             return ReceivedEvent(event["type"], event.get("payload"), ms_to_datetime(event["ts"]))

@@ -78,7 +78,7 @@ class Keys:
         return f"{self._tag(partition)}:i:{workflow}:{instance_id}:evbuf"
 
     def blobs(self, partition: int, workflow: str, instance_id: str) -> str:
-        """Hash of the instance's values stored by reference (field: SHA-256 hex; hutch.blobs).
+        """Hash of the instance's values stored by reference (field: the blob key; hutch.blobs).
 
         commit.lua expires it with the instance, building it from the history key: it must differ
         from :meth:`history` only by its ``:blobs`` suffix.

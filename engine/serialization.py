@@ -89,7 +89,9 @@ def encode_value(value: Any, *, what: str, limit: int) -> tuple[bytes, Any]:
     """
     try:
         data: bytes = msgpack.packb(value, **_packer_kwargs)
-        decoded = msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext)
+        # bytes and str decode as themselves: a large one is not decoded again to learn that.
+        exact = type(value) is bytes or type(value) is str
+        decoded = value if exact else msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext)
     except _IntegerOutOfRange as exc:
         raise NotSerializable(f"{what} is not serializable: {exc}") from None
     except (TypeError, ValueError, OverflowError) as exc:

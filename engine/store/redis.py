@@ -565,7 +565,7 @@ class RedisStore:
 
 
 class RedisBlobs:
-    """The default blob store: one hash per instance (field: digest), in the instance's partition slot.
+    """The default blob store: one hash per instance (field: the blob key), in the instance's partition slot.
 
     Its key is one of the instance's keys (:meth:`Keys.blobs`): it moves with the instance on a
     repartition and expires with it when its retention ends (commit.lua).
@@ -578,14 +578,14 @@ class RedisBlobs:
     async def put(self, where: BlobAddress, ref: BlobRef, data: bytes) -> None:
         """Store the blob (HSET: storing it again rewrites the same bytes)."""
         key = self._keys.blobs(where.partition, where.workflow, where.instance_id)
-        await self._redis.hset(key, ref.digest, data)
+        await self._redis.hset(key, ref.key, data)
 
     async def get_many(self, where: BlobAddress, refs: Sequence[BlobRef]) -> list[bytes | None]:
         """The blobs, in one round trip."""
         if not refs:
             return []
         key = self._keys.blobs(where.partition, where.workflow, where.instance_id)
-        found: list[bytes | None] = await self._redis.hmget(key, [ref.digest for ref in refs])  # type: ignore[assignment]
+        found: list[bytes | None] = await self._redis.hmget(key, [ref.key for ref in refs])  # type: ignore[assignment]
         return found
 
     async def close(self) -> None:
