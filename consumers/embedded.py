@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import fakeredis
 from hutch.broker.transports.inprocess import InProcessTransport
 from hutch.client import Client
 from hutch.clock import Clock
 from hutch.config import Limits
 from hutch.consumers.colocated import start_colocated
+from hutch.consumers.embedded_redis import embedded_redis
 from hutch.consumers.worker import Worker
 from hutch.settings import Settings
 from hutch.store.redis import RedisStore
@@ -68,7 +68,7 @@ async def start_embedded(
     binding_names: Mapping[str, str],
 ) -> tuple[Client, Worker]:
     """Start a worker owning every partition, and a client wired to it."""
-    redis = fakeredis.aioredis.FakeRedis(server=fakeredis.FakeServer())
+    redis = embedded_redis()  # scripts compiled once, as Redis does
     store = RedisStore(redis, settings.partitions, namespace=settings.namespace)
     transport = InProcessTransport(settings.partitions)
     await transport.start()
