@@ -9,6 +9,9 @@ Examples::
     python -m bench --runtime rabbitmq       # against RabbitMQ + Redis (URLs from the options/env)
     python -m bench --runtime rabbitmq --workers 2   # two `hutch worker` processes, remote client
     python -m bench --runtime rabbitmq --redis-url redis+cluster://127.0.0.1:7000,127.0.0.1:7001  # on a Redis Cluster
+    python -m bench --redis-aof everysec     # rabbitmq runtime on a private Redis with AOF (or: always)
+    python -m bench --runtime rabbitmq --only W7 --runs 1 [--workers 2]   # timer storm (named only)
+    python -m bench --runtime rabbitmq --only W8 --runs 1                 # sustained load (named only)
 """
 
 from __future__ import annotations
@@ -31,7 +34,18 @@ import hutch
 from hutch import Client, Settings, WorkflowEntrypoint
 
 from bench import report
-from bench.workloads import SMOKE, STANDARD, WORKLOADS, Connect, Metrics, RuntimeConnect, Sizes, Workload
+from bench.private_redis import AofRedis, durability
+from bench.workloads import (
+    ON_REQUEST,
+    SMOKE,
+    STANDARD,
+    WORKLOADS,
+    Connect,
+    Metrics,
+    RuntimeConnect,
+    Sizes,
+    Workload,
+)
 
 RUNTIMES = ("embedded", "rabbitmq")
 RESULTS_DIR = Path(__file__).parent / "results"
@@ -127,6 +141,7 @@ def describe_run(runtime: str, runs: int, sizes: Sizes, args: argparse.Namespace
         meta["transport"] = "in-process"
     else:
         meta["store"] = args.redis_url
+        meta["redis_durability"] = durability(args.redis_url)
         meta["transport"] = args.amqp_url.rsplit("@", 1)[-1]  # no credentials in reports
     meta |= {
         "workers": f"{args.workers} subprocesses" if args.workers > 1 else "1 in-process",
@@ -176,9 +191,13 @@ def profile(workload: Workload, connect: Connect, sizes: Sizes, runtime: str, ou
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(prog="python -m bench", description="Hutch's standard workloads vs targets.")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="embedded")
+    parser.add_argument("--runtime", choices=RUNTIMES, help="default embedded; rabbitmq with --redis-aof")
     parser.add_argument("--runs", type=int, default=3, help="runs per workload; figures are medians (default 3)")
-    parser.add_argument("--only", default="", help="comma-separated workload ids, e.g. W1,W2 (default: all)")
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated workload ids, e.g. W1,W2 (default: all but {', '.join(sorted(ON_REQUEST))})",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON document (with every run) instead")
     parser.add_argument(
         "--scaling",
@@ -208,12 +227,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1,
         help="rabbitmq only: >1 runs that many `hutch worker` subprocesses and a remote client (MEM skipped)",
     )
+    parser.add_argument(
+        "--redis-aof",
+        choices=("everysec", "always"),
+        help="run on a private redis-server with AOF and this appendfsync, on a free port (implies rabbitmq)",
+    )
     args = parser.parse_args(argv)
+    if args.redis_aof and args.runtime == "embedded":
+        parser.error("--redis-aof needs --runtime rabbitmq (the embedded runtime has no Redis server)")
+    args.runtime = args.runtime or ("rabbitmq" if args.redis_aof else "embedded")
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if args.workers < 1 or (args.workers > 1 and args.runtime != "rabbitmq"):
         parser.error("--workers must be 1, or more with --runtime rabbitmq")
-    ids = [w.strip().upper() for w in args.only.split(",") if w.strip()] if args.only else list(WORKLOADS)
+    ids = (
+        [w.strip().upper() for w in args.only.split(",") if w.strip()]
+        if args.only
+        else [w for w in WORKLOADS if w not in ON_REQUEST]
+    )
     unknown = [w for w in ids if w not in WORKLOADS]
     if args.profile:
         args.profile = args.profile.strip().upper()
@@ -233,6 +264,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the bench; returns the exit status."""
     args = parse_args(argv)
+    if not args.redis_aof:
+        return _run(args)
+    # A private Redis that persists, for this run only: stopped by its PID whatever happens.
+    with AofRedis(args.redis_aof) as server:
+        print(f"[private redis-server pid {server.proc.pid if server.proc else '?'} on {server.url}]", file=sys.stderr)
+        args.redis_url = server.url
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     sizes = SMOKE if args.smoke else STANDARD
     connect = make_connect(args.runtime, redis_url=args.redis_url, amqp_url=args.amqp_url, workers=args.workers)
     if args.profile:
@@ -251,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (NotImplementedError, ImportError) as exc:
                 print(f"runtime {args.runtime} is not available yet: {exc}", file=sys.stderr)
                 return 2
-        figs = report.figures(args.runtime, wid, workload.name, runs)
+        figs = report.figures(args.runtime, wid, workload.name, runs, workers=args.workers)
         all_figures += figs
         if not args.json:
             for fig in figs:

@@ -106,11 +106,12 @@ class _WorkerProcess:
         os.unlink(self._log.name)
 
 
-def subprocess_connect(workers: int, *, redis_url: str, amqp_url: str) -> Connect:
+def subprocess_connect(workers: int, *, redis_url: str, amqp_url: str, pids: list[int] | None = None) -> Connect:
     """A ``Connect`` that starts ``workers`` worker processes on a fresh namespace, and a remote client.
 
     It returns once every partition is owned and no two workers claim the same one (the
     membership rebalance has settled), so the measurement does not include the hand-over.
+    ``pids``, when given, holds the running workers' PIDs while the runtime is open.
     """
 
     @contextlib.asynccontextmanager
@@ -124,10 +125,14 @@ def subprocess_connect(workers: int, *, redis_url: str, amqp_url: str) -> Connec
         try:
             for proc in procs:
                 await proc.start()
+                if pids is not None and proc.proc is not None:
+                    pids.append(proc.proc.pid)
             await _settled(procs, settings.partitions, timeout=60)
             async with hutch.connect(workflows, settings=settings) as client:
                 yield client
         finally:
+            if pids is not None:
+                pids.clear()
             for proc in procs:
                 await proc.stop()
             await _drop_namespace(redis_url, namespace, amqp_url)

@@ -37,6 +37,21 @@ class Target:
         return f"{self.label} {self.op} {self.value:g}"
 
 
+# Issue 15: W7 (p99 1 s on one worker, 0.5 s on two; 600 bytes a sleeper; 50 MB of worker RSS) and W8.
+_ISSUE_15: dict[str, tuple[Target, ...]] = {
+    "W7": (
+        Target("p99_ms", "<=", 1000, "p99 ms"),
+        Target("redis_bytes_per_sleeper", "<=", 600, "Redis B/sleeper"),
+        Target("rss_peak_mb", "<=", 50, "worker RSS MB"),
+    ),
+    "W7 2 workers": (
+        Target("p99_ms", "<=", 500, "p99 ms"),
+        Target("redis_bytes_per_sleeper", "<=", 600, "Redis B/sleeper"),
+        Target("rss_peak_mb", "<=", 50, "worker RSS MB"),
+    ),
+    "W8": (Target("p99_ms", "<=", 100, "p99 ms"),),
+}
+
 # PERFORMANCE.md, "Targets". W2's ratio compares the largest with the smallest scaling size.
 TARGETS: dict[str, dict[str, tuple[Target, ...]]] = {
     "embedded": {
@@ -49,6 +64,8 @@ TARGETS: dict[str, dict[str, tuple[Target, ...]]] = {
         "W5": (Target("total_s", "<=", 0.03, "s"),),
         "W6": (Target("p50_ms", "<=", 1, "p50 ms"),),
         "MEM": (Target("worker_mb", "<", 20, "worker MB"),),
+        # No Redis server in this process to weigh: W7's latency and RSS targets only.
+        **{k: tuple(t for t in v if t.metric != "redis_bytes_per_sleeper") for k, v in _ISSUE_15.items()},
     },
     "rabbitmq": {
         "W1": (Target("steps_per_s", ">=", 3000, "steps/s"),),
@@ -60,6 +77,7 @@ TARGETS: dict[str, dict[str, tuple[Target, ...]]] = {
         "W5": (Target("total_s", "<=", 0.05, "s"),),
         "W6": (Target("p50_ms", "<=", 2.5, "p50 ms"),),
         "MEM": (Target("worker_mb", "<", 20, "worker MB"),),
+        **_ISSUE_15,
     },
 }
 
@@ -99,8 +117,10 @@ def add_ratio(metrics: Metrics) -> Metrics:
     return metrics
 
 
-def figures(runtime: str, workload: str, name: str, runs: Sequence[Metrics], *, main_size: int = 1000) -> list[Figure]:
-    """The figures (lines) of one workload from its runs' metrics."""
+def figures(
+    runtime: str, workload: str, name: str, runs: Sequence[Metrics], *, main_size: int = 1000, workers: int = 1
+) -> list[Figure]:
+    """The figures (lines) of one workload from its runs' metrics (``workers``: worker processes, for W7's target)."""
     targets = TARGETS.get(runtime, {})
     runs = [add_ratio(dict(r)) if workload == "W2" else dict(r) for r in runs]
     median = median_metrics(runs)
@@ -133,6 +153,31 @@ def figures(runtime: str, workload: str, name: str, runs: Sequence[Metrics], *, 
             ("worker_kb_per_instance", "KB/instance", ".2f"),
             ("rss_mb", "RSS MB", ".1f"),
             ("store_mb", "in-process store MB", ".1f"),
+        ]
+        return [Figure(workload, name, shown, median, runs, targets.get(workload, ()))]
+    if workload == "W7":
+        shown = [
+            ("p50_ms", "p50 ms", ".0f"),
+            ("p99_ms", "p99 ms", ".0f"),
+            ("max_ms", "max ms", ".0f"),
+            ("redis_bytes_per_sleeper", "Redis B/sleeper", ".0f"),
+            ("redis_used_per_sleeper", "used_memory B/sleeper", ".0f"),
+            ("rss_sleeping_mb", "worker RSS MB sleeping", ".1f"),
+            ("rss_peak_mb", "peak", ".1f"),
+        ]
+        key = "W7 2 workers" if workers >= 2 else "W7"
+        return [Figure(workload, f"{name} ({workers} worker)", shown, median, runs, targets.get(key, ()))]
+    if workload == "W8":
+        shown = [
+            ("rate_per_s", "rate/s", ".0f"),
+            ("achieved_per_s", "achieved/s", ".0f"),
+            ("p50_ms", "p50 ms", ".1f"),
+            ("p99_ms", "p99 ms", ".1f"),
+            ("depth_slope_per_s", "depth slope/s", ".2f"),
+            ("depth_max", "depth max", ".0f"),
+            ("timer_lag_slope_ms_per_s", "timer lag slope ms/s", ".2f"),
+            ("timer_lag_max_ms", "timer lag max ms", ".0f"),
+            ("max_rate_per_s", "max rate/s @p99<=100ms", ".0f"),
         ]
         return [Figure(workload, name, shown, median, runs, targets.get(workload, ()))]
     if workload == "W5":

@@ -446,6 +446,12 @@ class Sizes:
     w5_width: int = 100
     w6_instances: int = 50
     mem_instances: int = 10_000
+    w7_instances: int = 100_000
+    w7_lead_s: float | None = None  # None: 10 s + 2 ms per instance (bench/timer_storm.py)
+    w8_rate: float = 500
+    w8_duration_s: float = 60
+    w8_search_s: float = 15
+    w8_search_trials: int = 5
 
 
 STANDARD = Sizes()
@@ -460,6 +466,12 @@ SMOKE = Sizes(
     w5_width=5,
     w6_instances=3,
     mem_instances=20,
+    w7_instances=30,
+    w7_lead_s=2.0,
+    w8_rate=20,
+    w8_duration_s=1,
+    w8_search_s=0.5,
+    w8_search_trials=1,
 )
 
 
@@ -477,6 +489,24 @@ def _w2(connect: Connect, sizes: Sizes, scaling: bool) -> Coroutine[Any, Any, Me
     return w2_long(connect, sizes=steps)
 
 
+def _w7(connect: Connect, sizes: Sizes, scaling: bool) -> Coroutine[Any, Any, Metrics]:
+    from bench.timer_storm import w7_timer_storm
+
+    return w7_timer_storm(connect, instances=sizes.w7_instances, lead_s=sizes.w7_lead_s)
+
+
+def _w8(connect: Connect, sizes: Sizes, scaling: bool) -> Coroutine[Any, Any, Metrics]:
+    from bench.sustained_load import w8_sustained
+
+    return w8_sustained(
+        connect,
+        rate=sizes.w8_rate,
+        duration_s=sizes.w8_duration_s,
+        search_s=sizes.w8_search_s,
+        search_trials=sizes.w8_search_trials,
+    )
+
+
 WORKLOADS: dict[str, Workload] = {
     w.id: w
     for w in (
@@ -488,5 +518,10 @@ WORKLOADS: dict[str, Workload] = {
         Workload("W5", "fan-out", lambda c, s, _: w5_fanout(c, width=s.w5_width)),
         Workload("W6", "start", lambda c, s, _: w6_start(c, instances=s.w6_instances)),
         Workload("MEM", "sleepers", lambda c, s, _: mem_sleepers(c, instances=s.mem_instances)),
+        Workload("W7", "timer storm", _w7),
+        Workload("W8", "sustained load", _w8),
     )
 }
+
+ON_REQUEST = frozenset({"W7", "W8"})
+"""Workloads that run only when named (``--only W7``): minutes each at the standard size."""

@@ -59,6 +59,7 @@ from types import TracebackType
 from redis.asyncio import Redis
 
 from bench.child_process import die_with_parent
+from bench.private_redis import redis_server_args
 from tests.helpers import eventually
 
 
@@ -122,23 +123,8 @@ class PrivateRedis:
         if executable is None:
             raise RuntimeError("redis-server is not installed")
         self.proc = await asyncio.create_subprocess_exec(
-            executable,
-            "--port",
-            str(self.port),
-            "--bind",
-            " ".join(self.bind),
-            "--dir",
-            str(self._dir),
-            "--save",
-            "",
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--protected-mode",
-            "no" if len(self.bind) > 1 else "yes",  # clients from the veth addresses, no password
-            "--logfile",
-            "redis.log",
+            # Every write fsynced; more bind addresses (a veth's) take clients with no password.
+            *redis_server_args(executable, self.port, self._dir, appendfsync="always", bind=self.bind),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,8 @@ from hutch.store.base import CommitResult, Transition
 from hutch.store.redis import RedisStore
 
 from bench import report
-from bench.__main__ import main, make_connect
+from bench.__main__ import main, make_connect, parse_args
+from bench.sustained_load import slope
 from bench.workloads import SMOKE, WORKLOADS, Sequential, percentile
 from tests.conftest import MakeClient
 from tests.helpers import unique
@@ -29,6 +32,19 @@ EXPECTED_METRICS = {
     "W5": {"total_s"},
     "W6": {"p50_ms", "p99_ms"},
     "MEM": {"rss_mb", "store_mb", "worker_mb", "worker_kb_per_instance"},
+    # Embedded: no Redis server to weigh, so no Redis bytes per sleeper (the rabbitmq test below has them).
+    "W7": {"p50_ms", "p99_ms", "max_ms", "rss_sleeping_mb", "rss_peak_mb", "spare_s"},
+    "W8": {
+        "rate_per_s",
+        "achieved_per_s",
+        "p50_ms",
+        "p99_ms",
+        "depth_slope_per_s",
+        "depth_max",
+        "timer_lag_slope_ms_per_s",
+        "timer_lag_max_ms",
+        "max_rate_per_s",
+    },
 }
 
 
@@ -40,9 +56,14 @@ async def test_workload_runs_at_smoke_size(wid: str) -> None:
     assert all(math.isfinite(v) for v in metrics.values()), metrics
     if wid in ("W1", "W2", "W5"):
         assert all(v > 0 for v in metrics.values()), metrics
-    if wid == "W4":
+    if wid in ("W4", "W7"):
         # The step after a sleep can never start before the sleep was due (due is floored to the ms).
         assert metrics["p50_ms"] >= -1, metrics
+    if wid == "W7":
+        assert metrics["spare_s"] > 0, metrics  # every sleeper was waiting before the due time
+    if wid == "W8":
+        assert metrics["rate_per_s"] == SMOKE.w8_rate and metrics["achieved_per_s"] > 0.5 * SMOKE.w8_rate, metrics
+        assert metrics["p50_ms"] > 0 and metrics["max_rate_per_s"] >= 0, metrics
 
 
 def test_cli_prints_one_line_per_figure(capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,6 +85,36 @@ def test_cli_json_has_every_run(capsys: pytest.CaptureFixture[str]) -> None:
     assert fig["workload"] == "W5" and len(fig["runs"]) == 2
     assert fig["median"]["total_s"] == pytest.approx(statistics.median(r["total_s"] for r in fig["runs"]))
     assert fig["targets"] == [{"metric": "total_s", "op": "<=", "value": 0.03, "label": "s"}]
+
+
+def test_heavy_workloads_run_only_when_named() -> None:
+    assert not {"W7", "W8"} & set(parse_args([]).ids)
+    assert parse_args(["--only", "w7,W8"]).ids == ["W7", "W8"]
+
+
+def test_redis_aof_implies_rabbitmq_and_refuses_embedded(capsys: pytest.CaptureFixture[str]) -> None:
+    assert parse_args(["--redis-aof", "everysec"]).runtime == "rabbitmq"
+    with pytest.raises(SystemExit):
+        parse_args(["--redis-aof", "always", "--runtime", "embedded"])
+    assert "--redis-aof needs --runtime rabbitmq" in capsys.readouterr().err
+
+
+def test_redis_aof_runs_w7_on_a_private_persistent_redis(amqp_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """One command: a private redis-server with AOF, W7 against it (Redis bytes measured), the server stopped."""
+    assert main(["--smoke", "--runs", "1", "--only", "W7", "--redis-aof", "always", "--amqp-url", amqp_url]) == 0
+    out, err = capsys.readouterr()
+    header, line = out.splitlines()
+    assert "runtime=rabbitmq" in header and "redis_durability=aof appendfsync=always" in header, header
+    assert line.startswith("rabbitmq W7 timer storm (1 worker)") and "Redis B/sleeper=" in line, line
+    pid = int(re.search(r"private redis-server pid (\d+)", err).group(1))  # type: ignore[union-attr]
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stopped (and reaped) by its PID
+
+
+def test_slope_of_backlog_samples() -> None:
+    assert slope([(0, 5), (1, 5), (2, 5)]) == 0
+    assert slope([(0, 0), (1, 2), (2, 4)]) == pytest.approx(2)
+    assert slope([(0, 1)]) == 0
 
 
 def test_cli_rejects_unknown_workload(capsys: pytest.CaptureFixture[str]) -> None:
