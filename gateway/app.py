@@ -24,6 +24,7 @@ from hutch.gateway.api.errors import install_error_handlers
 from hutch.gateway.api.metrics import MetricsMiddleware, RequestMetrics
 from hutch.gateway.api.openapi import install_schema
 from hutch.gateway.api.tracing import TracingMiddleware, fastapi_options
+from hutch.gateway.dashboard import install_dashboard
 from hutch.gateway.webhooks import webhook_router
 from hutch.settings import Settings
 
@@ -78,6 +79,7 @@ def create_app(
         app.include_router(router)
     install_schema(app, client.limits)
     install_docs(app)
+    install_dashboard(app)  # the web dashboard at /, signed in with the same tokens
     # Added last = outermost: metrics see every answer, including a 413 from the body limit.
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
