@@ -552,7 +552,7 @@ class InstanceActor:
             effects.append(CloseChild(member, self.partition, a, b))
             return
         if kind == "child":
-            invoke = self.state.invokes.get((a, b))
+            invoke = self.state.invokes.get((a, b)) or self._abandoned_invoke(a, b)
             if invoke is not None and run_no == self.run_no:
                 link: ParentLink = {"wf": self.workflow, "id": self.instance_id, "n": a, "c": b, "run": run_no}
                 effects.append(StartChild(member, self.partition, link, invoke, self.trace))
@@ -563,6 +563,17 @@ class InstanceActor:
             return
         # Void: the invoke was settled or cancelled, or the child was restarted since it finished.
         turn.tx.timers_remove.append(member)
+
+    def _abandoned_invoke(self, name: str, count: int) -> InvokeCommand | None:
+        """The invoke ``name``#``count`` of this run if it is no longer pending and its child runs on (``abandon``).
+
+        Cancelled, or this instance ended, before its child was created: the child must still exist
+        and run. (A ``terminate`` child never created is as good as terminated: it never runs.)
+        """
+        for record in self.history:
+            if record["k"] == "invoke" and record["n"] == name and record["c"] == count:
+                return record if record["close"] == "abandon" else None
+        return None
 
     def _on_child(self, turn: Turn, message: ChildFinished) -> None:
         state = self.state

@@ -27,12 +27,12 @@ from hutch.broker.envelopes import ChildFinished, Control, InstanceCreated, Mess
 from hutch.broker.partitioning import partition_of
 from hutch.broker.transports.base import Outgoing, Transport
 from hutch.children import ParentLink
+from hutch.client import creation_fields
 from hutch.errors import InstanceAlreadyExists
 from hutch.history import InvokeCommand
 from hutch.serialization import pack
 from hutch.status import FINISHED, Status
 from hutch.store.base import CheckpointStore
-from hutch.tracing import TRACE_META_FIELD
 
 log = logging.getLogger("hutch.worker")
 
@@ -140,20 +140,10 @@ async def _prepare(item: Outbox, store: CheckpointStore, partitions: int, now_ms
     workflow, instance_id = command["wf"], command["id"]
     partition = partition_of(workflow, instance_id, partitions)
     parent = item.parent
-    # What a client writes at creation (engine/client.py), plus the link to the parent.
-    fields: dict[str, Any] = {
-        "wf": workflow,
-        "id": instance_id,
-        "status": Status.QUEUED.value,
-        "seq": 0,
-        "run": 0,
-        "params": command["pb"],
-        "created": now_ms,
-        "trigger": pack({"source": "workflow", "workflow": parent["wf"], "instance_id": parent["id"]}),
-        "parent": pack(parent),
-    }
-    if item.trace:
-        fields[TRACE_META_FIELD] = pack(item.trace)
+    trigger = {"source": "workflow", "workflow": parent["wf"], "instance_id": parent["id"]}
+    # What a client writes at creation, plus the link to the parent.
+    fields = creation_fields(workflow, instance_id, command["pb"], now_ms, trigger, item.trace)
+    fields["parent"] = pack(parent)
     (created,) = await store.create_many([(partition, workflow, instance_id, now_ms, fields)])
     if created:
         return InstanceCreated(workflow=workflow, instance_id=instance_id, fields=fields)

@@ -216,10 +216,38 @@ class GatewayClient:
         result: dict[str, Any] = (await self._call("PATCH", path, json={"status": action}))["result"]
         return result
 
-    async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any = None) -> dict[str, Any]:
-        """Send an event: ``{"instance_id", "type", "instance_finished"}``."""
+    async def send_event(
+        self, name: str, instance_id: str, event_type: str, payload: Any = None, *, event_id: str | None = None
+    ) -> dict[str, Any]:
+        """Send an event: ``{"instance_id", "type", "instance_finished"}``.
+
+        ``event_id`` is the event's idempotency key: sending again with the same key does not deliver it twice.
+        """
         path = _path("workflows", name, "instances", instance_id, "events", event_type)
-        result: dict[str, Any] = (await self._call("POST", path, json=payload))["result"]
+        query = {"event_id": event_id} if event_id is not None else None
+        result: dict[str, Any] = (await self._call("POST", path, json=payload, params=query))["result"]
+        return result
+
+    async def create_or_send(
+        self,
+        name: str,
+        instance_id: str,
+        event_type: str,
+        payload: Any = None,
+        *,
+        params: Any = None,
+        event_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Create the instance unless it exists and send it the event either way.
+
+        Returns ``{"id", "workflow", "created", "event_type", "instance_finished"}``; ``params`` are
+        used only if this call creates the instance, ``event_id`` as in :meth:`send_event`.
+        """
+        body: dict[str, Any] = {"id": instance_id, "params": params, "event_type": event_type, "payload": payload}
+        if event_id is not None:
+            body["event_id"] = event_id
+        path = _path("workflows", name, "instances", "create_or_send")
+        result: dict[str, Any] = (await self._call("POST", path, json=body))["result"]
         return result
 
     # ------------------------------------------------------------------ operations

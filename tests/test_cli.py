@@ -458,3 +458,69 @@ def test_tracker_reports_each_change_once_in_time_order() -> None:
     assert [(e.kind, e.due) for e in resumed] == [("sleep.rescheduled", at(20_000))]
     assert [(e.kind, e.status) for e in cancelled] == [("sleep.cancelled", None), ("status", "terminated")]
     assert ProgressTracker.active(detail("waiting", [done, nap]))[0].kind == "sleep"
+
+
+def test_tracker_and_live_view_report_invokes_retry_sources_and_a_version_wait() -> None:
+    import io
+
+    from hutch import ErrorInfo, InstanceLink
+    from hutch.gateway.cli.progress_view import HumanSink
+    from rich.console import Console
+
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+
+    def at(ms: int) -> datetime:
+        return t0 + timedelta(milliseconds=ms)
+
+    def detail(steps: list[StepDetail], waiting_for: str | None = None) -> InstanceDetail:
+        return InstanceDetail(
+            id="i", workflow="w", status=Status.RUNNING, queued=t0, start=at(1), steps=steps,
+            version="1", waiting_for_version=waiting_for,
+        )  # fmt: skip
+
+    child = InstanceLink(workflow="billing", instance_id="c-1")
+    bill = StepDetail(type="invoke", name="bill", count=1, start=at(2), child=child)
+    boom = ErrorInfo(name="HTTPStatusError", message="429")
+    flaky = StepDetail(
+        type="step", name="call api", count=1, start=at(2),
+        attempts=[AttemptDetail(attempt=1, start=at(2), end=at(3), success=False, error=boom, retry_at=at(2003),
+                                retry_delay_from="error")],
+    )  # fmt: skip
+    refused = StepDetail(
+        type="step", name="validate", count=1, start=at(2), end=at(4), success=False, error=boom,
+        attempts=[AttemptDetail(attempt=1, start=at(2), end=at(4), success=False, error=boom, retry_refused=True)],
+    )  # fmt: skip
+    tracker = ProgressTracker()
+    first = tracker.update(detail([bill, flaky, refused], waiting_for="2"))
+    returned = bill.model_copy(update={"end": at(50), "success": True, "output": {"cents": 7}, "outcome": "succeeded"})
+    failed = StepDetail(
+        type="invoke", name="bill", count=2, start=at(50), end=at(60), success=False,
+        child=InstanceLink(workflow="billing", instance_id="c-2"),
+        error=ErrorInfo(name="ChildWorkflowError", message="child billing/c-2 errored"), outcome="failed",
+    )  # fmt: skip
+    second = tracker.update(detail([returned, flaky, refused, failed], waiting_for="2"))
+
+    by_kind = {e.kind: e for e in first}
+    assert by_kind["invoke.started"].to_json() == {
+        "event": "invoke.started", "at": "2030-01-01T00:00:00.002Z", "step": "bill", "count": 1,
+        "child_workflow": "billing", "child_id": "c-1",
+    }  # fmt: skip
+    assert by_kind["retry.scheduled"].to_json()["retry_delay_from"] == "error"
+    assert by_kind["step.failed"].to_json()["retry_refused"] is True
+    assert by_kind["version.waiting"].to_json()["version"] == "2"
+    assert [(e.kind, e.count) for e in second] == [("invoke.returned", 1), ("invoke.started", 2), ("invoke.failed", 2)]
+    assert second[0].to_json()["output"] == {"cents": 7} and second[0].duration_ms == 48
+    (active,) = [a for a in ProgressTracker.active(detail([bill])) if a.kind == "invoke"]
+    assert (active.step, active.child) == ("bill", "billing/c-1")
+
+    out = io.StringIO()
+    sink = HumanSink(Console(file=out, width=200, highlight=False))
+    for event in [*first, *second]:
+        sink.event(event)
+    text = out.getvalue()
+    progress_line(text, "bill", "invoked child billing/c-1")
+    progress_line(text, "bill", "child billing/c-1 returned after 48 ms")
+    progress_line(text, "bill #2", "child billing/c-2 failed after 10 ms: ChildWorkflowError")
+    progress_line(text, "call api", "retrying (attempt 2)", "the delay the error asked for")
+    progress_line(text, "validate", "gave up after 1 attempt: retry_if refused to retry its error")
+    progress_line(text, "instance waits for code version '2'")

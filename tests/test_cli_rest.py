@@ -249,6 +249,43 @@ def test_trigger_list_describe_latest_then_an_event_completes_the_approval(dev: 
     assert "already finished, so nothing will receive this event" in warned.stdout
 
 
+def test_create_or_send_creates_the_instance_with_its_event_then_sends_to_it(dev: Server) -> None:
+    iid = unique("cos")
+    decision = '{"approved": true, "approver": "grace"}'
+    args = [
+        "events",
+        "create-or-send",
+        "approval",
+        iid,
+        "approval",
+        decision,
+        "--params",
+        json.dumps({"requestId": iid}),
+    ]
+    created = ok_json(*args, "--event-id", "decision-1", "--url", dev.url)
+    assert created == {
+        "id": iid, "workflow": "approval", "created": True, "event_type": "approval", "instance_finished": False,
+    }  # fmt: skip
+    # The instance started with the event buffered: its wait takes it at once.
+    done = wait_for_status(dev.url, "approval", iid, "complete")
+    assert done["params"] == {"requestId": iid} and done["output"]["by"] == "grace"
+
+    again = hutch(*args, "--event-id", "decision-1", "--url", dev.url)
+    assert again.exit_code == 0, again.output
+    assert f"Sent event 'approval' to the existing instance {iid} of approval" in again.stdout
+    assert "already finished, so nothing will receive this event" in again.stdout
+
+    fresh = unique("cos")
+    shown = hutch("events", "create-or-send", "approval", fresh, "approval", "--params", "{}", "--url", dev.url)
+    assert shown.exit_code == 0, shown.output
+    assert f"Created instance {fresh} of approval with event 'approval'" in shown.stdout
+    assert f"hutch instances describe approval {fresh}" in shown.stdout
+    bad = hutch("events", "create-or-send", "approval", fresh, "approval", "--params", "{nope", "--url", dev.url)
+    assert bad.exit_code == 2 and "--params" in bad.output and "not valid JSON" in bad.output
+    refused = hutch("events", "create-or-send", "approval", fresh, "approval", "--event-id", "", "--url", dev.url)
+    assert refused.exit_code == 1 and "event id" in refused.output, refused.output
+
+
 def test_describe_shows_the_timeline_with_retries_and_the_sleep(dev: Server) -> None:
     iid = unique("order")
     ok_json("workflows", "trigger", "order", ORDER_PARAMS, "--id", iid, "--url", dev.url)
@@ -625,6 +662,30 @@ async def test_client_unwraps_the_envelope_and_raises_its_errors() -> None:
     assert seen[0].headers["authorization"] == "Bearer tok" and json.loads(seen[0].content) == {"k": 1}
 
 
+async def test_client_sends_event_ids_and_create_or_send_requests() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"success": True, "errors": [], "messages": [], "result": {"ok": 1}})
+
+    async with mock_client(handler) as api:
+        await api.send_event("wf", "i-1", "go", {"k": 1}, event_id="key 1")
+        await api.send_event("wf", "i-1", "go")
+        await api.create_or_send("wf", "i-2", "go", [1], params={"p": 2}, event_id="key-2")
+        await api.create_or_send("wf", "i-3", "go")
+    assert [(r.method, r.url.path, dict(r.url.params)) for r in seen] == [
+        ("POST", "/api/workflows/wf/instances/i-1/events/go", {"event_id": "key 1"}),
+        ("POST", "/api/workflows/wf/instances/i-1/events/go", {}),
+        ("POST", "/api/workflows/wf/instances/create_or_send", {}),
+        ("POST", "/api/workflows/wf/instances/create_or_send", {}),
+    ]
+    assert json.loads(seen[2].content) == {
+        "id": "i-2", "params": {"p": 2}, "event_type": "go", "payload": [1], "event_id": "key-2",
+    }  # fmt: skip
+    assert json.loads(seen[3].content) == {"id": "i-3", "params": None, "event_type": "go", "payload": None}
+
+
 async def test_client_reports_answers_that_are_not_the_api_and_servers_that_are_down() -> None:
     async with mock_client(lambda request: httpx.Response(502, text="<html>Bad Gateway</html>")) as api:
         with pytest.raises(UnexpectedResponse, match="HTTP 502 without the Hutch API envelope"):
@@ -736,3 +797,51 @@ def test_lists_render_status_counts_and_durations() -> None:
     assert ["order", "│", "7", "│", "running", "2", "·", "complete", "5"] in rows
     assert ["a", "│", "running", "│", "-", "│", "2026-01-01", "00:00:00", "│", "10.00", "s…"] in rows
     assert ["b", "│", "complete", "│", "2", "│", "2026-01-01", "00:00:00", "│", "2.50", "s"] in rows
+
+
+CHILD = {
+    "id": "order-7-bill_s1-5f2c", "workflow": "billing", "status": "running", "params": {"shipment": "s1"},
+    "trigger": {"source": "workflow", "workflow": "order", "instance_id": "order-7"},
+    "queued": at(0), "start": at(0.5), "version": "3", "waiting_for_version": "4",
+    "parent": {"workflow": "order", "instance_id": "order-7", "step": "bill s1", "count": 2},
+    "steps": [
+        {"type": "step", "name": "call api", "count": 1, "start": at(0.5), "attempts": [
+            {"attempt": 1, "start": at(0.5), "end": at(1), "success": False, "retry_at": at(3),
+             "retry_delay_from": "error", "error": {"name": "HTTPStatusError", "message": "429 Too Many Requests"}},
+            {"attempt": 2, "start": at(3), "end": at(4), "success": False, "retry_at": at(5),
+             "retry_delay_from": "backoff", "error": {"name": "TimeoutError", "message": "slow"}},
+        ]},
+        {"type": "step", "name": "validate", "count": 1, "start": at(4), "end": at(4.5), "success": False,
+         "error": {"name": "ValueError", "message": "bad sku"}, "attempts": [
+            {"attempt": 1, "start": at(4), "end": at(4.5), "success": False, "retry_refused": True,
+             "error": {"name": "ValueError", "message": "bad sku"}}]},
+        {"type": "invoke", "name": "tax", "count": 1, "start": at(5), "end": at(6), "success": True,
+         "output": {"cents": 99}, "outcome": "succeeded", "config": {"parent_close": "terminate"},
+         "child": {"workflow": "tax", "instance_id": "tax-1"}},
+        {"type": "invoke", "name": "audit", "count": 1, "start": at(6), "end": at(7), "success": False,
+         "error": {"name": "ChildWorkflowError", "message": "child audit/audit-1 errored"}, "outcome": "failed",
+         "child": {"workflow": "audit", "instance_id": "audit-1"}},
+        {"type": "invoke", "name": "ship", "count": 1, "start": at(7),
+         "child": {"workflow": "ship", "instance_id": "ship-1"}},
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("width", [80, 160])
+def test_describe_shows_invokes_with_their_child_the_parent_retry_sources_and_versions(width: int) -> None:
+    console = Console(width=width, record=True, highlight=False, file=io.StringIO())
+    console.print(render.instance_view(CHILD, console, now=datetime(2026, 1, 1, 0, 0, 10, tzinfo=UTC)))
+    out = console.export_text()
+    flat = " ".join(out.replace("│", " ").split())
+    assert all(len(line) <= width for line in out.splitlines())
+    assert "Parent order-7 of order, its invoke 'bill s1' #2" in flat
+    assert "Version 3" in flat and "Waiting for version '4': no worker owning it has that version" in flat
+    assert "retry at +2.50 s (delay from the error); HTTPStatusError: 429 Too Many Requests" in flat
+    assert "retry at +4.50 s (backoff); TimeoutError: slow" in flat
+    assert "retry_if refused a retry; ValueError: bad sku" in flat
+    for name, outcome in (("tax", "✓ returned"), ("audit", "✗ failed"), ("ship", "▶ running")):
+        row = next(line for line in out.splitlines() if f" {name} " in line and "invoke" in line)
+        assert outcome in row, (name, row)
+    assert 'child tax-1 of tax {"cents": 99}' in flat
+    assert "child audit-1 of audit: ChildWorkflowError: child audit/audit-1 errored" in flat
+    assert "child ship-1 of ship" in flat

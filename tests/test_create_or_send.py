@@ -257,6 +257,34 @@ async def test_rest_create_or_send_racing_requests(make_client: MakeClient) -> N
         assert {"200", "201", "404"} <= set(operation["responses"])
 
 
+async def test_rest_send_event_takes_an_event_id_so_a_retried_request_delivers_once(make_client: MakeClient) -> None:
+    client = await make_client(WORKFLOWS)
+    app = create_app(client, tokens=[TOKEN])
+    iid = unique("rest-id")
+    await client.workflow("gather").create(id=iid, params={"expect": 2})
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gateway", headers=auth) as http:
+        path = f"/api/workflows/gather/instances/{iid}/events/ping"
+        # A request sent twice (a retry after a lost answer), concurrently and once more later: one event.
+        first = await asyncio.gather(*(http.post(path, params={"event_id": "k-1"}, json="a") for _ in range(2)))
+        assert [r.status_code for r in first] == [200, 200], [r.text for r in first]
+        assert first[0].json()["result"] == {"instance_id": iid, "type": "ping", "instance_finished": False}
+        assert (await http.post(path, params={"event_id": "k-1"}, json="a")).status_code == 200
+        assert (await http.post(path, params={"event_id": "k-2"}, json="b")).status_code == 200
+        final = await Instance(client, "gather", iid).wait(timeout=30)
+        assert final.output == ["a", "b"], final
+
+        # The key's rules are the client's (a 400 naming them), and the schema documents them.
+        for bad in ("", "x" * 201):
+            response = await http.post(path, params={"event_id": bad}, json="c")
+            assert response.status_code == 400 and "event id" in response.text, response.text
+        schema = (await http.get("/openapi.json")).json()
+        operation = schema["paths"]["/api/workflows/{name}/instances/{instance_id}/events/{event_type}"]["post"]
+        (event_id,) = [p for p in operation["parameters"] if p["name"] == "event_id"]
+        assert event_id["in"] == "query" and not event_id.get("required")
+        assert (event_id["schema"]["minLength"], event_id["schema"]["maxLength"]) == (1, 200)
+
+
 # ----------------------------------------------------------------------------- the testing toolkit
 async def test_testenv_create_or_send() -> None:
     async with TestEnv(WORKFLOWS) as env:

@@ -25,6 +25,7 @@ from hutch.diagram import (
     Dag,
     Diagram,
     If,
+    Invoke,
     Loop,
     Match,
     Node,
@@ -96,6 +97,7 @@ def test_public_names_of_engine_diagram() -> None:
         "Handler",
         "If",
         "IfBranch",
+        "Invoke",
         "Loop",
         "Match",
         "MatchCase",
@@ -357,6 +359,27 @@ def test_unawaited_steps_record_where_they_start_and_where_they_resolve() -> Non
     label = next(n for n in walk(body) if isinstance(n, StepDo) and n.name == "label {n}")
     assert [r.resolves for r in resolves] == [[quote.id], [reserve.id], [label.id], [audit.id]]
     assert not reserve.awaited and not label.awaited
+
+
+def test_invokes_are_steps_that_name_their_child_workflow() -> None:
+    diagram = analyze(corpus.InvokeWorkflow)
+    run, ship = diagram.functions
+    reserve, bill, call, resolve, _ = run.body
+    assert isinstance(reserve, Invoke) and not reserve.awaited
+    assert (reserve.name, reserve.workflow, reserve.workflow_expr) == ("reserve", None, "self.env.STOCK")
+    assert (reserve.child_id, reserve.config, reserve.config_expr) == (None, None, "event.payload['close']")
+    assert isinstance(bill, Invoke) and bill.awaited
+    assert (bill.name, bill.workflow, bill.child_id_expr) == ("bill {order}", "billing", "f'bill-{order}'")
+    assert bill.config == {"parent_close": "abandon"}
+    assert isinstance(resolve, Resolve) and resolve.resolves == [reserve.id]
+    # A helper whose only step is an invoke runs steps: kept, and called.
+    assert isinstance(call, Call) and call.function == ship.name
+    (shipped,) = ship.body
+    assert isinstance(shipped, Invoke) and (shipped.workflow, shipped.child_id) == ("shipping", "ship-1")
+    nodes, _, edges = parse_mermaid(to_mermaid(diagram))
+    assert nodes[bill.id] == "invoke: bill {order} → billing"
+    assert nodes[reserve.id] == "invoke: reserve → self.env.STOCK"
+    assert (reserve.id, resolve.id) in edges  # started early, joined where it is awaited
 
 
 def test_task_groups_and_gathered_coroutines_fan_out() -> None:

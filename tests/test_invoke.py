@@ -262,3 +262,143 @@ async def test_the_billing_example_invokes_children_concurrently(make_client: Ma
         ("invoke", "bill s2", True),
         ("invoke", "bill s3", False),
     ]
+
+
+# ----------------------------------------------------------------------------- parent_close beyond terminate
+class Canceller(WorkflowEntrypoint):
+    """Starts a child, cancels the invoke on a "stop" event, then stays alive until a "finish" event."""
+
+    async def run(self, event: WorkflowEvent, step: Any) -> Any:
+        p = event.payload
+        pending = step.invoke("child", "child", p["child"], config=p["config"])
+        await step.wait_for_event("stop", "stop", timeout="1 hour")
+        pending.cancel()
+        await step.wait_for_event("finish", "finish", timeout="1 hour")
+        return {"cancelled": pending.cancelled()}
+
+
+class Leaver(WorkflowEntrypoint):
+    """Starts a child and returns without awaiting it: on a "leave" event, or at once when asked."""
+
+    async def run(self, event: WorkflowEvent, step: Any) -> Any:
+        p = event.payload
+        step.invoke("child", "child", p["child"], config=p["config"])
+        if not p.get("at_once"):
+            await step.wait_for_event("leave", "leave", timeout="1 hour")
+        return "left"
+
+
+async def _child_of(client: Client, workflow: str, parent: str) -> Any:
+    async def created() -> Any:
+        steps = (await (await client.workflow(workflow).get(parent)).describe()).steps
+        invokes = [s for s in steps if s.type == "invoke" and s.child is not None]
+        if not invokes:
+            return None
+        try:
+            return await client.workflow("child").get(invokes[0].child.instance_id)
+        except KeyError:
+            return None
+
+    return await eventually(created)
+
+
+async def _child_left_running(child: Any) -> None:
+    """The child was left alone: still waiting, and it completes when its event comes."""
+    await wait_status(child, "waiting")
+    await child.send_event("go")
+    final = await child.wait(timeout=20)
+    assert final.status == "complete" and final.output == {"doubled": 10}
+
+
+@pytest.mark.parametrize("policy", ["terminate", "abandon"])
+async def test_workflow_code_cancelling_an_invoke_applies_its_parent_close_policy(
+    make_client: MakeClient, policy: str
+) -> None:
+    client = await make_client({"canceller": Canceller, "child": Child})
+    params = {"child": {"x": 5, "wait": True}, "config": {"parent_close": policy}}
+    parent = await client.workflow("canceller").create(id=unique("c"), params=params)
+    child = await _child_of(client, "canceller", parent.id)
+    await wait_status(child, "waiting")
+    await parent.send_event("stop")
+
+    async def invoke_cancelled() -> bool:
+        (invoke, *_) = (await parent.describe()).steps
+        return invoke.outcome == "cancelled"
+
+    await eventually(invoke_cancelled)
+    if policy == "terminate":
+        await wait_status(child, "terminated", timeout=20)
+        assert CHILD_RUNS[child.id] == 0
+    else:
+        await _child_left_running(child)
+    assert (await parent.status()).status == "waiting"  # the parent itself runs on, waiting for "finish"
+    await parent.send_event("finish")
+    assert (await parent.wait(timeout=20)).output == {"cancelled": True}
+
+
+@pytest.mark.parametrize("policy", ["terminate", "abandon"])
+async def test_a_parent_returning_without_awaiting_its_child_applies_its_parent_close_policy(
+    make_client: MakeClient, policy: str
+) -> None:
+    client = await make_client({"leaver": Leaver, "child": Child})
+    params = {"child": {"x": 5, "wait": True}, "config": {"parent_close": policy}}
+    parent = await client.workflow("leaver").create(id=unique("l"), params=params)
+    child = await _child_of(client, "leaver", parent.id)
+    await wait_status(child, "waiting")
+    await parent.send_event("leave")
+    assert (await parent.wait(timeout=20)).output == "left"
+    if policy == "terminate":
+        await wait_status(child, "terminated", timeout=20)
+        assert CHILD_RUNS[child.id] == 0
+    else:
+        await _child_left_running(child)
+
+
+async def test_an_abandoned_child_runs_even_when_its_parent_ended_before_creating_it(make_client: MakeClient) -> None:
+    # The parent returns in the turn that issued the invoke, so it ends before its owner creates
+    # the child: with "abandon" the child must still be created and run.
+    client = await make_client({"leaver": Leaver, "child": Child})
+    params = {"child": {"x": 5, "wait": True}, "config": {"parent_close": "abandon"}, "at_once": True}
+    parent = await client.workflow("leaver").create(id=unique("l"), params=params)
+    assert (await parent.wait(timeout=20)).output == "left"
+    child = await _child_of(client, "leaver", parent.id)
+    assert (await child.describe()).parent is not None
+    await _child_left_running(child)
+
+
+# ----------------------------------------------------------------------------- the child's creation fields
+async def test_a_child_is_created_with_the_fields_a_client_writes_plus_its_parent() -> None:
+    from hutch.client import creation_fields
+    from hutch.consumers.children import StartChild, carry_out
+    from hutch.history import InvokeCommand
+
+    class Recording:
+        """The store and transport calls of creating one child."""
+
+        partitions = 4
+
+        def __init__(self) -> None:
+            self.rows: list[tuple[int, str, str, int, dict[str, Any]]] = []
+            self.published: list[Any] = []
+
+        async def create_many(self, rows: Any) -> list[bool]:
+            self.rows.extend(rows)
+            return [True] * len(rows)
+
+        async def publish(self, messages: Any) -> None:
+            self.published.extend(messages)
+
+    parent: Any = {"wf": "parent", "id": "p-1", "n": "bill", "c": 1, "run": 0}
+    command: InvokeCommand = {
+        "k": "invoke", "n": "bill", "c": 1, "g": 0, "t": 5, "wf": "child", "id": "c-1", "pb": pack({"x": 1}),
+        "close": "terminate",
+    }  # fmt: skip
+    trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    fake = Recording()
+    item = StartChild(member=b"m", partition=0, parent=parent, command=command, trace=trace)
+    assert await carry_out([item], store=fake, transport=fake, now_ms=1234) == [item]  # type: ignore[arg-type]
+    ((partition, workflow, instance_id, created, fields),) = fake.rows
+    assert (partition, workflow, instance_id, created) == (partition_of("child", "c-1", 4), "child", "c-1", 1234)
+    trigger = {"source": "workflow", "workflow": "parent", "instance_id": "p-1"}
+    assert fields == {**creation_fields("child", "c-1", pack({"x": 1}), 1234, trigger, trace), "parent": pack(parent)}
+    assert len(fake.published) == 1  # its start message

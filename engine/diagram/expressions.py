@@ -19,6 +19,7 @@ from hutch.diagram.model import (
     Dag,
     If,
     IfBranch,
+    Invoke,
     Loop,
     Node,
     Parallel,
@@ -38,7 +39,7 @@ AWAIT: Mode = "await"
 VALUE: Mode = "value"
 
 EXPR_TEXT = 100
-_STEP_METHODS = frozenset({"do", "sleep", "sleep_until", "wait_for_event", "rollback_all"})
+_STEP_METHODS = frozenset({"do", "sleep", "sleep_until", "wait_for_event", "invoke", "rollback_all"})
 ParallelKind = Literal["gather", "wait", "as_completed"]
 _PARALLEL: dict[str, ParallelKind] = {"gather": "gather", "wait": "wait", "as_completed": "as_completed"}
 _STARTERS = frozenset({"create_task", "ensure_future"})
@@ -62,6 +63,29 @@ def _set_awaited(nodes: list[Node], awaited: bool) -> None:
             node.awaited = awaited
         elif isinstance(node, Loop) and node.loop in ("comprehension", "async comprehension"):
             _set_awaited(node.body, awaited)
+
+
+def _invoke(line: int, name: str, args: dict[str, ast.expr], awaited: bool) -> Invoke:
+    """The node of ``step.invoke(name, workflow, params, id=..., config=...)``."""
+    workflow, workflow_expr = values.scalar_or_expr(args.get("workflow"))
+    if "workflow" not in args:
+        workflow_expr = "?"  # passed through *args or **kwargs
+    child_id = args.get("id")
+    if isinstance(child_id, ast.Constant) and child_id.value is None:
+        child_id = None  # id=None: the derived id, as when it is left out
+    given_id, child_id_expr = values.scalar_or_expr(child_id)
+    config, config_expr = values.config_or_expr(args.get("config"))
+    return Invoke(
+        line=line,
+        name=name,
+        workflow=str(workflow) if workflow is not None else None,
+        workflow_expr=workflow_expr,
+        child_id=str(given_id) if given_id is not None else None,
+        child_id_expr=child_id_expr,
+        config=config,
+        config_expr=config_expr,
+        awaited=awaited,
+    )
 
 
 class Expressions(ABC):
@@ -232,12 +256,13 @@ class Expressions(ABC):
         return self.helper_call(node, scope, mode)
 
     def step_call(self, node: ast.Call, method: str, scope: Scope, mode: Mode) -> list[Node]:
-        """``step.do(...)``, ``step.sleep(...)``, ``step.sleep_until(...)``, ``step.wait_for_event(...)``, rollback."""
+        """``step.do``, ``step.sleep``, ``step.sleep_until``, ``step.wait_for_event``, ``step.invoke``, rollback."""
         params = {
             "do": ("name", "fn"),
             "sleep": ("name", "duration"),
             "sleep_until": ("name", "when"),
             "wait_for_event": ("name", "event_type", "timeout"),
+            "invoke": ("name", "workflow", "params", "id", "config"),
             "rollback_all": ("error", "continue_on_error"),
         }[method]
         args = names.arguments(node, params)
@@ -279,6 +304,8 @@ class Expressions(ABC):
                 timeout_expr=timeout_expr,
                 awaited=awaited,
             )
+        elif method == "invoke":
+            step = _invoke(line, name, args, awaited)
         else:
             flag, flag_expr = values.bool_or_expr(args.get("continue_on_error"))
             error = args.get("error")

@@ -23,6 +23,7 @@ from hutch.diagram.model import (
     Diagram,
     Function,
     If,
+    Invoke,
     Loop,
     Match,
     Node,
@@ -138,7 +139,7 @@ class _Renderer:
         return ports
 
     def node(self, node: Node, ports: list[Port]) -> list[Port]:
-        if isinstance(node, StepDo | Sleep | SleepUntil | WaitForEvent | RollbackAll | Call):
+        if isinstance(node, StepDo | Sleep | SleepUntil | WaitForEvent | Invoke | RollbackAll | Call):
             return self.simple(node, ports)
         if isinstance(node, Dag):
             return self.dag(node, ports)
@@ -159,7 +160,7 @@ class _Renderer:
         return self.terminal(node, ports)
 
     def simple(
-        self, node: StepDo | Sleep | SleepUntil | WaitForEvent | RollbackAll | Call, ports: list[Port]
+        self, node: StepDo | Sleep | SleepUntil | WaitForEvent | Invoke | RollbackAll | Call, ports: list[Port]
     ) -> list[Port]:
         if isinstance(node, StepDo):
             self.step(node, frozenset(src for src, _ in ports))
@@ -173,6 +174,10 @@ class _Renderer:
         elif isinstance(node, WaitForEvent):
             event_type = node.event_type if node.event_type is not None else node.event_type_expr
             self.declare(node.id, "([_])", f"wait for event: {node.name} · {event_type}")
+        elif isinstance(node, Invoke):
+            # A step whose work is another workflow: the subroutine shape, named for the child's workflow.
+            workflow = node.workflow if node.workflow is not None else node.workflow_expr
+            self.declare(node.id, "[[_]]", f"invoke: {node.name} → {workflow}")
         elif isinstance(node, RollbackAll):
             self.declare(node.id, "[[_]]", "rollback all" + (f": {', '.join(node.undos)}" if node.undos else ""))
         else:

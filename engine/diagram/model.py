@@ -108,6 +108,31 @@ class WaitForEvent(_Node):
     awaited: bool = True
 
 
+class Invoke(_Node):
+    """``step.invoke(name, workflow, params, id=..., config=...)``: a child workflow run for its output.
+
+    Attributes:
+        name: the invoke's name as written (placeholders kept, as for steps).
+        workflow: the child's workflow name when it is a literal.
+        workflow_expr: its source text otherwise (``self.env.BILLING``, a binding).
+        child_id: the child's instance id when given as a literal (else derived, or see ``child_id_expr``).
+        child_id_expr: its source text when given and not a literal.
+        config: the invoke's config (``parent_close``) when it is a literal.
+        config_expr: the config's source text when it is not a literal.
+        awaited: false when the invoke is started here and awaited later (see :class:`Resolve`).
+    """
+
+    kind: Literal["invoke"] = "invoke"
+    name: str
+    workflow: str | None = None
+    workflow_expr: str | None = None
+    child_id: str | None = None
+    child_id_expr: str | None = None
+    config: dict[str, JsonValue] | None = None
+    config_expr: str | None = None
+    awaited: bool = True
+
+
 class RollbackAll(_Node):
     """``step.rollback_all(error, continue_on_error=...)``.
 
@@ -285,6 +310,7 @@ Node = Annotated[
     | Sleep
     | SleepUntil
     | WaitForEvent
+    | Invoke
     | RollbackAll
     | Dag
     | Loop
@@ -302,7 +328,7 @@ Node = Annotated[
 ]
 """Any diagram node; ``kind`` tells which."""
 
-STEP_KINDS = frozenset({"step_do", "sleep", "sleep_until", "wait_for_event", "rollback_all", "dag"})
+STEP_KINDS = frozenset({"step_do", "sleep", "sleep_until", "wait_for_event", "invoke", "rollback_all", "dag"})
 """Kinds that are durable steps themselves."""
 
 TERMINAL_KINDS = frozenset({"return", "raise", "break", "continue"})

@@ -10,7 +10,7 @@ POST   /api/workflows/{name}/instances/create_or_send        create if absent, s
 GET    /api/workflows/{name}/instances/{id}                  instance detail with every step
 GET    /api/workflows/{name}/instances/{id}/status           status, output, error
 PATCH  /api/workflows/{name}/instances/{id}/status           pause | resume | terminate | restart
-POST   /api/workflows/{name}/instances/{id}/events/{type}    send an event (body = payload)
+POST   /api/workflows/{name}/instances/{id}/events/{type}    send an event (body = payload; ?event_id= key)
 =====  ====================================================  ==================================
 """
 
@@ -29,6 +29,7 @@ from hutch.gateway.api.deps import WorkflowNames, check_request, get_client, get
 from hutch.gateway.api.envelope import CursorInfo, Envelope, ErrorEnvelope, ListEnvelope, ok
 from hutch.gateway.api.errors import json_body_failure
 from hutch.gateway.api.models import (
+    EVENT_ID_SCHEMA,
     EVENT_TYPE_SCHEMA,
     INSTANCE_ID_SCHEMA,
     WORKFLOW_NAME_SCHEMA,
@@ -306,17 +307,24 @@ async def send_event(
     name: str = WorkflowName,
     instance_id: str = InstanceId,
     event_type: str = Path(description="Event type, matched by `wait_for_event`.", json_schema_extra=EVENT_TYPE_SCHEMA),
+    event_id: str | None = Query(
+        default=None,
+        description="Idempotency key of the event: a request repeated with the same key does not deliver it twice "
+        "(while the instance holds the event). Without one, a retried request may deliver it twice.",
+        json_schema_extra=EVENT_ID_SCHEMA,
+    ),
     names: WorkflowNames = Depends(get_workflow_names),
 ) -> dict[str, Any]:
     """Send an event; it is buffered until a matching ``wait_for_event`` takes it.
 
     ``instance_finished`` in the result says the instance had already finished, so nothing will take it.
+    Give ``event_id`` to retry safely.
     """
     workflow = await names.reader(name)
     check_instance_id(instance_id, request.app.state.client.limits)
     payload = _json_body(await request.body())
     accepted = await workflow.get(instance_id)
-    result = await accepted.send_event(event_type, payload)
+    result = await accepted.send_event(event_type, payload, event_id=event_id)
     return ok(EventSent(instance_id=instance_id, type=event_type, instance_finished=result.instance_finished))
 
 

@@ -11,7 +11,7 @@ Servers and local runs:
 Clients of a gateway's REST API (``--url``/``HUTCH_URL``, ``--token``/``HUTCH_TOKEN``), so they work
 against ``hutch dev`` and a remote deployment alike: ``hutch workflows list|trigger`` (:mod:`.workflows`),
 ``hutch instances list|describe|pause|resume|terminate|restart`` (:mod:`.instances`), ``hutch events
-send`` (:mod:`.events`). Each prints a table (:mod:`.render`) or, with ``--json``, the API's ``result``
+send|create-or-send`` (:mod:`.events`). Each prints a table (:mod:`.render`) or, with ``--json``, the API's ``result``
 as JSON. Exit status: 0 ok, 1 the API answered with an error (404, 409, 401...), 2 bad usage or the
 gateway cannot be reached, 3 a lifecycle change accepted but not applied yet (no worker applied it
 within the gateway's wait).

@@ -123,6 +123,17 @@ def instance_id_option(command: F) -> F:
     return click.option("--id", "instance_id", default=None, help="Instance id (a random uuid when omitted).")(command)
 
 
+def event_id_option(command: F) -> F:
+    """``--event-id`` (an event's idempotency key), received as ``event_id``."""
+    return click.option(
+        "--event-id",
+        default=None,
+        metavar="KEY",
+        help="Idempotency key of the event: sending again with the same key does not deliver it twice "
+        "(so a command whose outcome is unknown can be run again).",
+    )(command)
+
+
 def parse_json(text: str, option: str) -> Any:
     """``text`` parsed as JSON.
 

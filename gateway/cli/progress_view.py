@@ -119,6 +119,11 @@ class HumanSink:
             return self._attempt_line(e, name)
         if family in ("sleep", "wait", "event"):
             return self._waiting_line(e, name)
+        if family == "invoke":
+            return self._invoke_line(e, name)
+        if e.kind == "version.waiting":
+            text = f"{self._glyph['wait']} instance waits for code version {e.version!r}: no worker owning it has it"
+            return Text(text, style="yellow")
         if e.kind == "status" and e.status in ("paused", "waitingForPause"):
             return Text(f"{self._glyph['off']} instance {e.status}", style="yellow")
         return None  # routine status changes: the live region shows them
@@ -134,10 +139,13 @@ class HumanSink:
             )
         if kind == "retry.scheduled":
             wait = until_text(e.due, e.at)
+            if e.retry_delay_from == "error":
+                wait += ", the delay the error asked for"
             return _t(g["retry"], "yellow", name, f"retrying (attempt {e.attempt}) at {local_clock(e.due)} (in {wait})")
         if kind == "step.failed":
             attempts = f"{e.attempt} attempt" + ("s" if (e.attempt or 0) != 1 else "")
-            return _t(g["fail"], "bold red", name, f"gave up after {attempts}")
+            refused = ": retry_if refused to retry its error" if e.retry_refused else ""
+            return _t(g["fail"], "bold red", name, f"gave up after {attempts}{refused}")
         return None  # attempt.started: the live region shows it
 
     def _waiting_line(self, e: ProgressEvent, name: str) -> Text | None:
@@ -158,6 +166,18 @@ class HumanSink:
         if kind == "wait.timed_out":
             return _t(
                 g["fail"], "yellow", name, f"timed out after {ms_text(e.duration_ms)} waiting for {e.event_type!r}"
+            )
+        return None
+
+    def _invoke_line(self, e: ProgressEvent, name: str) -> Text | None:
+        g, kind, child = self._glyph, e.kind, f"{e.child_workflow}/{e.child_id}"
+        if kind == "invoke.started":
+            return _t(g["run"], "cyan", name, f"invoked child {child}")
+        if kind == "invoke.returned":
+            return _t(g["ok"], "green", name, f"child {child} returned after {ms_text(e.duration_ms)}")
+        if kind == "invoke.failed":
+            return _t(
+                g["fail"], "red", name, f"child {child} failed after {ms_text(e.duration_ms)}: {error_text(e.error)}"
             )
         return None
 
@@ -186,6 +206,10 @@ class HumanSink:
             elif a.kind == "wait" and a.due is not None:
                 left = until_text(a.due, now)
                 grid.add_row(self._glyph["wait"], f"{a.step}  waiting for {a.event_type!r}, timeout in {left}")
+            elif a.kind == "invoke":
+                grid.add_row(
+                    self._glyph["run"], f"{a.step}  child {a.child} running · {ms_text(elapsed_ms(now - a.since))}"
+                )
         return Group(grid) if self._active else Text("")
 
     def finished(self, result: RunResult) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from hutch import InstanceDetail, Status, StepDetail
+from hutch import AttemptDetail, InstanceDetail, InstanceLink, Status, StepDetail
 from hutch.gateway.cli.formatting import (
     compact,
     duration_text,
@@ -53,7 +53,7 @@ STATUS_ORDER = (
     Status.COMPLETE,
 )
 
-_TYPE_LABELS = {"step": "step", "sleep": "sleep", "waitForEvent": "wait"}
+_TYPE_LABELS = {"step": "step", "sleep": "sleep", "waitForEvent": "wait", "invoke": "invoke"}
 _MAX_VALUE_CHARS = 400  # a value in the instance summary; 200 in a timeline cell
 WIDE_TIMELINE = 110  # console columns from which the timeline has a Detail column
 
@@ -150,6 +150,22 @@ def event_sent_text(workflow: str, result: Mapping[str, Any]) -> Text:
     return head
 
 
+def created_or_sent_text(result: Mapping[str, Any]) -> Text:
+    """``hutch events create-or-send``: whether the instance was created with the event, or sent it."""
+    iid, workflow, event = str(result["id"]), str(result["workflow"]), repr(str(result["event_type"]))
+    if result.get("created"):
+        return Text.assemble(
+            "Created instance ", (iid, "bold"), " of ", (workflow, "bold cyan"), " with event ", (event, "bold"),
+            "\n", (f"Follow it with: hutch instances describe {workflow} {iid}", "dim"),
+        )  # fmt: skip
+    head = Text.assemble(
+        "Sent event ", (event, "bold"), " to the existing instance ", (iid, "bold"), " of ", (workflow, "bold cyan"),
+    )  # fmt: skip
+    if result.get("instance_finished"):
+        head.append("\nThe instance had already finished, so nothing will receive this event.", style="yellow")
+    return head
+
+
 def instance_view(result: Mapping[str, Any], console: Console, *, now: datetime | None = None) -> RenderableType:
     """``hutch instances describe``: the instance's summary, then the timeline of its steps, sleeps and waits.
 
@@ -175,6 +191,8 @@ def _summary(d: InstanceDetail, now: datetime) -> Table:
     grid.add_column(overflow="fold")
     grid.add_row("Instance", Text.assemble((d.id, "bold"), " of ", (d.workflow, "bold cyan")))
     grid.add_row("Status", status_text(d.status.value))
+    if d.parent is not None:
+        grid.add_row("Parent", _parent_text(d.parent))
     if d.version is not None:
         grid.add_row("Version", d.version)
     if d.waiting_for_version is not None:
@@ -198,6 +216,15 @@ def _summary(d: InstanceDetail, now: datetime) -> Table:
     if d.error is not None:
         grid.add_row("Error", Text(error_text(d.error), style="red"))
     return grid
+
+
+def _parent_text(parent: InstanceLink) -> Text:
+    """The parent instance, and the invoke of its that created this one when known."""
+    text = link_text(parent)
+    if parent.step is not None:
+        count = f" #{parent.count}" if (parent.count or 1) > 1 else ""
+        text.append(f", its invoke {parent.step!r}{count}")
+    return text
 
 
 def _timeline(d: InstanceDetail, now: datetime, g: Mapping[str, str], width: int) -> RenderableType:
@@ -239,9 +266,7 @@ def _timeline(d: InstanceDetail, now: datetime, g: Mapping[str, str], width: int
         for attempt in s.attempts:
             if attempt.success is not False:
                 continue
-            error = Text(error_text(attempt.error), style="red")
-            if attempt.retry_at is not None:
-                error = Text.assemble((f"retry at {offset_text(attempt.retry_at, base)}; ", "yellow"), error)
+            error = Text.assemble(_retry_text(attempt, base), (error_text(attempt.error), "red"))
             sub = Text(f"{g['sub']} attempt {attempt.attempt}", style="dim")
             when = [offset_text(attempt.start, base), _span(attempt.start, attempt.end, now)]
             note = Text(f"{index:>3} {name}, attempt {attempt.attempt}: ", style="dim")
@@ -249,6 +274,21 @@ def _timeline(d: InstanceDetail, now: datetime, g: Mapping[str, str], width: int
     if not notes:
         return table
     return Group(table, Text(""), *notes)
+
+
+def _retry_text(attempt: AttemptDetail, base: datetime) -> Text:
+    """What followed a failed attempt: when it was retried and where that wait came from, or that retry_if refused."""
+    if attempt.retry_refused:
+        return Text("retry_if refused a retry; ", style="yellow")
+    if attempt.retry_at is None:
+        return Text("")
+    source = {"error": " (delay from the error)", "backoff": " (backoff)"}.get(attempt.retry_delay_from or "", "")
+    return Text(f"retry at {offset_text(attempt.retry_at, base)}{source}; ", style="yellow")
+
+
+def link_text(link: InstanceLink) -> Text:
+    """Another instance: ``id`` of ``workflow``."""
+    return Text.assemble((link.instance_id, "bold"), " of ", (link.workflow, "bold cyan"))
 
 
 def _attempts(s: StepDetail) -> str:
@@ -263,15 +303,9 @@ def _outcome(s: StepDetail, now: datetime, g: Mapping[str, str]) -> tuple[Text, 
     if s.outcome == "cancelled":
         return Text(f"{g['off']} cancelled", style="dim"), Text(""), False
     if s.type == "step":
-        if s.success is True:
-            return Text(f"{g['ok']} succeeded", style="green"), _value(s.output), False
-        if s.success is False:
-            return Text(f"{g['fail']} failed", style="bold red"), Text(error_text(s.error), style="red"), True
-        last = s.attempts[-1] if s.attempts else None
-        if last is not None and last.success is False and last.retry_at is not None:
-            when = f"attempt {last.attempt + 1} in {until_text(last.retry_at, now)}"
-            return Text(f"{g['retry']} retrying", style="yellow"), Text(when), True
-        return Text(f"{g['run']} running", style="cyan"), Text(f"attempt {last.attempt if last else 1}"), False
+        return _step_outcome(s, now, g)
+    if s.type == "invoke":
+        return _invoke_outcome(s, g)
     if s.type == "sleep":
         if s.end is not None:
             return Text(f"{g['ok']} woke", style="green"), Text(""), False
@@ -285,6 +319,33 @@ def _outcome(s: StepDetail, now: datetime, g: Mapping[str, str]) -> tuple[Text, 
         return Text(f"{g['fail']} timed out", style="yellow"), Text(f"no {event} event came"), True
     waiting = f"for {event}, timeout in {until_text(s.due, now)}"
     return Text(f"{g['wait']} waiting", style="magenta"), Text(waiting), True
+
+
+def _step_outcome(s: StepDetail, now: datetime, g: Mapping[str, str]) -> tuple[Text, Text, bool]:
+    """A ``step.do``: its result or error, or the attempt running or waiting to retry."""
+    if s.success is True:
+        return Text(f"{g['ok']} succeeded", style="green"), _value(s.output), False
+    if s.success is False:
+        return Text(f"{g['fail']} failed", style="bold red"), Text(error_text(s.error), style="red"), True
+    last = s.attempts[-1] if s.attempts else None
+    if last is not None and last.success is False and last.retry_at is not None:
+        when = f"attempt {last.attempt + 1} in {until_text(last.retry_at, now)}"
+        return Text(f"{g['retry']} retrying", style="yellow"), Text(when), True
+    return Text(f"{g['run']} running", style="cyan"), Text(f"attempt {last.attempt if last else 1}"), False
+
+
+def _invoke_outcome(s: StepDetail, g: Mapping[str, str]) -> tuple[Text, Text, bool]:
+    """A child workflow: its id always (the way to look at it), then what it returned or why it failed."""
+    child = Text.assemble("child ", link_text(s.child)) if s.child is not None else Text("child not known")
+    if s.success is True:
+        return Text(f"{g['ok']} returned", style="green"), Text.assemble(child, " ", _value(s.output)), True
+    if s.success is False:
+        return (
+            Text(f"{g['fail']} failed", style="bold red"),
+            Text.assemble(child, ": ", (error_text(s.error), "red")),
+            True,
+        )
+    return Text(f"{g['run']} running", style="cyan"), child, True
 
 
 def _value(value: Any) -> Text:

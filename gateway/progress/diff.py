@@ -29,10 +29,18 @@ class ProgressTracker:
             out.append(ProgressEvent("status", detail.start, status=Status.RUNNING.value))
             self._status = Status.RUNNING
         for s in detail.steps:
-            out.extend(self._do_events(s) if s.type == "step" else self._timed_events(s))
+            if s.type == "step":
+                out.extend(self._do_events(s))
+            elif s.type == "invoke":
+                out.extend(self._invoke_events(s))
+            else:
+                out.extend(self._timed_events(s))
         # Stable: events at the same millisecond keep issue order.
         out.sort(key=lambda e: e.at)
-        # A status change seen by this poll comes after everything recorded up to it.
+        # What this poll sees and history does not date comes after everything recorded up to it:
+        # a wait for a code version no worker owning the instance has, and a status change.
+        if detail.waiting_for_version is not None and self._once(("version", detail.waiting_for_version)):
+            out.append(ProgressEvent("version.waiting", utc_now(), version=detail.waiting_for_version))
         if detail.status != self._status and detail.status is not Status.QUEUED:
             at = detail.end if detail.status.finished and detail.end else utc_now()
             out.append(ProgressEvent("status", at, status=detail.status.value))
@@ -60,12 +68,40 @@ class ProgressTracker:
             kind = "attempt.succeeded" if a.success else "attempt.failed"
             out.append(ProgressEvent(kind, a.end, attempt=a.attempt, duration_ms=ms, **base, **outcome))
             if a.retry_at is not None:
-                out.append(ProgressEvent("retry.scheduled", a.end, attempt=a.attempt + 1, due=a.retry_at, **base))
+                source = a.retry_delay_from  # the step's backoff, or a delay the error asked for
+                retry = ProgressEvent(
+                    "retry.scheduled", a.end, attempt=a.attempt + 1, due=a.retry_at, retry_delay_from=source, **base
+                )
+                out.append(retry)
         if s.end is not None and s.success is False and self._once((*key, "failed")):
-            last = s.attempts[-1].attempt if s.attempts else None
-            out.append(ProgressEvent("step.failed", s.end, attempt=last, error=s.error, **base))
+            last = s.attempts[-1] if s.attempts else None
+            refused = True if last is not None and last.retry_refused else None
+            attempt = last.attempt if last else None
+            out.append(
+                ProgressEvent("step.failed", s.end, attempt=attempt, error=s.error, retry_refused=refused, **base)
+            )
         if s.outcome == "cancelled" and self._once((*key, "cancelled")):
             out.append(ProgressEvent("step.cancelled", s.end or utc_now(), **base))
+        return out
+
+    def _invoke_events(self, s: StepDetail) -> list[ProgressEvent]:
+        # A step.invoke: the child it started, and what the child returned or why it failed.
+        key = (s.type, s.name, s.count)
+        base: dict[str, Any] = {"step": s.name, "count": s.count}
+        if s.child is not None:
+            base |= {"child_workflow": s.child.workflow, "child_id": s.child.instance_id}
+        out: list[ProgressEvent] = []
+        if self._once((*key, "start")):
+            out.append(ProgressEvent("invoke.started", s.start, **base))
+        if s.end is None or not self._once((*key, "end")):
+            return out
+        ms = elapsed_ms(s.end - s.start)
+        if s.outcome == "cancelled":
+            out.append(ProgressEvent("invoke.cancelled", s.end, duration_ms=ms, **base))
+        elif s.success:
+            out.append(ProgressEvent("invoke.returned", s.end, duration_ms=ms, output=s.output, **base))
+        else:
+            out.append(ProgressEvent("invoke.failed", s.end, duration_ms=ms, error=s.error, **base))
         return out
 
     def _timed_events(self, s: StepDetail) -> list[ProgressEvent]:
@@ -97,7 +133,7 @@ class ProgressTracker:
 
     @staticmethod
     def active(detail: InstanceDetail) -> list[Active]:
-        """What is in progress in ``detail``: running attempts, pending retries, sleeps, waits."""
+        """What is in progress in ``detail``: running attempts, pending retries, sleeps, waits, child workflows."""
         items: list[Active] = []
         for s in detail.steps:
             if s.end is not None or s.outcome == "cancelled":
@@ -113,4 +149,7 @@ class ProgressTracker:
                 items.append(Active("sleep", s.name, s.count, s.start, due=s.due))
             elif s.type == "waitForEvent":
                 items.append(Active("wait", s.name, s.count, s.start, due=s.due, event_type=s.event_type))
+            elif s.type == "invoke":
+                child = f"{s.child.workflow}/{s.child.instance_id}" if s.child is not None else None
+                items.append(Active("invoke", s.name, s.count, s.start, child=child))
         return items

@@ -20,8 +20,18 @@ _DUE_KEY = {
     "wait.started": "timeout_at",
     "wait.rescheduled": "timeout_at",
 }
+# The fields written to JSON when set, in this order (the due time and the error come after them).
+_FIELDS = (
+    "step", "count", "attempt", "duration_ms", "event_type", "child_workflow", "child_id", "retry_delay_from",
+    "retry_refused", "version", "status", "payload", "output",
+)  # fmt: skip
 # Fields kept in JSON even when None (a step may return None; an event may carry no payload).
-_ALWAYS = {"attempt.succeeded": ("output",), "wait.received": ("payload",), "event.sent": ("payload",)}
+_ALWAYS = {
+    "attempt.succeeded": ("output",),
+    "invoke.returned": ("output",),
+    "wait.received": ("payload",),
+    "event.sent": ("payload",),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +42,12 @@ class ProgressEvent:
     ``attempt.failed``, ``retry.scheduled``, ``step.failed``, ``step.cancelled``,
     ``sleep.started``, ``sleep.rescheduled``, ``sleep.completed``, ``sleep.cancelled``,
     ``wait.started``, ``wait.rescheduled``, ``wait.received``, ``wait.timed_out``,
-    ``wait.cancelled`` or ``event.sent``. ``due`` is the retry, wake or timeout time.
+    ``wait.cancelled``, ``invoke.started``, ``invoke.returned``, ``invoke.failed``,
+    ``invoke.cancelled``, ``version.waiting`` or ``event.sent``. ``due`` is the retry, wake or
+    timeout time; ``retry_delay_from`` says where a retry's wait came from (``"backoff"`` or
+    ``"error"``) and ``retry_refused`` that ``retry_if`` refused to retry a failed step;
+    ``child_workflow``/``child_id`` name an invoke's child; ``version`` is the code version an
+    instance waits for (no worker owning it has it).
     """
 
     kind: str
@@ -47,12 +62,17 @@ class ProgressEvent:
     output: Any = None
     error: ErrorInfo | None = None
     status: str | None = None
+    retry_delay_from: str | None = None
+    retry_refused: bool | None = None
+    child_workflow: str | None = None
+    child_id: str | None = None
+    version: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: ``{"event": kind, "at": ISO time, ...}`` without empty fields."""
         data: dict[str, Any] = {"event": self.kind, "at": iso_time(self.at)}
         keep = _ALWAYS.get(self.kind, ())
-        for name in ("step", "count", "attempt", "duration_ms", "event_type", "status", "payload", "output"):
+        for name in _FIELDS:
             value = getattr(self, name)
             if value is not None or name in keep:
                 data[name] = value
@@ -65,15 +85,19 @@ class ProgressEvent:
 
 @dataclass(frozen=True, slots=True)
 class Active:
-    """Something in progress right now, for the live region: a running attempt, a pending retry, a sleep, a wait."""
+    """Something in progress right now, for the live region.
 
-    kind: str  # "attempt" | "retry" | "sleep" | "wait"
+    A running attempt, a pending retry, a sleep, a wait, or a child workflow.
+    """
+
+    kind: str  # "attempt" | "retry" | "sleep" | "wait" | "invoke"
     step: str
     count: int
     since: datetime
     attempt: int | None = None
     due: datetime | None = None
     event_type: str | None = None
+    child: str | None = None  # an invoke's child: "workflow/id"
 
 
 class ProgressSink(Protocol):

@@ -342,6 +342,23 @@ class RecursiveWorkflow(WorkflowEntrypoint):
         return depth
 
 
+class InvokeWorkflow(WorkflowEntrypoint):
+    """Child workflows: awaited with a literal name, id and config; started early by a binding and
+    awaited later; and a helper whose only step is an invoke (kept, since an invoke is a step)."""
+
+    async def run(self, event: Any, step: WorkflowStep) -> Any:
+        order = event.payload["order"]
+        pending = step.invoke("reserve", self.env.STOCK, {"order": order}, config=event.payload["close"])
+        invoice = await step.invoke(
+            f"bill {order}", "billing", {"order": order}, id=f"bill-{order}", config={"parent_close": "abandon"}
+        )
+        await self.ship(step, order)
+        return {"invoice": invoice, "stock": await pending}
+
+    async def ship(self, step: WorkflowStep, order: str) -> None:
+        await step.invoke("ship", "shipping", {"order": order}, id="ship-1")
+
+
 class NoStepsWorkflow(WorkflowEntrypoint):
     """No steps at all: run() stays, with nothing but its return."""
 
