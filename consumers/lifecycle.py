@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from hutch.blobs import BlobRef
 from hutch.errors import HutchError, error_record
 from hutch.serialization import encode_value, pack, unpack
 from hutch.status import FINISHED, Action, Status
@@ -101,6 +102,12 @@ def finish(actor: InstanceActor, turn: Turn, ok: bool, value: Any) -> None:
             data, _ = encode_value(
                 value, what=f"output of instance {actor.instance_id!r}", limit=actor.limits.max_payload_bytes
             )
+            if len(data) > actor.limits.inline_threshold and actor.parent is None:
+                # Stored by reference (hutch.blobs), before this commits. A child's output stays
+                # inline: its parent records it, and an instance reads only its own blobs.
+                ref = BlobRef.new(data)
+                turn.tx.blobs[ref.key] = data
+                data = ref.packed()
             meta["output"] = actor.output = data
         except HutchError as exc:
             ok, value = False, exc

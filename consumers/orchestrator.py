@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hutch.blobs import BlobAddress, BlobsNeeded, fetch_blobs
+from hutch.blobs import BlobAddress, BlobRef, BlobsNeeded, fetch_blobs
 from hutch.broker.envelopes import InstanceCreated, PoisonMessage, Redrive, TimerFired, decode, encode
 from hutch.broker.partitioning import partition_of
 from hutch.broker.transports.base import Delivery, Outgoing, PartitionListener, Transport
@@ -499,6 +499,7 @@ class Orchestrator(PartitionListener):
         # The tokens this commit is fenced with: a partition re-claimed while it is in flight (its
         # channel was restored) fences it, and that must not revoke the ownership just re-taken.
         fences = dict(self.owned)
+        await self._store_blobs([p[0] for p in pending])
         results = await self.store.commit_many([p[0] for p in pending], fences)
         self.commits += len(pending)
         for (transition, actor, effects, items), result in zip(pending, results, strict=True):
@@ -506,6 +507,16 @@ class Orchestrator(PartitionListener):
                 self._committed(transition, actor, effects, items)
             else:
                 await self._rejected(result, actor, items, fences)
+
+    async def _store_blobs(self, transitions: list[Transition]) -> None:
+        """Store the values the transitions record by reference: a reference to nothing must never commit."""
+        puts = [
+            self.store.blobs.put(BlobAddress(t.partition, t.workflow, t.instance_id), BlobRef(key, len(data)), data)
+            for t in transitions
+            for key, data in t.blobs.items()
+        ]
+        if puts:
+            await asyncio.gather(*puts)
 
     def _committed(self, transition: Transition, actor: InstanceActor, effects: Effects, items: list[_Item]) -> None:
         """Follow a committed transition up: the actor, started instances, spans, timers, then its effects."""

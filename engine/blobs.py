@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import os
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from hutch.errors import BlobNotFound, InvalidInputError
 
@@ -178,3 +178,17 @@ def stored_ref(data: bytes) -> BlobRef | None:
     if len(data) == _REF_LENGTH and data.startswith(_REF_HEAD):
         return BlobRef.from_ext(data[len(_REF_HEAD) :])
     return None
+
+
+def record_ref(record: Mapping[str, Any]) -> BlobRef | None:
+    """The reference a history record holds in place of its value (a step's result, an event's payload), if any."""
+    if "vb" in record and "v" not in record:  # "v": the live path's decoded value, never stored
+        return stored_ref(record["vb"])
+    payload = record["ev"].get("payload") if "ev" in record else None
+    return payload if isinstance(payload, BlobRef) else None
+
+
+def refs_in(records: Iterable[Mapping[str, Any]]) -> list[BlobRef]:
+    """Every reference the records hold, once each, in order."""
+    found = {ref.key: ref for ref in map(record_ref, records) if ref is not None}
+    return list(found.values())

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from hutch import tracing
+from hutch.blobs import BlobAddress, BlobRef, by_reference, fetch_blobs
 from hutch.clock import Clock
 from hutch.concurrency import PRIORITY_FIELD, check_priority
 from hutch.config import DEFAULT_LIMITS, Limits, check_instance_id, check_workflow_name
@@ -213,6 +214,8 @@ class WorkflowClient:
         client = self._client
         check_instance_id(id, client.limits)
         data = _event_payload(event_type, payload, client.limits)
+        where = BlobAddress(client._partition(self.name, id), self.name, id)
+        data = await by_reference(client._store.blobs, where, data, client.limits.inline_threshold)
         event_id = _event_id(event_id)
         sent_ms = client.clock.now_ms()
         # The record an owner buffers for an event it receives (consumers/actor.py), so that an owner
@@ -271,6 +274,7 @@ class WorkflowClient:
         client = self._client
         limits = client.limits
         now = client.clock.now_ms()
+        trace_field = pack(trace) if trace else None
         rows: list[tuple[int, str, str, int, dict[str, Any]]] = []
         seen: set[str] = set()
         for item in items:
@@ -288,7 +292,18 @@ class WorkflowClient:
                 item.get("params"), what=f"params of instance {iid!r}", limit=limits.max_payload_bytes
             )
             check_depth(params, what=f"params of instance {iid!r}")
-            fields = creation_fields(self.name, iid, data, now, trigger, trace)
+            fields = {
+                "wf": self.name,
+                "id": iid,
+                "status": Status.QUEUED.value,
+                "seq": 0,
+                "run": 0,
+                "params": data,
+                "created": now,
+                "trigger": pack(trigger),
+            }
+            if trace_field is not None:
+                fields[tracing.TRACE_META_FIELD] = trace_field
             if item.get("priority") is not None:
                 fields[PRIORITY_FIELD] = pack(check_priority(item["priority"]))
             rows.append((client._partition(self.name, iid), self.name, iid, now, fields))
@@ -341,34 +356,6 @@ class WorkflowClient:
         return InstancePage(instances=ids, cursor=next_cursor)
 
 
-def creation_fields(
-    workflow: str, instance_id: str, params: bytes, now_ms: int, trigger: dict[str, Any], trace: str | None
-) -> dict[str, Any]:
-    """The meta fields a new instance is written with: by a client, and by a partition owner for a child.
-
-    Args:
-        workflow: the workflow name.
-        instance_id: the instance id.
-        params: the params, already encoded (msgpack) and checked.
-        now_ms: the creation time.
-        trigger: what created it (``{"source": "api"}``, a cron, a queue, a parent workflow).
-        trace: the W3C traceparent every span of the instance continues, if any.
-    """
-    fields: dict[str, Any] = {
-        "wf": workflow,
-        "id": instance_id,
-        "status": Status.QUEUED.value,
-        "seq": 0,
-        "run": 0,
-        "params": params,
-        "created": now_ms,
-        "trigger": pack(trigger),
-    }
-    if trace:
-        fields[tracing.TRACE_META_FIELD] = pack(trace)
-    return fields
-
-
 def _parse_cursor(cursor: str | None) -> tuple[int, str] | None:
     if cursor is None:
         return None
@@ -397,8 +384,13 @@ class Instance:
         return meta
 
     async def status(self) -> InstanceStatus:
-        """``{status, output, error}``."""
-        return status_from_meta(await self._meta())
+        """``{status, output, error}``; an output stored by reference (hutch.blobs) is loaded here."""
+        status = status_from_meta(await self._meta())
+        if isinstance(status.output, BlobRef):
+            where = BlobAddress(self._partition, self.workflow, self.id)
+            data = await fetch_blobs(self._client._store.blobs, where, [status.output])
+            status = status.model_copy(update={"output": unpack(data[status.output.key])})
+        return status
 
     async def describe(self) -> InstanceDetail:
         """The full detail: params, timestamps, output, error and every step with its attempts."""
@@ -447,6 +439,9 @@ class Instance:
         data = _event_payload(type, payload, client.limits)
         event_id = _event_id(event_id)
         meta = await self._meta()
+        if meta["status"] not in FINISHED:  # a finished one ignores it: nothing to store
+            where = BlobAddress(self._partition, self.workflow, self.id)
+            data = await by_reference(client._store.blobs, where, data, client.limits.inline_threshold)
         await client._dispatcher.event(self.workflow, self.id, type, data, client.clock.now_ms(), event_id)
         return EventAccepted(instance_finished=meta["status"] in FINISHED)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hutch.blobs import BlobsNeeded, stored_ref
+from hutch.blobs import BlobRef, BlobsNeeded, record_ref, stored_ref
 from hutch.children import InvokeConfig, derived_child_id
 from hutch.config import Limits, StepConfig, check_instance_id, check_step_name, check_workflow_name
 from hutch.errors import (
@@ -383,12 +383,11 @@ class WorkflowRun:
         # the code receives it, never for loading a history.
         missing = []
         for record in resolutions:
-            if "vb" in record and "v" not in record:
-                stored = stored_ref(record["vb"])
-                if stored is not None and stored.key not in self.blobs:
-                    future = self._pending.get(key_of(record))
-                    if future is not None and not future.done():
-                        missing.append(stored)
+            stored = record_ref(record)
+            if stored is not None and stored.key not in self.blobs:
+                future = self._pending.get(key_of(record))
+                if future is not None and not future.done():
+                    missing.append(stored)
         if missing:
             raise BlobsNeeded(missing)
 
@@ -403,7 +402,10 @@ class WorkflowRun:
             return unpack(record["vb"] if stored is None else self.blobs[stored.key])
         if ref == "wait":
             event = record["ev"]
-            return ReceivedEvent(event["type"], event.get("payload"), ms_to_datetime(event["ts"]))
+            payload = event.get("payload")
+            if isinstance(payload, BlobRef):  # a large payload, stored by reference (hutch.blobs)
+                payload = unpack(self.blobs[payload.key])
+            return ReceivedEvent(event["type"], payload, ms_to_datetime(event["ts"]))
         return None
 
 

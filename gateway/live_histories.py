@@ -17,6 +17,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from hutch.blobs import BlobAddress, fetch_blobs, refs_in
 from hutch.broker.partitioning import partition_of
 from hutch.config import Limits
 from hutch.errors import DeploymentMismatch
@@ -71,7 +72,7 @@ def on_deployment(store: RedisStore, deployment: Deployment) -> RedisStore:
     """
     if store.partitions == deployment.partitions:
         return store
-    return RedisStore(store.redis, deployment.partitions, namespace=store.keys.namespace)
+    return RedisStore(store.redis, deployment.partitions, namespace=store.keys.namespace, blobs=store.blobs)
 
 
 async def unfinished_ids(store: RedisStore, workflow: str) -> list[str]:
@@ -96,7 +97,7 @@ async def load_histories(store: RedisStore, workflow: str, ids: Sequence[str]) -
         batch = ids[start : start + LOAD_BATCH]
         items = [(partition_of(workflow, iid, store.partitions), workflow, iid) for iid in batch]
         snapshots = await store.load_many(items)
-        out += [history_of(s) for s in snapshots if s is not None]
+        out += [await _with_blobs(store, history_of(s)) for s in snapshots if s is not None]
     return out
 
 
@@ -119,7 +120,21 @@ async def unfinished_histories(
 async def instance_history(store: RedisStore, workflow: str, instance_id: str) -> InstanceHistory | None:
     """One instance's history, or None when it does not exist."""
     snapshot = await store.load(partition_of(workflow, instance_id, store.partitions), workflow, instance_id)
-    return None if snapshot is None else history_of(snapshot)
+    return None if snapshot is None else await _with_blobs(store, history_of(snapshot))
+
+
+async def _with_blobs(store: RedisStore, history: InstanceHistory) -> InstanceHistory:
+    """The history with the values its records hold by reference, so that it replays (and exports) whole.
+
+    Raises:
+        BlobNotFound: one of them is not in the deployment's blob store.
+    """
+    refs = refs_in(history.history)
+    if not refs:
+        return history
+    workflow, instance_id = history.workflow, history.instance_id
+    where = BlobAddress(partition_of(workflow, instance_id, store.partitions), workflow, instance_id)
+    return history.model_copy(update={"blobs": await fetch_blobs(store.blobs, where, refs)})
 
 
 def history_of(snapshot: Snapshot) -> InstanceHistory:

@@ -15,13 +15,23 @@ from typing import Any
 
 import msgpack
 import pytest
-from hutch import Limits, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
-from hutch.blobs import BlobAddress, BlobRef, BlobStore, by_reference, open_blob_store, stored_ref
+from hutch import Limits, WorkflowEntrypoint, WorkflowEvent, WorkflowStep, connect
+from hutch.blobs import (
+    BlobAddress,
+    BlobRef,
+    BlobsNeeded,
+    BlobStore,
+    by_reference,
+    open_blob_store,
+    stored_ref,
+)
 from hutch.errors import InvalidInputError, NotSerializable
+from hutch.gateway.live_histories import instance_history
 from hutch.history import Record
 from hutch.serialization import encode_value, pack, unpack
 from hutch.settings import Settings
 from hutch.store.redis import RedisStore
+from hutch.testing import load_history, replay_history, save_history, verify_histories
 
 from tests.conftest import IN_CI, MakeClient
 from tests.helpers import eventually
@@ -148,6 +158,73 @@ async def test_replay_loads_a_large_value_only_when_it_is_delivered(make_client:
     assert counting.fetched == [first.key, first.key, second.key]
     outputs = {s.name: s.output for s in detail.steps if s.type == "step"}
     assert outputs["first"] == first  # describe() shows the reference, it does not load the value
+
+
+def _sha(data: bytes) -> dict[str, Any]:
+    return {"size": len(data), "sha": hashlib.sha256(data).hexdigest()}
+
+
+async def test_a_10_mib_output_is_stored_by_reference_and_loaded_by_status_only(make_client: MakeClient) -> None:
+    """The output's meta field holds a reference; status() (and wait()) load it, describe() loads nothing."""
+
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        return ten_mib()
+
+    client = await make_client({"cc": workflow(run)}, limits=BIG_LIMITS)
+    instance = await client.workflow("cc").create()
+    final = await instance.wait(timeout=30)
+
+    assert final.status == "complete", final.error
+    assert final.output == ten_mib()
+    store = client._store
+    meta = await store.read_meta(*_where(client, instance.id))
+    assert meta is not None
+    ref = meta["output"]
+    assert isinstance(ref, BlobRef) and ref.size == len(pack(ten_mib()))
+    counting = CountingBlobs(store.blobs)
+    store.blobs = counting
+    detail = await instance.describe()
+    assert detail.output == ref and counting.fetched == []  # describe() shows the reference
+    assert (await instance.status()).output == ten_mib()
+    assert counting.fetched == [ref.key]
+
+
+async def test_a_10_mib_event_payload_is_stored_by_reference_and_loaded_when_delivered(
+    make_client: MakeClient,
+) -> None:
+    """Sent while the instance sleeps (buffered as a reference), loaded when the wait takes it and
+    again when a replay delivers it; describe() shows the reference and loads nothing."""
+
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        await step.sleep("before", 0.2)
+        received = await step.wait_for_event("big", "big", timeout="1 minute")
+        await step.sleep("evict", 0.01)
+        return _sha(received.payload)
+
+    client = await make_client({"cc": workflow(run)}, limits=BIG_LIMITS)
+    orchestrator = client.runtime_worker.orchestrator
+    orchestrator.warm_horizon_ms = 0
+    store = orchestrator.store
+    assert isinstance(store, RedisStore)
+    counting = CountingBlobs(store.blobs)
+    store.blobs = counting
+    instance = await client.workflow("cc").create()
+    await instance.send_event("big", ten_mib())
+    final = await instance.wait(timeout=30)
+
+    assert final.status == "complete", final.error
+    assert final.output == _sha(ten_mib())
+    history = await store.history(*_where(client, instance.id))
+    [ev] = [r["ev"] for r in history if r["k"] == "res" and r["ref"] == "wait"]
+    ref = ev["payload"]
+    assert isinstance(ref, BlobRef) and ref.size == len(pack(ten_mib()))
+    # Delivered to the wait (once), then replayed after the sleep (once): never for the reloads before.
+    assert counting.fetched == [ref.key, ref.key]
+    client_counting = CountingBlobs(client._store.blobs)
+    client._store.blobs = client_counting
+    detail = await instance.describe()
+    [wait] = [s for s in detail.steps if s.type == "waitForEvent"]
+    assert wait.output["payload"] == ref and client_counting.fetched == []
 
 
 def _where(client: Any, instance_id: str) -> tuple[int, str, str]:
@@ -314,3 +391,40 @@ async def test_each_stored_value_gets_a_fresh_key_without_hashing_it(tmp_path: P
     assert ref1 is not None and ref2 is not None and ref1.key != ref2.key
     assert await blobs.get_many(where, [ref1, ref2]) == [data, data]
     assert await by_reference(blobs, where, b"small", 64 * 1024) == b"small"  # inline below the threshold
+
+
+# --------------------------------------------------------------------------- replay tooling
+class _WaitsWithLargeValues(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        data = await step.do("big", lambda: b"r" * 200_000)
+        received = await step.wait_for_event("big event", "big", timeout="1 hour")
+        if data != b"r" * 200_000 or received.payload != b"e" * 300_000:  # replay hands back the values
+            raise ValueError("not the recorded values")
+        await step.wait_for_event("never", "never", timeout="1 hour")
+        return [len(data), len(received.payload)]
+
+
+async def test_verify_and_exported_histories_replay_values_stored_by_reference(tmp_path: Path) -> None:
+    """``hutch workflows verify`` reads the live store's blobs, and an exported file carries them:
+    both replay a history whose step result and event payload are stored by reference."""
+    async with connect({"cc": _WaitsWithLargeValues}) as client:
+        instance = await client.workflow("cc").create()
+        await instance.send_event("big", b"e" * 300_000)
+
+        async def waiting_for_never() -> bool:
+            detail = await instance.describe()
+            return any(s.name == "never" for s in detail.steps)
+
+        await eventually(waiting_for_never, timeout=15)
+        history = await instance_history(client._store, "cc", instance.id)
+    assert history is not None
+    assert len(history.blobs) == 2 and all(stored_ref(v) is None for v in history.blobs.values())
+
+    assert verify_histories(_WaitsWithLargeValues, [history]).ok
+    path = tmp_path / "history.json"
+    save_history(history, path)
+    assert len(path.read_bytes()) < 1_000_000 and load_history(path) == history
+    result = replay_history(_WaitsWithLargeValues, load_history(path))
+    assert not result.finished and result.error is None
+    with pytest.raises(BlobsNeeded):  # what replay did before histories carried their blobs
+        replay_history(_WaitsWithLargeValues, history.model_copy(update={"blobs": {}}))

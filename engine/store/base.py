@@ -51,6 +51,8 @@ class Transition:
     # The stored creation time must equal ``created_ms`` too: set by an owner that built the instance
     # from its start message instead of reading Redis, so a stale message of a same-id instance conflicts.
     check_created: bool = False
+    # Values this transition records by reference (hutch.blobs), key → bytes: stored before it commits.
+    blobs: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(slots=True)

@@ -23,8 +23,11 @@ The file is JSON with a format name and a version, so a reader knows what it hol
 ``history`` holds the store's records exactly (hutch/history.py has their keys), one per line
 so a diff is readable. JSON has no bytes: a ``bytes`` value (a step result's msgpack ``vb``) is
 written as ``{"$bytes": "<base64>"}``, and a user dict that happens to look like such a marker
-is wrapped as ``{"$dict": {...}}`` so it reads back as itself. Version 1 readers ignore keys they
-do not know; a change that old readers would misread gets a new version.
+is wrapped as ``{"$dict": {...}}`` so it reads back as itself. Values the store keeps by reference
+(claim check, :mod:`hutch.blobs`) travel with the history: ``blobs`` maps each reference's key to
+the value's msgpack bytes, and a reference inside a record (an event's payload) is written as
+``{"$blob": {"key": ..., "size": ...}}``. Version 1 readers ignore keys they do not know; a
+change that old readers would misread gets a new version.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import json
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from hutch.blobs import BlobRef
 from hutch.errors import InvalidInputError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -41,7 +45,8 @@ FORMAT: Final = "hutch.history"
 VERSION: Final = 1
 BYTES_MARKER = "$bytes"
 DICT_MARKER = "$dict"
-_MARKERS = frozenset({BYTES_MARKER, DICT_MARKER})
+BLOB_MARKER = "$blob"
+_MARKERS = frozenset({BYTES_MARKER, DICT_MARKER, BLOB_MARKER})
 
 
 class InstanceHistory(BaseModel):
@@ -54,6 +59,8 @@ class InstanceHistory(BaseModel):
         params: the instance's params (``event.payload``).
         status: the instance's status when the history was read.
         history: the history records, as the store holds them (``bytes`` values decoded).
+        blobs: the values its records hold by reference (:mod:`hutch.blobs`): key → msgpack
+            bytes, what replay hands to ``run()`` in their place.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -66,12 +73,15 @@ class InstanceHistory(BaseModel):
     status: str
     params: Any = None
     history: list[dict[str, Any]] = Field(default_factory=list)
+    blobs: dict[str, bytes] = Field(default_factory=dict)
 
 
 def to_json(value: Any) -> Any:
     """Make a history value JSON-safe: bytes become ``{"$bytes": base64}`` (see the module docstring)."""
     if isinstance(value, bytes):
         return {BYTES_MARKER: base64.b64encode(value).decode()}
+    if isinstance(value, BlobRef):
+        return {BLOB_MARKER: {"key": value.key, "size": value.size}}
     if isinstance(value, dict):
         encoded = {k: to_json(v) for k, v in value.items()}
         return {DICT_MARKER: encoded} if len(value) == 1 and set(value) <= _MARKERS else encoded
@@ -85,6 +95,8 @@ def from_json(value: Any) -> Any:
     if isinstance(value, dict):
         if set(value) == {BYTES_MARKER}:
             return base64.b64decode(value[BYTES_MARKER])
+        if set(value) == {BLOB_MARKER}:
+            return BlobRef(value[BLOB_MARKER]["key"], value[BLOB_MARKER]["size"])
         if set(value) == {DICT_MARKER}:
             return {k: from_json(v) for k, v in value[DICT_MARKER].items()}
         return {k: from_json(v) for k, v in value.items()}

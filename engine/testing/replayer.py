@@ -92,6 +92,7 @@ def _replay(
     # Commands beyond history are stamped with this clock; the last recorded instant keeps them plausible.
     last_ms = max((r["t"] for r in history.history if isinstance(r.get("t"), int)), default=history.created_ms)
     run = WorkflowRun(workflow_cls(env or Env()), event, limits=limits, now_ms=lambda: last_ms)
+    run.blobs = history.blobs  # the values history holds by reference (hutch.blobs)
     try:
         run.replay(cast("list[Record]", list(history.history)))
         following = tuple(describe_command(c) for c in run.take_commands())
