@@ -274,7 +274,6 @@ class WorkflowClient:
         client = self._client
         limits = client.limits
         now = client.clock.now_ms()
-        trace_field = pack(trace) if trace else None
         rows: list[tuple[int, str, str, int, dict[str, Any]]] = []
         seen: set[str] = set()
         for item in items:
@@ -292,18 +291,7 @@ class WorkflowClient:
                 item.get("params"), what=f"params of instance {iid!r}", limit=limits.max_payload_bytes
             )
             check_depth(params, what=f"params of instance {iid!r}")
-            fields = {
-                "wf": self.name,
-                "id": iid,
-                "status": Status.QUEUED.value,
-                "seq": 0,
-                "run": 0,
-                "params": data,
-                "created": now,
-                "trigger": pack(trigger),
-            }
-            if trace_field is not None:
-                fields[tracing.TRACE_META_FIELD] = trace_field
+            fields = creation_fields(self.name, iid, data, now, trigger, trace)
             if item.get("priority") is not None:
                 fields[PRIORITY_FIELD] = pack(check_priority(item["priority"]))
             rows.append((client._partition(self.name, iid), self.name, iid, now, fields))
@@ -354,6 +342,34 @@ class WorkflowClient:
         ids = [iid for iid, _ in rows]
         next_cursor = f"{rows[-1][1]}:{rows[-1][0]}" if len(rows) == limit else None
         return InstancePage(instances=ids, cursor=next_cursor)
+
+
+def creation_fields(
+    workflow: str, instance_id: str, params: bytes, now_ms: int, trigger: dict[str, Any], trace: str | None
+) -> dict[str, Any]:
+    """The meta fields a new instance is written with: by a client, and by a partition owner for a child.
+
+    Args:
+        workflow: the workflow name.
+        instance_id: the instance id.
+        params: the params, already encoded (msgpack) and checked.
+        now_ms: the creation time.
+        trigger: what created it (``{"source": "api"}``, a cron, a queue, a parent workflow).
+        trace: the W3C traceparent every span of the instance continues, if any.
+    """
+    fields: dict[str, Any] = {
+        "wf": workflow,
+        "id": instance_id,
+        "status": Status.QUEUED.value,
+        "seq": 0,
+        "run": 0,
+        "params": params,
+        "created": now_ms,
+        "trigger": pack(trigger),
+    }
+    if trace:
+        fields[tracing.TRACE_META_FIELD] = pack(trace)
+    return fields
 
 
 def _parse_cursor(cursor: str | None) -> tuple[int, str] | None:
