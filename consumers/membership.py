@@ -64,10 +64,12 @@ import functools
 import hashlib
 import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
+from hutch import metrics
 from hutch.broker.transports.base import stray_cancel
 from hutch.cancelling import cancel_requested
 from hutch.clock import Clock
@@ -409,7 +411,9 @@ class Membership:
             pipe.hgetall(self._departures_key)
             for p in range(self._partitions):
                 pipe.get(self._keys.owner(p))
+            started = time.perf_counter()
             _, _, members, wants, departed, *held_by = await pipe.execute()
+            metrics.REDIS_ROUND_TRIP.observe(time.perf_counter() - started)  # the heartbeat is the sample
             if self._read_ms is not None and now - self._read_ms > self._ttl_ms:
                 log.warning(
                     "worker %s read no heartbeat for %.1f s (Redis unreachable, or this process stalled): "
@@ -708,7 +712,13 @@ class Membership:
         """
         self.held.pop(partition, None)
         self._fenced.discard(partition)
-        log.warning("worker %s lost partition %d to another worker", self.worker_id, partition)
+        log.warning(
+            "worker %s lost partition %d to another worker",
+            self.worker_id,
+            partition,
+            extra={"worker_id": self.worker_id, "partition": partition},
+        )
+        metrics.PARTITION_CHANGES.labels("lost").inc()
         await self._host.drop(partition)
         await self._unsubscribe(partition)
 

@@ -30,7 +30,7 @@ from hutch.broker.partitioning import partition_of
 from hutch.broker.transports.base import Delivery, Outgoing, PartitionListener, Transport
 from hutch.clock import Clock
 from hutch.config import Limits
-from hutch.consumers import children, tracing
+from hutch.consumers import children, observed, tracing
 from hutch.consumers.actor import Effects, Input, InstanceActor
 from hutch.consumers.items import CreatedNotice, StepDone
 from hutch.consumers.membership import LEASE_HEADER
@@ -441,7 +441,7 @@ class Orchestrator(PartitionListener):
         groups: dict[_ActorKey, list[_Item]] = {}
         for item in batch:
             if isinstance(item.input, PoisonMessage):
-                log.warning("dead-lettering a message on partition %d: %s", item.partition, item.input.reason)
+                observed.dead_lettered(item.partition, item.input.reason)
                 _decide(item, DeadLetter(item.input.reason))
             elif item.partition not in self.owned:
                 if item.delivery is not None and item.generation != self._generation.get(item.partition, 0):
@@ -524,6 +524,7 @@ class Orchestrator(PartitionListener):
         actor.committed(transition)
         if self._noticed and "started" in transition.meta:
             self._remember_started(key, actor.created_ms)
+        observed.committed(actor, transition, [i.input for i in items])  # logs and metrics: never of replay
         if tracing.enabled():  # spans of what this transition recorded: never of replayed history
             deliveries = [(i.input, i.delivery.headers) for i in items if i.delivery is not None]
             tracing.emit_committed(actor, transition, deliveries, now_ms=self.clock.now_ms())
@@ -542,7 +543,7 @@ class Orchestrator(PartitionListener):
         rest = [i for i in items if not isinstance(i.input, CreatedNotice)]
         starts_only = all(isinstance(i.input, CreatedNotice | InstanceCreated) for i in items)
         level = logging.DEBUG if result is CommitResult.CONFLICT and starts_only else logging.WARNING
-        log.log(level, "instance %s/%s: commit rejected (%s); reloading", *key, result.name)
+        observed.rejected(actor, result, level)
         self._drop(key)
         if result is CommitResult.FENCED and self.owned.get(actor.partition) == fences.get(actor.partition):
             await self.on_revoked(actor.partition)
@@ -641,6 +642,8 @@ class Orchestrator(PartitionListener):
                     else f"workflow {key[0]!r} is not registered on this worker"
                 )
                 for item in items:
+                    if item.delivery is not None:  # a local input has nothing to dead-letter
+                        observed.dead_lettered(partition, reason, *key)
                     _decide(item, DeadLetter(reason))
                 del groups[key]
                 continue

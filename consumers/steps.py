@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from hutch import logs
 from hutch.blobs import BlobAddress, BlobStore, by_reference
 from hutch.clock import Clock
 from hutch.config import Limits
@@ -202,6 +203,15 @@ class StepRunner:
 
     async def _attempt(self, partition: int, key: _Key, call: StepCall, attempt: int, trace: str | None) -> None:
         workflow, instance_id, run_no, name, count, _ = key
+        # This task's own context: what the body logs carries the attempt (hutch.logs).
+        logs.bind(
+            workflow=workflow,
+            instance_id=instance_id,
+            step=name,
+            step_count=count,
+            attempt=attempt,
+            trace_id=logs.trace_id(trace),
+        )
         async with self._semaphore:
             start = self._clock.now_ms()
             ctx = StepContext(StepInfo(name, count), attempt, call.config)

@@ -20,6 +20,7 @@ import heapq
 import logging
 from collections.abc import Callable, Iterable
 
+from hutch import metrics
 from hutch.broker.envelopes import TimerFired, encode
 from hutch.broker.transports.base import Outgoing, Transport
 from hutch.clock import Clock
@@ -30,6 +31,7 @@ from hutch.store.redis import STORE_ERRORS
 log = logging.getLogger("hutch.timers")
 
 _NEVER = 2**63
+_LATENESS = metrics.TIMER_LATENESS
 
 
 class TimerService:
@@ -161,6 +163,7 @@ class TimerService:
             del self._armed[member]
             if partition not in owned:
                 continue
+            _LATENESS.observe((now - due) / 1000)
             batch.append((partition, member))
         await self._publish(batch, now)
 
@@ -190,6 +193,7 @@ class TimerService:
             if fired is not None and now - fired[0] < self._refire_ms:
                 continue
             self._armed.pop(member, None)
+            _LATENESS.observe((now - due) / 1000)
             batch.append((partition, member))
         # Forget fired timers that are gone (their commit removed them, maybe on another worker).
         for member in [m for m in self._fired if m not in present]:

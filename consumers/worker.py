@@ -22,12 +22,14 @@ import time
 from collections.abc import Coroutine
 from typing import Any
 
+from hutch import metrics
 from hutch.broker.partitioning import partition_of
 from hutch.broker.transports.base import Delivery, Outgoing, PartitionListener, Subscription, Transport, stray_cancel
 from hutch.clock import Clock
 from hutch.config import DEFAULT_LIMITS, Limits
 from hutch.consumers.membership import LEASE_HEADER, Membership
 from hutch.consumers.orchestrator import Orchestrator
+from hutch.consumers.partition_metrics import PartitionSampler
 from hutch.consumers.steps import StepRunner
 from hutch.consumers.supervision import Supervisor
 from hutch.consumers.timers import TimerService
@@ -136,6 +138,7 @@ class Worker:
         self._leases: dict[int, tuple[Delivery, float]] = {}  # partition → the lease held, when received
         self._lease_sent: dict[int, float] = {}  # partition → when this worker last published its lease
         self._stopped = asyncio.Event()
+        self._sampler = PartitionSampler(transport, lambda: self.orchestrator.owned, settings.metrics_sample_s)
         # Distributed workers share partitions through Redis heartbeats; an embedded worker
         # (or a single one) simply consumes every partition.
         self.membership: Membership | None = None
@@ -203,6 +206,8 @@ class Worker:
         await self._children.start()
         self._children.spawn("hutch-orchestrator", self.orchestrator.run())
         self._children.spawn("hutch-timers", self.orchestrator.timers.run())
+        if metrics.enabled():
+            self._children.spawn("hutch-partition-metrics", self._sampler.run())
         if self.membership is None:
             self._subscriptions[-1] = await self.transport.subscribe(
                 range(self.transport.partitions), self.orchestrator, prefetch=self.settings.prefetch
@@ -213,6 +218,7 @@ class Worker:
                 await self._notices.settled()
             self._children.spawn("hutch-membership", self.membership.run())
             self._children.spawn("hutch-leases", self._check_leases())
+        log.info("worker %s started", self.worker_id, extra={"worker_id": self.worker_id})
 
     # ------------------------------------------------------------------ what membership drives
     def new_token(self) -> str:
@@ -258,6 +264,7 @@ class Worker:
     async def adopt(self, tokens: dict[int, str]) -> None:
         """Partitions claimed with these tokens: commit with them, re-drive them, hold their leases."""
         await self.orchestrator.adopt(tokens)
+        metrics.PARTITION_CHANGES.labels("taken").inc(len(tokens))
         if self._notices is not None:  # subscribed in the background (it never holds up a claim)
             self._notices.subscribe([self.store.keys.created_channel(p) for p in tokens])
         await self._publish_leases(sorted(tokens))
@@ -268,6 +275,7 @@ class Worker:
             self._notices.unsubscribe([self.store.keys.created_channel(partition)])
         if partition in self.orchestrator.owned:
             await self.orchestrator.on_revoked(partition)
+            metrics.PARTITION_CHANGES.labels("dropped").inc()
 
     def hold(self, partition: int) -> None:
         """Start no new step attempt on the partition (a handover is under way)."""
@@ -287,6 +295,7 @@ class Worker:
         if LEASE_HEADER in delivery.headers:
             self._on_lease(delivery)
             return
+        self._sampler.delivered(delivery)
         self.orchestrator.on_delivery(delivery)  # parked by the orchestrator until the partition is ours
         if partition not in self.orchestrator.owned and self.membership is not None:
             self.membership.activated(partition)
@@ -404,3 +413,4 @@ class Worker:
         await self._children.stop()
         await runner.close()
         self._stopped.set()
+        log.info("worker %s stopped", self.worker_id, extra={"worker_id": self.worker_id})

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from hutch import tracing
+from hutch import metrics, tracing
 from hutch.blobs import BlobAddress, BlobRef, by_reference, fetch_blobs
 from hutch.clock import Clock
 from hutch.concurrency import PRIORITY_FIELD, check_priority
@@ -318,6 +318,7 @@ class WorkflowClient:
                     len(fresh),
                     exc,
                 )
+        metrics.INSTANCES_CREATED.labels(self.name).inc(len(fresh))
         return [Instance(client, self.name, row[2]) for row in fresh]
 
     async def get(self, id: str) -> Instance:

@@ -43,6 +43,7 @@ from hutch.history import (
     is_issued,
     key_of,
 )
+from hutch import logs
 from hutch.loop import WorkflowLoop
 from hutch.serialization import check_depth, encode_value, unpack
 from hutch.step import WorkflowStep
@@ -99,7 +100,8 @@ class WorkflowRun:
     # ----------------------------------------------------------------- driving
     def start(self) -> None:
         """Start ``run()`` and let it run until it blocks."""
-        self._task = self.loop.create_task(self.workflow.run(self.event, self.step))
+        with logs.running(self):  # what run() logs carries the instance, and nothing while it replays
+            self._task = self.loop.create_task(self.workflow.run(self.event, self.step))
         self.loop.run_until_quiescent()
 
     def replay(self, history: list[Record]) -> None:

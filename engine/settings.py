@@ -242,6 +242,7 @@ class Settings(BaseSettings):
         timer_poll_s: the longest a worker goes without scanning its partitions' timers.
         heartbeat_s: how often a worker heartbeats and rebalances partitions.
         worker_ttl_s: a worker silent for this long is dead; its partitions move.
+        metrics_sample_s: how often a worker reads its partitions' queue depths for its metrics.
         redis_max_connections: Redis connections a process opens at most; beyond them, calls
             wait for a free one (up to ``redis_pool_timeout_s``) instead of failing.
         redis_pool_timeout_s: how long a call waits for a free Redis connection before failing.
@@ -285,6 +286,7 @@ class Settings(BaseSettings):
     timer_poll_s: float = Field(default=1.0, gt=0)
     heartbeat_s: float = Field(default=1.0, gt=0)
     worker_ttl_s: float = Field(default=3.0, gt=0)
+    metrics_sample_s: float = Field(default=15.0, gt=0)
     redis_max_connections: int = Field(default=100, ge=2)
     redis_pool_timeout_s: float = Field(default=20.0, gt=0)
     redis_timeout_s: float = Field(default=2.0, gt=0)

@@ -41,6 +41,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from tests.conftest import drop_namespace
 from tests.helpers import eventually, unique
+from tests.prometheus import samples, value
 
 TOKEN = "current-token"
 OLD_TOKEN = "previous-token"
@@ -479,13 +480,13 @@ async def test_http_probes_metrics_and_schema(deployment: Deployment) -> None:
         assert_error(await deployment.http.get("/api/workflows/nope"), 404, ErrorCode.WORKFLOW_NOT_FOUND)
         metrics = await anonymous.get("/metrics")
         assert metrics.status_code == 200 and metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
-        lines = metrics.text.splitlines()
-        assert 'hutch_gateway_requests_total{method="POST",route="/api/workflows/{name}/instances",status="201"} 1' in (
-            lines
-        )
-        assert 'hutch_gateway_requests_total{method="GET",route="/api/workflows/{name}",status="404"} 1' in lines
-        assert 'hutch_instances{workflow="sleeper",status="waiting"} 1' in lines
-        assert 'hutch_instances{workflow="approval",status="waiting"} 0' in lines
+        page = samples(metrics.text)
+        requests = "hutch_gateway_requests_total"
+        assert value(page, requests, method="POST", route="/api/workflows/{name}/instances", status="201") == 1
+        assert value(page, requests, method="GET", route="/api/workflows/{name}", status="404") == 1
+        assert value(page, "hutch_instances", workflow="sleeper", status="waiting") == 1
+        assert ("hutch_instances", frozenset({("workflow", "approval"), ("status", "waiting")})) in page
+        assert value(page, "hutch_instances", workflow="approval", status="waiting") == 0
 
         schema = (await anonymous.get("/openapi.json")).json()
         assert schema["components"]["securitySchemes"]["bearer"] == {
@@ -710,9 +711,10 @@ async def test_extra_routers_get_errors_limits_and_metrics_but_not_bearer_auth()
             assert_error(await anonymous.post("/webhooks/stripe", content=chunks()), 413, ErrorCode.PAYLOAD_TOO_LARGE)
             text = (await anonymous.get("/metrics")).text
         # The declared-length refusal happens before routing, so it has no route label.
-        assert 'hutch_gateway_requests_total{method="POST",route="/webhooks/{path}",status="413"} 1' in text
-        assert 'hutch_gateway_requests_total{method="POST",route="<unmatched>",status="413"} 1' in text
-        assert 'hutch_gateway_requests_total{method="POST",route="/webhooks/{path}",status="404"} 1' in text
+        requests = "hutch_gateway_requests_total"
+        assert value(text, requests, method="POST", route="/webhooks/{path}", status="413") == 1
+        assert value(text, requests, method="POST", route="<unmatched>", status="413") == 1
+        assert value(text, requests, method="POST", route="/webhooks/{path}", status="404") == 1
 
 
 async def test_metrics_exposition_is_well_formed() -> None:
@@ -723,21 +725,24 @@ async def test_metrics_exposition_is_well_formed() -> None:
         await http.request("BREW", "/api/workflows")
         text = (await http.get("/metrics")).text
     assert text.endswith("\n")
-    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
-    for line in samples:
-        name_and_labels, value = line.rsplit(" ", 1)
-        float(value)
-        assert name_and_labels.startswith(("hutch_gateway_", "hutch_instances"))
+    page = samples(text)  # prometheus_client's parser reads the whole page
+    requests = "hutch_gateway_requests_total"
     # Unknown paths and methods share one label each, so scrapes stay small whatever clients send.
-    assert 'hutch_gateway_requests_total{method="GET",route="<unmatched>",status="404"} 2' in samples
-    assert 'hutch_gateway_requests_total{method="OTHER",route="/api/workflows",status="405"} 1' in samples
-    buckets = [
-        s
-        for s in samples
-        if s.startswith('hutch_gateway_request_duration_seconds_bucket{method="GET",route="/api/workflows",')
-    ]
-    assert len(buckets) == 12 and buckets[-1].endswith(" 1") and 'le="+Inf"' in buckets[-1]
-    assert "# TYPE hutch_instances gauge" in text and 'hutch_instances{workflow="sleeper",status="queued"} 0' in samples
+    assert value(page, requests, method="GET", route="<unmatched>", status="404") == 2
+    assert value(page, requests, method="OTHER", route="/api/workflows", status="405") == 1
+    buckets = {
+        dict(labels)["le"]: v
+        for (name, labels), v in page.items()
+        if name == "hutch_gateway_request_duration_seconds_bucket"
+        and dict(labels).get("route") == "/api/workflows"
+        and dict(labels).get("method") == "GET"
+    }
+    assert len(buckets) == 12 and buckets["+Inf"] == 1
+    assert "# TYPE hutch_instances gauge" in text
+    assert ("hutch_instances", frozenset({("workflow", "sleeper"), ("status", "queued")})) in page
+    # The process's families are served too: every worker family of hutch.metrics, Python's and the process's.
+    assert "# TYPE hutch_step_attempts_total counter" in text and "# TYPE hutch_commits_total counter" in text
+    assert "python_info" in {name for name, _ in page}
 
 
 async def test_unregistered_workflow_cannot_get_instances() -> None:

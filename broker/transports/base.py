@@ -65,6 +65,7 @@ class Delivery(abc.ABC):
     body: bytes
     headers: dict[str, str]
     redelivered: bool
+    published_ms: int | None = None  # when it was published (epoch ms, whole seconds on AMQP), if known
 
     @abc.abstractmethod
     async def ack(self) -> None:

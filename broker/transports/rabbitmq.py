@@ -117,7 +117,7 @@ def _user_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:
 
 
 class _RabbitDelivery(Delivery):
-    __slots__ = ("_done", "_message", "_subscription", "body", "headers", "partition", "redelivered")
+    __slots__ = ("_done", "_message", "_subscription", "body", "headers", "partition", "published_ms", "redelivered")
 
     def __init__(self, subscription: _RabbitSubscription, partition: int, message: AbstractIncomingMessage) -> None:
         self._subscription = subscription
@@ -126,6 +126,7 @@ class _RabbitDelivery(Delivery):
         self.body = message.body
         self.headers = _user_headers(message.headers)
         self.redelivered = bool(message.redelivered)
+        self.published_ms = round(message.timestamp.timestamp() * 1000) if message.timestamp else None
         self._done = False
 
     def _settle(self) -> aiormq.abc.AbstractChannel | None:

@@ -1,18 +1,20 @@
-"""Prometheus metrics of the gateway, in the text exposition format (version 0.0.4).
+"""Prometheus metrics of the gateway, through prometheus_client.
 
 Request counts and durations by method, route template and status come from a pure ASGI
-middleware; the per-status instance gauge is read from the store when ``/metrics`` is scraped.
+middleware into the app's own registry (two apps in one process count apart); the per-status
+instance gauge is read from the store when ``/metrics`` is scraped; the rest is the process's
+(:mod:`hutch.metrics`: the worker's families when ``hutch dev`` runs one, process and Python).
 """
 
 from __future__ import annotations
 
 import time
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterator, Mapping
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Request-duration histogram buckets, in seconds.
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -21,79 +23,45 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 class RequestMetrics:
-    """Counters of the requests the gateway answered, keyed by (method, route template, status)."""
+    """The requests one app answered, by (method, route template, status), in :attr:`registry`."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str], int] = defaultdict(int)
-        self.durations: dict[tuple[str, str], list[float]] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._requests = Counter(
+            "hutch_gateway_requests",
+            "HTTP requests answered by the gateway.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self._durations = Histogram(
+            "hutch_gateway_request_duration_seconds",
+            "Time to answer an HTTP request.",
+            ["method", "route"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         """Record one answered request."""
-        self.requests[(method, route, str(status))] += 1
-        hist = self.durations.get((method, route))
-        if hist is None:
-            # One cumulative counter per bucket, then +Inf count and the sum.
-            hist = self.durations[(method, route)] = [0.0] * (len(_BUCKETS) + 2)
-        for i, bound in enumerate(_BUCKETS):
-            if seconds <= bound:
-                hist[i] += 1
-        hist[-2] += 1
-        hist[-1] += seconds
-
-    def render(self) -> list[str]:
-        """The exposition lines of the request metrics."""
-        lines = [
-            "# HELP hutch_gateway_requests_total HTTP requests answered by the gateway.",
-            "# TYPE hutch_gateway_requests_total counter",
-        ]
-        for (method, route, status), count in sorted(self.requests.items()):
-            labels = _labels({"method": method, "route": route, "status": status})
-            lines.append(f"hutch_gateway_requests_total{labels} {count}")
-        lines += [
-            "# HELP hutch_gateway_request_duration_seconds Time to answer an HTTP request.",
-            "# TYPE hutch_gateway_request_duration_seconds histogram",
-        ]
-        for (method, route), hist in sorted(self.durations.items()):
-            base = {"method": method, "route": route}
-            for bound, cumulative in zip(_BUCKETS, hist, strict=False):
-                labels = _labels({**base, "le": _number(bound)})
-                lines.append(f"hutch_gateway_request_duration_seconds_bucket{labels} {_number(cumulative)}")
-            lines.append(
-                f"hutch_gateway_request_duration_seconds_bucket{_labels({**base, 'le': '+Inf'})} {_number(hist[-2])}"
-            )
-            lines.append(f"hutch_gateway_request_duration_seconds_count{_labels(base)} {_number(hist[-2])}")
-            lines.append(f"hutch_gateway_request_duration_seconds_sum{_labels(base)} {hist[-1]!r}")
-        return lines
+        self._requests.labels(method, route, str(status)).inc()
+        self._durations.labels(method, route).observe(seconds)
 
 
-def render_instances(counts: Mapping[str, Mapping[str, int]]) -> list[str]:
-    """The exposition lines of the instance gauge: workflow → status → count."""
-    lines = [
-        "# HELP hutch_instances Instances of each workflow by status.",
-        "# TYPE hutch_instances gauge",
-    ]
-    for workflow, by_status in sorted(counts.items()):
-        for status, count in sorted(by_status.items()):
-            lines.append(f"hutch_instances{_labels({'workflow': workflow, 'status': status})} {count}")
-    return lines
+class InstanceCounts(Collector):
+    """The ``hutch_instances`` gauge (instances by workflow and status) of counts read for one scrape."""
 
+    def __init__(self, counts: Mapping[str, Mapping[str, int]]) -> None:
+        self._counts = counts
 
-def exposition(*groups: Iterable[str]) -> str:
-    """Join metric groups into one exposition document."""
-    return "".join(line + "\n" for group in groups for line in group)
-
-
-def _labels(labels: Mapping[str, str]) -> str:
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-    return "{" + inner + "}"
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(value)
+    def collect(self) -> Iterator[Metric]:
+        """The one gauge family."""
+        gauge = GaugeMetricFamily(
+            "hutch_instances", "Instances of each workflow by status.", labels=["workflow", "status"]
+        )
+        for workflow, by_status in sorted(self._counts.items()):
+            for status, count in sorted(by_status.items()):
+                gauge.add_metric([workflow, status], count)
+        yield gauge
 
 
 class MetricsMiddleware:

@@ -7,13 +7,13 @@ import logging
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
-from hutch import Client
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from hutch import Client, metrics
 from hutch.broker.transports.base import Transport
 from hutch.gateway.api.deps import WorkflowNames, get_client, get_workflow_names
 from hutch.gateway.api.envelope import ApiError, Envelope, ErrorCode, ok
 from hutch.gateway.api.errors import UNAVAILABLE_ERRORS
-from hutch.gateway.api.metrics import CONTENT_TYPE, RequestMetrics, exposition, render_instances
+from hutch.gateway.api.metrics import InstanceCounts, RequestMetrics
 from hutch.gateway.api.models import Health, Readiness
 from hutch.gateway.api.views import instance_counts
 
@@ -59,22 +59,26 @@ async def readyz(client: Client = Depends(get_client)) -> Any:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text."}},
     summary="Prometheus metrics",
 )
-async def metrics(
+async def prometheus_metrics(
     request: Request, client: Client = Depends(get_client), names: WorkflowNames = Depends(get_workflow_names)
-) -> PlainTextResponse:
-    """Request counts and durations by route and status, and instances by workflow and status."""
+) -> Response:
+    """Request counts and durations by route and status, instances by workflow and status, and the process's metrics.
+
+    The process's are every family of :mod:`hutch.metrics` (a worker's too, in ``hutch dev``),
+    merged across processes when ``PROMETHEUS_MULTIPROC_DIR`` is set.
+    """
     request_metrics: RequestMetrics = request.app.state.metrics
-    groups = [request_metrics.render()]
+    scraped: InstanceCounts | None = None
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
             counts = await instance_counts(client, await names.all())
     except UNAVAILABLE_ERRORS as exc:
-        # A scrape still reports the request metrics while the store is down.
+        # A scrape still reports the other metrics while the store is down.
         log.warning("metrics: instance counts unavailable: %r", exc)
-        groups.append(["# instance counts unavailable: the store did not answer"])
     else:
-        groups.append(render_instances({wf: c.model_dump(by_alias=True) for wf, c in counts.items()}))
-    return PlainTextResponse(exposition(*groups), media_type=CONTENT_TYPE)
+        scraped = InstanceCounts({wf: c.model_dump(by_alias=True) for wf, c in counts.items()})
+    body = metrics.exposition(request_metrics.registry, scraped=scraped)
+    return Response(body, media_type=metrics.CONTENT_TYPE)
 
 
 async def _check_redis(client: Client) -> str:

@@ -36,6 +36,7 @@ from hutch.gateway.cli.options import (
     backend_options,
     invalid_settings,
     load_settings,
+    log_format_option,
     log_level_option,
     parse_workflows,
     token_list,
@@ -46,6 +47,7 @@ from hutch.gateway.cli.serving import EXIT_START_FAILED, configure_logging, star
 from hutch.gateway.http_client import DEFAULT_URL
 from hutch.gateway.server import BindError, GatewayServer, is_loopback
 from hutch.gateway.settings import GatewaySettings
+from hutch.logs import LogFormat
 from hutch.settings import Settings
 from hutch.versions import Workflows
 
@@ -73,6 +75,7 @@ class StartRefused(click.ClickException):
 )
 @access_log_option
 @log_level_option
+@log_format_option
 def dev(
     workflows: tuple[str, ...],
     host: str,
@@ -82,6 +85,7 @@ def dev(
     amqp_url: str | None,
     access_log: bool,
     log_level: str,
+    log_format: LogFormat | None,
 ) -> None:
     """Run gateway, worker and backends in one process until Ctrl-C, for local development.
 
@@ -96,7 +100,7 @@ def dev(
       hutch workflows trigger approval '{"requestId": "PR-7"}' --id PR-7
       hutch events send approval PR-7 approval '{"approved": true}'
     """
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     tracing.configure_from_env("hutch-dev")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
     if log_level != "DEBUG":
         # One worker owns every partition here; a line per partition at start-up says nothing.

@@ -14,6 +14,7 @@ from hutch.gateway.cli.options import (
     backend_options,
     invalid_settings,
     load_settings,
+    log_format_option,
     log_level_option,
     token_list,
     tokens_option,
@@ -21,6 +22,7 @@ from hutch.gateway.cli.options import (
 from hutch.gateway.cli.serving import EXIT_START_FAILED, configure_logging, start_or_report, stop_on_signals
 from hutch.gateway.server import BindError, GatewayServer
 from hutch.gateway.settings import GatewaySettings
+from hutch.logs import LogFormat
 from hutch.settings import Settings
 
 
@@ -33,6 +35,7 @@ from hutch.settings import Settings
 @backend_options()
 @access_log_option
 @log_level_option
+@log_format_option
 def gateway(
     host: str | None,
     port: int | None,
@@ -41,6 +44,7 @@ def gateway(
     amqp_url: str | None,
     access_log: bool,
     log_level: str,
+    log_format: LogFormat | None,
 ) -> None:
     """Serve the REST API for a distributed deployment (workers run elsewhere) until SIGTERM or SIGINT.
 
@@ -52,7 +56,7 @@ def gateway(
     Example:
       HUTCH_GATEWAY_TOKENS=s3cret hutch gateway --host 0.0.0.0 --port 8787
     """
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     tracing.configure_from_env("hutch-gateway")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
     settings = load_settings(redis_url, amqp_url)
     with invalid_settings():

@@ -19,6 +19,7 @@ from hutch.entrypoint import WorkflowEntrypoint
 from hutch.gateway.cli.remote import Remote
 from hutch.gateway.http_client import DEFAULT_URL
 from hutch.gateway.loader import TargetError, load_workflow
+from hutch.logs import LOG_FORMATS
 from hutch.settings import Settings
 from hutch.versions import WorkflowClasses
 from pydantic import ValidationError
@@ -74,6 +75,17 @@ def backend_options(redis_help: str = REDIS_HELP, amqp_help: str = AMQP_HELP) ->
 def log_level_option(command: F) -> F:
     """``--log-level`` (default INFO), received as ``log_level``."""
     return click.option("--log-level", default="INFO", show_default=True, type=click.Choice(LOG_LEVELS))(command)
+
+
+def log_format_option(command: F) -> F:
+    """``--log-format json|text`` (env ``HUTCH_LOG_FORMAT``; default JSON off a terminal), as ``log_format``."""
+    return click.option(
+        "--log-format",
+        type=click.Choice(LOG_FORMATS),
+        envvar="HUTCH_LOG_FORMAT",
+        default=None,
+        help="Log lines as JSON objects or text [env HUTCH_LOG_FORMAT; default: json unless stderr is a terminal].",
+    )(command)
 
 
 def access_log_option(command: F) -> F:

@@ -7,6 +7,7 @@ It runs in this process, no servers needed, and shows the instance's progress as
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import click
@@ -62,6 +63,8 @@ def run(
         --params '{"orderId": "A-1", "items": [{"sku": "X", "qty": 2}]}'
     """
     params = parse_json(params_json, "--params")
+    # The live view shows each failed attempt and the outcome: their log lines would only repeat it.
+    logging.getLogger("hutch.instances").setLevel(logging.CRITICAL)
     sends = [_parse_event(spec) for spec in events]
     try:
         cls = load_workflow(target)

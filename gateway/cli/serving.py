@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import TypeVar
 
 import click
+from hutch import logs
 from hutch.broker.transports.rabbitmq import CONNECTION_ERRORS
 from hutch.errors import HutchError
 from hutch.gateway.server import GatewayServer
+from hutch.logs import LogFormat
 from hutch.settings import Settings
 from hutch.store.redis import STORE_ERRORS
 
@@ -29,9 +29,9 @@ BACKEND_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, *STORE_ER
 """Failures to reach Redis or RabbitMQ while a server command starts."""
 
 
-def configure_logging(level: str) -> None:
-    """Log lines to stderr: ``time level logger: message``."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+def configure_logging(level: str, fmt: LogFormat | None = None) -> None:
+    """Log to stderr at ``level``: JSON lines, or ``time level logger: message`` text (see :mod:`hutch.logs`)."""
+    logs.configure(level, fmt)
 
 
 @contextlib.contextmanager

@@ -11,8 +11,16 @@ from hutch import tracing
 from hutch.consumers.serve import serve
 from hutch.consumers.worker import Worker
 from hutch.errors import HutchError, ServiceUnavailable
-from hutch.gateway.cli.options import backend_options, load_settings, log_level_option, parse_workflows, workflow_option
+from hutch.gateway.cli.options import (
+    backend_options,
+    load_settings,
+    log_format_option,
+    log_level_option,
+    parse_workflows,
+    workflow_option,
+)
 from hutch.gateway.cli.serving import configure_logging, stop_on_signals
+from hutch.logs import LogFormat
 from hutch.settings import Settings
 from hutch.versions import Workflows
 
@@ -35,6 +43,7 @@ from hutch.versions import Workflows
     help="Address the metrics port listens on [env HUTCH_METRICS_HOST].",
 )
 @log_level_option
+@log_format_option
 def worker(
     workflows: tuple[str, ...],
     redis_url: str | None,
@@ -42,6 +51,7 @@ def worker(
     metrics_port: int | None,
     metrics_host: str,
     log_level: str,
+    log_format: LogFormat | None,
 ) -> None:
     """Run a worker: consume this worker's share of the partitions until SIGTERM or SIGINT.
 
@@ -49,7 +59,7 @@ def worker(
     the worker stops taking messages, lets in-flight steps finish (HUTCH_SHUTDOWN_TIMEOUT_S),
     releases its partitions to the other workers and exits 0.
     """
-    configure_logging(log_level)
+    configure_logging(log_level, log_format)
     tracing.configure_from_env("hutch-worker")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set
     classes = parse_workflows(workflows)
     settings = load_settings(redis_url, amqp_url)
