@@ -52,7 +52,9 @@ def _no_leaked_tasks() -> None:
     Playwright's sync API occupies; these tests run no asyncio code of theirs (the gateway is a subprocess)."""
 
 
-@pytest.fixture(scope="session")
+# Module scope, not session: Playwright's sync API runs an event loop in this thread while it is
+# open, and the async tests that run after this module need the thread's loop to themselves.
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[object]:
     if not Path(CHROMIUM).exists() or shutil.which("chromium") is None:
         if os.environ.get("CI") == "true":
