@@ -11,6 +11,7 @@ from opentelemetry.propagate import inject
 
 if TYPE_CHECKING:
     from hutch.dispatch import CreatedInstance
+    from hutch.restart import FromStep
     from hutch.status import Action
 
 
@@ -48,9 +49,19 @@ class BrokerDispatcher:
             message = message.model_copy(update={"id": event_id})
         await self._send([message])
 
-    async def control(self, workflow: str, instance_id: str, action: Action) -> None:
+    async def control(
+        self,
+        workflow: str,
+        instance_id: str,
+        action: Action,
+        *,
+        from_step: FromStep | None = None,
+        rollback: bool = False,
+    ) -> None:
         """Publish a pause, resume, terminate or restart request to the instance's partition."""
-        await self._send([Control(workflow=workflow, instance_id=instance_id, action=action)])
+        await self._send(
+            [Control(workflow=workflow, instance_id=instance_id, action=action, from_step=from_step, rollback=rollback)]
+        )
 
     async def redrive(self, workflow: str, instance_id: str) -> None:
         """Publish a ``Redrive`` to the instance's partition: its owner loads the instance and continues it."""

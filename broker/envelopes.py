@@ -10,6 +10,7 @@ import uuid
 from typing import Annotated, Literal
 
 import msgpack
+from hutch.restart import FromStep
 from hutch.status import Action
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -51,10 +52,12 @@ class TimerFired(_Envelope):
 
 
 class Control(_Envelope):
-    """A lifecycle request."""
+    """A lifecycle request; ``from_step`` (restart) runs again from a step, ``rollback`` (terminate) runs the undos."""
 
     kind: Literal["control"] = "control"
     action: Action
+    from_step: FromStep | None = None
+    rollback: bool = False
 
 
 class ChildFinished(_Envelope):

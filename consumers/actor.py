@@ -42,6 +42,7 @@ from hutch.errors import ChildWorkflowError, WorkerLostError
 from hutch.events import WorkflowEvent
 from hutch.executor import StepCall, WorkflowRun, timeout_error
 from hutch.history import AttemptEnded, EventRecord, InvokeCommand, Issued, Kind, Record, Resolution, TimerKind
+from hutch.retention import META_FIELD as RETENTION_FIELD
 from hutch.serialization import pack, unpack
 from hutch.status import FINISHED, Status
 from hutch.store.base import Snapshot, Transition
@@ -80,6 +81,8 @@ class InstanceActor:
         self.run_no: int = meta.get("run", 0)
         self.created_ms: int = meta["created"]
         self.params: Any = meta.get("params")
+        # Its own retention when finished ({"success", "error"}: seconds), if it was created with one.
+        self.retention: dict[str, float] | None = meta.get(RETENTION_FIELD)
         # Set on a child created by step.invoke: its end is sent to this parent.
         self.parent: ParentLink | None = meta.get("parent")
         # The outcome a finished child sends its parent (lifecycle.finish sets them as it ends).
@@ -203,7 +206,7 @@ class InstanceActor:
         elif isinstance(item, EventReceived):
             self._on_event(turn, item)
         elif isinstance(item, Control):
-            lifecycle.control(self, turn, item.action)
+            lifecycle.control(self, turn, item.action, from_step=item.from_step, rollback=item.rollback)
         elif isinstance(item, ChildFinished):
             self._on_child(turn, item)
         elif isinstance(item, InstanceCreated | Redrive):

@@ -94,6 +94,10 @@ class ActorState:
         for r in history:
             if r["k"] == "life":
                 pause_group = r.get("g") if r["what"] == "paused" else None
+                if r["what"] == "rollback":
+                    # A terminate's rollback stopped the workflow's work: only its undo steps follow.
+                    state.drop_all_pending()
+                    state.timers.clear()
             else:
                 state._replay(r, member)
         for raw in events:

@@ -22,9 +22,13 @@ from hutch.errors import (
     InstanceAlreadyExists,
     InstanceNotFound,
     InvalidInputError,
+    StepNotInHistory,
     WaitTimeout,
     WorkflowNotFound,
 )
+from hutch.restart import FromStep, StepSpec, command_position, from_step_of
+from hutch.retention import META_FIELD as RETENTION_FIELD
+from hutch.retention import RetentionSpec, retention_of
 from hutch.runtime import EmbeddedRuntimeProbe
 from hutch.serialization import check_depth, encode_value, pack, unpack
 from hutch.status import FINISHED, Action, InstanceDetail, InstanceStatus, Status, build_detail, status_from_meta
@@ -166,8 +170,12 @@ class WorkflowClient:
         *,
         trigger: dict[str, Any] | None = None,
         priority: int | None = None,
+        retention: RetentionSpec | None = None,
     ) -> Instance:
         """Create and start an instance; raises :class:`InstanceAlreadyExists` for a taken id.
+
+        ``retention``: how long this instance is kept once it finished, instead of the deployment's
+        ``retention`` (:class:`~hutch.retention.InstanceRetention`; numbers are seconds).
 
         ``priority`` orders the instances waiting for a slot of the workflow's concurrency limits
         (hutch.concurrency): lower starts first (from -1000 to 1000, default 0), then oldest first.
@@ -175,6 +183,8 @@ class WorkflowClient:
         item: dict[str, Any] = {"id": id, "params": params}
         if priority is not None:
             item["priority"] = priority
+        if retention is not None:
+            item["retention"] = retention
         created = await self._create([item], trigger or {"source": "api"}, skip_existing=False)
         return created[0]
 
@@ -277,10 +287,10 @@ class WorkflowClient:
         rows: list[tuple[int, str, str, int, dict[str, Any]]] = []
         seen: set[str] = set()
         for item in items:
-            unknown = set(item) - {"id", "params", "priority"}
+            unknown = set(item) - {"id", "params", "priority", "retention"}
             if unknown:
                 raise InvalidInputError(
-                    f"instance options {sorted(unknown)} are not known; use 'id', 'params' and 'priority'"
+                    f"instance options {sorted(unknown)} are not known; use 'id', 'params', 'priority' and 'retention'"
                 )
             iid = item.get("id")
             iid = str(uuid.uuid4()) if iid is None else check_instance_id(iid, limits)
@@ -294,6 +304,8 @@ class WorkflowClient:
             fields = creation_fields(self.name, iid, data, now, trigger, trace)
             if item.get("priority") is not None:
                 fields[PRIORITY_FIELD] = pack(check_priority(item["priority"]))
+            if item.get("retention") is not None:
+                fields[RETENTION_FIELD] = pack(retention_of(item["retention"]).stored())
             rows.append((client._partition(self.name, iid), self.name, iid, now, fields))
         created = await client._store.create_many(rows, events=None if events is None else [events] * len(rows))
         fresh = [row for row, ok in zip(rows, created, strict=True) if ok]
@@ -436,14 +448,43 @@ class Instance:
         """Resume a paused instance (nothing to do for one that is not paused); like :meth:`pause` otherwise."""
         return await self._control("resume", _PAUSED, lambda m: m["status"] not in _PAUSED, timeout)
 
-    async def terminate(self, *, timeout: float | None = None) -> ControlAccepted:
-        """Stop the instance for good; raises :class:`IllegalTransition` if it already finished."""
-        return await self._control("terminate", _UNFINISHED, lambda m: m["status"] == Status.TERMINATED, timeout)
+    async def terminate(self, *, rollback: bool = False, timeout: float | None = None) -> ControlAccepted:
+        """Stop the instance for good; raises :class:`IllegalTransition` if it already finished.
 
-    async def restart(self, *, timeout: float | None = None) -> ControlAccepted:
-        """Run again from the beginning with the same params and timestamp, in any status."""
-        before = (await self._meta()).get("run", 0)
-        return await self._control("restart", None, lambda m: m.get("run", 0) > before, timeout)
+        ``rollback``: first run the undos of its completed ``@step.with_rollback`` steps, last
+        first, as durable steps (``rollback <step name>``, shown by ``describe()``; each receives a
+        :class:`hutch.saga.TerminatedWithRollback`); it ends ``terminated`` once they all ran, with
+        their errors as its error if some failed. Applied (``ControlAccepted.applied``) once the
+        undos began.
+        """
+        if not rollback:
+            return await self._control("terminate", _UNFINISHED, lambda m: m["status"] == Status.TERMINATED, timeout)
+        return await self._control(
+            "terminate",
+            _UNFINISHED,
+            lambda m: m["status"] == Status.TERMINATED or m.get("rollback") is not None,
+            timeout,
+            rollback=True,
+        )
+
+    async def restart(self, *, from_step: StepSpec | None = None, timeout: float | None = None) -> ControlAccepted:
+        """Run again with the same params and timestamp, in any status: from the beginning, or from a step.
+
+        ``from_step``: ``("charge", 1)`` (name and count, from 1), ``("wait", 1, "waitForEvent")``,
+        a name (its first command) or a :class:`~hutch.restart.FromStep`. History keeps every
+        record before that step's command, so replay returns the earlier steps' results without
+        running them; that step and everything after it run again on the code version the
+        instance ran. Raises :class:`StepNotInHistory` (nothing changed) when the current run
+        never issued that step.
+        """
+        meta = await self._meta()
+        before = meta.get("run", 0)
+        step = None if from_step is None else from_step_of(from_step)
+        if step is not None:
+            history = await self._client._store.history(self._partition, self.workflow, self.id)
+            if command_position(history, step) is None:
+                raise StepNotInHistory(self.id, step.text(), meta["status"])
+        return await self._control("restart", None, lambda m: m.get("run", 0) > before, timeout, from_step=step)
 
     async def send_event(self, type: str, payload: Any = None, *, event_id: str | None = None) -> EventAccepted:
         """Send an event; it is buffered until a matching ``wait_for_event`` takes it.
@@ -496,13 +537,16 @@ class Instance:
         applies_to: frozenset[Status] | None,
         applied: Callable[[dict[str, Any]], bool],
         timeout: float | None,
+        *,
+        from_step: FromStep | None = None,
+        rollback: bool = False,
     ) -> ControlAccepted:
         status = Status((await self._meta())["status"])
         if action != "restart" and status.finished:
             raise IllegalTransition(self.id, action, status.value)
         if applies_to is not None and status not in applies_to:
             return ControlAccepted(applied=True, status=status)  # already as asked
-        await self._client._dispatcher.control(self.workflow, self.id, action)
+        await self._client._dispatcher.control(self.workflow, self.id, action, from_step=from_step, rollback=rollback)
         # Applied by the partition owner; return once it committed so status() sees the effect.
         # Without a live owner the request stays queued in the broker: say so rather than wait on.
         loop = asyncio.get_running_loop()

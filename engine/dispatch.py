@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from hutch.restart import FromStep
 from hutch.status import Action
 
 
@@ -46,6 +47,14 @@ class Dispatcher(Protocol):
         """
         ...
 
-    async def control(self, workflow: str, instance_id: str, action: Action) -> None:
-        """Request pause, resume, terminate or restart."""
+    async def control(
+        self,
+        workflow: str,
+        instance_id: str,
+        action: Action,
+        *,
+        from_step: FromStep | None = None,
+        rollback: bool = False,
+    ) -> None:
+        """Request pause, resume, terminate or restart (``from_step``: from a step; ``rollback``: with the undos)."""
         ...

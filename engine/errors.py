@@ -29,6 +29,9 @@ The tree::
      ├── InstanceNotFound (also KeyError)
      ├── InstanceAlreadyExists
      ├── IllegalTransition             e.g. terminate a finished instance
+     │    └── StepNotInHistory          restart(from_step=...) names a step the run never reached
+     ├── TerminatedWithRollback        what every undo receives from terminate(rollback=True)
+     ├── RollbackFailed                undos of terminate(rollback=True) failed: the instance's error
      ├── WaitTimeout                   Instance.wait() gave up before the instance finished
      ├── WorkflowCodeError             run() awaited something that is not a step
      ├── DeploymentMismatch            partitions or limits differ from those the deployment recorded
@@ -307,6 +310,28 @@ class IllegalTransition(HutchError):
         self.instance_id = instance_id
         self.action = action
         self.status = status
+
+
+class StepNotInHistory(IllegalTransition):
+    """``restart(from_step=...)`` names a step the instance's current run never reached (nothing changed)."""
+
+    def __init__(self, instance_id: str, step: str, status: str) -> None:
+        HutchError.__init__(
+            self,
+            f"cannot restart instance {instance_id!r} from {step}: its history has no such step "
+            "(describe() lists its steps with their names and counts)",
+        )
+        self.instance_id = instance_id
+        self.action = "restart"
+        self.status = status
+
+
+class TerminatedWithRollback(HutchError):
+    """The error every undo receives when an operator terminates the instance with ``rollback=True``."""
+
+
+class RollbackFailed(HutchError):
+    """Some undos of a terminate with rollback failed (after their retries): the terminated instance's error."""
 
 
 class WaitTimeout(HutchError, TimeoutError):

@@ -93,6 +93,11 @@ class WorkflowRun:
         self.failure: HutchError | None = None
         self.group = 0
         self._task: asyncio.Task[Any] | None = None
+        # A terminate with rollback: the undos run in a task of their own and the workflow's code gets
+        # nothing more; ``_rollback_at`` (replay) is the position in history where they began.
+        self.rolling_back = False
+        self._rollback_task: asyncio.Task[Any] | None = None
+        self._rollback_at: int | None = None
         self.replaying = False
         # Values stored by reference that replay may deliver (key → msgpack bytes): see deliver().
         self.blobs: Mapping[str, bytes] = {}
@@ -108,15 +113,23 @@ class WorkflowRun:
         """Rebuild the run's state by re-running ``run()`` against recorded history."""
         self._recorded = [r for r in history if is_issued(r)]
         groups: dict[int, list[Resolution]] = {}
+        rollback_group: int | None = None
         for record in history:
             if record["k"] == "res":
                 groups.setdefault(record["g"], []).append(record)
+            elif record["k"] == "life" and record["what"] == "rollback" and rollback_group is None:
+                rollback_group = record.get("g", 0)
+                self._rollback_at = _issued_before(history, record)
         self.replaying = True
         try:
             self.start()
             for g in sorted(groups):
+                if rollback_group is not None and g >= rollback_group and not self.rolling_back:
+                    self.begin_rollback()
                 self.deliver(groups[g])
                 self.group = g + 1
+            if rollback_group is not None and not self.rolling_back:
+                self.begin_rollback()
         finally:
             self.replaying = False
         self._skip_markers()
@@ -142,6 +155,20 @@ class WorkflowRun:
         if self.failure is None:
             self.loop.run_until_quiescent()
 
+    def begin_rollback(self) -> None:
+        """A terminate with rollback: run the undos of the completed rollback steps, and nothing more of ``run()``.
+
+        The workflow's pending commands never settle now, and what it issued beyond history is
+        dropped (never recorded); the undos run as durable steps (:meth:`hutch.saga.Saga.rollback_all`,
+        every undo even when some fail), and :attr:`finished` waits for them.
+        """
+        self._new.clear()
+        self._pending.clear()
+        self.rolling_back = True
+        self._rollback_task = self.loop.create_task(self.step._saga.terminated())
+        if self.failure is None:
+            self.loop.run_until_quiescent()
+
     def take_commands(self) -> list[Issued]:
         """The commands (and patch markers) issued beyond history since the last call."""
         new, self._new = self._new, []
@@ -150,18 +177,20 @@ class WorkflowRun:
     @property
     def finished(self) -> bool:
         """Whether ``run()`` returned or raised (or the run failed for the engine's reasons)."""
-        return self.failure is not None or (self._task is not None and self._task.done())
+        task = self._rollback_task if self.rolling_back else self._task
+        return self.failure is not None or (task is not None and task.done())
 
     def outcome(self) -> tuple[bool, Any]:
         """``(True, output)`` or ``(False, exception)`` once :attr:`finished`."""
         if self.failure is not None:
             return False, self.failure
-        assert self._task is not None and self._task.done()
-        if self._task.cancelled():
+        task = self._rollback_task if self.rolling_back else self._task
+        assert task is not None and task.done()
+        if task.cancelled():
             return False, WorkflowCodeError("run() was cancelled by workflow code")
-        exc = self._task.exception()
+        exc = task.exception()
         if exc is None:
-            return True, self._task.result()
+            return True, task.result()
         return False, exc
 
     def close(self) -> None:
@@ -282,7 +311,7 @@ class WorkflowRun:
         known = self._patches.get(patch_id)
         if known is not None:
             return known
-        if self.failure is not None:
+        if self.failure is not None or self._past_rollback():
             return True
         answer = True
         if self._cursor < len(self._recorded):
@@ -311,6 +340,16 @@ class WorkflowRun:
         while self._cursor < len(recorded) and recorded[self._cursor]["k"] == "patch":
             self._cursor += 1
 
+    def _past_rollback(self) -> bool:
+        """Whether what is issued now is the workflow's code past the point a terminate's rollback began.
+
+        Once the undos run, only their task issues; while replay has not reached them, anything
+        issued at or beyond their recorded position is the workflow's (which, live, got nothing more).
+        """
+        if self.rolling_back:
+            return asyncio.current_task(self.loop) is not self._rollback_task
+        return self._rollback_at is not None and self._cursor >= self._rollback_at
+
     def now_ms(self) -> int:
         """The clock commands are stamped with (history keeps what it was when first issued)."""
         return self._now_ms()
@@ -327,6 +366,8 @@ class WorkflowRun:
         if self.failure is not None:
             return future, record
         self._skip_markers()
+        if self._past_rollback():
+            return future, record  # the workflow's code after its terminate's rollback began: never recorded
         if self._cursor < len(self._recorded):
             expected = self._recorded[self._cursor]
             assert expected["k"] != "patch"  # skipped above
@@ -409,6 +450,16 @@ class WorkflowRun:
                 payload = unpack(self.blobs[payload.key])
             return ReceivedEvent(event["type"], payload, ms_to_datetime(event["ts"]))
         return None
+
+
+def _issued_before(history: list[Record], marker: Record) -> int:
+    """How many commands and markers ``history`` holds before ``marker``."""
+    count = 0
+    for record in history:
+        if record is marker:
+            return count
+        count += is_issued(record)
+    return count
 
 
 class _Closed(HutchError):

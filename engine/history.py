@@ -37,7 +37,7 @@ Kind = Literal["step", "sleep", "wait", "invoke"]
 TimerCommandKind = Literal["sleep", "wait"]  # the commands a timer settles
 Key = tuple[Kind, str, int]  # (kind, name, count)
 ErrorRecord = dict[str, str]  # ``{"name", "message"}``: see hutch.errors.error_record
-LifeEvent = Literal["started", "paused", "resumed", "terminated", "restarted"]
+LifeEvent = Literal["started", "paused", "resumed", "terminated", "restarted", "rollback"]
 TimerKind = Literal["sleep", "wait", "retry"]  # what a timer is for (a retry's timer belongs to a step)
 RetryWait = Literal["backoff", "error"]  # where a retry's wait came from: the config's backoff, or the error
 
@@ -169,15 +169,20 @@ class AttemptEnded(TypedDict):
 
 
 class Lifecycle(TypedDict):
-    """The instance started, was paused, resumed, terminated or restarted.
+    """The instance started, was paused, resumed, terminated or restarted, or a terminate's rollback began.
 
-    ``g`` (pauses only): the group results arriving during the pause join.
+    ``g``: of a pause, the group results arriving during the pause join; of a rollback, the first
+    group replay delivers after starting the undos (the workflow's own code gets none of them).
+    ``frm`` (a restart from a step): the step, as ``[name, count, type or None]``.
     """
 
     k: Literal["life"]
     what: LifeEvent
     t: int
     g: NotRequired[int]
+    # "from" is a Python keyword: the TypedDict's functional form would be needed to declare it, so a
+    # restart from a step records it under this key, read with .get().
+    frm: NotRequired[list[Any]]
 
 
 class Retimed(TypedDict):

@@ -6,6 +6,11 @@ history recorded), so ``rollback_all`` asks for the same compensations in the sa
 compensation runs as an ordinary durable step named ``rollback <step name>``: it is retried by
 its config, shows in ``describe()``, and once it succeeded it never runs again — a crash in the
 middle of a rollback resumes with the compensations that had not finished.
+
+``instance.terminate(rollback=True)`` runs the same compensations from outside the workflow's code
+(:meth:`Saga.terminated`, started by :meth:`hutch.executor.WorkflowRun.begin_rollback`): each undo
+receives a :class:`TerminatedWithRollback` as its error, and the instance ends ``terminated`` once
+they all ran.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from hutch.context import StepContext
+from hutch.errors import RollbackFailed, TerminatedWithRollback
 
 if TYPE_CHECKING:
     from hutch.executor import WorkflowRun
@@ -53,6 +59,19 @@ class Saga:
     def completed(self, compensation: Compensation) -> None:
         """Record that a rollback step succeeded in this run."""
         self._completed.append(compensation)
+
+    async def terminated(self) -> None:
+        """A terminate with rollback: every undo runs (last completed first), even when some fail.
+
+        Raises:
+            RollbackFailed: naming the undos that failed (after their retries); the instance still ends terminated.
+        """
+        error = TerminatedWithRollback("the instance was terminated with rollback")
+        try:
+            await self.rollback_all(error, continue_on_error=True)
+        except ExceptionGroup as failed:
+            causes = "; ".join(f"{type(e).__name__}: {e}" for e in failed.exceptions)
+            raise RollbackFailed(f"{len(failed.exceptions)} undo step(s) failed: {causes}") from None
 
     async def rollback_all(self, error: Exception, *, continue_on_error: bool = False) -> None:
         """Run the undos of every completed rollback step, last completed first, and forget them.

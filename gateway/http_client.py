@@ -206,14 +206,28 @@ class GatewayClient:
         result: dict[str, Any] = (await self._call("GET", path))["result"]
         return result
 
-    async def change_status(self, name: str, instance_id: str, action: Action) -> dict[str, Any]:
+    async def change_status(
+        self,
+        name: str,
+        instance_id: str,
+        action: Action,
+        *,
+        from_step: dict[str, Any] | None = None,
+        rollback: bool = False,
+    ) -> dict[str, Any]:
         """Pause, resume, terminate or restart an instance: ``{"status", "applied", "timestamp"}``.
 
         ``applied`` is false (HTTP 202) when no worker applied the change within the gateway's wait;
-        it stays queued and is applied when a worker takes the instance's partition.
+        it stays queued and is applied when a worker takes the instance's partition. ``from_step``
+        (``{"name", "count", "type"}``) restarts from a step; ``rollback`` terminates with the undos.
         """
         path = _path("workflows", name, "instances", instance_id, "status")
-        result: dict[str, Any] = (await self._call("PATCH", path, json={"status": action}))["result"]
+        body: dict[str, Any] = {"status": action}
+        if from_step is not None:
+            body["from"] = from_step
+        if rollback:
+            body["rollback"] = True
+        result: dict[str, Any] = (await self._call("PATCH", path, json=body))["result"]
         return result
 
     async def send_event(

@@ -40,6 +40,9 @@ class Transition:
     meta: dict[str, bytes | str | int] = field(default_factory=dict)
     history: list[bytes] = field(default_factory=list)
     reset_history: bool = False
+    # Restart from a step: history is cut to its first ``keep_history`` records before ``history`` is
+    # appended (the buffered events stay). None: history is kept whole (or reset, above).
+    keep_history: int | None = None
     timers_add: list[tuple[int, bytes]] = field(default_factory=list)
     timers_remove: list[bytes] = field(default_factory=list)
     events_push: list[bytes] = field(default_factory=list)

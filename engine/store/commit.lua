@@ -15,7 +15,8 @@
 --   a header of space-separated tokens:
 --     1 the partition's position (1..P), 2 expected seq, 3 creation ms to check ('-' = none),
 --     4 active-set op (+ - .), 5 created ms (index score), 6 retention s (> 0 expire, < 0 persist),
---     7 reset history (1/0), 8 meta field and value items, 9 history records, 10 timers to add,
+--     7 reset history (1/0; k<n>: cut it to its first n records, the event buffer kept: restart
+--     from a step), 8 meta field and value items, 9 history records, 10 timers to add,
 --     11 timers to remove, 12 events to buffer, 13 buffered events consumed, 14 status change (0 none,
 --     1 changed, 2 changed to a final status: announced on the channel), 15 when it finished (epoch
 --     ms; read only when 6 > 0: the retention ends 6 seconds later),
@@ -63,7 +64,11 @@ for a = P + 4, #ARGV, 2 do
     for i = 16, 16 + n do p[#p + 1] = string.sub(ARGV[a + 1], pos, pos + h[i] - 1); pos = pos + h[i] end
     local f = 2 + h[8]
     redis.call('HSET', meta, 'seq', seq[1] + 1, unpack(p, 2, f - 1))
-    if h[7] == 1 then redis.call('DEL', hist, evbuf) end
+    if h[7] == 1 then redis.call('DEL', hist, evbuf)
+    elseif h[7] ~= 0 then
+      local keep = tonumber(string.sub(h[7], 2))
+      if keep > 0 then redis.call('LTRIM', hist, 0, keep - 1) else redis.call('DEL', hist) end
+    end
     if h[9] > 0 then redis.call('RPUSH', hist, unpack(p, f, f + h[9] - 1)) end
     f = f + h[9]
     for i = 1, h[10] do later('ZADD', KEYS[4 * j - 3], h[16 + n + i], p[f]); f = f + 1 end

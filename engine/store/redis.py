@@ -465,7 +465,7 @@ class RedisStore:
             t.active,
             t.created_ms,
             t.ttl_s,
-            1 if t.reset_history else 0,
+            1 if t.reset_history else 0 if t.keep_history is None else f"k{t.keep_history}",
             len(t.meta) * 2,
             len(t.history),
             len(t.timers_add),

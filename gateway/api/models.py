@@ -15,8 +15,21 @@ from typing import Any, Literal
 from hutch import InvalidInputError, Status
 from hutch.client import MAX_EVENT_ID_LENGTH
 from hutch.config import INSTANCE_ID_PATTERN, WORKFLOW_NAME_PATTERN
+from hutch.restart import FromStep
+from hutch.retention import InstanceRetention
 from hutch.status import Action
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 # Documented in the schema but checked by the engine (a 400 naming the rule, not a 422), so the
 # limits configured on the client are the ones enforced.
@@ -73,8 +86,37 @@ def json_safe(value: Any, _depth: int = 0) -> Any:
     return repr(value)
 
 
+class RetentionBody(BaseModel):
+    """``instance_retention`` as Cloudflare takes it: milliseconds, or a duration like ``"5 minutes"``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    success_retention: StrictInt | StrictStr | None = Field(
+        default=None, description="How long the instance is kept once complete: milliseconds, or e.g. '7 days'."
+    )
+    error_retention: StrictInt | StrictStr | None = Field(
+        default=None,
+        description="How long the instance is kept once errored or terminated: milliseconds, or e.g. '30 days'.",
+    )
+
+    def retention(self) -> InstanceRetention:
+        """The engine's form (numbers are milliseconds here, seconds in the Python API)."""
+
+        def seconds(value: int | str | None) -> float | str | None:
+            return value / 1000 if isinstance(value, int) else value
+
+        return InstanceRetention(
+            success_retention=seconds(self.success_retention), error_retention=seconds(self.error_retention)
+        )
+
+    @model_validator(mode="after")
+    def _durations(self) -> RetentionBody:
+        self.retention()  # a duration that cannot be read is a 422 naming it, before anything is created
+        return self
+
+
 class CreateInstance(BaseModel):
-    """Body of ``POST /instances`` (and one item of a batch): an optional id and the params."""
+    """Body of ``POST /instances`` (and one item of a batch): an optional id, the params, and its own retention."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -91,11 +133,23 @@ class CreateInstance(BaseModel):
         le=1000,
         description="Order among instances waiting for a concurrency slot: lower starts first (default 0).",
     )
+    instance_retention: RetentionBody | None = Field(
+        default=None, description="How long this instance is kept once finished (default: the deployment's)."
+    )
 
     @field_validator("params")
     @classmethod
     def _finite(cls, value: Any) -> Any:
         return check_json_value(value, "params")
+
+    def item(self) -> dict[str, Any]:
+        """The instance as ``create_batch`` takes it."""
+        item: dict[str, Any] = {"id": self.id, "params": self.params}
+        if self.priority is not None:
+            item["priority"] = self.priority
+        if self.instance_retention is not None:
+            item["retention"] = self.instance_retention.retention()
+        return item
 
 
 class CreateOrSend(BaseModel):
@@ -125,11 +179,28 @@ class CreateOrSend(BaseModel):
 
 
 class StatusChange(BaseModel):
-    """Body of ``PATCH .../status``."""
+    """Body of ``PATCH .../status``: the action, and Cloudflare's ``from`` (restart) and ``rollback`` (terminate)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     status: Action
+    from_step: FromStep | None = Field(
+        default=None,
+        alias="from",
+        description="restart only: run again from this step (`count` from 1; `type` do, sleep or waitForEvent), "
+        "keeping the results of the steps before it.",
+    )
+    rollback: StrictBool = Field(
+        default=False, description="terminate only: first run the undos of the completed rollback steps."
+    )
+
+    @model_validator(mode="after")
+    def _fits_the_action(self) -> StatusChange:
+        if self.from_step is not None and self.status != "restart":
+            raise ValueError("`from` is only for status 'restart'")
+        if self.rollback and self.status != "terminate":
+            raise ValueError("`rollback` is only for status 'terminate'")
+        return self
 
 
 class InstanceCounts(BaseModel):

@@ -152,7 +152,8 @@ async def create_instance(
     """Create and start an instance; 409 if the id is taken."""
     workflow = await names.creator(name)
     body = body or CreateInstance()
-    instance = await workflow.create(id=body.id, params=body.params, priority=body.priority)
+    retention = None if body.instance_retention is None else body.instance_retention.retention()
+    instance = await workflow.create(id=body.id, params=body.params, priority=body.priority, retention=retention)
     return ok(InstanceRef(id=instance.id, workflow=name, status=Status.QUEUED))
 
 
@@ -170,9 +171,7 @@ async def create_batch(
 ) -> dict[str, Any]:
     """Create up to 100 instances at once; ids that already exist are skipped and listed in ``result_info``."""
     workflow = await names.creator(name)
-    created = await workflow.create_batch(
-        [{"id": item.id, "params": item.params, "priority": item.priority} for item in body]
-    )
+    created = await workflow.create_batch([item.item() for item in body])
     fresh = {instance.id for instance in created}
     skipped = [item.id for item in body if item.id is not None and item.id not in fresh]
     refs = [InstanceRef(id=i.id, workflow=name, status=Status.QUEUED) for i in created]
@@ -267,18 +266,20 @@ async def change_status(
 
     ``terminate``, ``pause`` and ``resume`` of a finished instance are 409; ``restart`` works
     in any status; ``pause`` of a paused and ``resume`` of an unpaused instance change nothing (200).
+    ``restart`` with ``from: {name, count, type}`` runs again from that step, keeping the earlier
+    steps' results (409 when the instance's history has no such step); ``terminate`` with
+    ``rollback: true`` runs the undos of its completed rollback steps first (applied once they began).
     202 (``applied: false``): no worker applied it within the wait (10 s); it stays queued and is
     applied when a worker takes the instance's partition, so sending it again is not needed.
     """
     workflow = await names.reader(name)
     instance = await workflow.get(instance_id)
-    actions = {
-        "pause": instance.pause,
-        "resume": instance.resume,
-        "terminate": instance.terminate,
-        "restart": instance.restart,
-    }
-    result = await actions[body.status]()
+    if body.status == "restart":
+        result = await instance.restart(from_step=body.from_step)
+    elif body.status == "terminate":
+        result = await instance.terminate(rollback=body.rollback)
+    else:
+        result = await (instance.pause if body.status == "pause" else instance.resume)()
     envelope = ok(StatusChanged(status=result.status, applied=result.applied, timestamp=datetime.now(UTC)))
     if not result.applied:
         response.status_code = 202

@@ -104,11 +104,13 @@ def instances_table(workflow: str, rows: Sequence[Mapping[str, Any]], *, now: da
         return Text(f"No instances of {workflow}.", style="dim")
     now = now or datetime.now(UTC)
     table = list_table(f"{workflow}: newest first")
-    table.add_column("Instance", overflow="fold")
-    table.add_column("Status")
-    table.add_column("Version")
-    table.add_column("Created (UTC)")
-    table.add_column("Duration", justify="right")
+    # One line per instance, never wrapped: a narrow terminal cuts values with an ellipsis (a UUID
+    # fits whole from 36 characters; --json prints every id whole).
+    table.add_column("Instance", no_wrap=True, overflow="ellipsis", min_width=12, max_width=36)
+    table.add_column("Status", no_wrap=True, overflow="ellipsis")
+    table.add_column("Version", no_wrap=True, overflow="ellipsis", max_width=12)
+    table.add_column("Created (UTC)", no_wrap=True, overflow="ellipsis")
+    table.add_column("Duration", justify="right", no_wrap=True, overflow="ellipsis")
     for row in rows:
         started, ended = parse_time(row.get("started_on")), parse_time(row.get("ended_on"))
         table.add_row(
