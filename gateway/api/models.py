@@ -127,7 +127,7 @@ class CreateInstance(BaseModel):
         json_schema_extra=INSTANCE_ID_SCHEMA,
     )
     params: Any = Field(default=None, description="The instance's params (event.payload), at most 1 MiB.")
-    priority: int | None = Field(
+    priority: StrictInt | None = Field(  # strict: JSON true is not priority 1
         default=None,
         ge=-1000,
         le=1000,
