@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cloudflare import BadRequestError, Cloudflare, ConflictError, NotFoundError
+from cloudflare import BadRequestError, Cloudflare, ConflictError, NotFoundError, UnprocessableEntityError
 
 from tests.helpers import unique
 from tests.test_cli_rest import Server, clean_env, dev_args, poll, start_server
@@ -36,7 +36,8 @@ WRANGLER_TIMEOUT_S = 60
 
 @pytest.fixture(scope="module")
 def dev(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    server = start_server(tmp_path_factory.mktemp("cf-dev") / "dev.log", "dev", *dev_args("--token", TOKEN))
+    trip = ("--workflow", "trip=tests/cloudflare_workflows.py:Trip")
+    server = start_server(tmp_path_factory.mktemp("cf-dev") / "dev.log", "dev", *dev_args(*trip, "--token", TOKEN))
     yield server
     assert server.stop() == 0, server.output
 
@@ -64,10 +65,11 @@ def wait_status(dev: Server, workflow: str, instance_id: str, *statuses: str) ->
 # ----------------------------------------------------------------------------- the cloudflare SDK
 def test_sdk_workflows_and_versions(cf: Cloudflare, dev: Server) -> None:
     listed = {w.name: w for w in cf.workflows.list(account_id=ACCOUNT)}
-    assert set(listed) == {"approval", "order", "fanout"}
+    assert set(listed) == {"approval", "order", "fanout", "trip"}
     assert set(listed["approval"].instances) >= {"queued", "running", "waiting", "waitingForPause", "complete"}
-    assert [w.name for w in cf.workflows.list(account_id=ACCOUNT, per_page=2, page=2).result] == ["order"]
-    assert [w.name for w in cf.workflows.list(account_id=ACCOUNT, per_page=1)] == ["approval", "fanout", "order"]
+    assert [w.name for w in cf.workflows.list(account_id=ACCOUNT, per_page=2, page=2).result] == ["order", "trip"]
+    every = ["approval", "fanout", "order", "trip"]
+    assert [w.name for w in cf.workflows.list(account_id=ACCOUNT, per_page=1)] == every
     assert [w.name for w in cf.workflows.list(account_id=ACCOUNT, search="ORD")] == ["order"]
 
     iid = unique("cf-v")
@@ -147,12 +149,84 @@ def test_sdk_instance_lifecycle_events_and_steps(cf: Cloudflare, dev: Server) ->
         instances.create("approval", account_id=ACCOUNT, instance_id=iid)
     with pytest.raises(NotFoundError, match="not found"):
         instances.get("no-such-instance", account_id=ACCOUNT, workflow_name="approval")
-    with pytest.raises(BadRequestError, match="rollback"):
-        status.edit(iid, account_id=ACCOUNT, workflow_name="approval", status="terminate", rollback=True)
-    with pytest.raises(BadRequestError, match="restart from a step"):
-        status.edit(iid, account_id=ACCOUNT, workflow_name="approval", status="restart", from_={"name": "x"})
-    with pytest.raises(BadRequestError, match="instance_retention"):
-        instances.create("approval", account_id=ACCOUNT, instance_retention={"success_retention": "1 day"})
+
+
+def test_sdk_restart_from_a_step_and_terminate_with_rollback(cf: Cloudflare, dev: Server) -> None:
+    instances = cf.workflows.instances
+    status = instances.status
+    iid = unique("cf-trip")
+    instances.create("trip", account_id=ACCOUNT, instance_id=iid)
+    wait_status(dev, "trip", iid, "waiting")
+
+    def output(step: str) -> Any:
+        return instances.step(iid, account_id=ACCOUNT, workflow_name="trip", name=step, type="step").output
+
+    flight, hotel = output("book flight"), output("book hotel")
+    status.edit(
+        iid, account_id=ACCOUNT, workflow_name="trip", status="restart", from_={"name": "book hotel", "type": "do"}
+    )
+    wait_status(dev, "trip", iid, "waiting")
+    assert output("book flight") == flight  # kept: the steps before the one restarted from replay
+    assert output("book hotel") not in (hotel, None)  # ran again
+    with pytest.raises(ConflictError, match="no such step"):
+        status.edit(iid, account_id=ACCOUNT, workflow_name="trip", status="restart", from_={"name": "nope"})
+
+    status.edit(iid, account_id=ACCOUNT, workflow_name="trip", status="terminate", rollback=True)
+    wait_status(dev, "trip", iid, "terminated")
+    steps = instances.get(iid, account_id=ACCOUNT, workflow_name="trip").steps
+    assert [s.name for s in steps if s.type == "step"] == [
+        "book flight",
+        "book hotel",
+        "rollback book hotel",
+        "rollback book flight",
+    ]
+    assert steps[-1].type == "termination"
+    refused = httpx.patch(
+        f"{dev.url}/client/v4/accounts/{ACCOUNT}/workflows/trip/instances/{iid}/status",
+        json={"status": "pause", "rollback": True},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert refused.status_code == 422 and "only for status 'terminate'" in refused.text
+
+
+def test_sdk_instance_retention(cf: Cloudflare, dev: Server) -> None:
+    instances = cf.workflows.instances
+    short, bulk_short, kept = (unique(f"cf-ret-{n}") for n in range(3))
+
+    def errors_at_once(iid: str) -> dict[str, Any]:
+        return {"requestId": iid, "amountCents": -1}
+
+    instances.create(
+        "approval",
+        account_id=ACCOUNT,
+        instance_id=short,
+        params=errors_at_once(short),
+        instance_retention={"error_retention": 1000},  # milliseconds, Cloudflare's unit
+    )
+    instances.bulk(
+        "approval",
+        account_id=ACCOUNT,
+        body=[
+            {
+                "instance_id": bulk_short,
+                "params": errors_at_once(bulk_short),
+                "instance_retention": {"error_retention": "1 second"},
+            },
+            {"instance_id": kept, "params": errors_at_once(kept), "instance_retention": {"success_retention": 1000}},
+        ],
+    )
+
+    def gone(iid: str) -> bool:
+        try:
+            instances.get(iid, account_id=ACCOUNT, workflow_name="approval")
+        except NotFoundError:
+            return True
+        return False
+
+    poll(lambda: gone(short) and gone(bulk_short), timeout=15.0)
+    assert instances.get(kept, account_id=ACCOUNT, workflow_name="approval").status == "errored"  # error retention
+    with pytest.raises(UnprocessableEntityError, match="soon"):
+        instances.create("approval", account_id=ACCOUNT, instance_retention={"success_retention": "soon"})
 
 
 def test_sdk_lists_by_page_cursor_status_and_dates(cf: Cloudflare, dev: Server) -> None:
@@ -274,7 +348,7 @@ def test_wrangler_drives_hutch(wrangler_bin: Path, dev: Server) -> None:
         return wrangler(wrangler_bin, dev, "workflows", *args, ok=ok)
 
     listed = run("list")
-    assert "Showing 3 workflows from page 1" in listed and "approval" in listed and "fanout" in listed
+    assert "Showing 4 workflows from page 1" in listed and "approval" in listed and "fanout" in listed
     described = run("describe", "approval")
     assert "Name:" in described and "approval" in described and "Latest Version:" in described
 

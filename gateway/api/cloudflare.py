@@ -271,9 +271,8 @@ async def create_instance(
 ) -> dict[str, Any]:
     """Create and start an instance; 409 if the id is taken."""
     workflow = await names.creator(name)
-    body = body or CfCreateInstance()
-    _refuse_retention([body])
-    instance = await workflow.create(id=body.instance_id, params=body.params)
+    item = (body or CfCreateInstance()).item()
+    instance = await workflow.create(id=item["id"], params=item["params"], retention=item.get("retention"))
     return ok(_created(name, instance))
 
 
@@ -291,8 +290,7 @@ async def create_batch(
 ) -> dict[str, Any]:
     """Create up to 100 instances at once; ids that already exist are skipped (not in the result)."""
     workflow = await names.creator(name)
-    _refuse_retention(body)
-    created = await workflow.create_batch([{"id": item.instance_id, "params": item.params} for item in body])
+    created = await workflow.create_batch([item.item() for item in body])
     return ok([_created(name, instance) for instance in created])
 
 
@@ -304,14 +302,6 @@ def _created(workflow: str, instance: Instance) -> CfInstanceCreated:
         workflow_id=workflow_id(workflow),
         trigger_source="api",
     )
-
-
-def _refuse_retention(items: list[CfCreateInstance]) -> None:
-    if any(item.instance_retention is not None for item in items):
-        raise InvalidInputError(
-            "instance_retention is not supported yet: retention is set for the whole deployment "
-            "([limits] retention in hutch.toml, HUTCH_LIMITS__RETENTION); leave instance_retention out"
-        )
 
 
 @router.put(
@@ -442,20 +432,20 @@ async def change_status(
     instance_id: str = InstanceId,
     names: WorkflowNames = Depends(get_workflow_names),
 ) -> dict[str, Any]:
-    """Apply a lifecycle change: 200 once applied, 202 if no worker applied it within the wait (it stays queued)."""
-    if body.rollback:
-        raise InvalidInputError("terminate with rollback is not supported yet; send terminate without rollback")
-    if body.from_ is not None:
-        raise InvalidInputError("restart from a step is not supported yet; send restart without from")
+    """Apply a lifecycle change: 200 once applied, 202 if no worker applied it within the wait (it stays queued).
+
+    ``restart`` with ``from`` runs again from that step, keeping the earlier steps' results (409
+    when the instance's history has no such step); ``terminate`` with ``rollback`` runs the undos
+    of its completed rollback steps first.
+    """
     workflow = await names.reader(name)
     instance = await workflow.get(instance_id)
-    actions = {
-        "pause": instance.pause,
-        "resume": instance.resume,
-        "terminate": instance.terminate,
-        "restart": instance.restart,
-    }
-    result = await actions[body.status]()
+    if body.status == "restart":
+        result = await instance.restart(from_step=body.from_step)
+    elif body.status == "terminate":
+        result = await instance.terminate(rollback=body.rollback)
+    else:
+        result = await (instance.pause if body.status == "pause" else instance.resume)()
     envelope = ok(CfStatusChanged(status=result.status, timestamp=datetime.now(UTC)))
     if not result.applied:
         response.status_code = 202

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from hutch import Status
-from hutch.gateway.api.models import INSTANCE_ID_SCHEMA, check_json_value
+from hutch.gateway.api.models import INSTANCE_ID_SCHEMA, RetentionBody, StatusChange, check_json_value
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 UNRECORDED_VERSION = "unknown"
@@ -44,8 +44,10 @@ class CfCreateInstance(BaseModel):
         default=None, description="Instance id (a random UUID when omitted).", json_schema_extra=INSTANCE_ID_SCHEMA
     )
     params: Any = Field(default=None, description="The instance's params (event.payload), at most 1 MiB.")
-    instance_retention: dict[str, Any] | None = Field(
-        default=None, description="Not supported yet: retention is set per deployment (a 400 names it)."
+    instance_retention: RetentionBody | None = Field(
+        default=None,
+        description="How long this instance is kept once finished: milliseconds or e.g. '7 days' per outcome "
+        "(default: the deployment's retention).",
     )
     location_hint: str | None = Field(
         default=None, description="Accepted and ignored: a Hutch deployment has no locations to choose from."
@@ -56,23 +58,20 @@ class CfCreateInstance(BaseModel):
     def _finite(cls, value: Any) -> Any:
         return check_json_value(value, "params")
 
+    def item(self) -> dict[str, Any]:
+        """The instance as ``create_batch`` takes it."""
+        item: dict[str, Any] = {"id": self.instance_id, "params": self.params}
+        if self.instance_retention is not None:
+            item["retention"] = self.instance_retention.retention()
+        return item
 
-class CfRestartFrom(BaseModel):
-    """``from`` of a restart: the step to restart from (not supported yet)."""
 
-    name: str
-    count: int | None = None
-    type: Literal["do", "sleep", "waitForEvent"] | None = None
+class CfStatusChange(StatusChange):
+    """Body of ``PATCH .../instances/{id}/status``: Cloudflare's shape is the ``/api`` one.
 
-
-class CfStatusChange(BaseModel):
-    """Body of ``PATCH .../instances/{id}/status``."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    status: Literal["pause", "resume", "terminate", "restart"]
-    rollback: bool | None = Field(default=None, description="Not supported yet (a 400 names it).")
-    from_: CfRestartFrom | None = Field(default=None, alias="from", description="Not supported yet (a 400 names it).")
+    ``status``, and ``from: {name, count, type}`` (restart only: run again from that step) or
+    ``rollback`` (terminate only: run the saga's undos first).
+    """
 
 
 # ----------------------------------------------------------------------------- responses
