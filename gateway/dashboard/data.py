@@ -23,9 +23,17 @@ from hutch.gateway.dashboard.live import LiveInstances
 from hutch.gateway.dashboard.overview import overview
 from hutch.gateway.dashboard.search import SearchFilters, search
 from hutch.gateway.dashboard.session import Sessions
+from hutch.restart import StepType, from_step_of
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 Action = Literal["pause", "resume", "terminate", "restart", "restart_from"]
+
+
+StepKind = Literal["step", "sleep", "waitForEvent", "invoke"]
+"""A timeline row's ``type`` (``describe()``'s step types)."""
+
+_FROM_TYPE: dict[StepKind, StepType | None] = {"step": "do", "sleep": "sleep", "waitForEvent": "waitForEvent"}
+"""The restart type of each timeline row's type; a child (``invoke``) is matched by name and count alone."""
 
 
 class ActionRequest(BaseModel):
@@ -36,6 +44,7 @@ class ActionRequest(BaseModel):
     action: Action
     step: str | None = Field(default=None, max_length=256)
     count: int | None = Field(default=None, ge=1)
+    type: StepKind | None = None
 
 
 class EventRequest(BaseModel):
@@ -109,7 +118,6 @@ async def instance_snapshot(client: Client, names: WorkflowNames, workflow: str,
         "detail": json_safe(detail.model_dump(mode="json")),
         "diagram": diagram.model_dump(mode="json", exclude_none=True) if diagram is not None else None,
         "states": node_states(diagram, detail) if diagram is not None else {},
-        "restart_from": hasattr(instance, "restart_from"),
     }
 
 
@@ -148,10 +156,10 @@ async def act(
     """Pause, resume, terminate, restart, or restart from a step; the new status and whether it was applied."""
     instance = await (await names.reader(workflow)).get(instance_id)
     if body.action == "restart_from":
-        restart_from = getattr(instance, "restart_from", None)
-        if restart_from is None or body.step is None:
-            raise InvalidInputError("restart from a step needs a step chosen on the timeline, and a Hutch that has it")
-        result = await restart_from(body.step, body.count or 1)
+        if body.step is None:
+            raise InvalidInputError("restart from a step needs a step chosen on the timeline")
+        kind = None if body.type is None else _FROM_TYPE.get(body.type)
+        result = await instance.restart(from_step=from_step_of((body.step, body.count or 1, kind)))
     else:
         result = await getattr(instance, body.action)()
     return ok({"status": str(result.status), "applied": result.applied})

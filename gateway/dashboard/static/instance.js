@@ -5,7 +5,7 @@ import { renderTimeline } from "./timeline.js";
 const [, , , workflow, id] = location.pathname.split("/").map(decodeURIComponent);
 const base = `/ui/data/instance/${encodeURIComponent(workflow)}/${encodeURIComponent(id)}`;
 let snapshot = null;
-let chosen = null; // {name, count} picked on the timeline for "restart from"
+let chosen = null; // {name, count, type} picked on the timeline for "restart from"
 
 document.title = `${id} · ${workflow} · Hutch`;
 say("title", `${workflow} / ${id}`);
@@ -37,9 +37,7 @@ function render(next) {
   say("output", detail.error ? `${detail.error.name}: ${detail.error.message}` : asText(detail.output ?? null));
   renderTimeline(document.getElementById("timeline"), detail, chosen, choose);
   renderDiagram(document.getElementById("diagram"), next.diagram, next.states);
-  const restartFrom = document.getElementById("restart-from");
-  restartFrom.hidden = !next.restart_from;
-  restartFrom.disabled = !chosen;
+  document.getElementById("restart-from").disabled = !chosen;
 }
 
 function choose(step) {
@@ -66,7 +64,7 @@ for (const button of document.querySelectorAll("[data-action]")) {
   });
 }
 document.getElementById("restart-from").addEventListener("click", () => {
-  if (chosen) act("restart_from", { step: chosen.name, count: chosen.count });
+  if (chosen) act("restart_from", { step: chosen.name, count: chosen.count, type: chosen.type });
 });
 
 document.getElementById("event-form").addEventListener("submit", async (event) => {

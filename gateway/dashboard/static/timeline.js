@@ -70,7 +70,7 @@ export function renderTimeline(list, detail, chosen, choose) {
       el("button", {
         type: "button", class: "step", "aria-pressed": picked ? "true" : "false",
         title: "Select this step (for restart from a step)",
-        onclick: () => choose(picked ? null : { name: step.name, count: step.count }),
+        onclick: () => choose(picked ? null : { name: step.name, count: step.count, type: step.type }),
       }, `${step.name}${step.count > 1 ? ` #${step.count}` : ""}`, el("span", { class: "kind" }, ` ${step.type}, ${state}`)),
       el("div", { class: "track" }, segments(axis, step)),
       errors.length ? el("ul", { class: "errors" }, errors) : null);
