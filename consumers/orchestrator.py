@@ -163,7 +163,11 @@ class Orchestrator(PartitionListener):
         self._retry_s = 0.2
         self._retry_max_s = 1.0
         self.commits = 0
-        self.slots = SlotGate(self.workflows, lambda: SlotStore(store.redis, store.keys))
+        self.slots = SlotGate(
+            self.workflows,
+            lambda: SlotStore(store.redis, store.keys),
+            lambda: self.transport.partitions if self.transport is not None else store.partitions,
+        )
         self._recheck: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ transport callbacks

@@ -27,12 +27,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from hutch.broker.envelopes import Control
+from hutch.broker.partitioning import partition_of
 from hutch.concurrency import PRIORITY_FIELD, SLOT_WAIT_FIELD, ConcurrencyConfig, concurrency_of, waiter_score
 from hutch.consumers.templates import MessageContext, Template, TemplateError
 from hutch.keys import instance_member
 from hutch.serialization import pack
 from hutch.status import FINISHED, Status
-from hutch.store.slots import SlotCall, SlotStore
+from hutch.store.slots import SlotAnswer, SlotCall, SlotStore
 
 if TYPE_CHECKING:
     from hutch.consumers.actor import InstanceActor
@@ -66,15 +67,19 @@ class SlotGate:
     Args:
         workflows: the registered workflows; the limits are their newest classes'.
         store: builds where slots are kept (called once, when a workflow has limits).
+        partitions: the deployment's partition count (to find a waiter's instance).
     """
 
-    def __init__(self, workflows: dict[str, WorkflowVersions], store: Callable[[], SlotStore]) -> None:
+    def __init__(
+        self, workflows: dict[str, WorkflowVersions], store: Callable[[], SlotStore], partitions: Callable[[], int]
+    ) -> None:
         self._configs: dict[str, _Config] = {}
         for name, versions in workflows.items():
             config = concurrency_of(versions.newest)
             if config is not None:
                 self._configs[name] = _Config(config)
         self._store = store() if self._configs else None
+        self._partitions = partitions
         self.wakes: set[str] = set()  # instance members to wake once the turn ends
         self.waiting: dict[tuple[str, str], int] = {}  # instances waiting here for a slot -> partition
 
@@ -112,9 +117,12 @@ class SlotGate:
         score = waiter_score(actor.priority, actor.created_ms)
         calls = [SlotCall("acquire", actor.workflow, key, n, member, token, score) for key, n in limits]
         answers = await self._store.run(calls)
+        denied = [(call, answer) for call, answer in zip(calls, answers, strict=True) if not answer.granted]
+        if denied and await self._forget_stale(denied):
+            answers = await self._store.run(calls)  # a holder's acquire only refreshes its token
+            denied = [(call, answer) for call, answer in zip(calls, answers, strict=True) if not answer.granted]
         for answer in answers:
             self.wakes.update(answer.wake)
-        denied = [(call, answer) for call, answer in zip(calls, answers, strict=True) if not answer.granted]
         key = (actor.workflow, actor.instance_id)
         if not denied:
             actor.slot_held, actor.slot_denied = True, False
@@ -129,6 +137,31 @@ class SlotGate:
         limit = "max_concurrency" if call.key is None else "max_concurrency_per_key"
         actor.slot_wait = {"limit": limit, "key": call.key}
         self.waiting[key] = actor.partition
+
+    async def _forget_stale(self, denied: list[tuple[SlotCall, SlotAnswer]]) -> bool:
+        """Take out of the queues the waiters a free slot is for that will never take it; whether any was.
+
+        Denied while a slot is free means waiters ahead were told to take it. Normally they are about
+        to; one deleted (or finished) while it waited never will, and at the head of the queue it
+        would block the limit forever: so the first waiter that finds it there removes it. A waiter
+        misjudged in a race (restarted meanwhile) is back in the queue at its next acquire.
+        """
+        assert self._store is not None
+        ahead = [(call, member) for call, answer in denied for member in answer.wake]
+        if not ahead:
+            return False
+        partitions = self._partitions()
+        instances = [(w, i) for w, _, i in (m.partition(":") for _, m in ahead)]
+        statuses = await self._store.statuses([(partition_of(w, i, partitions), w, i) for w, i in instances])
+        stale = [
+            SlotCall("forget", call.workflow, call.key, call.limit, member, "")
+            for (call, member), status in zip(ahead, statuses, strict=True)
+            if status is None or status in FINISHED or status == Status.PAUSED
+        ]
+        if stale:
+            log.warning("left concurrency queues for instances gone or finished: %s", [c.member for c in stale])
+            await self._store.run(stale)
+        return bool(stale)
 
     def after(self, actor: InstanceActor, transition: Transition | None) -> tuple[Transition | None, bool]:
         """What to give back once the transition is computed: (the transition, whether to release now).

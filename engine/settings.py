@@ -153,6 +153,9 @@ def _check_class_path(field: str, value: str) -> None:
         raise ValueError(f"{field} {value!r} must look like 'package.module:ClassName'")
 
 
+_LIMIT_FIELDS: set[str] = {"max_concurrency", "concurrency_key", "max_concurrency_per_key"}
+
+
 class WorkflowSpec(BaseModel):
     """A ``[[workflows]]`` entry of ``hutch.toml``: ``class_name``, or ``versions`` (oldest first, the last newest)."""
 
@@ -164,6 +167,11 @@ class WorkflowSpec(BaseModel):
         default=[], description="module.path:ClassName of each version still running, oldest first"
     )
     binding: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # Concurrency limits (hutch.concurrency): each one set here wins over the class attribute of
+    # the same name, so a deployment tunes them without a code change.
+    max_concurrency: int | None = Field(default=None, strict=True, ge=1)
+    concurrency_key: str | None = Field(default=None, min_length=1, description="e.g. '{params.customerId}'")
+    max_concurrency_per_key: int | None = Field(default=None, strict=True, ge=1)
 
     @field_validator("class_name")
     @classmethod
@@ -210,7 +218,20 @@ class WorkflowSpec(BaseModel):
                 classes.append(load_workflow(path))
             except TargetError as exc:
                 raise TargetError(f"workflow {self.name!r}: cannot import {path!r}: {exc}") from None
+        classes[-1] = self._with_limits(classes[-1])
         return classes
+
+    def _with_limits(self, cls: type[WorkflowEntrypoint]) -> type[WorkflowEntrypoint]:
+        """``cls`` with this entry's limits, which win over its attributes (the newest class's are the workflow's).
+
+        A subclass of the same name and version (``__hutch_workflow__``): the imported class is left as it is.
+        """
+        limits = self.model_dump(include=_LIMIT_FIELDS, exclude_none=True)
+        if not limits:
+            return cls
+        body = {"__module__": cls.__module__, "__qualname__": cls.__qualname__, "__doc__": cls.__doc__}
+        body["__hutch_workflow__"] = vars(cls).get("__hutch_workflow__", cls)
+        return type(cls.__name__, (cls,), {**body, **limits})
 
     @property
     def binding_name(self) -> str:

@@ -155,11 +155,18 @@ class GatewayClient:
         return result
 
     # ------------------------------------------------------------------ instances
-    async def create_instance(self, name: str, params: Any = None, *, id: str | None = None) -> dict[str, Any]:
-        """Create and start an instance: ``{"id", "workflow", "status"}``; a taken id is a 409."""
+    async def create_instance(
+        self, name: str, params: Any = None, *, id: str | None = None, priority: int | None = None
+    ) -> dict[str, Any]:
+        """Create and start an instance: ``{"id", "workflow", "status"}``; a taken id is a 409.
+
+        ``priority`` orders it among instances waiting for a concurrency slot (lower first; default 0).
+        """
         body: dict[str, Any] = {"params": params}
         if id is not None:
             body["id"] = id
+        if priority is not None:
+            body["priority"] = priority
         result: dict[str, Any] = (await self._call("POST", _path("workflows", name, "instances"), json=body))["result"]
         return result
 

@@ -228,3 +228,57 @@ async def test_priorities_and_limits_are_checked(make_client: MakeClient) -> Non
         concurrency_of(Bad)
     assert concurrency_of(Waits) is not None
     assert concurrency_of(WorkflowEntrypoint) is None
+
+
+@pytest.mark.parametrize("ahead", ["deleted", "finished"])
+async def test_a_waiter_that_no_longer_waits_cannot_block_the_limit(make_client: MakeClient, ahead: str) -> None:
+    # A waiter deleted (or finished) while its entry stayed in the queue — its removal lost to a
+    # crash or a race — sits at the head with the best priority; the instance behind it still starts.
+    client = await make_client({"gated": Gated})
+    tag = unique("stale")
+    GATES[tag] = asyncio.Event()
+    workflow = client.workflow("gated")
+    blocker = await workflow.create(params={"tag": tag, "block": True})
+    await eventually(lambda: _started(tag, 1))
+    if ahead == "finished":
+        done = await workflow.create(params={"tag": tag})
+        await eventually(lambda: _waits_for_slot(done))
+        await done.terminate()
+        await wait_status(done, Status.TERMINATED)
+        stale = f"gated:{done.id}"
+    else:
+        stale = f"gated:{tag}-gone"
+    store = client._store
+    await store.redis.zadd(store.keys.limit_waiters("gated", None), {stale: -(10**15)})
+    queued = await workflow.create(params={"tag": tag})
+    await eventually(lambda: _waits_for_slot(queued))
+
+    GATES[tag].set()
+    assert (await blocker.wait(timeout=10)).status is Status.COMPLETE
+    assert (await queued.wait(timeout=20)).status is Status.COMPLETE
+    assert await SlotStore(store.redis, store.keys).place("gated", None, stale) is None
+    assert await _holders_empty(client, "gated")
+
+
+def test_hutch_toml_limits_win_over_the_class_attributes() -> None:
+    from hutch.settings import WorkflowSpec
+    from hutch.versions import version_of
+    from pydantic import ValidationError
+
+    spec = WorkflowSpec(
+        name="per-customer",
+        class_name="tests.test_concurrency_limits:PerCustomer",
+        max_concurrency=7,
+        concurrency_key="{params.region}",
+    )
+    loaded = spec.load()
+    config = concurrency_of(loaded)
+    # Set in hutch.toml: its value; not set: the class's.
+    assert config is not None
+    assert (config.max_concurrency, config.concurrency_key, config.max_concurrency_per_key) == (7, "{params.region}", 1)
+    assert issubclass(loaded, PerCustomer) and PerCustomer.max_concurrency == 3  # the imported class is unchanged
+    assert version_of(loaded) == version_of(PerCustomer)  # same code version: running instances stay on it
+    assert WorkflowSpec(name="p", class_name="tests.test_concurrency_limits:PerCustomer").load() is PerCustomer
+    for bad in ({"max_concurrency": 0}, {"max_concurrency": True}, {"max_concurrency_per_key": "2"}):
+        with pytest.raises(ValidationError):
+            WorkflowSpec(name="p", class_name="tests.test_concurrency_limits:PerCustomer", **bad)

@@ -23,7 +23,8 @@ class SlotCall:
     """One acquire or release of one instance's slot of one limit.
 
     Attributes:
-        op: ``acquire`` (take a slot, else wait in the limit's queue) or ``release``.
+        op: ``acquire`` (take a slot, else wait in the limit's queue), ``release``, or ``forget``
+            (leave the queue, whatever the token: for an instance that no longer exists or has finished).
         workflow: the limit's workflow.
         key: the limit's ``concurrency_key`` value (None: the workflow-wide limit).
         limit: how many slots the limit has.
@@ -32,7 +33,7 @@ class SlotCall:
         score: the instance's place in the queue (hutch.concurrency.waiter_score).
     """
 
-    op: Literal["acquire", "release"]
+    op: Literal["acquire", "release", "forget"]
     workflow: str
     key: str | None
     limit: int
@@ -89,6 +90,13 @@ class SlotStore:
             holders, waiters = self._keys.limit_holders(c.workflow, c.key), self._keys.limit_waiters(c.workflow, c.key)
             pipe.evalsha(self._sha, 2, holders, waiters, c.op, c.limit, c.member, c.token, c.score)  # type: ignore[arg-type]
         return list(await pipe.execute(raise_on_error=False))
+
+    async def statuses(self, instances: Sequence[tuple[int, str, str]]) -> list[str | None]:
+        """The stored status of each (partition, workflow, instance id); None for one that does not exist."""
+        pipe = self._redis.pipeline(transaction=False)
+        for partition, workflow, instance_id in instances:
+            pipe.hget(self._keys.meta(partition, workflow, instance_id), "status")
+        return [None if raw is None else _text(raw) for raw in await pipe.execute()]
 
     async def holders(self, workflow: str, key: str | None) -> dict[str, str]:
         """The instances holding a slot of the limit, with their owners' tokens."""

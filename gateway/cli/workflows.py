@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any
 
 import click
+from hutch.concurrency import MAX_PRIORITY
 from hutch.gateway.cli import render
 from hutch.gateway.cli.formatting import list_table, parse_time, utc_clock
 from hutch.gateway.cli.lazy import LazyGroup
@@ -77,16 +78,26 @@ def _describe_view(result: dict[str, Any]) -> RenderableType:
 @click.argument("name")
 @click.argument("params_json", metavar="[PARAMS_JSON]", required=False)
 @instance_id_option
+@click.option(
+    "--priority",
+    type=click.IntRange(-MAX_PRIORITY, MAX_PRIORITY),
+    default=None,
+    help="Order among instances waiting for a concurrency slot: lower starts first (default 0).",
+)
 @remote_options
-def workflows_trigger(name: str, params_json: str | None, instance_id: str | None, remote: Remote) -> None:
+def workflows_trigger(
+    name: str, params_json: str | None, instance_id: str | None, priority: int | None, remote: Remote
+) -> None:
     """Create an instance of workflow NAME with PARAMS_JSON as its params.
 
     \b
     Example:
-      hutch workflows trigger order '{"orderId": "A-1", "items": []}' --id order-A-1
+      hutch workflows trigger order '{"orderId": "A-1", "items": []}' --id order-A-1 --priority -5
     """
     params = None if params_json is None else parse_json(params_json, "PARAMS_JSON")
     # A 409 on create can only be a taken id (the API's own hint names its batch endpoint).
     taken = f"instance {instance_id!r} of workflow {name!r} already exists; pass another --id, or none for a random one"
-    result = remote.call(lambda api: api.create_instance(name, params, id=instance_id), instead={409: taken})
+    result = remote.call(
+        lambda api: api.create_instance(name, params, id=instance_id, priority=priority), instead={409: taken}
+    )
     remote.show(result, lambda console: render.created_text(result))
