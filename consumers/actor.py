@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from hutch.blobs import BlobRef, BlobsNeeded
 from hutch.broker.envelopes import ChildFinished, Control, EventReceived, InstanceCreated, Message, Redrive, TimerFired
 from hutch.children import ParentLink
 from hutch.concurrency import SLOT_WAIT_FIELD
@@ -227,6 +228,21 @@ class InstanceActor:
             self.ensure_run(turn)
 
     # ------------------------------------------------------------------ the live run
+    def params_value(self) -> Any:
+        """The params the code reads; large ones are stored by reference (hutch.blobs) and loaded on demand.
+
+        Raises:
+            BlobsNeeded: the params are stored by reference and not fetched yet (the orchestrator
+                fetches them and applies again).
+        """
+        params = self.params
+        if not isinstance(params, BlobRef):
+            return params
+        data = self.blobs.get(params.key)
+        if data is None:
+            raise BlobsNeeded([params])
+        return unpack(data)
+
     def ensure_run(self, turn: Turn) -> None:
         """Rebuild the live run by replay (if there is none) and restart the attempts it lost."""
         if self.run is not None:
@@ -234,11 +250,12 @@ class InstanceActor:
         if self._workflow_cls is None:
             self._needs_version = True
             return
+        params = self.params_value()  # before anything changes: it may ask for the params' blob
         self._needs_version = False
         if self._waiting_recorded:
             turn.tx.meta[WAITING_FIELD] = pack(None)
             self._waiting_recorded = False
-        event = WorkflowEvent.build(self.params, self.created_ms, self.instance_id, self.workflow)
+        event = WorkflowEvent.build(params, self.created_ms, self.instance_id, self.workflow)
         run = WorkflowRun(
             self._workflow_cls(self._env), event, limits=self.limits, now_ms=self._now_ms, run_no=self.run_no
         )

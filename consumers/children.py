@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from hutch.blobs import BlobAddress
 from hutch.broker.envelopes import ChildFinished, Control, InstanceCreated, Message, encode
 from hutch.broker.partitioning import partition_of
 from hutch.broker.transports.base import Outgoing, Transport
@@ -97,7 +98,7 @@ def child_finished(
 
 
 async def carry_out(
-    items: Sequence[Outbox], *, store: CheckpointStore, transport: Transport, now_ms: int
+    items: Sequence[Outbox], *, store: CheckpointStore, transport: Transport, now_ms: int, inline_threshold: int
 ) -> list[Outbox]:
     """Carry out ``items``; the ones done, whose outbox timers may go (the rest fire again later).
 
@@ -108,7 +109,7 @@ async def carry_out(
     done: list[Outbox] = []
     for item in items:
         try:
-            message = await _prepare(item, store, transport.partitions, now_ms)
+            message = await _prepare(item, store, transport.partitions, now_ms, inline_threshold)
         except Exception as exc:  # Redis unreachable, say: the timer fires again
             log.warning("outbox of partition %d: %r failed, retried later: %r", item.partition, item, exc)
             continue
@@ -126,7 +127,9 @@ async def carry_out(
     return done
 
 
-async def _prepare(item: Outbox, store: CheckpointStore, partitions: int, now_ms: int) -> Message | None:
+async def _prepare(
+    item: Outbox, store: CheckpointStore, partitions: int, now_ms: int, inline_threshold: int
+) -> Message | None:
     """The store work of one item, and the message it sends (None: nothing to send)."""
     if isinstance(item, NotifyParent):
         return item.message
@@ -142,7 +145,9 @@ async def _prepare(item: Outbox, store: CheckpointStore, partitions: int, now_ms
     parent = item.parent
     trigger = {"source": "workflow", "workflow": parent["wf"], "instance_id": parent["id"]}
     # What a client writes at creation, plus the link to the parent.
-    fields = creation_fields(workflow, instance_id, command["pb"], now_ms, trigger, item.trace)
+    fields, ref = creation_fields(workflow, instance_id, command["pb"], now_ms, trigger, item.trace, inline_threshold)
+    if ref is not None:  # large params, stored under the child before its create commits
+        await store.blobs.put(BlobAddress(partition, workflow, instance_id), ref, command["pb"])
     fields["parent"] = pack(parent)
     (created,) = await store.create_many([(partition, workflow, instance_id, now_ms, fields)])
     if created:

@@ -567,6 +567,12 @@ class Orchestrator(PartitionListener):
         blobs: dict[str, bytes] = {}
         limited = self.slots.limited(actor.workflow)  # no slot work at all for a workflow without limits
         if limited:
+            params = actor.params
+            if isinstance(params, BlobRef):  # a concurrency key reads the params: load large ones first
+                if params.key not in actor.blobs:
+                    where = BlobAddress(actor.partition, actor.workflow, actor.instance_id)
+                    actor.blobs.update(await fetch_blobs(self.store.blobs, where, [params]))
+                blobs[params.key] = actor.blobs[params.key]
             await self.slots.before(actor, [i.input for i in items], self.owned.get(actor.partition, ""))
         while True:
             try:
@@ -688,7 +694,13 @@ class Orchestrator(PartitionListener):
         if self.transport is None:
             log.error("outbox: %d effects of step.invoke cannot be carried out: no transport", len(items))
             return
-        done = await children.carry_out(items, store=self.store, transport=self.transport, now_ms=self.clock.now_ms())
+        done = await children.carry_out(
+            items,
+            store=self.store,
+            transport=self.transport,
+            now_ms=self.clock.now_ms(),
+            inline_threshold=self.limits.inline_threshold,
+        )
         by_partition: dict[int, list[bytes]] = {}
         for item in done:
             by_partition.setdefault(item.partition, []).append(item.member)

@@ -113,7 +113,7 @@ class SlotGate:
             return
         assert self._store is not None
         member = instance_member(actor.workflow, actor.instance_id)
-        limits = self.limits_of(actor.workflow, actor.params)
+        limits = self.limits_of(actor.workflow, actor.params_value())
         score = waiter_score(actor.priority, actor.created_ms)
         calls = [SlotCall("acquire", actor.workflow, key, n, member, token, score) for key, n in limits]
         answers = await self._store.run(calls)
@@ -183,7 +183,7 @@ class SlotGate:
     async def release(self, actor: InstanceActor, token: str) -> None:
         """Give back the instance's slots and leave the queues (idempotent)."""
         member = instance_member(actor.workflow, actor.instance_id)
-        limits = self.limits_of(actor.workflow, actor.params)
+        limits = self.limits_of(actor.workflow, actor.params_value())
         await self._release([SlotCall("release", actor.workflow, key, n, member, token) for key, n in limits])
         actor.slot_held = actor.slot_denied = False
         self.waiting.pop((actor.workflow, actor.instance_id), None)

@@ -170,6 +170,15 @@ async def by_reference(store: BlobStore | None, where: BlobAddress, data: bytes,
     return ref.packed()
 
 
+def large_ref(data: bytes, threshold: int) -> BlobRef | None:
+    """A fresh reference for ``data`` if it is over ``threshold`` bytes (store it first), else None: it stays inline.
+
+    The rule for values recorded outside a commit's own blobs (params, written at create): one
+    length check for a small value.
+    """
+    return BlobRef.new(data) if len(data) > threshold else None
+
+
 def stored_ref(data: bytes) -> BlobRef | None:
     """The reference that msgpack bytes of a value consist of, or None for a value stored inline.
 

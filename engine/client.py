@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from hutch import metrics, tracing
-from hutch.blobs import BlobAddress, BlobRef, by_reference, fetch_blobs
+from hutch.blobs import BlobAddress, BlobRef, by_reference, fetch_blobs, large_ref
 from hutch.clock import Clock
 from hutch.concurrency import PRIORITY_FIELD, check_priority
 from hutch.config import DEFAULT_LIMITS, Limits, check_instance_id, check_workflow_name
@@ -301,7 +301,7 @@ class WorkflowClient:
                 item.get("params"), what=f"params of instance {iid!r}", limit=limits.max_payload_bytes
             )
             check_depth(params, what=f"params of instance {iid!r}")
-            fields = creation_fields(self.name, iid, data, now, trigger, trace)
+            fields = await self._creation_fields(iid, data, now, trigger, trace)
             if item.get("priority") is not None:
                 fields[PRIORITY_FIELD] = pack(check_priority(item["priority"]))
             if item.get("retention") is not None:
@@ -333,6 +333,19 @@ class WorkflowClient:
         metrics.INSTANCES_CREATED.labels(self.name).inc(len(fresh))
         return [Instance(client, self.name, row[2]) for row in fresh]
 
+    async def _creation_fields(
+        self, instance_id: str, params: bytes, now_ms: int, trigger: dict[str, Any], trace: str | None
+    ) -> dict[str, Any]:
+        """:func:`creation_fields`, with large params stored before the create that refers to them commits."""
+        client = self._client
+        fields, ref = creation_fields(
+            self.name, instance_id, params, now_ms, trigger, trace, client.limits.inline_threshold
+        )
+        if ref is not None:
+            where = BlobAddress(client._partition(self.name, instance_id), self.name, instance_id)
+            await client._store.blobs.put(where, ref, params)
+        return fields
+
     async def get(self, id: str) -> Instance:
         """The instance with this id; raises :class:`InstanceNotFound`."""
         check_instance_id(id, self._client.limits)
@@ -358,9 +371,21 @@ class WorkflowClient:
 
 
 def creation_fields(
-    workflow: str, instance_id: str, params: bytes, now_ms: int, trigger: dict[str, Any], trace: str | None
-) -> dict[str, Any]:
+    workflow: str,
+    instance_id: str,
+    params: bytes,
+    now_ms: int,
+    trigger: dict[str, Any],
+    trace: str | None,
+    inline_threshold: int,
+) -> tuple[dict[str, Any], BlobRef | None]:
     """The meta fields a new instance is written with: by a client, and by a partition owner for a child.
+
+    Params over ``inline_threshold`` are recorded by reference (hutch.blobs): the meta holds the
+    reference, and the caller stores ``params`` under it, in the instance's blob store, before
+    the create commits. A blob whose create did not happen is harmless: one for an id that
+    exists expires with that instance; one of an instance never created stays until its blob
+    key is removed (see the README's claim check).
 
     Args:
         workflow: the workflow name.
@@ -369,20 +394,25 @@ def creation_fields(
         now_ms: the creation time.
         trigger: what created it (``{"source": "api"}``, a cron, a queue, a parent workflow).
         trace: the W3C traceparent every span of the instance continues, if any.
+        inline_threshold: the largest params kept in the meta itself (``Limits.inline_threshold``).
+
+    Returns:
+        The fields, and the reference to store ``params`` under (None: they are inline).
     """
+    ref = large_ref(params, inline_threshold)
     fields: dict[str, Any] = {
         "wf": workflow,
         "id": instance_id,
         "status": Status.QUEUED.value,
         "seq": 0,
         "run": 0,
-        "params": params,
+        "params": params if ref is None else ref.packed(),
         "created": now_ms,
         "trigger": pack(trigger),
     }
     if trace:
         fields[tracing.TRACE_META_FIELD] = pack(trace)
-    return fields
+    return fields, ref
 
 
 def _parse_cursor(cursor: str | None) -> tuple[int, str] | None:

@@ -16,11 +16,13 @@ import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from hutch.blobs import BlobAddress, fetch_blobs, refs_in
+from hutch.blobs import BlobAddress, BlobRef, fetch_blobs, refs_in
 from hutch.broker.partitioning import partition_of
 from hutch.config import Limits
 from hutch.errors import DeploymentMismatch
+from hutch.serialization import unpack
 from hutch.status import FINISHED, Status
 from hutch.store.base import Snapshot
 from hutch.store.redis import RedisStore
@@ -130,11 +132,17 @@ async def _with_blobs(store: RedisStore, history: InstanceHistory) -> InstanceHi
         BlobNotFound: one of them is not in the deployment's blob store.
     """
     refs = refs_in(history.history)
-    if not refs:
+    params = history.params
+    if not refs and not isinstance(params, BlobRef):
         return history
     workflow, instance_id = history.workflow, history.instance_id
     where = BlobAddress(partition_of(workflow, instance_id, store.partitions), workflow, instance_id)
-    return history.model_copy(update={"blobs": await fetch_blobs(store.blobs, where, refs)})
+    update: dict[str, Any] = {}
+    if isinstance(params, BlobRef):  # params stored by reference: the history carries their value
+        update["params"] = unpack((await fetch_blobs(store.blobs, where, [params]))[params.key])
+    if refs:
+        update["blobs"] = await fetch_blobs(store.blobs, where, refs)
+    return history.model_copy(update=update)
 
 
 def history_of(snapshot: Snapshot) -> InstanceHistory:

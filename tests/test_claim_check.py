@@ -428,3 +428,127 @@ async def test_verify_and_exported_histories_replay_values_stored_by_reference(t
     assert not result.finished and result.error is None
     with pytest.raises(BlobsNeeded):  # what replay did before histories carried their blobs
         replay_history(_WaitsWithLargeValues, history.model_copy(update={"blobs": {}}))
+
+
+# --------------------------------------------------------------------------- params
+def _params_sha(event: WorkflowEvent) -> dict[str, Any]:
+    return _sha(event.payload["blob"])
+
+
+async def test_10_mib_params_are_stored_by_reference_and_loaded_when_the_run_is_built(
+    make_client: MakeClient,
+) -> None:
+    """The meta holds a reference; the run's start loads the params once, the replay after the
+    sleep once more; describe() shows the reference and loads nothing."""
+
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        before = await step.do("before", lambda: _params_sha(event))
+        await step.sleep("evict", 0.01)
+        return [before, _params_sha(event)]
+
+    client = await make_client({"cc": workflow(run)}, limits=BIG_LIMITS)
+    orchestrator = client.runtime_worker.orchestrator
+    orchestrator.warm_horizon_ms = 0  # the sleep evicts, so waking replays
+    store = orchestrator.store
+    assert isinstance(store, RedisStore)
+    counting = CountingBlobs(store.blobs)
+    store.blobs = counting
+    params = {"blob": ten_mib()}
+    instance = await client.workflow("cc").create(params=params)
+    final = await instance.wait(timeout=30)
+
+    assert final.status == "complete", final.error
+    assert final.output == [_sha(ten_mib()), _sha(ten_mib())]
+    meta = await client._store.read_meta(*_where(client, instance.id))
+    assert meta is not None
+    ref = meta["params"]
+    assert isinstance(ref, BlobRef) and ref.size == len(pack(params))  # a reference, not 10 MiB
+    assert counting.fetched == [ref.key, ref.key]  # the start, then the replay after the sleep
+    stored = await store.redis.hget(store.keys.blobs(*_where(client, instance.id)), ref.key)
+    assert stored == pack(params)
+    client_counting = CountingBlobs(client._store.blobs)
+    client._store.blobs = client_counting
+    detail = await instance.describe()
+    assert detail.params == ref and client_counting.fetched == []  # describe() shows the reference
+
+
+async def test_small_params_stay_in_the_meta(make_client: MakeClient) -> None:
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        return len(event.payload["s"])
+
+    client = await make_client({"cc": workflow(run)})
+    instance = await client.workflow("cc").create(params={"s": "x" * 1000})
+    assert (await instance.wait(timeout=15)).output == 1000
+    meta = await client._store.read_meta(*_where(client, instance.id))
+    assert meta is not None and meta["params"] == {"s": "x" * 1000}
+    store = client._store
+    assert isinstance(store, RedisStore)
+    assert not await store.redis.exists(store.keys.blobs(*_where(client, instance.id)))
+
+
+async def test_a_child_workflow_s_large_params_are_stored_under_the_child(make_client: MakeClient) -> None:
+    async def parent(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        return await step.invoke("child", "child", params={"blob": ten_mib()}, id="the-child")
+
+    async def child(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        return _params_sha(event)
+
+    client = await make_client({"cc": workflow(parent), "child": workflow(child)}, limits=BIG_LIMITS)
+    instance = await client.workflow("cc").create()
+    final = await instance.wait(timeout=60)
+
+    assert final.status == "complete", final.error
+    assert final.output == _sha(ten_mib())
+    where = (client._partition("child", "the-child"), "child", "the-child")
+    meta = await client._store.read_meta(*where)
+    assert meta is not None
+    ref = meta["params"]
+    assert isinstance(ref, BlobRef) and ref.size == len(pack({"blob": ten_mib()}))
+    assert await client._store.blobs.get_many(BlobAddress(*where), [ref]) == [pack({"blob": ten_mib()})]
+
+
+@pytest.mark.embedded_only
+async def test_rest_create_with_large_params_up_to_the_configured_body_limit(make_client: MakeClient) -> None:
+    import httpx
+    from hutch.gateway.app import create_app
+
+    async def run(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        return len(event.payload["text"])
+
+    client = await make_client({"cc": workflow(run)}, limits=BIG_LIMITS)
+    text = "t" * (10 * MIB)
+    app = create_app(client, tokens=["cc-token"], max_body_bytes=16 * MIB)
+    auth = {"Authorization": "Bearer cc-token"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://gw", headers=auth) as http:
+        created = await http.post("/api/workflows/cc/instances", json={"id": "rest-big", "params": {"text": text}})
+        assert created.status_code == 201, created.text
+        final = await (await client.workflow("cc").get("rest-big")).wait(timeout=30)
+        assert final.output == len(text)
+        described = await http.get("/api/workflows/cc/instances/rest-big")
+        assert described.status_code == 200
+        params = described.json()["result"]["params"]  # the reference, not 10 MiB of JSON
+        assert params["size"] == len(pack({"text": text})) and len(described.content) < 10_000
+    meta = await client._store.read_meta(*_where(client, "rest-big"))
+    assert meta is not None and isinstance(meta["params"], BlobRef)
+
+
+@pytest.mark.embedded_only
+async def test_exported_history_carries_params_stored_by_reference() -> None:
+    """``hutch instances export`` / verify replay an instance whose params are stored by reference."""
+    async with connect({"cc": _ReadsLargeParams}) as client:
+        instance = await client.workflow("cc").create(params={"blob": b"p" * 200_000})
+
+        async def waiting() -> bool:
+            return any(s.name == "never" for s in (await instance.describe()).steps)
+
+        await eventually(waiting, timeout=15)
+        history = await instance_history(client._store, "cc", instance.id)
+    assert history is not None and history.params == {"blob": b"p" * 200_000}
+    assert verify_histories(_ReadsLargeParams, [history]).ok
+
+
+class _ReadsLargeParams(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        if event.payload["blob"] != b"p" * 200_000:
+            raise ValueError("not the params")
+        await step.wait_for_event("never", "never", timeout="1 hour")

@@ -396,9 +396,10 @@ async def test_a_child_is_created_with_the_fields_a_client_writes_plus_its_paren
     trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
     fake = Recording()
     item = StartChild(member=b"m", partition=0, parent=parent, command=command, trace=trace)
-    assert await carry_out([item], store=fake, transport=fake, now_ms=1234) == [item]  # type: ignore[arg-type]
+    assert await carry_out([item], store=fake, transport=fake, now_ms=1234, inline_threshold=64 * 1024) == [item]  # type: ignore[arg-type]
     ((partition, workflow, instance_id, created, fields),) = fake.rows
     assert (partition, workflow, instance_id, created) == (partition_of("child", "c-1", 4), "child", "c-1", 1234)
     trigger = {"source": "workflow", "workflow": "parent", "instance_id": "p-1"}
-    assert fields == {**creation_fields("child", "c-1", pack({"x": 1}), 1234, trigger, trace), "parent": pack(parent)}
+    written, ref = creation_fields("child", "c-1", pack({"x": 1}), 1234, trigger, trace, 64 * 1024)
+    assert ref is None and fields == {**written, "parent": pack(parent)}
     assert len(fake.published) == 1  # its start message
