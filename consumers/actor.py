@@ -316,6 +316,13 @@ class InstanceActor:
     def _on_command(self, turn: Turn, cmd: Issued) -> None:
         state = self.state
         cmd["g"] = state.group  # the group whose delivery led to this command (informational)
+        if cmd["k"] == "invoke" and len(cmd["pb"]) > self.limits.inline_threshold:
+            # The child's large params are stored once under this instance (the orchestrator puts
+            # them before this commits) and the command holds their reference: replay never reads
+            # them, and the outbox copies them under the child when it creates it.
+            ref = BlobRef.new(cmd["pb"])
+            turn.tx.blobs[ref.key] = cmd["pb"]
+            cmd["pb"] = ref.packed()
         turn.record(cmd)
         if cmd["k"] == "patch":
             return  # a marker: only recorded

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hutch.blobs import BlobAddress
+from hutch.blobs import BlobAddress, fetch_blobs, stored_ref
 from hutch.broker.envelopes import ChildFinished, Control, InstanceCreated, Message, encode
 from hutch.broker.partitioning import partition_of
 from hutch.broker.transports.base import Outgoing, Transport
@@ -144,10 +144,15 @@ async def _prepare(
     partition = partition_of(workflow, instance_id, partitions)
     parent = item.parent
     trigger = {"source": "workflow", "workflow": parent["wf"], "instance_id": parent["id"]}
+    params = command["pb"]
+    held = stored_ref(params)
+    if held is not None:  # large params the parent's history refers to: stored under the parent
+        where = BlobAddress(item.partition, parent["wf"], parent["id"])
+        params = (await fetch_blobs(store.blobs, where, [held]))[held.key]
     # What a client writes at creation, plus the link to the parent.
-    fields, ref = creation_fields(workflow, instance_id, command["pb"], now_ms, trigger, item.trace, inline_threshold)
+    fields, ref = creation_fields(workflow, instance_id, params, now_ms, trigger, item.trace, inline_threshold)
     if ref is not None:  # large params, stored under the child before its create commits
-        await store.blobs.put(BlobAddress(partition, workflow, instance_id), ref, command["pb"])
+        await store.blobs.put(BlobAddress(partition, workflow, instance_id), ref, params)
     fields["parent"] = pack(parent)
     (created,) = await store.create_many([(partition, workflow, instance_id, now_ms, fields)])
     if created:

@@ -17,8 +17,8 @@ Keys: ``n`` name, ``c`` count, ``g`` group, ``t`` time (epoch ms), ``ref`` the k
 resolution or cancel refers to, ``ok``/``vb``/``err`` the outcome (``vb`` holds msgpack bytes of
 the value), ``due`` a timer's due time (epoch ms), ``a`` attempt number, ``cfg`` a step's resolved
 config, ``deps`` the names of the steps a DAG step depends on (only on DAG step commands); an
-invoke's ``wf``/``id`` name its child, ``pb`` holds the child's params (msgpack) and ``close`` its
-``parent_close`` policy.
+invoke's ``wf``/``id`` name its child, ``pb`` holds the child's params (msgpack; over the inline threshold, the
+bytes of their reference, hutch.blobs, stored under this instance) and ``close`` its ``parent_close`` policy.
 
 Each kind is a :class:`~typing.TypedDict` whose field names *are* those keys, so a record is the
 plain dict msgpack decodes (no conversion on the hot path) and the stored format is this module's
@@ -88,7 +88,7 @@ class InvokeCommand(TypedDict):
     t: int
     wf: str  # the child's workflow
     id: str  # the child's instance id
-    pb: bytes  # the child's params, msgpack
+    pb: bytes  # the child's params, msgpack, or a reference's (hutch.blobs.stored_ref) when large
     close: Literal["terminate", "abandon"]  # what the parent's end does to the child while it runs
 
 

@@ -552,3 +552,40 @@ class _ReadsLargeParams(WorkflowEntrypoint):
         if event.payload["blob"] != b"p" * 200_000:
             raise ValueError("not the params")
         await step.wait_for_event("never", "never", timeout="1 hour")
+
+
+async def test_a_child_s_large_params_are_held_by_reference_in_the_parent_s_history(
+    make_client: MakeClient,
+) -> None:
+    """The invoke command records a reference to the params stored under the parent (not 10 MiB in
+    its history); the child gets the full params; the parent's replay after a sleep never loads them."""
+
+    async def parent(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        got = await step.invoke("child", "child", params={"blob": ten_mib()}, id="big-child")
+        await step.sleep("evict", 0.01)
+        return got
+
+    async def child(event: WorkflowEvent, step: WorkflowStep) -> Any:
+        return _params_sha(event)
+
+    client = await make_client({"cc": workflow(parent), "child": workflow(child)}, limits=BIG_LIMITS)
+    orchestrator = client.runtime_worker.orchestrator
+    orchestrator.warm_horizon_ms = 0  # the sleep evicts, so waking replays
+    store = orchestrator.store
+    assert isinstance(store, RedisStore)
+    counting = CountingBlobs(store.blobs)
+    store.blobs = counting
+    instance = await client.workflow("cc").create()
+    final = await instance.wait(timeout=60)
+
+    assert final.status == "complete", final.error
+    assert final.output == _sha(ten_mib())  # the child read the full params
+    history = await store.history(*_where(client, instance.id))
+    [invoke] = [r for r in history if r["k"] == "invoke"]
+    assert len(pack(invoke)) < 1024  # the params are not in the parent's history
+    ref = stored_ref(invoke["pb"])
+    assert ref is not None and ref.size == len(pack({"blob": ten_mib()}))
+    stored = await store.redis.hget(store.keys.blobs(*_where(client, instance.id)), ref.key)
+    assert stored == pack({"blob": ten_mib()})  # stored once, under the parent
+    # Read once, to create the child; the replay after the sleep compared the command without it.
+    assert counting.fetched.count(ref.key) == 1
