@@ -33,7 +33,7 @@ from hutch.events import WorkflowEvent
 from hutch.gateway.api import ErrorCode, TokenSet, get_client, require_token
 from hutch.gateway.app import create_app
 from hutch.gateway.server import GatewayServer
-from hutch.gateway.settings import GatewaySettings
+from hutch.gateway.settings import BODY_HEADROOM_BYTES, GatewaySettings
 from hutch.settings import Settings
 from hutch.step import WorkflowStep
 from hutch.versions import version_of
@@ -536,7 +536,16 @@ def test_gateway_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> N
     settings = GatewaySettings()
     assert settings.token_values() == ["new-one", "old-one"] and settings.port == 9000
     assert "new-one" not in repr(settings)
-    assert settings.host == "127.0.0.1" and settings.max_body_bytes == MiB
+    assert settings.host == "127.0.0.1" and settings.max_body_bytes is None
+
+
+def test_the_body_limit_follows_the_payload_limit_unless_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A payload the engine accepts fits the gateway's body with room for the rest of the request."""
+    monkeypatch.delenv("HUTCH_GATEWAY_MAX_BODY_BYTES", raising=False)
+    assert GatewaySettings().body_limit(Limits()) == MiB + BODY_HEADROOM_BYTES
+    assert GatewaySettings().body_limit(Limits(max_payload_bytes=16 * MiB)) == 16 * MiB + BODY_HEADROOM_BYTES
+    monkeypatch.setenv("HUTCH_GATEWAY_MAX_BODY_BYTES", "2048")
+    assert GatewaySettings().body_limit(Limits(max_payload_bytes=16 * MiB)) == 2048
 
 
 async def test_body_limit_applies_before_parsing() -> None:

@@ -109,7 +109,7 @@ def dev(
     settings = load_settings(redis_url, amqp_url)
     try:
         with invalid_settings():
-            max_body_bytes = GatewaySettings().max_body_bytes
+            max_body_bytes = GatewaySettings().body_limit(settings.limits)
             if classes is None:
                 classes = settings.workflow_classes()
     except HutchError as exc:

@@ -78,7 +78,7 @@ def gateway(
         )
     except BindError as exc:
         raise click.UsageError(str(exc)) from None
-    sys.exit(asyncio.run(_serve(server, settings, tokens_given, gateway_settings.max_body_bytes)))
+    sys.exit(asyncio.run(_serve(server, settings, tokens_given, gateway_settings.body_limit(settings.limits))))
 
 
 async def _serve(server: GatewayServer, settings: Settings, tokens: list[str], max_body_bytes: int) -> int:
