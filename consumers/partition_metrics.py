@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 
 from hutch import metrics
 from hutch.broker.transports.base import Delivery, Transport
+from hutch.cancelling import cancel_requested
 
 log = logging.getLogger("hutch.worker")
 
@@ -48,6 +49,12 @@ class PartitionSampler:
         while True:
             try:
                 await self.sample()
+            except asyncio.CancelledError:
+                if cancel_requested():
+                    raise
+                # aiormq cancels the RPC of a channel it closes (a broker that stalled under load):
+                # that stray cancellation is a failed sample, not a reason to stop the worker.
+                log.debug("sampling the partition metrics was cut short by the broker client")
             except Exception as exc:  # a gauge left stale must never stop the worker
                 log.debug("sampling the partition metrics failed: %r", exc)
             await asyncio.sleep(self._interval_s)
