@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import importlib
 import importlib.metadata
 import os
@@ -49,6 +50,8 @@ from bench.workloads import (
 
 RUNTIMES = ("embedded", "rabbitmq")
 RESULTS_DIR = Path(__file__).parent / "results"
+_SIZE_OPTIONS = ("w7_instances", "w7_lead_s", "w8_rate", "w8_duration_s")
+"""Sizes the command line may set (``--w7-instances`` ...)."""
 
 
 def make_connect(runtime: str, *, redis_url: str, amqp_url: str, workers: int = 1) -> Connect:
@@ -127,6 +130,13 @@ async def _drop_namespace(redis_url: str, namespace: str, amqp_url: str = "") ->
         await redis.aclose()
 
 
+def _one_worker(runtime: str, ids: Sequence[str]) -> str:
+    # W7 and W8 keep the client out of the worker's process (its RSS, its CPU): a subprocess there.
+    if runtime == "rabbitmq" and ON_REQUEST & set(ids):
+        return "1 in-process (W7/W8: 1 subprocess)"
+    return "1 in-process"
+
+
 def describe_run(runtime: str, runs: int, sizes: Sizes, args: argparse.Namespace) -> dict[str, Any]:
     """What produced the figures: engine version, runtime and its settings, Python, machine."""
     settings = Settings()
@@ -144,14 +154,17 @@ def describe_run(runtime: str, runs: int, sizes: Sizes, args: argparse.Namespace
         meta["redis_durability"] = durability(args.redis_url)
         meta["transport"] = args.amqp_url.rsplit("@", 1)[-1]  # no credentials in reports
     meta |= {
-        "workers": f"{args.workers} subprocesses" if args.workers > 1 else "1 in-process",
+        "workers": f"{args.workers} subprocesses" if args.workers > 1 else _one_worker(runtime, args.ids),
         "partitions": settings.partitions,
         "max_concurrent_steps": settings.max_concurrent_steps,
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
         "load1": f"{os.getloadavg()[0]:.2f}",
         "runs": runs,
-        "sizes": "smoke" if sizes == SMOKE else "standard",
+        "sizes": " ".join(
+            ["smoke" if args.smoke else "standard"]
+            + [f"{k}={getattr(sizes, k)}" for k in _SIZE_OPTIONS if getattr(args, k, None) is not None]
+        ),
         "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return meta
@@ -232,6 +245,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=("everysec", "always"),
         help="run on a private redis-server with AOF and this appendfsync, on a free port (implies rabbitmq)",
     )
+    parser.add_argument("--w7-instances", type=int, help=f"W7's sleepers (default {STANDARD.w7_instances})")
+    parser.add_argument("--w7-lead-s", type=float, help="seconds from W7's first create to the due time")
+    parser.add_argument("--w8-rate", type=float, help=f"W8's creates per second (default {STANDARD.w8_rate:g})")
+    parser.add_argument("--w8-duration-s", type=float, help=f"W8's seconds (default {STANDARD.w8_duration_s:g})")
     args = parser.parse_args(argv)
     if args.redis_aof and args.runtime == "embedded":
         parser.error("--redis-aof needs --runtime rabbitmq (the embedded runtime has no Redis server)")
@@ -275,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     sizes = SMOKE if args.smoke else STANDARD
+    overrides = {k: getattr(args, k) for k in _SIZE_OPTIONS}
+    sizes = dataclasses.replace(sizes, **{k: v for k, v in overrides.items() if v is not None})
     connect = make_connect(args.runtime, redis_url=args.redis_url, amqp_url=args.amqp_url, workers=args.workers)
     if args.profile:
         return profile(WORKLOADS[args.profile], connect, sizes, args.runtime, args.profile_out)

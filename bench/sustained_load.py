@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from hutch import Client, Instance, WorkflowEntrypoint
 
-from bench.timer_storm import process_runtime
+from bench.timer_storm import check_alive, process_runtime
 from bench.workloads import Connect, Metrics, _warm_up, percentile
 
 P99_BUDGET_MS = 100.0
@@ -99,7 +100,7 @@ async def _ended_ms(instance: Instance, timeout: float) -> int:
     return int(meta["ended"])
 
 
-async def run_at(client: Client, rate: float, duration_s: float) -> Metrics:
+async def run_at(client: Client, rate: float, duration_s: float, pids: Callable[[], list[int]] = lambda: []) -> Metrics:
     """One open-loop run at ``rate`` creates/s for ``duration_s`` seconds on an open runtime."""
     wf = client.workflow("five")
     total = max(1, round(rate * duration_s))
@@ -129,13 +130,14 @@ async def run_at(client: Client, rate: float, duration_s: float) -> Metrics:
         await sampler
         latencies: list[float] = []
         for i in range(0, len(created), 500):
+            check_alive(pids())
             part = created[i : i + 500]
             ended = await asyncio.gather(*(_ended_ms(inst, timeout=120) for _, inst in part))
             latencies += [end - called * 1000 for (called, _), end in zip(part, ended, strict=True)]
     finally:
         stop.set()
         await sampler
-    return {
+    metrics = {
         "rate_per_s": rate,
         "achieved_per_s": total / generated_s if generated_s > 0 else float(total),
         "p50_ms": percentile(latencies, 50),
@@ -145,6 +147,13 @@ async def run_at(client: Client, rate: float, duration_s: float) -> Metrics:
         "timer_lag_slope_ms_per_s": slope(lag),
         "timer_lag_max_ms": max((v for _, v in lag), default=0.0),
     }
+    print(
+        f"W8 at {rate:g}/s for {duration_s:g} s: achieved {metrics['achieved_per_s']:.0f}/s, "
+        f"p50 {metrics['p50_ms']:.1f} ms, p99 {metrics['p99_ms']:.1f} ms, depth max {metrics['depth_max']:.0f}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return metrics
 
 
 async def w8_sustained(
@@ -156,23 +165,25 @@ async def w8_sustained(
     search_trials: int = 5,
 ) -> Metrics:
     """W8: ``rate`` creates/s for ``duration_s``; then up to ``search_trials`` runs of ``search_s`` s (max rate)."""
-    runtime, _pids, _scope = process_runtime(connect)
+    runtime, pids, _scope = process_runtime(connect)
     async with runtime({"five": FiveSteps}) as client:
         await _warm_up(client, "five", {})
-        out = await run_at(client, rate, duration_s)
+        out = await run_at(client, rate, duration_s, pids)
         if search_trials:
-            out["max_rate_per_s"] = await _search(client, rate, out["p99_ms"], search_s, search_trials)
+            out["max_rate_per_s"] = await _search(client, rate, out["p99_ms"], search_s, search_trials, pids)
     return out
 
 
-async def _search(client: Client, rate: float, p99_ms: float, seconds: float, trials: int) -> float:
+async def _search(
+    client: Client, rate: float, p99_ms: float, seconds: float, trials: int, pids: Callable[[], list[int]]
+) -> float:
     """The highest rate whose p99 stayed within budget: 1.5 times higher while it does, then bisect."""
     ok, bad = (rate, None) if p99_ms <= P99_BUDGET_MS else (0.0, rate)
     for _ in range(trials):
         trial = ok * 1.5 if bad is None else (ok + bad) / 2 if ok else bad / 2
         if bad is not None and bad - ok <= max(10.0, 0.05 * bad):
             break
-        metrics = await run_at(client, trial, seconds)
+        metrics = await run_at(client, trial, seconds, pids)
         if metrics["p99_ms"] <= P99_BUDGET_MS and metrics["achieved_per_s"] >= 0.95 * trial:
             ok = trial
         else:

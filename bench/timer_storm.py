@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -60,6 +61,22 @@ def process_runtime(connect: Connect) -> tuple[Connect, Callable[[], list[int]],
         recipe["workers"], redis_url=recipe["redis_url"], amqp_url=recipe["amqp_url"], pids=pids
     )
     return sub, lambda: list(pids), f"{recipe['workers']} worker subprocess(es)"
+
+
+def _progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def check_alive(pids: list[int]) -> None:
+    """Raise if a worker process has exited (a dead worker would leave the bench waiting until its deadline)."""
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            state = "gone"
+        if state in ("Z", "X", "gone"):
+            raise RuntimeError(f"bench worker process {pid} exited (its log: /tmp/hutch-bench-worker-*.log)")
 
 
 def rss_of(pids: list[int]) -> int:
@@ -153,19 +170,23 @@ async def _create_all(client: Client, instances: int, due: float) -> list[Instan
     return created
 
 
-async def _all_waiting(client: Client, instances: int, due: float) -> float:
+async def _all_waiting(
+    client: Client, instances: int, due: float, started: float, pids: Callable[[], list[int]]
+) -> float:
     """Wait until every storm instance is ``waiting``; the seconds to spare before ``due``."""
     wf = client.workflow("storm")
-    while await _count(wf, Status.WAITING, instances) < instances:
+    while (waiting := await _count(wf, Status.WAITING, instances)) < instances:
+        check_alive(pids())
         if time.time() > due:
             raise RuntimeError(
-                f"W7: not all {instances} instances were sleeping by the due time; give them a longer lead"
+                f"W7: {waiting} of {instances} instances were sleeping by the due time, "
+                f"{due - started:.0f} s after the first create; give them a longer lead (--w7-lead-s)"
             )
         await asyncio.sleep(0.5)
     return due - time.time()
 
 
-async def _lateness(created: list[Instance], due: float, timeout: float) -> list[float]:
+async def _lateness(created: list[Instance], due: float, timeout: float, pids: Callable[[], list[int]]) -> list[float]:
     """Each instance's step-after-sleep start minus ``due`` (ms), polling statuses in chunks."""
     samples: list[float] = []
     await asyncio.sleep(max(0.0, due - time.time()))  # no status polling to compete with the storm's start
@@ -178,6 +199,7 @@ async def _lateness(created: list[Instance], due: float, timeout: float) -> list
             late = [inst for inst, st in zip(part, states, strict=True) if st.status is not Status.COMPLETE]
             if not late:
                 break
+            check_alive(pids())
             if any(st.status in (Status.ERRORED, Status.TERMINATED) for st in states):
                 raise RuntimeError(f"W7: an instance ended {[st.status.value for st in states][:5]}")
             if time.time() > deadline:
@@ -190,19 +212,22 @@ async def _lateness(created: list[Instance], due: float, timeout: float) -> list
 async def w7_timer_storm(connect: Connect, *, instances: int = 100_000, lead_s: float | None = None) -> Metrics:
     """W7: ``instances`` sleepers due at one instant; lateness, Redis bytes and worker RSS (see the module)."""
     runtime, pids, _scope = process_runtime(connect)
-    # Creating and committing a sleep costs well under 2 ms an instance on this machine; the lead
-    # leaves room for a loaded one (the run fails if it was not enough).
-    lead = lead_s if lead_s is not None else 10 + instances * 0.002
+    # Creating an instance and committing its sleep took ~2 ms of wall time each on this loaded
+    # 2-core machine (one worker); the lead doubles that (the run fails if it was not enough).
+    lead = lead_s if lead_s is not None else 10 + instances * 0.004
     async with runtime({"storm": SleepUntilThenStep}) as client:
         await _warm_up(client, "storm", {"due": time.time()})
         redis = _redis_of(client)
         namespace = client._store.keys.namespace if redis is not None else ""
         used_before = await used_memory(redis) if redis is not None else 0
         rss_before = rss_of(pids())
-        due = round(time.time() + lead, 3)
+        started = time.time()
+        due = round(started + lead, 3)
         async with rss_sampler(pids) as rss_samples:
             created = await _create_all(client, instances, due)
-            spare_s = await _all_waiting(client, instances, due)
+            created_s = time.time() - started
+            spare_s = await _all_waiting(client, instances, due, started, pids)
+            _progress(f"W7: {instances} created in {created_s:.1f} s, all sleeping {due - spare_s - started:.1f} s in")
             rss_sleeping = rss_of(pids())
             if redis is not None:
                 used_after = await used_memory(redis)
@@ -211,7 +236,7 @@ async def w7_timer_storm(connect: Connect, *, instances: int = 100_000, lead_s: 
                 used_after = ns_bytes = 0
             if time.time() > due:
                 raise RuntimeError("W7: measuring Redis memory ran past the due time; give the sleepers a longer lead")
-            samples = await _lateness(created, due, timeout=600)
+            samples = await _lateness(created, due, timeout=600, pids=pids)
     mb = 2**20
     metrics = {
         "p50_ms": percentile(samples, 50),

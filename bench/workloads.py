@@ -447,7 +447,7 @@ class Sizes:
     w6_instances: int = 50
     mem_instances: int = 10_000
     w7_instances: int = 100_000
-    w7_lead_s: float | None = None  # None: 10 s + 2 ms per instance (bench/timer_storm.py)
+    w7_lead_s: float | None = None  # None: 10 s + 4 ms per instance (bench/timer_storm.py)
     w8_rate: float = 500
     w8_duration_s: float = 60
     w8_search_s: float = 15
