@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hutch import logs
 from hutch.blobs import BlobRef, BlobsNeeded, record_ref, stored_ref
 from hutch.children import InvokeConfig, derived_child_id
 from hutch.config import Limits, StepConfig, check_instance_id, check_step_name, check_workflow_name
@@ -43,7 +44,6 @@ from hutch.history import (
     is_issued,
     key_of,
 )
-from hutch import logs
 from hutch.loop import WorkflowLoop
 from hutch.serialization import check_depth, encode_value, unpack
 from hutch.step import WorkflowStep
