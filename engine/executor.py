@@ -195,7 +195,7 @@ class WorkflowRun:
 
     def close(self) -> None:
         """Drop the coroutine and everything it holds (eviction, terminate, restart)."""
-        for task in asyncio.all_tasks(self.loop):
+        for task in self.loop.tasks():
             task.cancel()
         # Let cancelled tasks unwind so their frames are freed now, without issuing commands.
         self.failure = self.failure or _Closed("closed")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import weakref
 from asyncio import events
 from collections.abc import Callable, Coroutine, Generator
 from typing import Any
@@ -34,6 +35,9 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     def __init__(self, on_code_error: Callable[[WorkflowCodeError], None] | None = None) -> None:
         self._ready: collections.deque[asyncio.Handle] = collections.deque()
+        # This loop's own tasks: asyncio.all_tasks(loop) walks every task of the process (every
+        # in-memory instance's), which made closing n instances at once cost O(n²) (W7's storm).
+        self._tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self._closed = False
         self.unhandled: list[dict[str, Any]] = []
         self._on_code_error = on_code_error
@@ -113,8 +117,14 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             # The task owns the step: cancelled before it ever ran (a TaskGroup aborting, say), it
             # never awaited the step, so cancel the step here as cancelling a started task would.
             task.add_done_callback(lambda done: step.cancel() if done.cancelled() else None)
-            return task
-        return asyncio.Task(_Guarded(coro, self), loop=self, name=name, context=context)
+        else:
+            task = asyncio.Task(_Guarded(coro, self), loop=self, name=name, context=context)
+        self._tasks.add(task)
+        return task
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        """The tasks created on this loop that have not finished."""
+        return [task for task in self._tasks if not task.done()]
 
     def get_debug(self) -> bool:
         """Always False: asyncio's debug mode times callbacks, and this loop has no clock."""
