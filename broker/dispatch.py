@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hutch.broker.envelopes import Control, EventReceived, InstanceCreated, Message, Redrive, encode
@@ -62,6 +63,10 @@ class BrokerDispatcher:
         await self._send(
             [Control(workflow=workflow, instance_id=instance_id, action=action, from_step=from_step, rollback=rollback)]
         )
+
+    async def control_many(self, items: Sequence[tuple[str, str]], action: Action) -> None:
+        """Publish one action's request to many instances' partitions in one confirmed batch (bulk jobs)."""
+        await self._send([Control(workflow=wf, instance_id=iid, action=action) for wf, iid in items])
 
     async def redrive(self, workflow: str, instance_id: str) -> None:
         """Publish a ``Redrive`` to the instance's partition: its owner loads the instance and continues it."""

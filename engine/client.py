@@ -7,10 +7,12 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from hutch import metrics, tracing
 from hutch.blobs import BlobAddress, BlobRef, by_reference, fetch_blobs, large_ref
+from hutch.bulk import BulkAction, BulkJob, BulkJobs, BulkRunner, check_action
 from hutch.clock import Clock
 from hutch.concurrency import PRIORITY_FIELD, check_priority
 from hutch.config import DEFAULT_LIMITS, Limits, check_instance_id, check_workflow_name
@@ -30,6 +32,7 @@ from hutch.restart import FromStep, StepSpec, command_position, from_step_of
 from hutch.retention import META_FIELD as RETENTION_FIELD
 from hutch.retention import RetentionSpec, retention_of
 from hutch.runtime import EmbeddedRuntimeProbe
+from hutch.search import Order, Position, SearchFilter, SearchPage, check_limit, check_order, search_filter
 from hutch.serialization import check_depth, encode_value, pack, unpack
 from hutch.status import FINISHED, Action, InstanceDetail, InstanceStatus, Status, build_detail, status_from_meta
 from hutch.store.base import CheckpointStore
@@ -119,6 +122,9 @@ class Client:
         self.control_timeout = control_timeout
         # What the testing toolkit reads of the embedded runtime behind this client (None otherwise).
         self.runtime: EmbeddedRuntimeProbe | None = None
+        # Runs the bulk jobs this client creates, and any whose runner died (started on first use).
+        self._bulk_runner: BulkRunner | None = None
+        self._bulk_task: asyncio.Task[None] | None = None
         # The hutch.consumers Worker running in this client's process (embedded, or a colocated
         # distributed one), else None: `hutch dev` stops it and tests crash it. The engine does not
         # know the consumers layer's types, so callers narrow it (isinstance) before use.
@@ -135,6 +141,7 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        await self.stop_bulk_runner()
         if self._on_close is not None:
             await self._on_close()
 
@@ -151,6 +158,103 @@ class Client:
 
     def _partition(self, workflow: str, instance_id: str) -> int:
         return self._dispatcher.partition_of(workflow, instance_id)
+
+    # ------------------------------------------------------------------ fleet control (SPEC §12)
+    async def search(
+        self,
+        workflow: str | None = None,
+        status: Status | str | None = None,
+        created_after: datetime | str | None = None,
+        created_before: datetime | str | None = None,
+        id_prefix: str | None = None,
+        version: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+        *,
+        order: Order = "desc",
+    ) -> SearchPage:
+        """Instances across workflows (or of one) matching every filter given, newest first, a page at a time.
+
+        Backed by the per-partition status indexes (hutch.search): no scan of the keyspace.
+
+        Args:
+            workflow: only this workflow's instances.
+            status: only instances in this status.
+            created_after: created at or after this time (a naive datetime is UTC; ISO strings accepted).
+            created_before: created strictly before this time.
+            id_prefix: only ids starting with this.
+            version: only instances that started on this code version.
+            limit: at most this many per page (1..1000).
+            cursor: the ``cursor`` of the previous page (same filters and order).
+            order: ``desc`` newest first, ``asc`` oldest first.
+
+        Raises:
+            InvalidInputError: a bad filter, limit, order or cursor.
+            WorkflowNotFound: ``workflow`` is neither registered nor has instances, when the client knows its workflows.
+        """
+        where = search_filter(
+            workflow=workflow,
+            status=status,
+            created_after=created_after,
+            created_before=created_before,
+            id_prefix=id_prefix,
+            version=version,
+        )
+        check_limit(limit)
+        order = check_order(order)
+        after = Position.decode(cursor) if cursor is not None else None
+        if where.workflow is None:
+            workflows = await self.workflows()
+        else:
+            check_workflow_name(where.workflow, self.limits)
+            # A workflow this client does not run may still have instances (another worker's, or older).
+            if self._known and where.workflow not in self._known and where.workflow not in await self.workflows():
+                raise WorkflowNotFound(where.workflow)
+            workflows = [where.workflow]
+        hits, nxt = await self._store.search(workflows, where, order=order, after=after, limit=limit)
+        return SearchPage(instances=hits, cursor=nxt.encode() if nxt is not None else None)
+
+    async def bulk(self, action: BulkAction, where: SearchFilter | None = None, **filters: Any) -> BulkJob:
+        """Start a durable background job doing ``action`` to every instance the filter matches.
+
+        ``action`` is terminate, restart, pause, resume or delete; the filter is a
+        :class:`~hutch.search.SearchFilter` or its fields as keywords (those of :meth:`search`).
+        The job runs in this process (and goes on in any other process running a bulk runner,
+        such as a gateway, if this one stops); the returned handle reads its progress, waits for
+        it or cancels it. See :mod:`hutch.bulk` for how a crash mid-way is resumed.
+        """
+        if where is None:
+            where = search_filter(**filters)
+        elif filters:
+            raise InvalidInputError("give the filter either as a SearchFilter or as keywords, not both")
+        check_action(action)
+        if where.workflow is not None:
+            self.workflow(where.workflow)
+        runner = self.start_bulk_runner()
+        job_id = await runner.jobs.create(action, where, self.clock.now_ms())
+        runner.wake()
+        return BulkJob(runner.jobs, job_id)
+
+    def bulk_job(self, job_id: str) -> BulkJob:
+        """A handle on a bulk job by its id (its ``progress()`` raises ``BulkJobNotFound`` for an unknown one)."""
+        return BulkJob(BulkJobs(self._store), job_id)
+
+    def start_bulk_runner(self) -> BulkRunner:
+        """Run bulk jobs in this process from now on (idempotent): those it creates, and any whose runner died."""
+        if self._bulk_runner is None:
+            self._bulk_runner = BulkRunner(self)
+            self._bulk_task = asyncio.get_running_loop().create_task(self._bulk_runner.run(), name="hutch-bulk")
+        return self._bulk_runner
+
+    async def stop_bulk_runner(self) -> None:
+        """Stop running bulk jobs here; their leases are released, so another process resumes them at once."""
+        task, self._bulk_task, self._bulk_runner = self._bulk_task, None, None
+        # Cancelled again until it ends: a Redis read on Python 3.11 may swallow one cancellation.
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.warning("the bulk runner had stopped with an error: %r", task.exception())
 
 
 class WorkflowClient:

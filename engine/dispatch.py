@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -57,4 +58,8 @@ class Dispatcher(Protocol):
         rollback: bool = False,
     ) -> None:
         """Request pause, resume, terminate or restart (``from_step``: from a step; ``rollback``: with the undos)."""
+        ...
+
+    async def control_many(self, items: Sequence[tuple[str, str]], action: Action) -> None:
+        """Request one action of many (workflow, instance id) instances in one confirmed batch (bulk jobs)."""
         ...

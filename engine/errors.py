@@ -28,6 +28,7 @@ The tree::
      ├── WorkflowNotFound (also KeyError)
      ├── InstanceNotFound (also KeyError)
      ├── InstanceAlreadyExists
+     ├── BulkJobNotFound (also KeyError)  no bulk job has that id (or it finished a day ago)
      ├── IllegalTransition             e.g. terminate a finished instance
      │    └── StepNotInHistory          restart(from_step=...) names a step the run never reached
      ├── TerminatedWithRollback        what every undo receives from terminate(rollback=True)
@@ -285,6 +286,17 @@ class InstanceNotFound(HutchError, KeyError):
         super().__init__(f"instance {instance_id!r} of workflow {workflow!r} not found")
         self.workflow = workflow
         self.instance_id = instance_id
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class BulkJobNotFound(HutchError, KeyError):
+    """No bulk job has this id (unknown, or it finished more than a day ago; hutch.bulk)."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"bulk job {job_id!r} not found (unknown, or finished more than a day ago)")
+        self.job_id = job_id
 
     def __str__(self) -> str:
         return str(self.args[0])

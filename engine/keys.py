@@ -199,6 +199,33 @@ class Keys:
         """Hash of workers whose broker connection was seen closing: worker id → when (epoch ms)."""
         return f"{self.namespace}:departures"
 
+    def bulk_jobs(self) -> str:
+        """Sorted set of bulk jobs not finished yet (member: job id, score: created epoch ms; hutch.bulk)."""
+        return f"{self.namespace}:bulk"
+
+    def bulk_job(self, job_id: str) -> str:
+        """Hash of a bulk job: its action, filter, state, progress and checkpoint.
+
+        A job's keys share its own hash tag (``{bulk:<id>}``), so its checkpoint script stays in one slot.
+        """
+        return f"{self.namespace}:{{bulk:{job_id}}}:job"
+
+    def bulk_items(self, job_id: str) -> str:
+        """List of the instances a bulk job acts on (members ``workflow:id``), in the search's order."""
+        return f"{self.namespace}:{{bulk:{job_id}}}:items"
+
+    def bulk_marks(self, job_id: str) -> str:
+        """Hash of the instances a bulk restart asked to restart: member → its run number before."""
+        return f"{self.namespace}:{{bulk:{job_id}}}:marks"
+
+    def bulk_failures(self, job_id: str) -> str:
+        """List of a bulk job's failures (JSON ``{"workflow", "id", "reason"}``), the first ones only."""
+        return f"{self.namespace}:{{bulk:{job_id}}}:failures"
+
+    def bulk_lease(self, job_id: str) -> str:
+        """The token of the process running a bulk job (expires unless renewed: a crashed runner's job is taken)."""
+        return f"{self.namespace}:{{bulk:{job_id}}}:lease"
+
     def config(self) -> str:
         """Deployment-wide settings every process must agree with (partition count, limits).
 

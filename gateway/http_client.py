@@ -278,6 +278,34 @@ class GatewayClient:
         return response.status_code == 200
 
     # ------------------------------------------------------------------ plumbing
+    async def search_instances(self, name: str | None, query: dict[str, Any]) -> InstancePage:
+        """One page of a search (``GET /api/instances``, or a workflow's listing when ``name`` is given).
+
+        ``query`` holds the filters by their REST names (status, date_start, date_end, id_prefix,
+        version, order, cursor, page, per_page); None values are left out.
+        """
+        params = {k: v for k, v in query.items() if v is not None}
+        path = _path("workflows", name, "instances") if name is not None else "/api/instances"
+        body = await self._call("GET", path, params=params)
+        info = body.get("result_info") or {}
+        return InstancePage(instances=list(body["result"] or []), cursor=info.get("cursor"))
+
+    async def start_bulk(self, action: str, where: dict[str, Any]) -> dict[str, Any]:
+        """Start a bulk job (``POST /api/bulk``); its progress record."""
+        body = {"action": action, "filter": {k: v for k, v in where.items() if v is not None}}
+        result: dict[str, Any] = (await self._call("POST", "/api/bulk", json=body))["result"]
+        return result
+
+    async def bulk_progress(self, job_id: str) -> dict[str, Any]:
+        """A bulk job's progress record (``GET /api/bulk/{id}``)."""
+        result: dict[str, Any] = (await self._call("GET", _path("bulk", job_id)))["result"]
+        return result
+
+    async def cancel_bulk(self, job_id: str) -> dict[str, Any]:
+        """Cancel a bulk job (``DELETE /api/bulk/{id}``); its progress record."""
+        result: dict[str, Any] = (await self._call("DELETE", _path("bulk", job_id)))["result"]
+        return result
+
     async def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """Send a request and return the whole envelope when it succeeded; raise otherwise."""
         response = await self._send(method, path, **kwargs)

@@ -845,3 +845,36 @@ def test_describe_shows_invokes_with_their_child_the_parent_retry_sources_and_ve
     assert 'child tax-1 of tax {"cents": 99}' in flat
     assert "child audit-1 of audit: ChildWorkflowError: child audit/audit-1 errored" in flat
     assert "child ship-1 of ship" in flat
+
+
+def test_list_filters_and_bulk_terminate_with_a_progress_bar(dev: Server) -> None:
+    """``hutch instances list`` with wrangler's flags, and ``hutch instances bulk`` (issue 13 items 1, 2, 5)."""
+    prefix = unique("bk")
+    ids = [f"{prefix}-{n}" for n in range(3)]
+    for iid in ids:
+        ok_json("workflows", "trigger", "approval", json.dumps({"requestId": iid}), "--id", iid, "--url", dev.url)
+        wait_for_status(dev.url, "approval", iid, "waiting")
+    newest = ok_json("instances", "list", "approval", "--id-prefix", prefix, "--url", dev.url)
+    assert [r["id"] for r in newest] == ids[::-1]
+    oldest = ok_json("instances", "list", "approval", "--id-prefix", prefix, "--reverse", "--url", dev.url)
+    assert [r["id"] for r in oldest] == ids
+    second = ok_json("instances", "list", "approval", "--id-prefix", prefix, "--page", "2", "--per-page", "1",
+                     "--url", dev.url)  # fmt: skip
+    assert [r["id"] for r in second] == [ids[1]]
+    everywhere = ok_json("instances", "list", "--id-prefix", prefix, "--date-start", "2000-01-01", "--url", dev.url)
+    assert {(r["workflow"], r["id"]) for r in everywhere} == {("approval", i) for i in ids}
+    assert ok_json("instances", "list", "approval", "--date-end", "2000-01-01", "--url", dev.url) == []
+
+    args = ["instances", "bulk", "terminate", "approval", "--id-prefix", prefix, "--url", dev.url]
+    refused = CliRunner().invoke(main, args, input="n\n", env={"HUTCH_URL": None, "HUTCH_TOKEN": None})
+    assert refused.exit_code == 1 and "terminate every instance matching" in refused.output
+    assert {r["status"] for r in ok_json("instances", "list", "approval", "--id-prefix", prefix, "--url", dev.url)} == {
+        "waiting"
+    }
+    done = hutch("instances", "bulk", "terminate", "approval", "--id-prefix", prefix, "--yes", "--url", dev.url)
+    assert done.exit_code == 0, done.output
+    assert "terminate: done, 3 of 3 done (0 with nothing to do), 0 failed" in done.stdout
+    for iid in ids:
+        wait_for_status(dev.url, "approval", iid, "terminated")
+    paused = hutch("instances", "bulk", "pause", "approval", "--id-prefix", prefix, "--yes", "--url", dev.url)
+    assert paused.exit_code == 4 and "a finished instance cannot pause" in paused.stdout

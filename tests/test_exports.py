@@ -28,6 +28,7 @@ ENGINE_ALL = [
     "BatchTooLarge",
     "BlobNotFound",
     "BrokerUnavailable",
+    "BulkJobNotFound",
     "ChildWorkflowError",
     "Client",
     "Connection",

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from hutch.config import Limits
     from hutch.history import Record
     from hutch.keys import Keys
+    from hutch.search import Order, Position, SearchFilter, SearchHit
     from redis.asyncio import Redis
 
 
@@ -141,6 +142,16 @@ class CheckpointStore(Protocol):
         self, workflow: str, status: str | None, *, before: tuple[int, str] | None, limit: int
     ) -> list[tuple[str, int]]:
         """(instance id, created ms) of ``workflow``'s instances (optionally in one status), newest first."""
+        ...
+
+    async def search(
+        self, workflows: Sequence[str], where: SearchFilter, *, order: Order, after: Position | None, limit: int
+    ) -> tuple[list[SearchHit], Position | None]:
+        """One page of ``workflows``' instances matching ``where`` (hutch.search), and where the next page starts."""
+        ...
+
+    async def delete_finished(self, items: Sequence[tuple[int, str, str]]) -> list[int]:
+        """Delete finished (partition, workflow, id) instances for good: 1 deleted, 0 gone, -1 kept (unfinished)."""
         ...
 
     # ------------------------------------------------------------------ the partition owner's

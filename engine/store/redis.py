@@ -16,9 +16,11 @@ from hutch.config import Limits
 from hutch.errors import DeploymentMismatch
 from hutch.history import Record, decode_record
 from hutch.keys import Keys
+from hutch.search import Order, Position, SearchFilter, SearchHit
 from hutch.serialization import unpack
 from hutch.status import FINISHED
 from hutch.store.base import CommitResult, Snapshot, Transition
+from hutch.store.search import search_page
 from redis import exceptions as redis_exceptions
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
@@ -203,6 +205,8 @@ class RedisStore:
         self._create: AsyncScript = redis.register_script(_script("create.lua"))
         self._delete_unstarted: AsyncScript = redis.register_script(_script("delete_unstarted.lua"))
         self._list: AsyncScript = redis.register_script(_script("list.lua"))
+        self._search: AsyncScript = redis.register_script(_script("search.lua"))
+        self._delete_finished: AsyncScript = redis.register_script(_script("delete_finished.lua"))
         self.prune_per_finish = prune_per_finish
         self._record_deployment: AsyncScript = redis.register_script(_RECORD_DEPLOYMENT)
         self._named: set[str] = set()  # workflow names this store has recorded in the workflows set
@@ -562,6 +566,28 @@ class RedisStore:
         if before is not None:
             ordered = [r for r in ordered if (r[0], r[1]) < before]
         return [(iid, created) for created, iid in ordered[:limit]]
+
+    # ------------------------------------------------------------------ search and delete (fleet control)
+    async def search(
+        self, workflows: Sequence[str], where: SearchFilter, *, order: Order, after: Position | None, limit: int
+    ) -> tuple[list[SearchHit], Position | None]:
+        """One page of a search over the status indexes (hutch.store.search), and where the next starts."""
+        return await search_page(self, workflows, where, order=order, after=after, limit=limit)
+
+    async def search_calls(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Run search.lua once per (keys, args), pipelined in one round trip."""
+        return await self._evalsha_many(self._search, calls)
+
+    async def delete_finished(self, items: Sequence[tuple[int, str, str]]) -> list[int]:
+        """Delete finished (partition, workflow, id) instances for good: 1 deleted, 0 gone, -1 kept (unfinished)."""
+        calls: list[tuple[list[str], list[Any]]] = []
+        for p, wf, iid in items:
+            k = self.keys
+            data = [k.meta(p, wf, iid), k.history(p, wf, iid), k.event_buffer(p, wf, iid), k.blobs(p, wf, iid)]
+            data.append(k.retention(p))
+            indexes = [self.keys.status_index(p, wf, s) for s in (keys.ALL, "complete", "errored", "terminated")]
+            calls.append((data + indexes, [keys.instance_member(wf, iid)]))
+        return [int(r) for r in await self._evalsha_many(self._delete_finished, calls)] if calls else []
 
 
 class RedisBlobs:

@@ -3,7 +3,7 @@
 =====  ====================================================  ==================================
 GET    /api/workflows                                        workflows and their instance counts
 GET    /api/workflows/{name}                                 one workflow
-GET    /api/workflows/{name}/instances                       instances, newest first (cursor)
+GET    /api/workflows/{name}/instances                       instances, newest first, filtered (fleet.py)
 POST   /api/workflows/{name}/instances                       create one instance
 POST   /api/workflows/{name}/instances/batch                 create up to 100, skipping taken ids
 POST   /api/workflows/{name}/instances/create_or_send        create if absent, send an event either way
@@ -12,6 +12,8 @@ GET    /api/workflows/{name}/instances/{id}/status           status, output, err
 PATCH  /api/workflows/{name}/instances/{id}/status           pause | resume | terminate | restart
 POST   /api/workflows/{name}/instances/{id}/events/{type}    send an event (body = payload; ?event_id= key)
 =====  ====================================================  ==================================
+
+Search across workflows and bulk jobs: fleet.py, included below.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Reques
 from fastapi.exceptions import RequestValidationError
 from hutch import Client, InstanceDetail, InstanceStatus, Status
 from hutch.config import check_instance_id
+from hutch.gateway.api import fleet
 from hutch.gateway.api.auth import require_token
 from hutch.gateway.api.deps import WorkflowNames, check_request, get_client, get_workflow_names
-from hutch.gateway.api.envelope import CursorInfo, Envelope, ErrorEnvelope, ListEnvelope, ok
+from hutch.gateway.api.envelope import Envelope, ErrorEnvelope, ListEnvelope, ok
 from hutch.gateway.api.errors import json_body_failure
 from hutch.gateway.api.models import (
     EVENT_ID_SCHEMA,
@@ -46,7 +49,7 @@ from hutch.gateway.api.models import (
     check_json_value,
     json_safe,
 )
-from hutch.gateway.api.views import instance_counts, instance_summaries
+from hutch.gateway.api.views import instance_counts
 
 
 class BatchEnvelope(Envelope[list[InstanceRef]]):
@@ -122,19 +125,13 @@ async def get_workflow(
 )
 async def list_instances(
     name: str = WorkflowName,
-    status: Status | None = Query(default=None, description="Only instances in this status."),
-    cursor: str | None = Query(
-        default=None, max_length=200, description="`result_info.cursor` of the previous page; empty: the first page."
-    ),
-    per_page: int = Query(default=50, ge=1, le=100),
+    query: fleet.SearchQuery = Depends(),
     client: Client = Depends(get_client),
     names: WorkflowNames = Depends(get_workflow_names),
 ) -> dict[str, Any]:
-    """Instances of a workflow, newest first, one page at a time."""
-    workflow = await names.reader(name)
-    page = await workflow.list(status, cursor=cursor or None, limit=per_page)
-    rows = await instance_summaries(client, name, page.instances)
-    return {**ok(rows), "result_info": CursorInfo(count=len(rows), per_page=per_page, cursor=page.cursor)}
+    """Instances of a workflow matching the filters of ``GET /api/instances``, newest first, a page at a time."""
+    await names.reader(name)
+    return await fleet.listing(client, query, name)
 
 
 @router.post(
@@ -345,3 +342,6 @@ def _json_body(raw: bytes) -> Any:
         return check_json_value(value, "the event payload")
     except ValueError as exc:
         raise RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": str(exc)}]) from None
+
+
+router.include_router(fleet.router, responses=NOT_FOUND)  # search and bulk jobs (fleet.py), under /api with its auth

@@ -86,6 +86,7 @@ async def _serve(server: GatewayServer, settings: Settings, tokens: list[str], m
         client = await start_or_report(server, settings, hutch.connect(settings=settings))
         if client is None:
             return EXIT_START_FAILED
+        client.start_bulk_runner()  # runs the bulk jobs it accepts, and resumes any whose runner died
         try:
             app = build_app(client, settings, tokens=tokens, max_body_bytes=max_body_bytes)
 

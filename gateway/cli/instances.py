@@ -7,6 +7,8 @@ wrangler's flags (the API's ``from`` and ``rollback`` fields).
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -18,6 +20,7 @@ from hutch.gateway.cli.options import remote_options
 from hutch.gateway.cli.remote import ApiFailed, Remote, resolve_instance
 from hutch.gateway.http_client import GatewayClient
 from hutch.status import Action
+from rich.text import Text
 
 EXIT_NOT_APPLIED = 3
 """A lifecycle change the API accepted but no worker applied within its wait (HTTP 202): not an error,
@@ -29,15 +32,158 @@ def instances() -> None:
     """List, inspect and control instances (through a gateway's REST API)."""
 
 
+def search_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The search filters, named as wrangler names them where it has them."""
+    options = [
+        click.option("--status", type=click.Choice([s.value for s in Status]), default=None, help="Only this status."),
+        click.option("--date-start", default=None, help="Created at or after (ISO 8601, e.g. 2026-12-01T00:00:00Z)."),
+        click.option("--date-end", default=None, help="Created before (ISO 8601)."),
+        click.option("--id-prefix", default=None, help="Only ids starting with this."),
+        click.option("--version", "code_version", default=None, help="Only instances started on this code version."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _filters(status: str | None, date_start: str | None, date_end: str | None, id_prefix: str | None,
+             code_version: str | None) -> dict[str, Any]:  # fmt: skip
+    return {
+        "status": status, "date_start": date_start, "date_end": date_end, "id_prefix": id_prefix,
+        "version": code_version,
+    }  # fmt: skip
+
+
 @instances.command("list")
-@click.argument("name")
-@click.option("--status", type=click.Choice([s.value for s in Status]), default=None, help="Only this status.")
+@click.argument("name", required=False)
+@search_options
+@click.option("--reverse", is_flag=True, help="Oldest first.")
+@click.option("--page", type=click.IntRange(1, 100), default=None, help="Page number (with --per-page).")
+@click.option("--per-page", type=click.IntRange(1, 100), default=None, help="Instances per page.")
+@click.option("--cursor", default=None, help="Start after this cursor (printed with --json as result_info.cursor).")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=25, show_default=True, help="At most this many.")
 @remote_options
-def instances_list(name: str, status: str | None, limit: int, remote: Remote) -> None:
-    """List the instances of workflow NAME, newest first."""
-    result = remote.call(lambda api: api.recent_instances(name, status=status, limit=limit))
-    remote.show(result, lambda console: render.instances_table(name, result))
+def instances_list(
+    name: str | None,
+    status: str | None,
+    date_start: str | None,
+    date_end: str | None,
+    id_prefix: str | None,
+    code_version: str | None,
+    reverse: bool,
+    page: int | None,
+    per_page: int | None,
+    cursor: str | None,
+    limit: int,
+    remote: Remote,
+) -> None:
+    """List the instances of workflow NAME (or of every workflow), newest first, filtered by the options.
+
+    Without --page, follows the cursor until --limit instances; with --page, prints that page only.
+    """
+    query = _filters(status, date_start, date_end, id_prefix, code_version)
+    query["order"] = "asc" if reverse else "desc"
+
+    async def request(api: GatewayClient) -> list[dict[str, Any]]:
+        if page is not None:
+            one = await api.search_instances(
+                name, {**query, "page": page, "per_page": per_page or 25, "cursor": cursor}
+            )
+            return one.instances
+        rows: list[dict[str, Any]] = []
+        after = cursor
+        while len(rows) < limit:
+            size = min(per_page or 100, limit - len(rows))
+            found = await api.search_instances(name, {**query, "per_page": size, "cursor": after})
+            rows += found.instances
+            after = found.cursor
+            if after is None:
+                break
+        return rows[:limit]
+
+    result = remote.call(request)
+    title = name or "all workflows"
+    shown = result if name else [{**row, "id": f"{row['workflow']}:{row['id']}"} for row in result]
+    remote.show(result, lambda console: render.instances_table(title, shown))
+
+
+@instances.group("bulk")
+def instances_bulk() -> None:
+    """Act on every instance a filter matches, as a durable job on the gateway (with a progress bar)."""
+
+
+def _bulk_command(action: str, summary: str) -> click.Command:
+    @click.argument("name", required=False)
+    @search_options
+    @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+    @remote_options
+    def command(
+        name: str | None,
+        status: str | None,
+        date_start: str | None,
+        date_end: str | None,
+        id_prefix: str | None,
+        code_version: str | None,
+        yes: bool,
+        remote: Remote,
+    ) -> None:
+        where = {**_filters(status, date_start, date_end, id_prefix, code_version), "workflow": name}
+        where["created_after"] = where.pop("date_start")
+        where["created_before"] = where.pop("date_end")
+        chosen = ", ".join(f"{k}={v}" for k, v in where.items() if v is not None) or "no filter: every instance"
+        if not yes and not remote.as_json:
+            click.confirm(f"{action} every instance matching ({chosen})?", abort=True)
+        job = remote.call(lambda api: api.start_bulk(action, where))
+        final = remote.call(lambda api: follow_bulk(api, job["id"], show=not remote.as_json))
+        remote.show(final, lambda console: render_bulk(final))
+        if final["failed"]:
+            click.get_current_context().exit(EXIT_BULK_FAILURES)
+
+    command.__doc__ = f"{summary}. NAME: only this workflow's; the options narrow the selection."
+    return click.command(action)(command)
+
+
+EXIT_BULK_FAILURES = 4
+"""A bulk job finished but could not act on some instances (listed with the progress)."""
+
+
+async def follow_bulk(api: GatewayClient, job_id: str, *, show: bool) -> dict[str, Any]:
+    """Poll a bulk job until it finishes, drawing a progress bar (done / total, failed) when ``show``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[extra]}"),
+               TimeElapsedColumn())  # fmt: skip
+    with Progress(*columns, disable=not show, transient=False) as bar:
+        task = bar.add_task(f"bulk {job_id[:8]}", total=None, extra="")
+        while True:
+            progress = await api.bulk_progress(job_id)
+            handled = progress["done"] + progress["failed"]
+            extra = f"{progress['state']}, failed {progress['failed']}"
+            bar.update(task, total=progress["total"] or None, completed=handled, extra=extra)
+            if progress["state"] in ("done", "cancelled"):
+                return progress
+            await asyncio.sleep(0.2)
+
+
+def render_bulk(progress: dict[str, Any]) -> Text:
+    """One line per outcome of a finished bulk job, and its first failures."""
+    text = Text(
+        f"{progress['action']}: {progress['state']}, {progress['done']} of {progress['total']} done "
+        f"({progress['skipped']} with nothing to do), {progress['failed']} failed"
+    )
+    for failure in progress.get("failures") or []:
+        text.append(f"\n  {failure['workflow']}:{failure['id']}: {failure['reason']}", style="red")
+    return text
+
+
+for _action, _summary in (
+    ("terminate", "Terminate every matching instance"),
+    ("restart", "Restart every matching instance from the beginning (once each, even if the job resumes)"),
+    ("pause", "Pause every matching instance"),
+    ("resume", "Resume every matching paused instance"),
+    ("delete", "Delete every matching instance for good (unfinished ones are terminated first)"),
+):
+    instances_bulk.add_command(_bulk_command(_action, _summary))
 
 
 @instances.command("describe")

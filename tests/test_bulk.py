@@ -1,0 +1,137 @@
+"""Bulk actions by filter as durable jobs (SPEC §12, issue 13 item 2), on both runtimes.
+
+Terminate, pause, resume, delete and restart over a fleet of about 2 000 instances in every stable
+status; a restart job killed between acting on a batch and recording it resumes in another runner
+and finishes without restarting any instance twice; a cancelled job acts on nothing more.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hutch import BulkJobNotFound, Client, InvalidInputError
+from hutch.bulk import BulkJobs, BulkRunner, BulkState
+from hutch.search import SearchFilter
+
+from tests.conftest import MakeClient
+from tests.fleet import WORKFLOWS, FleetTruth, Release, build_fleet, read_truth
+from tests.helpers import eventually
+
+
+@pytest.fixture
+async def fleet(make_client: MakeClient) -> Any:
+    client = await make_client(WORKFLOWS)
+    members = await build_fleet(client)
+    yield client, members
+    Release.event.set()
+
+
+async def test_bulk_terminate_pause_resume_and_delete_act_on_exactly_what_the_filter_matches(
+    fleet: tuple[Client, list[tuple[str, str]]],
+) -> None:
+    client, members = fleet
+    before = await read_truth(client, members)
+
+    job = await client.bulk("terminate", workflow="fleet", status="waiting")
+    progress = await job.wait(timeout=60)
+    assert (progress.state, progress.total, progress.done, progress.failed) == (BulkState.DONE, 360, 360, 0)
+
+    async def terminated() -> FleetTruth:
+        truth = await read_truth(client, members)
+        assert truth.counts()["terminated"] == 660 and truth.counts()["waiting"] == 0, truth.counts()
+        return truth
+
+    after = await eventually(terminated, timeout=30, interval=0.1)
+    changed = {m for m in members if before.rows[m][1] != after.rows[m][1]}
+    assert changed == {m for m in members if before.rows[m][1] == "waiting"}
+
+    again = await (await client.bulk("terminate", workflow="fleet", status="terminated")).wait(timeout=60)
+    assert (again.total, again.done, again.skipped, again.failed) == (660, 660, 660, 0), "idempotent"
+
+    resumed = await (await client.bulk("resume", SearchFilter(status="paused", id_prefix="wait-0"))).wait(60)
+    assert (resumed.total, resumed.done, resumed.failed) == (300, 300, 0)
+    await eventually(lambda: _count(client, members, "waiting", 300), timeout=30, interval=0.1)
+
+    paused_finished = await (await client.bulk("pause", workflow="other")).wait(60)
+    assert (paused_finished.total, paused_finished.failed) == (50, 50)
+    assert (
+        len(paused_finished.failures) == 50 and "finished instance cannot pause" in paused_finished.failures[0].reason
+    )
+
+    deleted = await (await client.bulk("delete", status="errored")).wait(60)
+    assert (deleted.total, deleted.done, deleted.failed) == (300, 300, 0)
+    assert (await client.search(status="errored")).instances == []
+    gone = await read_truth(client, members)
+    assert not [m for m in members if m[1].startswith("error-") and m in gone.rows]
+    assert len(gone.rows) == len(members) - 300
+
+
+async def _count(client: Client, members: list[tuple[str, str]], status: str, n: int) -> bool:
+    counts = (await read_truth(client, members)).counts()
+    assert counts[status] == n, counts
+    return True
+
+
+class Killed(BaseException):
+    """Stands for the runner's process dying."""
+
+
+async def test_a_restart_job_killed_mid_way_resumes_and_restarts_each_instance_once(
+    fleet: tuple[Client, list[tuple[str, str]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, members = fleet
+    jobs = BulkJobs(client._store)
+    job_id = await jobs.create("restart", SearchFilter(workflow="fleet", status="complete"), client.clock.now_ms())
+    first = BulkRunner(client, lease_s=2, batch=64)
+    assert await first._claimable() == [job_id]
+    recorded = 0
+    original = BulkRunner._record
+
+    async def record_then_die(self: BulkRunner, job: str, pos: int, outcomes: Any) -> Any:
+        nonlocal recorded
+        if recorded == 3:  # the fourth batch was acted on, and the process dies before recording it
+            raise Killed()
+        recorded += 1
+        return await original(self, job, pos, outcomes)
+
+    monkeypatch.setattr(BulkRunner, "_record", record_then_die)
+    with pytest.raises(Killed):
+        await first.advance(job_id)
+    monkeypatch.setattr(BulkRunner, "_record", original)
+    half = await jobs.read(job_id)
+    assert (half.state, half.total, half.done) == (BulkState.RUNNING, 700, 192)
+
+    second = BulkRunner(client, lease_s=5, batch=64)
+    claimed = await eventually(second._claimable, timeout=30, interval=0.05)  # once the dead runner's lease ends
+    assert claimed == [job_id]
+    await second.advance(job_id)
+    done = await jobs.read(job_id)
+    assert (done.state, done.total, done.done, done.failed) == (BulkState.DONE, 700, 700, 0)
+
+    async def restarted_once() -> bool:
+        store = client._store
+        pipe = store.redis.pipeline(transaction=False)
+        completes = [m for m in members if m[1].startswith("complete-")]
+        for wf, iid in completes:
+            pipe.hmget(store.keys.meta(client._partition(wf, iid), wf, iid), ["run", "status"])
+        rows = await pipe.execute()
+        assert {int(run) for run, _ in rows} == {1}, "every instance restarted exactly once"
+        assert {status.decode() for _, status in rows} == {"complete"}
+        return True
+
+    await eventually(restarted_once, timeout=60, interval=0.2)
+
+
+async def test_a_cancelled_job_acts_on_nothing_more(make_client: MakeClient) -> None:
+    client = await make_client(WORKFLOWS)
+    jobs = BulkJobs(client._store)
+    job_id = await jobs.create("terminate", SearchFilter(workflow="fleet"), client.clock.now_ms())
+    cancelled = await client.bulk_job(job_id).cancel()
+    assert cancelled.state == BulkState.CANCELLED
+    assert job_id not in await jobs.active(), "no runner picks it up"
+    assert (await client.bulk_job(job_id).cancel()).state == BulkState.CANCELLED, "cancelling twice is fine"
+    with pytest.raises(BulkJobNotFound, match="bulk job 'nope' not found"):
+        await client.bulk_job("nope").progress()
+    with pytest.raises(InvalidInputError, match="bulk action 'explode'"):
+        await client.bulk("explode", workflow="fleet")  # type: ignore[arg-type]
