@@ -334,6 +334,7 @@ class StepNotInHistory(IllegalTransition):
             "(describe() lists its steps with their names and counts)",
         )
         self.instance_id = instance_id
+        self.step = step
         self.action = "restart"
         self.status = status
 

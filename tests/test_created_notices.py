@@ -258,7 +258,7 @@ async def test_a_notice_that_lost_to_the_start_message_is_dropped_quietly(
     # describing the instance as created arrives late. Its commit is refused (the instance moved
     # on); the notice is dropped, not retried, and not worth a warning.
     orchestrator._started.clear()  # type: ignore[attr-defined]
-    caplog.set_level(logging.DEBUG, logger="hutch.worker")
+    caplog.set_level(logging.DEBUG, logger="hutch.instances")  # where rejected commits are logged
     commits = orchestrator.commits
     orchestrator.notice_created(partition, "one", instance.id, created)
     assert not orchestrator._inbox.empty()  # type: ignore[attr-defined]

@@ -230,6 +230,7 @@ SPECIAL_ARGS: dict[str, tuple[Any, ...]] = {
     "InstanceNotFound": ("order", "order-42"),
     "InstanceAlreadyExists": ("order", "order-42"),
     "IllegalTransition": ("order-42", "terminate", "complete"),
+    "StepNotInHistory": ("order-42", "step 'charge'#1", "running"),
     "RetryAfter": (2.5, "RetryAfter: instance order-42 asked for a pause"),
     "ChildWorkflowError": ("billing", "order-42-bill-0123456789ab", "ValueError", "declined"),
 }
