@@ -21,6 +21,10 @@ META_FIELD = "retention"
 """The meta field that holds an instance's own retention: ``{"success": s, "error": s}`` (either may be absent)."""
 
 
+MAX_RETENTION = timedelta(days=36_500)
+"""The longest retention an instance may ask for: a century (past it, a bad value, not a wish)."""
+
+
 class InstanceRetention(BaseModel):
     """How long an instance is kept after it finished, by outcome (omitted: the deployment's retention)."""
 
@@ -37,6 +41,8 @@ class InstanceRetention(BaseModel):
         seconds = to_seconds(value)
         if seconds < 1:
             raise ValueError(f"retention {value!r} is under a second")
+        if seconds > MAX_RETENTION.total_seconds():
+            raise ValueError(f"retention {value!r} is over {MAX_RETENTION.days} days")
         return timedelta(seconds=seconds)
 
     def stored(self) -> dict[str, float]:

@@ -223,6 +223,11 @@ async def test_instance_retention_on_create(gateway: Gateway) -> None:
     assert bad.status_code == 422
     unknown = await gw.http.post("/api/workflows/long/instances", json={"instance_retention": {"forever": 1}})
     assert unknown.status_code == 422
+    # Past a century is a bad value (a 422), not a server error from an overflowing duration (schemathesis).
+    huge = await gw.http.post(
+        "/api/workflows/long/instances", json={"instance_retention": {"error_retention": 86_400_000_000_000}}
+    )
+    assert huge.status_code == 422 and "36500 days" in huge.text
 
 
 # ----------------------------------------------------------------------------- ids at 80 columns
