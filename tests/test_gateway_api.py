@@ -836,6 +836,9 @@ async def test_unknown_query_parameters_are_refused_not_ignored() -> None:
         assert assert_ok(dated) == []
         unknown = await http.get(base, params={"pages": 2})
         assert_error(unknown, 400, ErrorCode.INVALID_INPUT, "unknown query parameter 'pages'")
+        # A parameter given twice is refused too: which value would win is a guess (schemathesis).
+        twice = await http.get(f"{base}?status=terminated&status=complete")
+        assert_error(twice, 400, ErrorCode.INVALID_INPUT, "'status' given more than once")
         # Every API route, not only listings; the token check still comes first.
         assert_error(await http.get("/api/workflows", params={"x": "1"}), 400, ErrorCode.INVALID_INPUT, "'x'")
         assert_error(await http.post(base, params={"force": "1"}, json={}), 400, ErrorCode.INVALID_INPUT, "'force'")

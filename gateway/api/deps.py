@@ -64,6 +64,7 @@ async def check_request(request: Request) -> None:
 
     * A query parameter the route does not declare is a 400: a Cloudflare client paging with
       ``page`` (or filtering with ``date_start``) must not silently get the first page forever.
+      So is a parameter given twice (which one would win is a guess).
     * The workflow name and instance id in the path are checked against the client's limits (the
       ones the schema publishes), so an invalid id is a 400 even where the workflow is unknown.
     * A body on a route that takes JSON must be sent as JSON (415): a ``text/plain`` body would
@@ -80,6 +81,14 @@ async def check_request(request: Request) -> None:
         raise InvalidInputError(
             f"unknown query parameter{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))}: "
             f"{request.method} {route.path} takes {takes}{hint}"
+        )
+    # No route takes a list in its query, so a repeated parameter is a client mistake, not a choice of the last one.
+    query = request.query_params
+    repeated = sorted({key for key in query if len(query.getlist(key)) > 1})
+    if repeated:
+        raise InvalidInputError(
+            f"query parameter{'s' if len(repeated) > 1 else ''} {', '.join(map(repr, repeated))} given more than once: "
+            f"{request.method} {route.path} takes each once"
         )
     limits = get_client(request).limits
     params = request.path_params
