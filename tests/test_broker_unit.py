@@ -8,11 +8,13 @@ nothing more arrives over a network).
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import re
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 import msgpack
 import pytest
@@ -32,6 +34,7 @@ from hutch.broker import (
     partition_of,
 )
 from hutch.broker.envelopes import Message, decode, encode
+from hutch.broker.transports import rabbitmq
 from hutch.broker.transports.base import REASON_HEADER
 from hypothesis import given
 from hypothesis import strategies as st
@@ -460,3 +463,41 @@ async def test_inprocess_publish_checks_partition_and_state() -> None:
     await transport.close()
     with pytest.raises(ConnectionError, match="closed"):
         await transport.publish([Outgoing(0, b"a")])
+
+
+# ----------------------------------------------------------------------------- acks on a dead connection
+class _StuckChannel:
+    """An aiormq channel whose connection died unnoticed: every frame awaits room that never comes."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self._never = asyncio.Event()
+
+    async def basic_ack(self, tag: int, *, wait: bool = True) -> None:
+        self.calls.append(f"ack {tag}")
+        await self._never.wait()
+
+    async def basic_reject(self, tag: int, *, requeue: bool = True, wait: bool = True) -> None:
+        self.calls.append(f"reject {tag}")
+        await self._never.wait()
+
+
+def _delivery_on(channel: _StuckChannel, tag: int) -> Any:
+    message = types.SimpleNamespace(
+        channel=channel, delivery_tag=tag, body=b"x", headers={}, redelivered=False, timestamp=None, routing_key="q"
+    )
+    return rabbitmq._RabbitDelivery(cast(Any, None), 0, cast(Any, message))
+
+
+async def test_an_ack_on_a_connection_that_died_unnoticed_returns_and_the_channel_is_not_waited_on_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Seen in a 30 000-instance storm: an ack awaiting room in aiormq's write queue of a dead connection held
+    # the orchestrator's turn forever, and created instances were never started after the reconnect.
+    monkeypatch.setattr(rabbitmq, "SETTLE_TIMEOUT_S", 0.05)
+    channel = _StuckChannel()
+    async with asyncio.timeout(5):
+        await _delivery_on(channel, 1).ack()
+        await _delivery_on(channel, 2).nack()
+        await _delivery_on(channel, 3).ack()
+    assert channel.calls == ["ack 1"]  # later settles on the stuck channel do not wait again

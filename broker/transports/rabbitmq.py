@@ -63,7 +63,8 @@ import contextlib
 import functools
 import logging
 import uuid
-from collections.abc import Awaitable, Mapping, Sequence
+import weakref
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import aio_pika
@@ -116,6 +117,31 @@ def _user_headers(raw: Mapping[str, Any] | None) -> dict[str, str]:
     return headers
 
 
+SETTLE_TIMEOUT_S = 5.0
+"""How long an ack or reject may wait for room on the connection before the delivery is left unsettled."""
+
+# aiormq writes every frame through a bounded per-connection queue (10 frames) that even a wait=False ack
+# awaits room in. On a connection that died before aiormq noticed, nothing empties it, so an ack could
+# await forever and, with it, the orchestrator's whole turn (nothing else of the worker ran again). Left
+# unsettled, the message is redelivered once the channel closes, and a redelivery is harmless (commits are
+# fenced and sequence-checked). A channel that timed out once is not waited on again.
+_stuck_channels: weakref.WeakSet[aiormq.abc.AbstractChannel] = weakref.WeakSet()
+
+
+async def _settle_on(channel: aiormq.abc.AbstractChannel, send: Callable[[], Awaitable[object]]) -> None:
+    """Send an ack or reject on ``channel``: bounded by SETTLE_TIMEOUT_S, a lost connection tolerated."""
+    if channel in _stuck_channels:
+        return
+    try:
+        async with asyncio.timeout(SETTLE_TIMEOUT_S):
+            await send()
+    except TimeoutError:
+        _stuck_channels.add(channel)
+        log.warning("an ack or reject got no room on its connection in %.0f s; left to redelivery", SETTLE_TIMEOUT_S)
+    except CONNECTION_ERRORS:
+        pass
+
+
 class _RabbitDelivery(Delivery):
     __slots__ = ("_done", "_message", "_subscription", "body", "headers", "partition", "published_ms", "redelivered")
 
@@ -128,6 +154,10 @@ class _RabbitDelivery(Delivery):
         self.redelivered = bool(message.redelivered)
         self.published_ms = round(message.timestamp.timestamp() * 1000) if message.timestamp else None
         self._done = False
+
+    @property
+    def _tag(self) -> int:
+        return self._message.delivery_tag or 0
 
     def _settle(self) -> aiormq.abc.AbstractChannel | None:
         """Mark settled; the channel to settle on, or None when it is gone (the broker requeued the message)."""
@@ -142,15 +172,13 @@ class _RabbitDelivery(Delivery):
     async def ack(self) -> None:
         channel = self._settle()
         if channel is not None:
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                # wait=False: an ack has no reply, so there is nothing to wait for but the socket.
-                await channel.basic_ack(self._message.delivery_tag or 0, wait=False)
+            # wait=False: an ack has no reply, so there is nothing to wait for but the socket.
+            await _settle_on(channel, lambda: channel.basic_ack(self._tag, wait=False))
 
     async def nack(self) -> None:
         channel = self._settle()
         if channel is not None:
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await channel.basic_reject(self._message.delivery_tag or 0, requeue=True, wait=False)
+            await _settle_on(channel, lambda: channel.basic_reject(self._tag, requeue=True, wait=False))
 
     async def reject(self, reason: str) -> None:
         channel = self._settle()
@@ -166,11 +194,9 @@ class _RabbitDelivery(Delivery):
             )
         except BaseException:
             # Not dead-lettered: hand it back rather than hold a prefetch slot until the channel closes.
-            with contextlib.suppress(*CONNECTION_ERRORS):
-                await channel.basic_reject(self._message.delivery_tag or 0, requeue=True, wait=False)
+            await _settle_on(channel, lambda: channel.basic_reject(self._tag, requeue=True, wait=False))
             raise
-        with contextlib.suppress(*CONNECTION_ERRORS):
-            await channel.basic_ack(self._message.delivery_tag or 0, wait=False)
+        await _settle_on(channel, lambda: channel.basic_ack(self._tag, wait=False))
 
 
 class _RabbitSubscription(Subscription):
