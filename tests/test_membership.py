@@ -378,12 +378,14 @@ async def test_a_store_outage_longer_than_the_ttl_moves_no_partition(
     # Counting that as death, the first worker to read Redis again claimed every partition, and the
     # others took theirs back: two moves per partition, each re-running its steps in flight.
     server, transport = shared
-    workers = [_worker(server, transport, name) for name in ("a", "b", "c")]
+    # Heartbeats slow enough that a loaded machine's event-loop stalls stay well under the ttl (1.2 s).
+    heartbeat_s = 0.2
+    workers = [_worker(server, transport, name, heartbeat_s=heartbeat_s) for name in ("a", "b", "c")]
     for worker in workers:
         await worker.start()
     try:
         planned = assign(["a", "b", "c"], 8)
-        await eventually(lambda: _async(all(w.partitions == planned[w.worker_id] for w in workers)), timeout=5)
+        await eventually(lambda: _async(all(w.partitions == planned[w.worker_id] for w in workers)), timeout=15)
         before = {w.worker_id: dict(w.membership.held) for w in workers if w.membership is not None}
         moves: list[tuple[str, str, Any]] = []
         for worker in workers:
@@ -401,7 +403,7 @@ async def test_a_store_outage_longer_than_the_ttl_moves_no_partition(
             worker.drop = dropped  # type: ignore[method-assign]
 
         server.connected = False  # every command fails with a ConnectionError
-        await asyncio.sleep(3 * 6 * 0.05)  # the outage itself (3 ttl): its length is what is under test
+        await asyncio.sleep(3 * 6 * heartbeat_s)  # the outage itself (3 ttl): its length is what is under test
         server.connected = True
         assert workers[0].membership is not None
         assert sorted(await workers[0].membership.live_workers()) == ["a", "b", "c"]  # not dead: unseen
@@ -417,7 +419,7 @@ async def test_a_store_outage_longer_than_the_ttl_moves_no_partition(
                 ticks[me] += 1
 
             worker.membership.tick = counted  # type: ignore[method-assign]
-        await eventually(lambda: _async(min(ticks.values()) >= 2 * 6), timeout=5)
+        await eventually(lambda: _async(min(ticks.values()) >= 2 * 6), timeout=15)
         assert moves == []
         assert {w.worker_id: dict(w.membership.held) for w in workers if w.membership is not None} == before
     finally:
