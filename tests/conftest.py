@@ -85,11 +85,16 @@ MakeClient = Callable[..., Awaitable[Client]]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Run every test that uses ``make_client`` on both runtimes, unless marked ``embedded_only``."""
+    """Run every test that uses ``make_client`` on both runtimes, unless marked ``embedded_only``.
+
+    A test marked ``also_on_cluster`` runs a third time, on the session's private Redis Cluster.
+    """
     if "runtime" in metafunc.fixturenames:
         runtimes = ["embedded"]
         if metafunc.definition.get_closest_marker("embedded_only") is None:
             runtimes.append("distributed")
+            if metafunc.definition.get_closest_marker("also_on_cluster") is not None:
+                runtimes.append("cluster")
         metafunc.parametrize("runtime", runtimes)
 
 
@@ -100,36 +105,39 @@ async def make_client(runtime: str, request: pytest.FixtureRequest) -> AsyncIter
     ``embedded``: ``hutch.connect()`` with no URLs (fakeredis + in-process transport).
     ``distributed``: a worker in this process on the real Redis and RabbitMQ, in a namespace of
     its own (keys and queues deleted afterwards), and a remote client.
+    ``cluster``: the same on the session's private Redis Cluster (``redis_cluster_url``).
     """
     clients: list[Client] = []
     namespaces: list[str] = []
-    if runtime == "distributed":
-        request.getfixturevalue("redis_url")
+    redis_url = REDIS_URL
+    if runtime != "embedded":
+        redis_url = request.getfixturevalue("redis_cluster_url" if runtime == "cluster" else "redis_url")
         request.getfixturevalue("amqp_url")
 
     async def make(workflows: Mapping[str, type[WorkflowEntrypoint]], **options: Any) -> Client:
         if runtime == "embedded":
             client = await hutch.connect(workflows, **options)
         else:
-            client = await _start_distributed(workflows, namespaces, **options)
+            client = await _start_distributed(workflows, namespaces, redis_url=redis_url, **options)
         clients.append(client)
         return client
 
     yield make
     for client in reversed(clients):
         worker = client.runtime_worker
-        if runtime == "distributed" and worker is not None:
+        if runtime != "embedded" and worker is not None:
             await worker.shutdown(timeout=0)
             await worker.transport.delete_topology()
         await client.close()
     for namespace in namespaces:
-        await drop_namespace(namespace)
+        await drop_namespace(namespace, redis_url)
 
 
 async def _start_distributed(
     workflows: Mapping[str, type[WorkflowEntrypoint]],
     namespaces: list[str],
     *,
+    redis_url: str = REDIS_URL,
     settings: Settings | None = None,
     limits: Limits | None = None,
     clock: Clock | None = None,
@@ -140,7 +148,7 @@ async def _start_distributed(
     namespaces.append(namespace)
     base = settings or Settings(partitions=4)
     settings = base.model_copy(
-        update={"redis_url": REDIS_URL, "amqp_url": AMQP_URL, "namespace": namespace, "heartbeat_s": 0.2}
+        update={"redis_url": redis_url, "amqp_url": AMQP_URL, "namespace": namespace, "heartbeat_s": 0.2}
     )
     client, _ = await start_distributed(
         workflows,

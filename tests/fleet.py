@@ -52,7 +52,17 @@ class Other(WorkflowEntrypoint):
         return await step.do("a", lambda: 1)
 
 
-WORKFLOWS = {"fleet": Fleet, "other": Other}
+class Limited(WorkflowEntrypoint):
+    """One instance at a time, each blocked in a step: the first runs, the others stay ``queued``."""
+
+    version = "l1"
+    max_concurrency = 1
+
+    async def run(self, event: Any, step: Any) -> Any:
+        return await step.do("block", _blocked)
+
+
+WORKFLOWS = {"fleet": Fleet, "other": Other, "limited": Limited}
 
 
 @dataclass
@@ -82,7 +92,8 @@ async def build_fleet(client: Client, *, scale: int = 1) -> list[tuple[str, str]
     """Create the fleet and bring it to its statuses; its (workflow, id) members.
 
     Per ``scale``: 700 complete, 300 errored, 360 waiting, 300 terminated, 300 paused, 20 running,
-    20 waitingForPause instances of ``fleet``, and 50 complete of ``other``.
+    20 waitingForPause instances of ``fleet``, 50 complete of ``other``, and of ``limited`` (one at a
+    time) one running and 199 queued.
     """
     Release.event = asyncio.Event()
     plan = {"complete": 700, "error": 300, "wait": 960, "block": 40}
@@ -94,7 +105,11 @@ async def build_fleet(client: Client, *, scale: int = 1) -> list[tuple[str, str]
             await fleet.create_batch([{"id": iid, "params": {"kind": kind}} for iid in ids[kind][i : i + 100]])
     others = [f"other-{n:05d}" for n in range(50 * scale)]
     await client.workflow("other").create_batch([{"id": iid} for iid in others[:100]])
+    limited = [f"queue-{n:05d}" for n in range(200 * scale)]
+    for i in range(0, len(limited), 100):
+        await client.workflow("limited").create_batch([{"id": iid} for iid in limited[i : i + 100]])
     members = [("fleet", iid) for kind in plan for iid in ids[kind]] + [("other", iid) for iid in others]
+    members += [("limited", iid) for iid in limited]
 
     async def settled() -> bool:
         truth = await read_truth(client, members)
@@ -102,6 +117,8 @@ async def build_fleet(client: Client, *, scale: int = 1) -> list[tuple[str, str]
         running = [m for m, row in truth.rows.items() if m[1].startswith("block") and row[1] == Status.RUNNING]
         done = sum(1 for _, status, _ in truth.rows.values() if status in ("complete", "errored"))
         assert done == (1000 + 50) * scale and len(waiting) == 960 * scale and len(running) == 40 * scale
+        limited_ = Counter(row[1] for m, row in truth.rows.items() if m[0] == "limited")
+        assert limited_ == {"running": 1, "queued": 200 * scale - 1}, limited_
         return True
 
     await eventually(settled, timeout=120, interval=0.2)

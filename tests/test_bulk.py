@@ -7,6 +7,7 @@ and finishes without restarting any instance twice; a cancelled job acts on noth
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ async def fleet(make_client: MakeClient) -> Any:
     Release.event.set()
 
 
+@pytest.mark.also_on_cluster
 async def test_bulk_terminate_pause_resume_and_delete_act_on_exactly_what_the_filter_matches(
     fleet: tuple[Client, list[tuple[str, str]]],
 ) -> None:
@@ -52,6 +54,16 @@ async def test_bulk_terminate_pause_resume_and_delete_act_on_exactly_what_the_fi
     resumed = await (await client.bulk("resume", SearchFilter(status="paused", id_prefix="wait-0"))).wait(60)
     assert (resumed.total, resumed.done, resumed.failed) == (300, 300, 0)
     await eventually(lambda: _count(client, members, "waiting", 300), timeout=30, interval=0.1)
+
+    queued = await (await client.bulk("terminate", status="queued")).wait(60)
+    assert (queued.total, queued.done, queued.skipped, queued.failed) == (199, 199, 0, 0)
+
+    async def queued_terminated() -> bool:
+        limited = Counter(row[1] for m, row in (await read_truth(client, members)).rows.items() if m[0] == "limited")
+        assert limited == {"terminated": 199, "running": 1}, limited
+        return True
+
+    await eventually(queued_terminated, timeout=30, interval=0.1)
 
     paused_finished = await (await client.bulk("pause", workflow="other")).wait(60)
     assert (paused_finished.total, paused_finished.failed) == (50, 50)

@@ -58,23 +58,35 @@ async def fleet(make_client: MakeClient) -> Any:
     Release.event.set()
 
 
+@pytest.mark.also_on_cluster
 async def test_search_by_every_filter_matches_the_ground_truth(fleet: tuple[Client, FleetTruth]) -> None:
     client, truth = fleet
-    assert len(truth.rows) == 2050
+    assert len(truth.rows) == 2250
     everything = await search_all(client)
     assert found(everything) == set(truth.rows)
     assert all(h.status == truth.rows[(h.workflow, h.id)][1] for h in everything)
     oldest_first = await search_all(client, order="asc", limit=500)
     assert [(h.workflow, h.id) for h in oldest_first] == [(h.workflow, h.id) for h in reversed(everything)]
 
-    for status in ("complete", "errored", "waiting", "terminated", "paused", "running", "waitingForPause"):
-        for workflow in (None, "fleet"):
+    assert set(truth.counts()) == {s.value for s in Status} - {"unknown"}, "the fleet has every status"
+    for status in truth.counts():
+        for workflow in (None, "fleet", "limited"):
             hits = await search_all(client, workflow=workflow, status=status)
             want = expected(truth, lambda m, r, s=status, w=workflow: r[1] == s and (w is None or m[0] == w))
-            assert found(hits) == want and want, (status, workflow)
-    assert found(await search_all(client, workflow="other")) == expected(truth, lambda m, r: m[0] == "other")
+            assert found(hits) == want, (status, workflow)
+            assert want or workflow is not None
+        newest = await client.search(status=status, limit=3)
+        assert [h.id for h in newest.instances] == [h.id for h in (await search_all(client, status=status))[:3]]
+    for workflow in ("other", "limited"):
+        assert found(await search_all(client, workflow=workflow)) == expected(truth, lambda m, r, w=workflow: m[0] == w)
+    assert found(await search_all(client, workflow="limited", order="asc", limit=7)) == expected(
+        truth, lambda m, r: m[0] == "limited"
+    )
 
     assert found(await search_all(client, version="v7")) == expected(truth, lambda m, r: m[0] == "fleet")
+    assert found(await search_all(client, version="l1")) == expected(
+        truth, lambda m, r: m[0] == "limited" and r[1] == "running"
+    )
     assert await search_all(client, version="nope") == []
     assert found(await search_all(client, id_prefix="complete-0001")) == {
         ("fleet", f"complete-{n:05d}") for n in range(10, 20)
@@ -92,6 +104,26 @@ async def test_search_by_every_filter_matches_the_ground_truth(fleet: tuple[Clie
     assert found(await search_all(client, created_after=after.isoformat(), status="errored")) == expected(
         truth, lambda m, r: r[0] >= low and r[1] == "errored"
     )
+    # Every filter at once: completes created from the fourth batch of 100 on, before the errors, with ids 004x.
+    since, until = truth.rows[("fleet", "complete-00300")][0], truth.rows[("fleet", "error-00000")][0]
+    every_filter = await search_all(
+        client,
+        workflow="fleet",
+        status="complete",
+        created_after=datetime.fromtimestamp(since / 1000, UTC),
+        created_before=datetime.fromtimestamp(until / 1000, UTC),
+        id_prefix="complete-004",
+        version="v7",
+        order="asc",
+        limit=7,
+    )
+    want = expected(
+        truth,
+        lambda m, r: (
+            m[0] == "fleet" and r[1] == "complete" and since <= r[0] < until and m[1].startswith("complete-004")
+        ),
+    )
+    assert found(every_filter) == want and len(want) == 100
 
 
 async def test_a_sparse_filter_is_paged_in_bounded_calls(
