@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from hutch.consumers.children import Outbox
 from hutch.executor import StepCall
-from hutch.history import Record, Resolution, encode_record
+from hutch.history import Record, Resolution
 from hutch.status import Status
 from hutch.store.base import Transition
 
@@ -71,10 +71,17 @@ class Turn:
     def close(self, history: list[Record]) -> Transition | None:
         """The transition to commit (None when the batch changed nothing); ``history`` gets the records."""
         tx = self.tx
+        if tx.keep_history is not None:
+            # A restart from a step keeps history's first records: ``history`` holds them now. The
+            # store may have folded two records into one (hutch.history, format 2), so a count of
+            # records is no position in the stored list: they are written again, after a cut to none.
+            tx.keep_history = 0
+            tx.records = [*history, *self.records]
+        elif self.records:
+            tx.records = self.records
         if self.records:
-            tx.history = [encode_record(r) for r in self.records]
             history.extend(self.records)
-        if not (tx.history or tx.meta or tx.timers_add or tx.timers_remove or tx.events_push or tx.events_remove):
+        if not (tx.records or tx.meta or tx.timers_add or tx.timers_remove or tx.events_push or tx.events_remove):
             return None
         return tx
 

@@ -20,16 +20,26 @@ config, ``deps`` the names of the steps a DAG step depends on (only on DAG step 
 invoke's ``wf``/``id`` name its child, ``pb`` holds the child's params (msgpack; over the inline threshold, the
 bytes of their reference, hutch.blobs, stored under this instance) and ``close`` its ``parent_close`` policy.
 
-Each kind is a :class:`~typing.TypedDict` whose field names *are* those keys, so a record is the
-plain dict msgpack decodes (no conversion on the hot path) and the stored format is this module's
-class definitions: :func:`encode_record` and :func:`decode_record` are the one codec.
+Each kind is a :class:`~typing.TypedDict` whose field names *are* those keys: a record is a plain
+dict. Two stored forms exist, and a history may mix them (records of either decode alike):
+
+* **format 1**, every record a msgpack map of exactly those keys (:func:`encode_record`,
+  :func:`decode_record`), absolute epoch-ms times;
+* **format 2** (:func:`encode_history`, :func:`decode_history`), written by deployments recorded
+  with it (see :mod:`hutch.store.redis`): the common shapes (:data:`_SHAPES`) as a msgpack array
+  ``[code, values...]`` holding only the values, times relative to the instance's creation,
+  constants and the default step config (:data:`DEFAULT_STEP_CONFIG`) left out, a step command
+  and its first attempt's start folded into one record, and a step's successful attempt end
+  folded into its resolution. Every other record (rarer shapes) is stored as in format 1. The
+  decoder gives back the very records, key order included, so nothing reading history (replay,
+  ``describe()``, export, verify) can tell the forms apart.
 """
 
 # No ``from __future__ import annotations``: with string annotations the TypedDicts could not
 # tell their NotRequired keys apart at runtime (``__optional_keys__``), which the tests check
 # stored histories against.
-from collections.abc import Callable
-from typing import Any, Literal, NotRequired, TypedDict, TypeGuard
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Literal, NotRequired, TypedDict, TypeGuard, cast
 
 from hutch.serialization import pack, unpack
 
@@ -252,3 +262,165 @@ def describe_command(record: Issued) -> str:
     if record["k"] == "cancel":
         return f"cancel of {record['ref']} {record['n']!r}#{record['c']}"
     return f"{record['k']} {record['n']!r}#{record['c']}"
+
+
+# ----------------------------------------------------------------------------- format 2
+HISTORY_FORMAT = 2
+"""The newest stored form this code writes (when its deployment was recorded with it) and reads."""
+
+DEFAULT_STEP_CONFIG: dict[str, Any] = {
+    "retries": {"limit": 5, "delay": 10.0, "backoff": "exponential", "max_delay": None},
+    "timeout": 600.0,
+}
+"""The step config a format 2 step command leaves out: a literal, part of the stored format.
+
+It equals today's ``StepConfig().model_dump()``; if the defaults ever change, this stays (a step
+with the new defaults is then stored with its config, and stored commands keep reading as written).
+"""
+# Compared packed: equal values of other types (10 for 10.0) must not read back as the default's.
+_DEFAULT_STEP_CONFIG_BYTES = pack(DEFAULT_STEP_CONFIG)
+
+# A shape: its code, its kind, its keys in order ("k" first), the keys whose value is a constant
+# (not stored), and whether the kind folds a neighbour (see _encode_at). Codes are stored: never
+# renumber or reuse one; a new shape takes a new code.
+_CONST, _TIME, _CFG, _PLAIN = 0, 1, 2, 3
+_SHAPE_TABLE: tuple[tuple[int, tuple[str, ...], dict[str, Any]], ...] = (
+    (1, ("k", "what", "t"), {"k": "life"}),
+    (2, ("k", "n", "c", "g", "t", "cfg"), {"k": "step"}),
+    (3, ("k", "n", "c", "g", "t", "cfg", "deps"), {"k": "step"}),
+    (4, ("k", "n", "c", "a", "t"), {"k": "att"}),
+    (5, ("k", "n", "c", "a", "ok", "t"), {"k": "attend", "ok": True}),
+    (6, ("k", "ref", "n", "c", "ok", "vb", "t", "g"), {"k": "res", "ref": "step", "ok": True}),
+    (7, ("k", "ref", "n", "c", "ok", "t", "g"), {"k": "res", "ok": True}),
+    (8, ("k", "ref", "n", "c", "ok", "ev", "t", "g"), {"k": "res", "ref": "wait", "ok": True}),
+    (9, ("k", "ref", "n", "c", "ok", "err", "t", "g"), {"k": "res", "ok": False}),
+    (10, ("k", "n", "c", "g", "t", "due"), {"k": "sleep"}),
+    (11, ("k", "n", "c", "g", "t", "due", "type"), {"k": "wait"}),
+)
+_TIMES = frozenset({"t", "due"})
+
+
+def _slots(keys: tuple[str, ...], constants: dict[str, Any]) -> tuple[tuple[str, int, Any], ...]:
+    out = []
+    for key in keys:
+        if key in constants:
+            out.append((key, _CONST, constants[key]))
+        else:
+            out.append((key, _TIME if key in _TIMES else _CFG if key == "cfg" else _PLAIN, None))
+    return tuple(out)
+
+
+# keys in order -> the shapes with those keys (their constants tell them apart); code -> slots
+_SHAPES: dict[tuple[str, ...], list[tuple[int, dict[str, Any], tuple[tuple[str, int, Any], ...]]]] = {}
+_BY_CODE: dict[int, tuple[tuple[str, int, Any], ...]] = {}
+for _code, _keys, _constants in _SHAPE_TABLE:
+    _SHAPES.setdefault(_keys, []).append((_code, _constants, _slots(_keys, _constants)))
+    _BY_CODE[_code] = _slots(_keys, _constants)
+_STEP_CODES = frozenset({2, 3})
+_ATT_KEYS = ("k", "n", "c", "a", "t")
+_ATTEND_OK_KEYS = ("k", "n", "c", "a", "ok", "t")
+_RES_VALUE = 6
+
+
+def _compact(record: Record, created_ms: int) -> list[Any] | None:
+    """The record as ``[code, values...]``, or None when its shape has no code (stored as format 1)."""
+    shapes = _SHAPES.get(tuple(record))
+    if shapes is None:
+        return None
+    values = cast("dict[str, Any]", record)
+    for code, constants, slots in shapes:
+        if all(values[key] == value and type(values[key]) is type(value) for key, value in constants.items()):
+            out: list[Any] = [code]
+            for key, slot, _ in slots:
+                if slot == _PLAIN:
+                    out.append(values[key])
+                elif slot == _TIME:
+                    out.append(values[key] - created_ms)
+                elif slot == _CFG:
+                    cfg = values[key]
+                    out.append(None if cfg == DEFAULT_STEP_CONFIG and pack(cfg) == _DEFAULT_STEP_CONFIG_BYTES else cfg)
+            return out
+    return None
+
+
+def encode_history(records: Sequence[Record], created_ms: int) -> list[bytes]:
+    """Records as format 2 stores them (fewer stored records than logical ones: see the module).
+
+    Folding only joins neighbours within ``records`` (one commit), so each stored record decodes
+    on its own. ``created_ms`` is the instance's creation time, the times' origin.
+    """
+    out: list[bytes] = []
+    i, n = 0, len(records)
+    while i < n:
+        record = records[i]
+        compact = _compact(record, created_ms)
+        i += 1
+        if compact is None:
+            out.append(pack(record))
+            continue
+        nxt: Any = records[i] if i < n else None
+        if compact[0] in _STEP_CODES:
+            # The step's first attempt started in the same commit: its start rides on the command.
+            if (
+                nxt is not None
+                and tuple(nxt) == _ATT_KEYS
+                and nxt["k"] == "att"
+                and nxt["a"] == 1
+                and nxt["n"] == compact[1]
+                and nxt["c"] == compact[2]
+                and type(nxt["t"]) is int
+            ):
+                compact.append(nxt["t"] - record["t"])
+                i += 1
+        elif compact[0] == 5 and nxt is not None:
+            # A successful attempt's end right before the step's resolution: it rides on the resolution.
+            res = _compact(nxt, created_ms)
+            if res is not None and res[0] == _RES_VALUE and res[1] == compact[1] and res[2] == compact[2]:
+                res += [compact[3], record["t"] - nxt["t"]]
+                compact = res
+                i += 1
+        out.append(pack(compact))
+    return out
+
+
+def _expand(compact: list[Any], created_ms: int, into: list[Record]) -> None:
+    code = compact[0]
+    slots = _BY_CODE.get(code)
+    if slots is None:
+        raise ValueError(f"history record of unknown format 2 code {code!r} (written by a newer version?)")
+    record: dict[str, Any] = {}
+    pos = 1
+    for key, slot, constant in slots:
+        if slot == _CONST:
+            record[key] = constant
+            continue
+        value = compact[pos]
+        pos += 1
+        if slot == _TIME:
+            value += created_ms
+        elif slot == _CFG and value is None:
+            value = {"retries": dict(DEFAULT_STEP_CONFIG["retries"]), "timeout": DEFAULT_STEP_CONFIG["timeout"]}
+        record[key] = value
+    extra = compact[pos:]
+    if not extra:
+        into.append(cast("Record", record))
+    elif code in _STEP_CODES:  # [att t - command t]
+        into.append(cast("Record", record))
+        into.append({"k": "att", "n": record["n"], "c": record["c"], "a": 1, "t": record["t"] + extra[0]})
+    else:  # a value resolution: [attempt, attempt end t - resolution t]
+        into.append(
+            {"k": "attend", "n": record["n"], "c": record["c"], "a": extra[0], "ok": True, "t": record["t"] + extra[1]}
+        )
+        into.append(cast("Record", record))
+
+
+def decode_history(raw: Iterable[bytes], created_ms: int) -> list[Record]:
+    """Stored records of either format (a history may mix them) as the records they hold, in order."""
+    out: list[Record] = []
+    for data in raw:
+        value = unpack(data)
+        if type(value) is list:
+            _expand(value, created_ms, out)
+        else:
+            out.append(value)
+    return out

@@ -25,7 +25,7 @@ from hutch.errors import DeploymentMismatch
 from hutch.serialization import unpack
 from hutch.status import FINISHED, Status
 from hutch.store.base import Snapshot
-from hutch.store.redis import RedisStore
+from hutch.store.redis import HISTORY_FORMAT_FIELD, RedisStore
 from hutch.testing.history_file import InstanceHistory
 
 UNFINISHED = tuple(s.value for s in Status if s.value not in FINISHED and s is not Status.UNKNOWN)
@@ -64,7 +64,9 @@ async def read_deployment(store: RedisStore) -> Deployment:
             f"the deployment in namespace {namespace!r} is being repartitioned (hutch admin repartition); "
             "its instances cannot be read until that is done"
         )
-    return Deployment(int(partitions), Limits.model_validate(json.loads(limits)) if limits else Limits())
+    recorded = json.loads(limits) if limits else {}
+    recorded.pop(HISTORY_FORMAT_FIELD, None)  # how its histories are written, not a limit
+    return Deployment(int(partitions), Limits.model_validate(recorded))
 
 
 def on_deployment(store: RedisStore, deployment: Deployment) -> RedisStore:

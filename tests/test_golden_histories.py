@@ -192,8 +192,8 @@ SCENARIOS = {
 }
 
 
-async def record(scenario: Scenario) -> dict[str, Any]:
-    """Run one scenario on the embedded runtime and return its golden record."""
+async def record(scenario: Scenario, *, raw: bool = False) -> dict[str, Any]:
+    """Run one scenario on the embedded runtime and return its golden record (``raw``: and the stored list)."""
     name = workflow_name(scenario.cls)
     client: Client
     async with hutch.connect({name: scenario.cls}) as client:
@@ -204,7 +204,12 @@ async def record(scenario: Scenario) -> dict[str, Any]:
         detail = await instance.describe()
         # The raw records are not public API; the recorder is a development tool and reads the store.
         history = await client._store.history(instance._partition, name, instance.id)
+        stored = await client._store.redis.lrange(
+            client._store.keys.history(instance._partition, name, instance.id), 0, -1
+        )
+    extra = {"raw": stored} if raw else {}
     return {
+        **extra,
         "class": f"{scenario.cls.__module__}:{scenario.cls.__name__}",
         "workflow": name,
         "instance_id": instance.id,

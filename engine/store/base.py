@@ -40,6 +40,8 @@ class Transition:
     created_ms: int
     meta: dict[str, bytes | str | int] = field(default_factory=dict)
     history: list[bytes] = field(default_factory=list)
+    # Records to append after ``history``, encoded by the store in its deployment's history format.
+    records: list[Record] = field(default_factory=list)
     reset_history: bool = False
     # Restart from a step: history is cut to its first ``keep_history`` records before ``history`` is
     # appended (the buffered events stay). None: history is kept whole (or reset, above).

@@ -14,7 +14,7 @@ from hutch import keys
 from hutch.blobs import BlobAddress, BlobRef, BlobStore
 from hutch.config import Limits
 from hutch.errors import DeploymentMismatch
-from hutch.history import Record, decode_record
+from hutch.history import HISTORY_FORMAT, Record, decode_history, encode_history, encode_record
 from hutch.keys import Keys
 from hutch.search import Order, Position, SearchFilter, SearchHit
 from hutch.serialization import unpack
@@ -57,6 +57,16 @@ _RECORD_DEPLOYMENT = """
 redis.call('HSETNX', KEYS[1], 'partitions', ARGV[1])
 redis.call('HSETNX', KEYS[1], 'limits', ARGV[2])
 return redis.call('HMGET', KEYS[1], 'partitions', 'limits', 'repartition')
+"""
+
+HISTORY_FORMAT_FIELD = "history_format"
+"""The key of a deployment's recorded limits (JSON) that says which history format its processes write.
+
+In the limits record rather than a field of its own so that a process of a version before format 2
+refuses to start against a deployment whose histories it could not read: it compares every recorded
+limit with its own and finds one it lacks (DeploymentMismatch). A record without it (a deployment
+recorded before format 2) is format 1: its processes keep writing format 1, which every version
+reads, until ``hutch admin history-format --to 2`` once none older runs (see that command).
 """
 """Records a deployment's settings unless recorded, and returns the record: one script, so two first
 processes starting at once cannot leave a record that mixes their settings. The record's
@@ -211,6 +221,8 @@ class RedisStore:
         self._record_deployment: AsyncScript = redis.register_script(_RECORD_DEPLOYMENT)
         self._named: set[str] = set()  # workflow names this store has recorded in the workflows set
         self.blobs: BlobStore = blobs if blobs is not None else RedisBlobs(self.redis, self.keys)
+        # The history format commits write (hutch.history); check_deployment sets the deployment's.
+        self.history_format = HISTORY_FORMAT
 
     async def close(self) -> None:
         """Close the client's connections (and the blob store's)."""
@@ -230,8 +242,10 @@ class RedisStore:
         """
         key = self.keys.config()
         mine = limits.model_dump(mode="json")
+        # A new deployment is recorded with the newest history format (see HISTORY_FORMAT_FIELD).
+        record = {**mine, HISTORY_FORMAT_FIELD: HISTORY_FORMAT}
         stored_partitions, stored_limits, repartitioning = await self._record_deployment(
-            [key], [self.partitions, json.dumps(mine, sort_keys=True)]
+            [key], [self.partitions, json.dumps(record, sort_keys=True)]
         )
         namespace = self.keys.namespace
         if repartitioning:
@@ -251,7 +265,14 @@ class RedisStore:
                 f"{stored} (HUTCH_PARTITIONS or hutch.toml), or change the deployment's with every process stopped: "
                 f"hutch admin repartition --to {self.partitions}"
             )
-        recorded: dict[str, Any] = json.loads(stored_limits) if stored_limits else mine
+        recorded: dict[str, Any] = json.loads(stored_limits) if stored_limits else dict(record)
+        history_format = int(recorded.pop(HISTORY_FORMAT_FIELD, 1))
+        if history_format > HISTORY_FORMAT:
+            raise DeploymentMismatch(
+                f"the deployment in namespace {namespace!r} writes histories in format {history_format}, which this "
+                f"version (format {HISTORY_FORMAT} at most) cannot read: run a newer version of hutch"
+            )
+        self.history_format = history_format
         # A limit added after the deployment was recorded is absent from the record: its default holds there.
         recorded = {**Limits().model_dump(mode="json"), **recorded}
         differ = sorted(name for name in mine.keys() | recorded.keys() if mine.get(name) != recorded.get(name))
@@ -264,6 +285,33 @@ class RedisStore:
                 "([limits] in hutch.toml or HUTCH_LIMITS__<NAME>), or change the deployment's with every process "
                 f"stopped: delete the record (redis-cli HDEL {key} limits) and start with the new ones"
             )
+
+    async def upgrade_history_format(self) -> tuple[int, int]:
+        """Make the deployment's processes write the newest history format from their next start.
+
+        Every version since format 2 reads both formats; one before it cannot, and from now on
+        refuses to start against this deployment (see :data:`HISTORY_FORMAT_FIELD`). Run it once no
+        such process runs. Processes running now go on writing what they wrote until they restart.
+
+        Returns:
+            The recorded format before and after.
+
+        Raises:
+            DeploymentMismatch: nothing was ever recorded in this namespace.
+        """
+        key = self.keys.config()
+        stored = await self.redis.hget(key, "limits")
+        if stored is None:
+            raise DeploymentMismatch(f"namespace {self.keys.namespace!r} has no deployment recorded in this Redis")
+        recorded = json.loads(stored)
+        before = int(recorded.get(HISTORY_FORMAT_FIELD, 1))
+        if before >= HISTORY_FORMAT:
+            return before, before
+        recorded[HISTORY_FORMAT_FIELD] = HISTORY_FORMAT
+        # Read, then written whole: whatever else could write the record meanwhile writes only
+        # when it is absent (a first process's check) or this same value (the command run twice).
+        await self.redis.hset(key, "limits", json.dumps(recorded, sort_keys=True))
+        return before, HISTORY_FORMAT
 
     # ------------------------------------------------------------------ creation
     async def create(
@@ -367,14 +415,22 @@ class RedisStore:
         out: list[Snapshot | None] = []
         for i in range(len(items)):
             meta, history, events = raw[3 * i : 3 * i + 3]
-            records = [decode_record(bytes(r)) for r in history]
-            out.append(Snapshot(decode_meta(meta), records, list(events)) if meta else None)
+            if not meta:
+                out.append(None)
+                continue
+            fields = decode_meta(meta)
+            out.append(Snapshot(fields, decode_history(history, fields["created"]), list(events)))
         return out
 
     async def history(self, partition: int, workflow: str, instance_id: str) -> list[Record]:
-        """The instance's history records."""
-        raw: list[bytes] = await self.redis.lrange(self.keys.history(partition, workflow, instance_id), 0, -1)  # type: ignore[assignment]
-        return [decode_record(r) for r in raw]
+        """The instance's history records (none when it does not exist)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hget(self.keys.meta(partition, workflow, instance_id), "created")
+        pipe.lrange(self.keys.history(partition, workflow, instance_id), 0, -1)
+        created, raw = await pipe.execute()
+        # Format 2 times are relative to the creation: a history whose meta is gone (it expired
+        # between the two reads) has nothing left to show.
+        return decode_history(raw, int(created)) if created is not None else []
 
     # ------------------------------------------------------------------ commits
     async def commit_many(self, transitions: Sequence[Transition], fences: dict[int, str]) -> list[CommitResult]:
@@ -462,6 +518,12 @@ class RedisStore:
         new = t.status_to or t.status_from or keys.ALL
         if old != new:
             call.keys += [self.keys.status_index(p, wf, old), self.keys.status_index(p, wf, new)]
+        history = t.history
+        if t.records:
+            if self.history_format >= 2:
+                history = [*history, *encode_history(t.records, t.created_ms)]
+            else:
+                history = [*history, *map(encode_record, t.records)]
         header: list[Any] = [
             slot,
             t.expected_seq,
@@ -471,7 +533,7 @@ class RedisStore:
             t.ttl_s,
             1 if t.reset_history else 0 if t.keep_history is None else f"k{t.keep_history}",
             len(t.meta) * 2,
-            len(t.history),
+            len(history),
             len(t.timers_add),
             len(t.timers_remove),
             len(t.events_push),
@@ -485,7 +547,7 @@ class RedisStore:
             _part(name, header, parts)
             _part(value, header, parts)
         timers = (member for _, member in t.timers_add)
-        for raw in (*t.history, *timers, *t.timers_remove, *t.events_push, *t.events_remove):
+        for raw in (*history, *timers, *t.timers_remove, *t.events_push, *t.events_remove):
             header.append(len(raw))
             parts.append(raw)
         header += (due for due, _ in t.timers_add)

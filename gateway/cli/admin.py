@@ -7,13 +7,17 @@ bars and summary.
 from __future__ import annotations
 
 import asyncio
+import json
 from types import TracebackType
 
 import click
 from aiormq.exceptions import AMQPError
-from hutch.errors import RepartitionRefused, ServiceUnavailable
+from hutch.errors import DeploymentMismatch, RepartitionRefused, ServiceUnavailable
 from hutch.gateway.cli.options import EXIT_INTERRUPTED, backend_options, load_settings
 from hutch.gateway.repartition import RepartitionSummary, repartition
+from hutch.history import HISTORY_FORMAT
+from hutch.settings import Settings
+from hutch.store.redis import HISTORY_FORMAT_FIELD
 from redis.exceptions import RedisError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -123,3 +127,55 @@ def repartition_command(target: int, force: bool, redis_url: str | None, amqp_ur
     )
     console.print(_summary_table(summary))
     console.print(f"start every process with partitions = {target} (HUTCH_PARTITIONS={target} or hutch.toml)")
+
+
+@admin.command("history-format")
+@click.option("--upgrade", is_flag=True, help="Record the newest format (else: show the recorded one).")
+@backend_options()
+def history_format_command(upgrade: bool, redis_url: str | None, amqp_url: str | None) -> None:
+    """Show, or upgrade, the format the deployment's processes write histories in.
+
+    Format 2 stores a finished instance's history in about a quarter of format 1's bytes. A
+    deployment first recorded by this version writes it from the start; one recorded before keeps
+    format 1 (which every version reads) until this command records format 2, to be run once every
+    worker, gateway and client of the deployment runs a version that reads it (this one or
+    later): processes started afterwards write format 2, and older ones refuse to start.
+
+    Exit status: 0 done, 1 nothing recorded or Redis unreachable, 2 bad usage.
+    """
+    settings = load_settings(redis_url, amqp_url)
+    if not settings.redis_url:
+        raise click.UsageError("hutch admin history-format needs HUTCH_REDIS_URL (or --redis-url)")
+    try:
+        before, after = asyncio.run(_history_format(settings, upgrade))
+    except (DeploymentMismatch, ServiceUnavailable) as exc:
+        raise click.ClickException(str(exc)) from None
+    except (RedisError, OSError, TimeoutError) as exc:
+        raise click.ClickException(f"{type(exc).__name__}: {exc}") from None
+    namespace = settings.namespace
+    if not upgrade:
+        newest = f"this version writes up to format {HISTORY_FORMAT}"
+        click.echo(f"namespace {namespace!r} writes histories in format {before} ({newest})")
+    elif before == after:
+        click.echo(f"namespace {namespace!r} already writes histories in format {after}: nothing to do")
+    else:
+        click.echo(
+            f"namespace {namespace!r}: history format {before} -> {after}; processes started from now on write "
+            f"format {after} (restart the running ones to have them write it too)"
+        )
+
+
+async def _history_format(settings: Settings, upgrade: bool) -> tuple[int, int]:
+    from hutch.consumers.runtime import open_store
+
+    store = open_store(settings)
+    try:
+        if upgrade:
+            return await store.upgrade_history_format()
+        deployment = await store.redis.hget(store.keys.config(), "limits")
+        if deployment is None:
+            raise DeploymentMismatch(f"namespace {settings.namespace!r} has no deployment recorded in this Redis")
+        recorded = int(json.loads(deployment).get(HISTORY_FORMAT_FIELD, 1))
+        return recorded, recorded
+    finally:
+        await store.close()
