@@ -121,6 +121,7 @@ class InstanceActor:
         # slots, or was refused one (then no step attempt starts and a queued instance stays queued).
         self.priority = priority_of(meta)
         self.slot_held = False
+        self.slot_token = ""  # the owner's token the slots were taken under (given back under it)
         self.slot_denied = False
         self.slot_wait: dict[str, Any] | None = None
         self.slot_wait_recorded: dict[str, Any] | None = meta.get(SLOT_WAIT_FIELD)

@@ -488,6 +488,8 @@ class Orchestrator(PartitionListener):
             except Exception:
                 log.exception("instance %s/%s: transition failed; its messages are requeued", *key)
                 self._drop(key)
+                if key in self.slots.taken:
+                    await self.slots.undo(*key)
                 self._requeue(items, requeue_local=False)
                 continue
             if actor.awaiting_version is not None:
@@ -549,6 +551,8 @@ class Orchestrator(PartitionListener):
         level = logging.DEBUG if result is CommitResult.CONFLICT and starts_only else logging.WARNING
         observed.rejected(actor, result, level)
         self._drop(key)
+        if key in self.slots.taken:  # slots taken for a commit that did not land go back (consumers/slots.py)
+            await self.slots.undo(*key)
         if result is CommitResult.FENCED and self.owned.get(actor.partition) == fences.get(actor.partition):
             await self.on_revoked(actor.partition)
             if self.on_fenced is not None:
@@ -588,9 +592,12 @@ class Orchestrator(PartitionListener):
             await self._load_missing({key: items})
             rebuilt = self.actors.get(key)
             if rebuilt is None:
+                if key in self.slots.taken:  # it vanished after taking its slots
+                    await self.slots.undo(*key)
                 return None
             rebuilt.hold, rebuilt.blobs = hold, blobs
             rebuilt.slot_held, rebuilt.slot_denied = actor.slot_held, actor.slot_denied
+            rebuilt.slot_token = actor.slot_token
             rebuilt.slot_wait = actor.slot_wait
             actor = rebuilt
 
@@ -670,6 +677,8 @@ class Orchestrator(PartitionListener):
             )
 
     def _after_commit(self, key: _ActorKey, actor: InstanceActor, effects: Effects, items: list[_Item]) -> None:
+        if self.slots.taken:
+            self.slots.landed(*key)
         for item in items:
             _decide(item, ACK)
         self._outbox += effects.outbox
