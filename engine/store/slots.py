@@ -131,6 +131,7 @@ class SlotStore:
     async def holders_page(self, workflow: str, key: str | None, cursor: int, count: int) -> tuple[int, dict[str, str]]:
         """One HSCAN page of the limit's holders: (the next cursor, 0 at the end; instance -> token)."""
         cursor, raw = await self._redis.hscan(self._keys.limit_holders(workflow, key), cursor, count=count)
+        assert isinstance(raw, dict)  # a list only with no_values=True
         return int(cursor), {_text(k): _text(v) for k, v in raw.items()}
 
     async def runs_under(self, instances: Sequence[tuple[int, str, str]]) -> list[tuple[str | None, str | None]]:
