@@ -13,7 +13,7 @@ GET     /accounts/{a}/workflows/{name}/versions             versions its recent 
 GET     /accounts/{a}/workflows/{name}/instances            instances, newest first (cursor or page)
 POST    /accounts/{a}/workflows/{name}/instances            create one
 POST    /accounts/{a}/workflows/{name}/instances/batch      create many, skipping taken ids
-PUT     /accounts/{a}/workflows/{name}/instances/terminate  terminate every unfinished one (``status``)
+PUT     /accounts/{a}/workflows/{name}/instances/terminate  a bulk job terminating all (``status``)
 GET     /accounts/{a}/workflows/{name}/instances/{id}       Cloudflare's instance detail
 GET     /accounts/{a}/workflows/{name}/instances/{id}/step  one step's full output
 PATCH   /accounts/{a}/workflows/{name}/instances/{id}/status  pause | resume | terminate | restart
@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
-from hutch import Client, Instance, InvalidInputError, Status, WorkflowClient
+from hutch import BulkJobNotFound, Client, Instance, InvalidInputError, Status
+from hutch.bulk import BulkJobs, BulkProgress
 from hutch.config import check_instance_id
-from hutch.errors import IllegalTransition, InstanceNotFound
 from hutch.gateway.api.auth import require_token
 from hutch.gateway.api.cloudflare_models import (
     CfCreateInstance,
@@ -60,9 +60,11 @@ from hutch.gateway.api.cloudflare_views import (
 )
 from hutch.gateway.api.deps import WorkflowNames, check_request, get_client, get_workflow_names
 from hutch.gateway.api.envelope import Envelope, ok
+from hutch.gateway.api.lifecycle import EVENT_BODY_OPENAPI, event_payload, not_applied
 from hutch.gateway.api.models import EVENT_TYPE_SCHEMA, INSTANCE_ID_SCHEMA, WORKFLOW_NAME_SCHEMA, InstanceCounts
-from hutch.gateway.api.routes import COMMON_RESPONSES, CONFLICT, NOT_FOUND, _json_body
+from hutch.gateway.api.routes import COMMON_RESPONSES, CONFLICT, NOT_FOUND
 from hutch.gateway.api.views import instance_counts
+from hutch.search import SearchFilter
 from starlette.exceptions import HTTPException
 
 PREFIX = "/client/v4/accounts/{account_id}/workflows"
@@ -77,8 +79,6 @@ UNFINISHED: tuple[Status, ...] = (
     Status.WAITING_FOR_PAUSE,
     Status.WAITING,
 )
-TERMINATE_CONCURRENCY = 64
-"""Terminations in flight at once during a terminate-all (each is a meta read and a publish)."""
 
 
 class WorkflowBusy(HTTPException):
@@ -317,41 +317,39 @@ async def terminate_all(
     client: Client = Depends(get_client),
     names: WorkflowNames = Depends(get_workflow_names),
 ) -> dict[str, Any]:
-    """Send a terminate to every unfinished instance (or those in ``status``); each applies as its owner takes it.
+    """Terminate every unfinished instance (or those in ``status``) in a durable background job, as Cloudflare does.
 
-    Cloudflare starts a background job; Hutch sends the terminations before it answers (they are
-    durable in the broker, like every lifecycle request), so the answer is always ``ok``, and
-    ``messages`` says how many were sent. Instances created during the sweep are not included.
+    ``ok``: a bulk job was started (``messages`` names it; ``GET /api/bulk/{id}`` follows its
+    progress, and it resumes in another gateway if this one stops); ``already_running``: the same
+    terminate-all is still running, and nothing new is started. The job acts on the instances that
+    match when it starts (finished ones are skipped); instances created later are not included.
     """
-    workflow = await names.reader(name)
-    ids: list[str] = []
-    for each in [Status(status)] if status else UNFINISHED:
-        ids += await _all_ids(workflow, each)
-    gate = asyncio.Semaphore(TERMINATE_CONCURRENCY)
-
-    async def terminate(iid: str) -> bool:
-        async with gate:
-            try:
-                await Instance(client, name, iid).terminate(timeout=0)
-            except (IllegalTransition, InstanceNotFound):
-                return False  # it finished (or expired) since it was listed
-            return True
-
-    sent = sum(await asyncio.gather(*(terminate(iid) for iid in dict.fromkeys(ids))))
+    await names.require(name)
+    where = SearchFilter(workflow=name, status=None if status is None else Status(status))
+    running = await _running_job(client, where)
+    if running is not None:
+        envelope = ok(CfTerminateJob(status="already_running"))
+        envelope["messages"] = [
+            f"a terminate-all of {name!r} is already running: bulk job {running.id}, "
+            f"{running.done} of {running.total} done (GET /api/bulk/{running.id})"
+        ]
+        return envelope
+    job = await client.bulk("terminate", where)
     envelope = ok(CfTerminateJob(status="ok"))
-    envelope["messages"] = [f"terminate sent to {sent} instance(s) of {name!r}; each applies as its owner takes it"]
+    envelope["messages"] = [f"terminate-all of {name!r} started: bulk job {job.id} (GET /api/bulk/{job.id})"]
     return envelope
 
 
-async def _all_ids(workflow: WorkflowClient, status: Status) -> list[str]:
-    ids: list[str] = []
-    cursor: str | None = None
-    while True:
-        page = await workflow.list(status, cursor=cursor, limit=1000)
-        ids += page.instances
-        if page.cursor is None:
-            return ids
-        cursor = page.cursor
+async def _running_job(client: Client, where: SearchFilter) -> BulkProgress | None:
+    """The unfinished terminate job over exactly ``where``, if there is one (a repeated terminate-all)."""
+    for job_id in await BulkJobs(client._store).active():
+        try:
+            progress = await client.bulk_job(job_id).progress()
+        except BulkJobNotFound:  # finished and expired since it was listed
+            continue
+        if progress.action == "terminate" and progress.filter == where and not progress.finished:
+            return progress
+    return None
 
 
 @router.get(
@@ -449,10 +447,7 @@ async def change_status(
     envelope = ok(CfStatusChanged(status=result.status, timestamp=datetime.now(UTC)))
     if not result.applied:
         response.status_code = 202
-        envelope["messages"] = [
-            f"no worker applied the {body.status} of instance {instance_id!r} yet; it stays queued and is "
-            "applied when a worker takes the instance's partition"
-        ]
+        envelope["messages"] = [not_applied(body.status, instance_id)]
     return envelope
 
 
@@ -461,13 +456,7 @@ async def change_status(
     response_model=Envelope[CfEventSent],
     responses=NOT_FOUND,
     summary="Send an event to an instance (Cloudflare)",
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "description": "The event's payload: any JSON value (an empty body is null).",
-            "content": {"application/json": {"schema": {}}},
-        }
-    },
+    openapi_extra=EVENT_BODY_OPENAPI,
 )
 async def send_event(
     request: Request,
@@ -483,7 +472,7 @@ async def send_event(
     """
     workflow = await names.reader(name)
     check_instance_id(instance_id, request.app.state.client.limits)
-    payload = _json_body(await request.body())
+    payload = event_payload(await request.body())
     result = await (await workflow.get(instance_id)).send_event(event_type, payload)
     envelope = ok(CfEventSent(instance_id=instance_id, timestamp=datetime.now(UTC)))
     if result.instance_finished:

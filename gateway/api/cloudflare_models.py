@@ -226,7 +226,7 @@ class CfEventSent(BaseModel):
 
 
 class CfTerminateJob(BaseModel):
-    """``PUT .../instances/terminate``: ``ok`` (the terminations were sent) or ``already_running``."""
+    """``PUT .../instances/terminate``: ``ok`` (a bulk job started) or ``already_running`` (the same one runs)."""
 
     status: Literal["ok", "already_running"]
 

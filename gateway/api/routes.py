@@ -18,19 +18,17 @@ Search across workflows and bulk jobs: fleet.py, included below.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 from hutch import Client, InstanceDetail, InstanceStatus, Status
 from hutch.config import check_instance_id
 from hutch.gateway.api import fleet
 from hutch.gateway.api.auth import require_token
 from hutch.gateway.api.deps import WorkflowNames, check_request, get_client, get_workflow_names
 from hutch.gateway.api.envelope import Envelope, ErrorEnvelope, ListEnvelope, ok
-from hutch.gateway.api.errors import json_body_failure
+from hutch.gateway.api.lifecycle import EVENT_BODY_OPENAPI, event_payload, not_applied
 from hutch.gateway.api.models import (
     EVENT_ID_SCHEMA,
     EVENT_TYPE_SCHEMA,
@@ -46,7 +44,6 @@ from hutch.gateway.api.models import (
     StatusChange,
     StatusChanged,
     WorkflowSummary,
-    check_json_value,
     json_safe,
 )
 from hutch.gateway.api.views import instance_counts
@@ -280,10 +277,7 @@ async def change_status(
     envelope = ok(StatusChanged(status=result.status, applied=result.applied, timestamp=datetime.now(UTC)))
     if not result.applied:
         response.status_code = 202
-        envelope["messages"] = [
-            f"no worker applied the {body.status} of instance {instance_id!r} yet; the request stays queued "
-            "and is applied when a worker takes the instance's partition"
-        ]
+        envelope["messages"] = [not_applied(body.status, instance_id)]
     return envelope
 
 
@@ -292,13 +286,7 @@ async def change_status(
     response_model=Envelope[EventSent],
     responses=NOT_FOUND,
     summary="Send an event to an instance",
-    openapi_extra={
-        "requestBody": {
-            "required": False,
-            "description": "The event's payload: any JSON value (an empty body is null).",
-            "content": {"application/json": {"schema": {}}},
-        }
-    },
+    openapi_extra=EVENT_BODY_OPENAPI,
 )
 async def send_event(
     request: Request,
@@ -320,28 +308,10 @@ async def send_event(
     """
     workflow = await names.reader(name)
     check_instance_id(instance_id, request.app.state.client.limits)
-    payload = _json_body(await request.body())
+    payload = event_payload(await request.body())
     accepted = await workflow.get(instance_id)
     result = await accepted.send_event(event_type, payload, event_id=event_id)
     return ok(EventSent(instance_id=instance_id, type=event_type, instance_finished=result.instance_finished))
-
-
-def _json_body(raw: bytes) -> Any:
-    """Parse a request body as JSON (empty: null), as a 422 naming the problem when it is not."""
-    if not raw.strip():
-        return None
-    try:
-        value = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        failure = json_body_failure(exc)
-        if failure is not None:
-            raise HTTPException(*failure) from None
-        error = {"type": "json_invalid", "loc": ("body",), "msg": f"not valid JSON: {exc}"}
-        raise RequestValidationError([error]) from None
-    try:
-        return check_json_value(value, "the event payload")
-    except ValueError as exc:
-        raise RequestValidationError([{"type": "value_error", "loc": ("body",), "msg": str(exc)}]) from None
 
 
 router.include_router(fleet.router, responses=NOT_FOUND)  # search and bulk jobs (fleet.py), under /api with its auth
