@@ -54,6 +54,9 @@ BATCH = 2000
 CHUNK = 250
 """Instances per concurrent part of a batch (one confirmed publish each)."""
 
+MAX_IDS = 5000
+"""The most instances a job over given ids may name (``Client.bulk(ids=...)``)."""
+
 FAILURES_KEPT = 100
 """How many failures a job records (with their reasons); the count covers them all."""
 
@@ -162,6 +165,14 @@ for i = 1, #ARGV, 2 do out[#out + 1] = redis.call('HSETNX', KEYS[2], ARGV[i], AR
 return out
 """
 
+# KEYS job, items; ARGV n, then n record fields and values, then the members. A job over given instances.
+_CREATE_GIVEN = """
+local n = tonumber(ARGV[1])
+redis.call('RPUSH', KEYS[2], unpack(ARGV, n + 2))
+redis.call('HSET', KEYS[1], unpack(ARGV, 2, n + 1))
+return 1
+"""
+
 # KEYS lease; ARGV token. Releases the lease if it is still this runner's.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -182,16 +193,28 @@ class BulkJobs:
         self._checkpoint = self.redis.register_script(_CHECKPOINT)
         self._mark = self.redis.register_script(_MARK)
         self._release = self.redis.register_script(_RELEASE)
+        self._create_given = self.redis.register_script(_CREATE_GIVEN)
 
-    async def create(self, action: str, where: SearchFilter, now_ms: int) -> str:
-        """Record a new job; its id."""
+    async def create(
+        self, action: str, where: SearchFilter, now_ms: int, *, members: Sequence[str] | None = None
+    ) -> str:
+        """Record a new job; its id.
+
+        Args:
+            action: what to do to each instance.
+            where: the search filter choosing the instances.
+            now_ms: the creation time.
+            members: instances given as ``workflow:id`` instead of a search: the job starts running on
+                exactly these (``where`` then only describes them); None: the search is run.
+        """
         check_action(action)
         job_id = uuid.uuid4().hex
+        given = list(dict.fromkeys(members)) if members is not None else None
         record: dict[str | bytes, str | int] = {
             "action": action,
             "filter": where.model_dump_json(exclude_none=True),
-            "state": BulkState.COLLECTING.value,
-            "total": 0,
+            "state": (BulkState.COLLECTING if given is None else BulkState.RUNNING).value,
+            "total": 0 if given is None else len(given),
             "done": 0,
             "skipped": 0,
             "failed": 0,
@@ -200,7 +223,13 @@ class BulkJobs:
             "created": now_ms,
             "updated": now_ms,
         }
-        await self.redis.hset(self.keys.bulk_job(job_id), mapping=record)  # type: ignore[arg-type]
+        if given:  # the items and the record in one script (one hash tag): never running without its items
+            fields = [x for pair in record.items() for x in pair]
+            await self._create_given(
+                [self.keys.bulk_job(job_id), self.keys.bulk_items(job_id)], [len(fields), *fields, *given]
+            )
+        else:
+            await self.redis.hset(self.keys.bulk_job(job_id), mapping=record)  # type: ignore[arg-type]
         await self.redis.zadd(self.keys.bulk_jobs(), {job_id: now_ms})
         return job_id
 

@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 
 from hutch import metrics, tracing
 from hutch.blobs import BlobAddress, BlobRef, by_reference, fetch_blobs, large_ref
+from hutch.bulk import MAX_IDS as MAX_BULK_IDS
 from hutch.bulk import BulkAction, BulkJob, BulkJobs, BulkRunner, check_action
 from hutch.clock import Clock
 from hutch.concurrency import PRIORITY_FIELD, check_priority
@@ -214,11 +215,20 @@ class Client:
         hits, nxt = await self._store.search(workflows, where, order=order, after=after, limit=limit)
         return SearchPage(instances=hits, cursor=nxt.encode() if nxt is not None else None)
 
-    async def bulk(self, action: BulkAction, where: SearchFilter | None = None, **filters: Any) -> BulkJob:
+    async def bulk(
+        self,
+        action: BulkAction,
+        where: SearchFilter | None = None,
+        *,
+        ids: Sequence[str] | None = None,
+        **filters: Any,
+    ) -> BulkJob:
         """Start a durable background job doing ``action`` to every instance the filter matches.
 
         ``action`` is terminate, restart, pause, resume or delete; the filter is a
         :class:`~hutch.search.SearchFilter` or its fields as keywords (those of :meth:`search`).
+        ``ids`` (at most :data:`~hutch.bulk.MAX_IDS`) acts on exactly those instances of the
+        filter's ``workflow`` instead of running a search (the filter may then name nothing else).
         The job runs in this process (and goes on in any other process running a bulk runner,
         such as a gateway, if this one stops); the returned handle reads its progress, waits for
         it or cancels it. See :mod:`hutch.bulk` for how a crash mid-way is resumed.
@@ -230,10 +240,19 @@ class Client:
         check_action(action)
         if where.workflow is not None:
             self.workflow(where.workflow)
+        members = None if ids is None else self._bulk_members(where, ids)
         runner = self.start_bulk_runner()
-        job_id = await runner.jobs.create(action, where, self.clock.now_ms())
+        job_id = await runner.jobs.create(action, where, self.clock.now_ms(), members=members)
         runner.wake()
         return BulkJob(runner.jobs, job_id)
+
+    def _bulk_members(self, where: SearchFilter, ids: Sequence[str]) -> list[str]:
+        """The ``workflow:id`` items of a bulk job over given instances, checked."""
+        if where.workflow is None or where != SearchFilter(workflow=where.workflow):
+            raise InvalidInputError("a bulk job over given ids takes the workflow and no other filter")
+        if isinstance(ids, str) or len(ids) > MAX_BULK_IDS:
+            raise InvalidInputError(f"give at most {MAX_BULK_IDS} instance ids as a list (a filter selects more)")
+        return [f"{where.workflow}:{check_instance_id(iid, self.limits)}" for iid in ids]
 
     def bulk_job(self, job_id: str) -> BulkJob:
         """A handle on a bulk job by its id (its ``progress()`` raises ``BulkJobNotFound`` for an unknown one)."""

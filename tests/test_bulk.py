@@ -147,3 +147,36 @@ async def test_a_cancelled_job_acts_on_nothing_more(make_client: MakeClient) -> 
         await client.bulk_job("nope").progress()
     with pytest.raises(InvalidInputError, match="bulk action 'explode'"):
         await client.bulk("explode", workflow="fleet")  # type: ignore[arg-type]
+
+
+async def test_a_job_over_given_ids_acts_on_exactly_those(make_client: MakeClient) -> None:
+    """The dashboard's "selected instances": no search, the given ids (a gone one is skipped), once each."""
+    client = await make_client(WORKFLOWS)
+    fleet = client.workflow("fleet")
+    ids = [f"sel-{n}" for n in range(5)]
+    for iid in ids:
+        await fleet.create(id=iid, params={"kind": "wait"})
+
+    async def all_waiting() -> bool:
+        return {(await (await fleet.get(i)).status()).status for i in ids} == {"waiting"}
+
+    await eventually(all_waiting, timeout=30, interval=0.1)
+    job = await client.bulk("terminate", SearchFilter(workflow="fleet"), ids=[ids[0], ids[2], ids[2], "sel-gone"])
+    first = await job.progress()
+    assert first.state in (BulkState.RUNNING, BulkState.DONE) and first.total == 3, first  # never "collecting"
+    done = await job.wait(timeout=60)
+    assert (done.state, done.total, done.done, done.skipped, done.failed) == (BulkState.DONE, 3, 3, 1, 0), done
+
+    async def settled() -> dict[str, str]:
+        statuses = {i: str((await (await fleet.get(i)).status()).status) for i in ids}
+        assert statuses[ids[0]] == statuses[ids[2]] == "terminated", statuses
+        return statuses
+
+    statuses = await eventually(settled, timeout=30, interval=0.1)
+    assert {statuses[i] for i in (ids[1], ids[3], ids[4])} == {"waiting"}, statuses
+    with pytest.raises(InvalidInputError, match="workflow and no other filter"):
+        await client.bulk("terminate", SearchFilter(workflow="fleet", status="waiting"), ids=ids)
+    with pytest.raises(InvalidInputError, match="workflow and no other filter"):
+        await client.bulk("terminate", ids=ids)
+    with pytest.raises(InvalidInputError, match="instance id"):
+        await client.bulk("terminate", SearchFilter(workflow="fleet"), ids=["bad id!"])

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
 from hutch import Client, Status
 from hutch.errors import InvalidInputError
@@ -21,7 +21,15 @@ from hutch.gateway.api.models import check_json_value, json_safe
 from hutch.gateway.dashboard.diagrams import diagram_of, node_states, workflow_class
 from hutch.gateway.dashboard.live import LiveInstances
 from hutch.gateway.dashboard.overview import overview
-from hutch.gateway.dashboard.search import SearchFilters, search
+from hutch.gateway.dashboard.search import (
+    BulkRequest,
+    Order,
+    SearchFilters,
+    bulk_progress,
+    progress_changes,
+    search,
+    start_bulk,
+)
 from hutch.gateway.dashboard.session import Sessions
 from hutch.restart import StepType, from_step_of
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
@@ -89,23 +97,58 @@ async def workflows(client: Client = Depends(get_client), names: WorkflowNames =
 
 @router.get("/data/search")
 async def search_instances(
-    workflow: str,
+    workflow: str | None = Query(default=None, max_length=200),
     status: Status | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
-    id_prefix: str = Query(default="", max_length=200),
-    version: str = Query(default="", max_length=200),
-    order: Literal["newest", "oldest"] = "newest",
-    cursor: str | None = Query(default=None, max_length=300),
+    id_prefix: str | None = Query(default=None, max_length=200),
+    version: str | None = Query(default=None, max_length=200),
+    order: Order = "newest",
+    cursor: str | None = Query(default=None, max_length=400),
     limit: int = Query(default=50, ge=1, le=500),
     client: Client = Depends(get_client),
     names: WorkflowNames = Depends(get_workflow_names),
 ) -> Any:
-    """A page of the workflow's instances that pass the filters."""
-    await names.require(workflow)
-    filters = SearchFilters(status=status, since=since, until=until, id_prefix=id_prefix, version=version, order=order)
-    page = await search(client, workflow, filters, cursor=cursor, limit=limit)
+    """A page of the instances (of one workflow, or of all) that pass the filters, and the next page's cursor."""
+    if workflow:
+        await names.require(workflow)
+    filters = SearchFilters(
+        workflow=workflow, status=status, since=since, until=until, id_prefix=id_prefix, version=version
+    )
+    page = await search(client, filters, order=order, cursor=cursor or None, limit=limit)
     return ok(page.model_dump(mode="json"))
+
+
+@router.post("/data/bulk", dependencies=[Depends(state_change)])
+async def bulk(
+    body: BulkRequest, client: Client = Depends(get_client), names: WorkflowNames = Depends(get_workflow_names)
+) -> Any:
+    """Start a durable bulk job over the filter's matches or the selected instances; its first progress."""
+    if body.filter.workflow:
+        await names.require(body.filter.workflow)
+    return ok((await start_bulk(client, body)).model_dump(mode="json"))
+
+
+@router.post("/data/bulk/{job_id}/cancel", dependencies=[Depends(state_change)])
+async def cancel_bulk(job_id: str = Path(max_length=64), client: Client = Depends(get_client)) -> Any:
+    """Cancel a bulk job (no batch starts after this); its progress."""
+    await bulk_progress(client, job_id)
+    return ok((await client.bulk_job(job_id).cancel()).model_dump(mode="json"))
+
+
+@router.get("/data/bulk/{job_id}/live")
+async def live_bulk(job_id: str = Path(max_length=64), client: Client = Depends(get_client)) -> StreamingResponse:
+    """Server-sent events: a ``progress`` event now and on each change of the job, until it ends."""
+    await bulk_progress(client, job_id)  # 404 now, not an empty stream
+
+    async def events() -> AsyncIterator[str]:
+        async for text in progress_changes(client, job_id):
+            yield f"event: progress\ndata: {text}\n\n"
+        yield "event: end\ndata: {}\n\n"
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    )
 
 
 async def instance_snapshot(client: Client, names: WorkflowNames, workflow: str, instance_id: str) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """The dashboard's pages (``/``, ``/ui/instances``, ``/ui/instance/...``) and its sign-in.
 
-A page is a static HTML file of this package plus one script file of its own: the scripts
+A page is a static HTML file of this package (its ``<main>``, put in the one ``layout.html`` with
+the ``header.html`` of signed-in pages) plus one script file of its own: the scripts
 fetch ``/ui/data`` and put every value from an instance (ids, params, outputs, errors, event
 payloads) into the page as text (``textContent``), never as markup. The only thing filled in
 on the server is the session's CSRF token, which is hex. Every page is sent with a
@@ -9,6 +10,7 @@ content-security policy that runs only the gateway's own script files.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
 from urllib.parse import parse_qs, quote
@@ -30,9 +32,42 @@ SECURITY_HEADERS = {
 router = APIRouter(include_in_schema=False)
 
 
+@dataclass(frozen=True)
+class _Page:
+    title: str
+    script: str
+    nav: str | None  # which link of the header is the current page ("" none); None: no header (sign-in)
+
+
+_PAGES = {
+    "workflows.html": _Page("Workflows", "workflows.js", "workflows"),
+    "instances.html": _Page("Instances", "instances.js", "instances"),
+    "instance.html": _Page("Instance", "instance.js", ""),
+    "signin.html": _Page("Sign in", "signin.js", None),
+}
+
+
+def _file(name: str) -> str:
+    return (files("hutch.gateway.dashboard") / "pages" / name).read_text("utf-8")
+
+
 @cache
 def _template(name: str) -> str:
-    return (files("hutch.gateway.dashboard") / "pages" / name).read_text("utf-8")
+    """A page: its body in the one layout (head, and the header of signed-in pages); %CSRF% and %MESSAGE% left."""
+    spec = _PAGES[name]
+    header = ""
+    if spec.nav is not None:
+        header = _file("header.html")
+        for link in ("workflows", "instances"):
+            current = ' aria-current="page"' if link == spec.nav else ""
+            header = header.replace(f"%CURRENT_{link.upper()}%", current)
+    return (
+        _file("layout.html")
+        .replace("%TITLE%", spec.title)
+        .replace("%SCRIPT%", spec.script)
+        .replace("%HEADER%", header)
+        .replace("%BODY%", _file(name))
+    )
 
 
 def _page(name: str, csrf: str = "", *, message: str = "", status_code: int = 200) -> HTMLResponse:

@@ -1,185 +1,117 @@
-"""Instance search for the dashboard: status, creation-time range, id prefix and version, either order.
+"""The instances page's search and bulk actions, on the client's search and durable bulk jobs (SPEC §12).
 
-It walks the workflow's status index (one sorted set per partition, scored by creation time)
-inside the time range, merging the partitions in order, and reads the metadata of the
-candidates a hundred at a time (one pipeline each) to apply the filters the index cannot.
-A request scans at most :data:`MAX_SCANNED` index entries; when the filters are that selective
-the page comes back short with a cursor to continue from.
+The page's filters are a :class:`~hutch.search.SearchFilter` (one workflow or all of them, status,
+creation range, id prefix, version), read a page at a time with :meth:`hutch.Client.search` — the
+per-partition status indexes, never a scan — and its cursor. A bulk action is a job of
+:meth:`hutch.Client.bulk` over the same filter (everything it matches) or over the instances
+selected on the page: durable, resumed by another runner if this gateway stops, cancellable; the
+page follows its progress over server-sent events.
 """
 
 from __future__ import annotations
 
-import heapq
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Literal
 
-from hutch import Client, Status
+from hutch import BulkJobNotFound, Client, Status
+from hutch.bulk import MAX_IDS, BulkAction, BulkProgress
 from hutch.errors import InvalidInputError
+from hutch.gateway.api.fleet import summaries
 from hutch.gateway.api.models import InstanceSummary
-from hutch.gateway.api.views import instance_summaries
-from hutch.keys import ALL
+from hutch.search import SearchFilter, search_filter
 from pydantic import BaseModel, ConfigDict, Field
-
-MAX_SCANNED = 5000
-"""Index entries one search request reads at most."""
-CHUNK = 200
-"""Index entries read from one partition per round trip."""
-META_BATCH = 100
+from starlette.exceptions import HTTPException
 
 Order = Literal["newest", "oldest"]
 
+PROGRESS_POLL_S = 0.5
+"""How often a bulk job's progress stream re-reads the job's record (one hash read) while it runs."""
+
 
 class SearchFilters(BaseModel):
-    """What the instances page filters by; every field is optional."""
+    """What the instances page filters by; every field is optional (no workflow: every workflow)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    workflow: str | None = Field(default=None, max_length=200)
     status: Status | None = None
     since: datetime | None = None
     until: datetime | None = None
-    id_prefix: str = Field(default="", max_length=200)
-    version: str = Field(default="", max_length=200)
-    order: Order = "newest"
+    id_prefix: str | None = Field(default=None, max_length=200)
+    version: str | None = Field(default=None, max_length=200)
+
+    def where(self) -> SearchFilter:
+        """The client's filter (``since`` included, ``until`` excluded); an invalid one is a 400."""
+        return search_filter(
+            workflow=self.workflow or None,
+            status=self.status,
+            created_after=self.since,
+            created_before=self.until,
+            id_prefix=self.id_prefix or None,
+            version=self.version or None,
+        )
 
 
 class SearchPage(BaseModel):
-    """One page of matches, and where the next one starts (None: the scan reached the end)."""
+    """One page of matches, and the cursor of the next (None: no more match).
+
+    A page may be short, even empty, and still have a cursor: a sparse filter (a rare id prefix
+    or version) examines a bounded number of index rows per request.
+    """
 
     instances: list[InstanceSummary]
     cursor: str | None
-    scanned: int
 
 
-async def search(
-    client: Client, workflow: str, filters: SearchFilters, *, cursor: str | None = None, limit: int = 50
-) -> SearchPage:
-    """The instances of ``workflow`` that pass ``filters``, in the filters' order, ``limit`` at most."""
-    after = _parse_cursor(cursor)
-    rows: list[InstanceSummary] = []
-    scanned = 0
-    last: tuple[int, str] | None = None
-    batch: list[tuple[int, str]] = []
-    exhausted = True
-    async for entry in _entries(client, workflow, filters, after):
-        scanned += 1
-        last = entry
-        if entry[1].startswith(filters.id_prefix):
-            batch.append(entry)
-        if len(batch) >= META_BATCH or scanned >= MAX_SCANNED:
-            rows += await _matching(client, workflow, filters, batch)
-            batch = []
-        if len(rows) >= limit or scanned >= MAX_SCANNED:
-            exhausted = False
-            break
-    rows += await _matching(client, workflow, filters, batch)
-    if len(rows) > limit:  # the last batch overshot: the cursor points at the last row returned
-        rows = rows[:limit]
-        last = (int(rows[-1].created_on.timestamp() * 1000), rows[-1].id)
-        exhausted = False
-    next_cursor = None if exhausted or last is None else f"{last[0]}:{last[1]}"
-    return SearchPage(instances=rows, cursor=next_cursor, scanned=scanned)
+async def search(client: Client, filters: SearchFilters, *, order: Order, cursor: str | None, limit: int) -> SearchPage:
+    """A page of the instances ``filters`` match, newest or oldest first, from ``cursor``."""
+    where = filters.where()
+    page = await client.search(
+        **where.model_dump(), limit=limit, cursor=cursor, order="desc" if order == "newest" else "asc"
+    )
+    return SearchPage(instances=await summaries(client, page.instances), cursor=page.cursor)
 
 
-async def _matching(
-    client: Client, workflow: str, filters: SearchFilters, batch: list[tuple[int, str]]
-) -> list[InstanceSummary]:
-    if not batch:
-        return []
-    found = await instance_summaries(client, workflow, [iid for _, iid in batch])
-    return [
-        row
-        for row in found
-        if (filters.status is None or row.status is filters.status)
-        and (not filters.version or row.version == filters.version)
-    ]
+class BulkRequest(BaseModel):
+    """A bulk action on everything ``filter`` matches, or on the instances selected (``ids`` of ``filter.workflow``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    action: BulkAction
+    filter: SearchFilters = Field(default_factory=SearchFilters)
+    ids: list[str] | None = Field(default=None, min_length=1, max_length=MAX_IDS)
 
 
-async def _entries(
-    client: Client, workflow: str, filters: SearchFilters, after: tuple[int, str] | None
-) -> AsyncIterator[tuple[int, str]]:
-    """(created ms, id) of the index entries in range, every partition merged, in the filters' order."""
-    store = client._store
-    low, high = _bounds(filters, after)
-    newest = filters.order == "newest"
-    status = filters.status.value if filters.status is not None else ALL
-    keys = [store.keys.status_index(p, workflow, status) for p in range(store.partitions)]
-
-    async def partition(key: str) -> AsyncIterator[tuple[int, str]]:
-        offset = 0
-        while True:
-            if newest:
-                part = await store.redis.zrevrangebyscore(key, high, low, start=offset, num=CHUNK, withscores=True)
-            else:
-                part = await store.redis.zrangebyscore(key, low, high, start=offset, num=CHUNK, withscores=True)
-            for member, score in cast(list[tuple[bytes, float]], part):
-                yield int(score), member.decode().split(":", 1)[1]
-            if len(part) < CHUNK:
-                return
-            offset += CHUNK
-
-    def sort_key(entry: tuple[int, str]) -> tuple[int, str] | tuple[int, _Reversed]:
-        return (-entry[0], _Reversed(entry[1])) if newest else entry
-
-    async for entry in _merge([partition(k) for k in keys], sort_key):
-        if after is not None and (entry >= after if newest else entry <= after):
-            continue
-        yield entry
+async def start_bulk(client: Client, body: BulkRequest) -> BulkProgress:
+    """Start the durable job; its first progress."""
+    if body.ids is not None:
+        if not body.filter.workflow:
+            raise InvalidInputError("acting on selected instances needs their workflow")
+        job = await client.bulk(body.action, SearchFilter(workflow=body.filter.workflow), ids=body.ids)
+    else:
+        job = await client.bulk(body.action, body.filter.where())
+    return await job.progress()
 
 
-def _bounds(filters: SearchFilters, after: tuple[int, str] | None) -> tuple[str | int, str | int]:
-    """The range of created ms to read (ZRANGEBYSCORE's min and max): the filters', up to the cursor."""
-    low: str | int = "-inf" if filters.since is None else int(filters.since.timestamp() * 1000)
-    high: str | int = "+inf" if filters.until is None else int(filters.until.timestamp() * 1000)
-    if after is not None:  # the cursor's millisecond again: rows sharing it are told apart by id
-        if filters.order == "newest":
-            high = after[0] if high == "+inf" else min(int(high), after[0])
-        else:
-            low = after[0] if low == "-inf" else max(int(low), after[0])
-    return low, high
+async def bulk_progress(client: Client, job_id: str) -> BulkProgress:
+    """A job's progress; 404 for an unknown (or long finished) job."""
+    try:
+        return await client.bulk_job(job_id).progress()
+    except BulkJobNotFound as exc:
+        raise HTTPException(404, str(exc)) from None
 
 
-class _Reversed:
-    """A string that sorts backwards (newest first: ids descending within one millisecond)."""
-
-    __slots__ = ("text",)
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-
-    def __lt__(self, other: _Reversed) -> bool:
-        return self.text > other.text
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Reversed) and self.text == other.text
-
-    def __hash__(self) -> int:
-        return hash(self.text)
-
-
-async def _merge(
-    sources: list[AsyncIterator[tuple[int, str]]], key: Callable[[tuple[int, str]], Any]
-) -> AsyncIterator[tuple[int, str]]:
-    """Merge sorted async sources into one sorted stream (reading each only as far as needed)."""
-    by = key  # the caller's ordering
-    heap: list[tuple[Any, int, tuple[int, str]]] = []
-    for index, source in enumerate(sources):
-        first = await anext(source, None)
-        if first is not None:
-            heap.append((by(first), index, first))
-    heapq.heapify(heap)
-    while heap:
-        _, index, entry = heapq.heappop(heap)
-        yield entry
-        following = await anext(sources[index], None)
-        if following is not None:
-            heapq.heappush(heap, (by(following), index, following))
-
-
-def _parse_cursor(cursor: str | None) -> tuple[int, str] | None:
-    if not cursor:
-        return None
-    created, sep, iid = cursor.partition(":")
-    if not sep or not created.isdigit():
-        raise InvalidInputError(f"cursor {cursor!r} is not one this search returned")
-    return int(created), iid
+async def progress_changes(client: Client, job_id: str, poll_s: float = PROGRESS_POLL_S) -> AsyncIterator[str]:
+    """The job's progress as JSON now and on each change, ending with the job (done or cancelled)."""
+    last = ""
+    while True:
+        progress = await bulk_progress(client, job_id)
+        text = progress.model_dump_json()
+        if text != last:
+            yield text
+            last = text
+        if progress.finished:
+            return
+        await asyncio.sleep(poll_s)

@@ -51,28 +51,88 @@ def test_workflows_page_counts_and_throughput(page: Page, api: Api, dev: Server)
     assert int(row.locator("td[data-col=created]").inner_text()) >= 1
 
 
-def test_search_filters_by_status_prefix_and_order(page: Page, api: Api, dev: Server) -> None:
+def search(page: Page, **fields: str) -> None:
+    """Set the filters given (the others as they are) and search."""
+    for name, value in fields.items():
+        if page.locator(f"#{name}").evaluate("e => e.tagName") == "SELECT":
+            page.select_option(f"#{name}", value)
+        else:
+            page.fill(f"#{name}", value)
+    page.click("#filters button[type=submit]")
+
+
+def local_input(page: Page, iso: str) -> str:
+    """An ISO instant as a datetime-local input's value in the browser's time zone (to the millisecond)."""
+    value: str = page.evaluate(
+        "iso => { const d = new Date(iso); "
+        "return new Date(d - d.getTimezoneOffset() * 60000).toISOString().slice(0, 23); }",
+        iso,
+    )
+    return value
+
+
+def shown_ids(page: Page) -> list[str]:
+    return [row.get_attribute("data-id") or "" for row in page.locator("#instances tbody tr").all()]
+
+
+def test_search_by_every_filter_and_page_by_cursor(page: Page, api: Api, dev: Server) -> None:
     prefix = unique("srch")
-    for n in range(3):
-        api.create("sleeper", f"{prefix}-{n}")
-    api.create("failing", f"{prefix}-f")
-    page.goto(f"{dev.url}/ui/instances?workflow=sleeper")
-    page.fill("#id_prefix", prefix)
-    page.press("#id_prefix", "Enter")
+    ids = [f"{prefix}-{n:02d}" for n in range(12)]
+    for iid in ids:
+        api.create("sleeper", iid)
+    failing = f"{prefix}-f"
+    api.create("failing", failing)
     rows = page.locator("#instances tbody tr")
+    # Every workflow (the default) with an id prefix: both workflows' instances, newest first.
+    page.goto(f"{dev.url}/ui/instances")
+    expect(page.locator("#workflow")).to_have_value("")
+    search(page, id_prefix=prefix)
+    expect(rows).to_have_count(13)
+    assert shown_ids(page) == [failing, *reversed(ids)]
+    expect(page.locator(f"#instances tbody tr[data-id='{failing}']")).to_have_attribute("data-workflow", "failing")
+    # One workflow, a page of 10 at a time: the cursor gives the next page, then there is no more.
+    search(page, workflow="sleeper", limit="10")
+    expect(rows).to_have_count(10)
+    assert shown_ids(page) == list(reversed(ids))[:10]
+    expect(page.locator("#summary")).to_have_text("10 shown; more may match.")
+    page.click("#more")
+    expect(rows).to_have_count(12)
+    assert shown_ids(page) == list(reversed(ids))
+    expect(page.locator("#more")).to_be_hidden()
+    # Oldest first.
+    search(page, order="oldest")
+    expect(rows.first).to_have_attribute("data-id", ids[0])
+    page.click("#more")
+    expect(rows).to_have_count(12)
+    assert shown_ids(page) == ids
+    # The creation time range: from the 4th (included) to the 7th (excluded).
+    listed = api.http.get("/api/instances", params={"workflow": "sleeper", "id_prefix": prefix, "order": "asc"})
+    created = [str(row["created_on"]) for row in listed.json()["result"]]
+    assert len(created) == 12 and len(set(created)) == 12, created
+    search(page, since=local_input(page, created[3]), until=local_input(page, created[6]))
     expect(rows).to_have_count(3)
-    expect(rows.first).to_have_attribute("data-id", f"{prefix}-2")  # newest first
-    page.select_option("#order", "oldest")
-    page.click("#filters button[type=submit]")
-    expect(rows.first).to_have_attribute("data-id", f"{prefix}-0")
-    # A status filter: the failing workflow's instance ends errored.
-    page.select_option("#workflow", "failing")
-    page.select_option("#status", "errored")
-    page.click("#filters button[type=submit]")
-    expect(page.locator(f"#instances tbody tr[data-id='{prefix}-f']")).to_be_visible(timeout=LIVE_S)
-    page.select_option("#status", "complete")
-    page.click("#filters button[type=submit]")
-    expect(page.locator(f"#instances tbody tr[data-id='{prefix}-f']")).to_have_count(0)
+    assert shown_ids(page) == ids[3:6]
+    search(page, since="", until="", order="newest", limit="50")
+    expect(rows).to_have_count(12)
+    # The code version the instances started on.
+    version = str(poll(lambda: api.describe("sleeper", ids[0])["version"], timeout=15.0))
+    search(page, version=version)
+    expect(rows).to_have_count(12)
+    search(page, version="no-such-version")
+    expect(rows).to_have_count(0)
+    # A status: the failing workflow's instance ends errored; the sleepers wait.
+    poll(lambda: api.status("failing", failing) == "errored", timeout=15.0)
+    search(page, version="", workflow="failing", status="errored")
+    expect(rows).to_have_count(1)
+    assert shown_ids(page) == [failing]
+    search(page, status="complete")
+    expect(page.locator("#summary")).to_have_text("No instance matches.")
+    search(page, workflow="sleeper", status="waiting")
+    expect(rows).to_have_count(12)
+    # The filters are kept in the address, so a reload shows the same search.
+    page.reload()
+    expect(page.locator("#status")).to_have_value("waiting")
+    expect(rows).to_have_count(12)
 
 
 def test_a_step_completes_live_and_html_shows_as_text(page: Page, api: Api, dev: Server) -> None:
@@ -180,20 +240,64 @@ def test_events_are_validated_before_sending(page: Page, api: Api, dev: Server) 
     assert api.describe("gated", iid)["output"]["go"] == {"approved": True}  # type: ignore[index]
 
 
-def test_bulk_terminate_with_progress(page: Page, api: Api, dev: Server) -> None:
+def test_bulk_terminate_of_the_matches_runs_as_a_durable_job_with_its_progress(
+    page: Page, api: Api, dev: Server
+) -> None:
     prefix = unique("bulk")
     ids = [f"{prefix}-{n}" for n in range(6)]
     for iid in ids:
         api.create("sleeper", iid)
+    other = unique("keep")
+    api.create("sleeper", other)
     page.goto(f"{dev.url}/ui/instances?workflow=sleeper&id_prefix={prefix}")
     expect(page.locator("#instances tbody tr")).to_have_count(6)
-    page.check("#select-all")
-    expect(page.locator("#selected-count")).to_have_text("6 selected")
-    page.click("[data-bulk=terminate]")
-    expect(page.locator("#bulk-status")).to_have_text("terminate: 6 of 6 done", timeout=LIVE_S)
+    expect(page.locator("#bulk-job")).to_be_hidden()  # no job yet
+    page.fill("#id_prefix", "changed-but-not-searched")  # the job acts on the search shown, not the form
+    page.select_option("#bulk-action", "terminate")
+    page.click("#bulk-matching")
+    job = page.locator("#bulk-job")
+    expect(job).to_have_attribute("data-state", "done", timeout=LIVE_S)
+    expect(page.locator("#bulk-status")).to_have_text("terminate done: 6 of 6 done, 0 failed")
     expect(page.locator("#bulk-progress")).to_have_attribute("value", "6")
+    expect(page.locator("#bulk-cancel")).to_be_hidden()
+    # A durable job of the server's, over the filter: its record is there for the REST API too.
+    progress = api.http.get(f"/api/bulk/{job.get_attribute('data-job')}").json()["result"]
+    assert progress["action"] == "terminate" and progress["state"] == "done", progress
+    assert {k: v for k, v in progress["filter"].items() if v} == {"workflow": "sleeper", "id_prefix": prefix}
+    assert (progress["total"], progress["done"], progress["failed"]) == (6, 6, 0), progress
     assert {api.status("sleeper", iid) for iid in ids} == {"terminated"}
-    expect(page.locator("#instances tbody td[data-status=terminated]")).to_have_count(6)
+    assert api.status("sleeper", other) == "waiting"
+    # Once it ended, the search shown ran again (not the form's edit): its rows show what the job did.
+    expect(page.locator("#instances tbody td[data-status=terminated]")).to_have_count(6, timeout=LIVE_S)
+    expect(page.locator("#instances tbody tr")).to_have_count(6)
+
+
+def test_bulk_pause_of_the_selected_instances_is_a_job_over_them(page: Page, api: Api, dev: Server) -> None:
+    prefix = unique("sel")
+    ids = [f"{prefix}-{n}" for n in range(3)]
+    for iid in ids:
+        api.create("sleeper", iid)
+    for iid in ids:
+        poll(lambda iid=iid: api.status("sleeper", iid) == "waiting", timeout=15.0)  # type: ignore[misc]
+    page.goto(f"{dev.url}/ui/instances?workflow=sleeper&id_prefix={prefix}")
+    expect(page.locator("#instances tbody tr")).to_have_count(3)
+    expect(page.locator("#bulk-selected")).to_be_disabled()
+    for iid in ids[:2]:
+        page.check(f"#instances tbody tr[data-id='{iid}'] input[type=checkbox]")
+    expect(page.locator("#selected-count")).to_have_text("2")
+    page.select_option("#bulk-action", "pause")
+    page.click("#bulk-selected")
+    job = page.locator("#bulk-job")
+    expect(job).to_have_attribute("data-state", "done", timeout=LIVE_S)
+    expect(page.locator("#bulk-status")).to_have_text("pause done: 2 of 2 done, 0 failed")
+    progress = api.http.get(f"/api/bulk/{job.get_attribute('data-job')}").json()["result"]
+    assert (progress["action"], progress["total"], progress["done"]) == ("pause", 2, 2), progress
+    poll(lambda: [api.status("sleeper", iid) for iid in ids] == ["paused", "paused", "waiting"], timeout=15.0)
+    # Every workflow shown: instances of several workflows cannot be one selection job.
+    page.goto(f"{dev.url}/ui/instances?id_prefix={prefix}")
+    expect(page.locator("#instances tbody tr")).to_have_count(3)
+    page.check("#select-all")
+    expect(page.locator("#bulk-selected")).to_be_disabled()
 
 
 def test_cross_site_requests_are_refused(context, page: Page, api: Api, dev: Server, console) -> None:

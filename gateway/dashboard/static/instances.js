@@ -1,12 +1,23 @@
+// The instances page: a search over the server's indexes (GET /ui/data/search: client.search, a page at
+// a time by cursor) and bulk actions as durable jobs (POST /ui/data/bulk), whose progress is followed
+// over server-sent events until the job ends.
 import { api, badge, el, instanceUrl, say, when } from "./common.js";
 
 const form = document.getElementById("filters");
 const tbody = document.querySelector("#instances tbody");
 const more = document.getElementById("more");
 const selectAll = document.getElementById("select-all");
-const FIELDS = ["workflow", "status", "since", "until", "id_prefix", "version", "order"];
+const bulkAction = document.getElementById("bulk-action");
+const bulkSelected = document.getElementById("bulk-selected");
+const bulkMatching = document.getElementById("bulk-matching");
+const jobBox = document.getElementById("bulk-job");
+const FILTERS = ["workflow", "status", "since", "until", "id_prefix", "version"];
+const FIELDS = [...FILTERS, "order", "limit"];
+let applied = {};  // the filters of the rows shown: what "everything the search matches" acts on
+let view = {};  // their order and page size
 let cursor = null;
 let shown = 0;
+let following = null;  // the EventSource of the bulk job shown
 
 function selected() {
   return [...tbody.querySelectorAll("input[type=checkbox]:checked")].map((box) => box.value);
@@ -15,38 +26,44 @@ function selected() {
 function updateSelection() {
   const boxes = tbody.querySelectorAll("input[type=checkbox]");
   const count = selected().length;
-  say("selected-count", `${count} selected`);
+  say("selected-count", String(count));
   selectAll.checked = boxes.length > 0 && count === boxes.length;
-  for (const button of document.querySelectorAll("[data-bulk]")) button.disabled = count === 0;
+  bulkSelected.disabled = count === 0 || !applied.workflow || following !== null;
+  bulkSelected.title = applied.workflow ? "" : "Choose a workflow to act on selected instances";
+  bulkMatching.disabled = following !== null;
 }
 
-function query(extra = {}) {
-  const params = new URLSearchParams();
-  for (const name of FIELDS) {
-    let value = form.elements[name].value;
-    if (!value) continue;
-    if (name === "since" || name === "until") value = new Date(value).toISOString();
-    params.set(name, value);
+/** The form's filters as the API takes them (times as ISO instants); empty fields left out. */
+function filters() {
+  const out = {};
+  for (const name of FILTERS) {
+    const value = form.elements[name].value;
+    if (value) out[name] = name === "since" || name === "until" ? new Date(value).toISOString() : value;
   }
-  for (const [k, v] of Object.entries(extra)) if (v) params.set(k, v);
-  return params;
+  return out;
 }
 
-async function run(append) {
-  const workflow = form.elements.workflow.value;
-  if (!workflow) return;
-  if (!append) {
-    cursor = null;
-    shown = 0;
+/** Search: a new search from the form, the next page (append), or the search shown again (again). */
+async function run(append, again = false) {
+  if (!append && !again) {
+    applied = filters();
+    view = { order: form.elements.order.value, limit: form.elements.limit.value };
     const url = new URLSearchParams();
     for (const name of FIELDS) if (form.elements[name].value) url.set(name, form.elements[name].value);
     history.replaceState(null, "", `?${url}`);
   }
+  if (!append) {
+    cursor = null;
+    shown = 0;
+  }
+  const params = new URLSearchParams({ ...applied, ...view });
+  if (append && cursor) params.set("cursor", cursor);
   try {
-    const page = await api(`/ui/data/search?${query({ cursor: append ? cursor : null })}`);
-    const rows = page.instances.map((row) => el("tr", { dataset: { id: row.id } },
+    const page = await api(`/ui/data/search?${params}`);
+    const rows = page.instances.map((row) => el("tr", { dataset: { id: row.id, workflow: row.workflow } },
       el("td", {}, el("input", { type: "checkbox", value: row.id, "aria-label": `Select ${row.id}`, onchange: updateSelection })),
       el("td", {}, el("a", { href: instanceUrl(row.workflow, row.id) }, row.id)),
+      el("td", { class: "optional" }, row.workflow),
       el("td", { dataset: { status: row.status } }, badge(row.status)),
       el("td", {}, when(row.created_on)),
       el("td", { class: "optional" }, when(row.ended_on)),
@@ -55,7 +72,7 @@ async function run(append) {
     shown += rows.length;
     cursor = page.cursor;
     more.hidden = !cursor;
-    say("summary", shown ? `${shown} shown${cursor ? "; more match" : ""}.` : "No instance matches.");
+    say("summary", shown ? `${shown} shown${cursor ? "; more may match" : ""}.` : cursor ? "None yet; more may match." : "No instance matches.");
     say("error", "");
     updateSelection();
   } catch (error) {
@@ -63,44 +80,82 @@ async function run(append) {
   }
 }
 
-async function bulk(action) {
-  const ids = selected();
-  if (!ids.length) return;
-  if (action === "terminate" && !confirm(`Terminate ${ids.length} instance(s)?`)) return;
-  const workflow = form.elements.workflow.value;
+function showProgress(job) {
+  const handled = job.done + job.failed;
   const progress = document.getElementById("bulk-progress");
-  progress.hidden = false;
-  progress.max = ids.length;
-  progress.value = 0;
-  let done = 0;
-  const failures = [];
-  const report = () => say("bulk-status", `${action}: ${done} of ${ids.length} done${failures.length ? `, ${failures.length} failed` : ""}`);
-  report();
-  const queue = [...ids];
-  async function lane() {  // a few at a time: the gateway applies each through the instance's worker
-    while (queue.length) {
-      const id = queue.shift();
-      try {
-        await api(`/ui/data/instance/${encodeURIComponent(workflow)}/${encodeURIComponent(id)}/action`, { method: "POST", body: { action } });
-      } catch (error) {
-        failures.push(`${id}: ${error.message}`);
-      }
-      done += 1;
-      progress.value = done;
-      report();
-    }
+  progress.max = Math.max(job.total, 1);
+  progress.value = handled;
+  Object.assign(jobBox.dataset, { job: job.id, state: job.state, total: job.total, done: job.done, failed: job.failed });
+  const skipped = job.skipped ? ` (${job.skipped} with nothing to do)` : "";
+  say("bulk-status", `${job.action} ${job.state}: ${job.done} of ${job.total} done${skipped}, ${job.failed} failed`);
+  document.getElementById("bulk-cancel").hidden = job.state === "done" || job.state === "cancelled";
+  document.getElementById("bulk-failures").replaceChildren(
+    ...job.failures.map((f) => el("li", {}, `${f.workflow} / ${f.id}: ${f.reason}`)));
+}
+
+/** Follow a job's progress over server-sent events until it ends, then search again. */
+function follow(job) {
+  following?.close();
+  jobBox.hidden = false;
+  showProgress(job);
+  const source = new EventSource(`/ui/data/bulk/${encodeURIComponent(job.id)}/live`);
+  following = source;
+  updateSelection();
+  const stop = () => {
+    source.close();
+    if (following === source) following = null;
+    updateSelection();
+  };
+  source.addEventListener("progress", (event) => showProgress(JSON.parse(event.data)));
+  source.addEventListener("end", () => {
+    stop();
+    // The job is done when every request was sent; each applies as its instance's worker takes it,
+    // so the rows are read again now and once more a moment later.
+    run(false, true);
+    setTimeout(() => run(false, true), 2000);
+  });
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) {  // refused (signed out, or the job is gone)
+      stop();
+      say("error", "lost the bulk job's progress: reload the page");
+    }  // otherwise the browser reconnects by itself
+  });
+}
+
+async function startBulk(scope) {
+  const action = bulkAction.value;
+  const body = { action, filter: { ...applied } };
+  let what = "every instance the search matches";
+  if (scope === "selected") {
+    body.ids = selected();
+    body.filter = { workflow: applied.workflow };
+    what = `${body.ids.length} selected instance(s)`;
+    if (!body.ids.length) return;
   }
-  await Promise.all([lane(), lane(), lane(), lane()]);
-  say("error", failures.join("\n"));
-  await run(false);
+  if (!confirm(`${action} ${what}?`)) return;
+  try {
+    follow(await api("/ui/data/bulk", { method: "POST", body }));
+    say("error", "");
+  } catch (error) {
+    say("error", error.message);
+  }
+}
+
+async function cancelBulk() {
+  const id = jobBox.dataset.job;
+  if (!id) return;
+  try {
+    showProgress(await api(`/ui/data/bulk/${encodeURIComponent(id)}/cancel`, { method: "POST" }));
+  } catch (error) {
+    say("error", error.message);
+  }
 }
 
 async function init() {
   const params = new URLSearchParams(location.search);
   try {
     const workflows = await api("/ui/data/workflows");
-    const select = form.elements.workflow;
-    select.replaceChildren(...workflows.map((w) => el("option", { value: w.name }, w.name)));
+    form.elements.workflow.append(...workflows.map((w) => el("option", { value: w.name }, w.name)));
   } catch (error) {
     say("error", error.message);
     return;
@@ -112,7 +167,9 @@ async function init() {
     for (const box of tbody.querySelectorAll("input[type=checkbox]")) box.checked = selectAll.checked;
     updateSelection();
   });
-  for (const button of document.querySelectorAll("[data-bulk]")) button.addEventListener("click", () => bulk(button.dataset.bulk));
+  bulkSelected.addEventListener("click", () => startBulk("selected"));
+  bulkMatching.addEventListener("click", () => startBulk("matching"));
+  document.getElementById("bulk-cancel").addEventListener("click", cancelBulk);
   updateSelection();
   await run(false);
 }
