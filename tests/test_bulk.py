@@ -149,6 +149,7 @@ async def test_a_cancelled_job_acts_on_nothing_more(make_client: MakeClient) -> 
         await client.bulk("explode", workflow="fleet")  # type: ignore[arg-type]
 
 
+@pytest.mark.also_on_cluster  # its items and record are written by one script: one hash tag
 async def test_a_job_over_given_ids_acts_on_exactly_those(make_client: MakeClient) -> None:
     """The dashboard's "selected instances": no search, the given ids (a gone one is skipped), once each."""
     client = await make_client(WORKFLOWS)
