@@ -21,9 +21,7 @@ ORIGIN = "http://gateway"
 
 async def test_cancel_and_progress_stream_of_a_bulk_job_behind_the_csrf_and_origin_checks() -> None:
     async with in_process() as (http, client, _):
-        signed = await http.post(
-            "/ui/signin", content=f"token={TOKEN}&next=/ui/instances", headers={"Origin": ORIGIN}
-        )
+        signed = await http.post("/ui/signin", content=f"token={TOKEN}&next=/ui/instances", headers={"Origin": ORIGIN})
         assert signed.status_code == 303 and "hutch_session" in signed.cookies, signed.text
         page = await http.get("/ui/instances")
         found = re.search(r'name="csrf-token" content="([0-9a-f]{64})"', page.text)
