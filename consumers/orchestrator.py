@@ -425,9 +425,12 @@ class Orchestrator(PartitionListener):
         Each delivery is settled once, as the path that handled it decided (see consumers/settlement.py),
         after the commit it depends on; one left undecided (the turn failed, or it is parked) stays unsettled.
         """
-        async with Settling([item.settlement for item in batch]):
-            await self._process(batch)
-            await self._carry_out_outbox()
+        try:
+            async with Settling([item.settlement for item in batch]):
+                await self._process(batch)
+                await self._carry_out_outbox()
+        finally:
+            observed.flush()  # the turn's counts, into the metrics at once (see observed._Tally)
         await self._wake_waiters()
 
     async def _process(self, batch: list[_Item]) -> None:
