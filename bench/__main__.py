@@ -33,6 +33,7 @@ from typing import Any
 
 import hutch
 from hutch import Client, Settings, WorkflowEntrypoint
+from hutch.consumers import gc_tuning
 
 from bench import report
 from bench.private_redis import AofRedis, durability
@@ -61,6 +62,8 @@ def make_connect(runtime: str, *, redis_url: str, amqp_url: str, workers: int = 
     a remote client in this process (:func:`bench.distributed.subprocess_connect`).
     """
     recipe = {"runtime": runtime, "redis_url": redis_url, "amqp_url": amqp_url, "workers": workers}
+    # This process runs the worker (but with --workers > 1): the collector as `hutch worker` sets it.
+    gc_tuning.tune()
     if workers > 1:
         if runtime != "rabbitmq":
             raise ValueError("--workers > 1 needs --runtime rabbitmq")

@@ -9,6 +9,7 @@ import functools
 import inspect
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from types import CodeType, FunctionType
 from typing import Any
 
 from hutch import logs
@@ -78,6 +79,31 @@ def _context_kwargs(fn: Callable[..., Any]) -> tuple[tuple[Any, ...], bool]:
     return ((None,) if wants else ()), False
 
 
+# How plain functions take ctx and whether they are coroutine functions, by code object: the
+# step bodies of a workflow are few functions called (or closures built) again and again.
+_SHAPES: dict[CodeType, tuple[tuple[Any, ...], bool, bool]] = {}
+_SHAPES_MAX = 4096
+
+
+def _shape(fn: Callable[..., Any]) -> tuple[tuple[Any, ...], bool, bool]:
+    """``(*_context_kwargs(fn), whether fn is a coroutine function)``, computed once per code object."""
+    if type(fn) is not FunctionType:
+        return (*_context_kwargs(fn), inspect.iscoroutinefunction(fn))
+    code = fn.__code__
+    shape = _SHAPES.get(code)
+    if shape is None:
+        if len(_SHAPES) >= _SHAPES_MAX:
+            _SHAPES.clear()
+        # _context_kwargs reads only the code and the number of defaults, the same for every
+        # function of one code object. A function marked a coroutine function without being one
+        # (inspect.markcoroutinefunction) is not cached: the mark is the function's, not its code's.
+        shape = (*_context_kwargs(fn), inspect.iscoroutinefunction(fn))
+        if shape[2] != bool(code.co_flags & inspect.CO_COROUTINE):
+            return shape
+        _SHAPES[code] = shape
+    return shape
+
+
 class StepRunner:
     """Runs step attempts on the worker's event loop and reports each outcome.
 
@@ -110,6 +136,9 @@ class StepRunner:
         # Tracked attempts per partition: a partition being handed over waits for its own to end.
         self._partition: dict[_Key, int] = {}
         self._per_partition: dict[int, int] = {}
+        # The tracked attempts of each step (workflow, instance id, run number, name, count): a new
+        # attempt finds the earlier ones it supersedes without a scan of every attempt in flight.
+        self._of_step: dict[tuple[str, str, int, str, int], set[_Key]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -128,9 +157,16 @@ class StepRunner:
         self._tasks[key] = task
         self._partition[key] = partition
         self._per_partition[partition] = self._per_partition.get(partition, 0) + 1
+        self._of_step.setdefault(key[:5], set()).add(key)
 
     def _untrack(self, key: _Key) -> None:
-        self._tasks.pop(key, None)
+        if self._tasks.pop(key, None) is not None:
+            step = key[:5]
+            keys = self._of_step.get(step)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._of_step[step]
         partition = self._partition.pop(key, None)
         if partition is not None:
             left = self._per_partition[partition] - 1
@@ -167,9 +203,9 @@ class StepRunner:
         # History records an attempt only after every earlier one ended (failed, or declared lost
         # by a partition owner), so an earlier attempt still running here is superseded: its result
         # would be discarded as stale. Stop it rather than run the body twice at once.
-        for other, running in list(self._tasks.items()):
-            if other[:5] == key[:5] and other[5] < attempt:
-                running.cancel()
+        for other in list(self._of_step.get(key[:5], ())):
+            if other[5] < attempt:
+                self._tasks[other].cancel()
                 self._untrack(other)
         task = asyncio.get_running_loop().create_task(self._attempt(partition, key, call, attempt, trace))
         self._untrack(key)  # the same attempt started again (not expected): count it once
@@ -197,6 +233,7 @@ class StepRunner:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._tasks.clear()
+        self._of_step.clear()
         self._partition.clear()
         self._per_partition.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -214,17 +251,17 @@ class StepRunner:
         )
         async with self._semaphore:
             start = self._clock.now_ms()
-            ctx = StepContext(StepInfo(name, count), attempt, call.config)
             outcome: dict[str, Any]
             deadline = asyncio.timeout(call.config.timeout)
             # The span is current while the body runs, so what the body traces nests under it.
             with tracing.step_attempt(trace, workflow, instance_id, name, count, attempt) as span:
                 try:
                     async with deadline:
-                        result = await self._invoke(call.fn, ctx)
+                        result = await self._invoke(call, attempt)
                     data, value = self._encode(name, count, result)
-                    where = BlobAddress(partition, workflow, instance_id)
-                    data = await by_reference(self._blobs, where, data, self._limits.inline_threshold)
+                    if self._blobs is not None and len(data) > self._limits.inline_threshold:
+                        where = BlobAddress(partition, workflow, instance_id)
+                        data = await by_reference(self._blobs, where, data, self._limits.inline_threshold)
                     outcome = {"ok": True, "value": value, "value_bytes": data}
                 except TimeoutError as exc:
                     # Only our deadline is a step timeout; a TimeoutError the body raised is its own error.
@@ -270,17 +307,22 @@ class StepRunner:
             "error_wait_ms": verdict.wait_ms,
         }
 
-    async def _invoke(self, fn: Callable[..., Any], ctx: StepContext) -> Any:
-        positional, keyword = _context_kwargs(fn)
-        args = (ctx,) if positional else ()
-        kwargs = {"ctx": ctx} if keyword else {}
-        if inspect.iscoroutinefunction(fn):
+    async def _invoke(self, call: StepCall, attempt: int) -> Any:
+        fn = call.fn
+        positional, keyword, coroutine = _shape(fn)
+        args: tuple[Any, ...] = ()
+        kwargs: dict[str, Any] = {}
+        if positional or keyword:
+            ctx = StepContext(StepInfo(call.name, call.count), attempt, call.config)
+            args = (ctx,) if positional else ()
+            kwargs = {"ctx": ctx} if keyword else {}
+        if coroutine:
             return await _body_awaited(fn(*args, **kwargs))
         # Sync callables may block, so they run in the pool. On timeout the thread cannot be
         # interrupted; it finishes in the background and its result is discarded. The thread runs
         # in a copy of this context (as asyncio.to_thread does), so it sees the step's span.
-        call = functools.partial(contextvars.copy_context().run, _body_called, fn, *args, **kwargs)
-        result = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        body = functools.partial(contextvars.copy_context().run, _body_called, fn, *args, **kwargs)
+        result = await asyncio.get_running_loop().run_in_executor(self._pool, body)
         if inspect.isawaitable(result):
             result = await _body_awaited(result)
         return result

@@ -62,6 +62,29 @@ class StepCall:
     config: StepConfig
 
 
+# StepConfig objects used again and again (the default, module-level ones) -> their recorded form.
+_RECORDED_CONFIGS: dict[int, tuple[StepConfig, dict[str, Any]]] = {}
+_RECORDED_CONFIGS_MAX = 256
+
+
+def _recorded_config(config: StepConfig, *, reusable: bool) -> dict[str, Any]:
+    """``config.model_dump()``, the form history records, computed once per reused config object.
+
+    Most steps share a config object, and dumping it again costs a few microseconds per step. The
+    dict returned is shared: records are never modified once built.
+    """
+    if not reusable:
+        return config.model_dump()
+    cached = _RECORDED_CONFIGS.get(id(config))
+    if cached is not None and cached[0] is config:
+        return cached[1]
+    if len(_RECORDED_CONFIGS) >= _RECORDED_CONFIGS_MAX:
+        _RECORDED_CONFIGS.clear()
+    dumped = config.model_dump()
+    _RECORDED_CONFIGS[id(config)] = (config, dumped)
+    return dumped
+
+
 class WorkflowRun:
     """One live (or replaying) execution of an instance's ``run()``."""
 
@@ -225,7 +248,7 @@ class WorkflowRun:
             "c": count,
             "g": self.group,
             "t": self._now_ms(),
-            "cfg": resolved.model_dump(),
+            "cfg": _recorded_config(resolved, reusable=config is None or config is resolved),
         }
         if deps:
             record["deps"] = list(deps)

@@ -129,6 +129,11 @@ def _version() -> str:
 
 
 # ---------------------------------------------------------------------------- tracer
+_UNKNOWN = object()
+# The API loads a provider named by this variable on first use; it is read at start-up.
+_NO_ENV_PROVIDER = "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ
+
+
 class _TracerCache:
     """The Hutch tracer of the current global provider, or None while only the API's no-op is set.
 
@@ -143,6 +148,11 @@ class _TracerCache:
         self.tracer: Tracer | None = None
 
     def get(self) -> Tracer | None:
+        if getattr(trace, "_TRACER_PROVIDER", _UNKNOWN) is None and _NO_ENV_PROVIDER:
+            # No provider was set, in code or by the environment: tracing is off. Checked first
+            # because get_tracer_provider() reads os.environ on every call (~1 µs, several per step).
+            # A future API without this attribute just takes the general path below.
+            return None
         provider = trace.get_tracer_provider()
         if provider is not self.provider:
             real = not isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider)

@@ -25,6 +25,7 @@ import click
 import hutch
 from hutch import Client, tracing
 from hutch.clock import Clock
+from hutch.consumers import gc_tuning
 from hutch.consumers.runtime import start_distributed
 from hutch.consumers.serve import start_triggers
 from hutch.consumers.worker import Worker
@@ -132,6 +133,7 @@ def dev(
         server = GatewayServer(host=host, port=port, access_log=access_log, log_level=log_level)
     except BindError as exc:
         raise click.UsageError(str(exc)) from None
+    gc_tuning.tune()  # this process runs the worker: collect garbage less often (see the module)
     sys.exit(asyncio.run(_serve(server, settings, classes, tokens_given, max_body_bytes)))
 
 

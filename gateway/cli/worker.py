@@ -8,6 +8,7 @@ import sys
 import click
 import prometheus_client
 from hutch import tracing
+from hutch.consumers import gc_tuning
 from hutch.consumers.serve import serve
 from hutch.consumers.worker import Worker
 from hutch.errors import HutchError, ServiceUnavailable
@@ -65,6 +66,7 @@ def worker(
     settings = load_settings(redis_url, amqp_url)
     if metrics_port is not None:
         _serve_metrics(metrics_host, metrics_port)
+    gc_tuning.tune()  # this process is the worker's: collect garbage less often (see the module)
     try:
         asyncio.run(_run(settings, classes))
     except ServiceUnavailable as exc:
