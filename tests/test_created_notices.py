@@ -161,7 +161,7 @@ async def owner(redis_url: str, amqp_url: str) -> AsyncIterator[tuple[Client, Wo
         yield client, worker
     finally:
         await worker.shutdown(timeout=0)
-        await worker.transport.delete_topology()  # type: ignore[attr-defined]
+        await worker.transport.delete_topology()
         await client.close()
         await drop_namespace(namespace)
 

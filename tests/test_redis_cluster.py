@@ -117,7 +117,7 @@ class _Deployment:
             await self.remote.close()
         for client, worker in reversed(self.workers):
             await worker.shutdown(timeout=0)
-            await worker.transport.delete_topology()  # type: ignore[attr-defined]
+            await worker.transport.delete_topology()
             await client.close()
 
 

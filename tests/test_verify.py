@@ -307,7 +307,7 @@ async def test_verify_reads_a_redis_cluster_deployment(redis_cluster_url: str, a
         sampled = await verify_deployment(reader, WF, RenamedStep, sample=3)
     finally:
         await worker.shutdown(timeout=0)
-        await worker.transport.delete_topology()  # type: ignore[attr-defined]
+        await worker.transport.delete_topology()
         await client.close()
         await drop_namespace(namespace, redis_cluster_url)
 

@@ -136,7 +136,7 @@ async def test_a_remote_client_hears_that_an_instance_finished(redis_url: str, a
             assert (await instance.status()).output == "done"
     finally:
         await worker.shutdown(timeout=0)
-        await worker.transport.delete_topology()  # type: ignore[attr-defined]
+        await worker.transport.delete_topology()
         await local.close()
         await drop_namespace(namespace)
 

@@ -54,7 +54,7 @@ async def proxied(
         yield client, amqp_proxy, redis_proxy, namespace
     finally:
         await worker.shutdown(timeout=0)
-        await worker.transport.delete_topology()  # type: ignore[attr-defined]
+        await worker.transport.delete_topology()
         await client.close()
         await close_ledger()
         await amqp_proxy.close()
