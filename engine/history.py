@@ -38,7 +38,9 @@ dict. Two stored forms exist, and a history may mix them (records of either deco
 # No ``from __future__ import annotations``: with string annotations the TypedDicts could not
 # tell their NotRequired keys apart at runtime (``__optional_keys__``), which the tests check
 # stored histories against.
+import operator
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal, NotRequired, TypedDict, TypeGuard, cast
 
 from hutch.serialization import pack, unpack
@@ -277,13 +279,18 @@ DEFAULT_STEP_CONFIG: dict[str, Any] = {
 It equals today's ``StepConfig().model_dump()``; if the defaults ever change, this stays (a step
 with the new defaults is then stored with its config, and stored commands keep reading as written).
 """
-# Compared packed: equal values of other types (10 for 10.0) must not read back as the default's.
-_DEFAULT_STEP_CONFIG_BYTES = pack(DEFAULT_STEP_CONFIG)
 
-# A shape: its code, its kind, its keys in order ("k" first), the keys whose value is a constant
-# (not stored), and whether the kind folds a neighbour (see _encode_at). Codes are stored: never
-# renumber or reuse one; a new shape takes a new code.
-_CONST, _TIME, _CFG, _PLAIN = 0, 1, 2, 3
+
+def _is_default_config(cfg: Any) -> bool:
+    """Whether ``cfg`` is :data:`DEFAULT_STEP_CONFIG`, types included (10 for 10.0 must not read back as 10.0)."""
+    if cfg != DEFAULT_STEP_CONFIG:
+        return False
+    retries = cfg["retries"]
+    return type(cfg["timeout"]) is float and type(retries["delay"]) is float and type(retries["limit"]) is int
+
+
+# A shape: its code, its keys in order ("k" first) and the keys whose value is a constant (not
+# stored). Codes are stored: never renumber or reuse one; a new shape takes a new code.
 _SHAPE_TABLE: tuple[tuple[int, tuple[str, ...], dict[str, Any]], ...] = (
     (1, ("k", "what", "t"), {"k": "life"}),
     (2, ("k", "n", "c", "g", "t", "cfg"), {"k": "step"}),
@@ -297,28 +304,40 @@ _SHAPE_TABLE: tuple[tuple[int, tuple[str, ...], dict[str, Any]], ...] = (
     (10, ("k", "n", "c", "g", "t", "due"), {"k": "sleep"}),
     (11, ("k", "n", "c", "g", "t", "due", "type"), {"k": "wait"}),
 )
-_TIMES = frozenset({"t", "due"})
+_TIMES = ("t", "due")
 
 
-def _slots(keys: tuple[str, ...], constants: dict[str, Any]) -> tuple[tuple[str, int, Any], ...]:
-    out = []
-    for key in keys:
-        if key in constants:
-            out.append((key, _CONST, constants[key]))
-        else:
-            out.append((key, _TIME if key in _TIMES else _CFG if key == "cfg" else _PLAIN, None))
-    return tuple(out)
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    code: int
+    keys: tuple[str, ...]
+    constants: tuple[tuple[str, Any], ...]
+    stored: tuple[str, ...]  # the keys whose values are stored, in order
+    get: Callable[[Any], tuple[Any, ...]]  # their values out of a record, at once
+    times: tuple[int, ...]  # positions (in [code, values...]) of the times, stored relative
+    cfg: int  # position of the step config (0: none)
+    layout: tuple[tuple[str, Any], ...]  # every key, with its constant or _STORED
 
 
-# keys in order -> the shapes with those keys (their constants tell them apart); code -> slots
-_SHAPES: dict[tuple[str, ...], list[tuple[int, dict[str, Any], tuple[tuple[str, int, Any], ...]]]] = {}
-_BY_CODE: dict[int, tuple[tuple[str, int, Any], ...]] = {}
+_STORED = object()
+
+
+def _shape(code: int, keys: tuple[str, ...], constants: dict[str, Any]) -> _Shape:
+    stored = tuple(k for k in keys if k not in constants)
+    times = tuple(1 + stored.index(k) for k in _TIMES if k in stored)
+    cfg = 1 + stored.index("cfg") if "cfg" in stored else 0
+    layout = tuple((k, constants.get(k, _STORED)) for k in keys)
+    return _Shape(code, keys, tuple(constants.items()), stored, operator.itemgetter(*stored), times, cfg, layout)
+
+
+_SHAPES: dict[tuple[str, ...], list[_Shape]] = {}  # keys in order -> its shapes (constants tell them apart)
+_BY_CODE: dict[int, _Shape] = {}
 for _code, _keys, _constants in _SHAPE_TABLE:
-    _SHAPES.setdefault(_keys, []).append((_code, _constants, _slots(_keys, _constants)))
-    _BY_CODE[_code] = _slots(_keys, _constants)
+    _SHAPES.setdefault(_keys, []).append(_shape(_code, _keys, _constants))
+    _BY_CODE[_code] = _shape(_code, _keys, _constants)
 _STEP_CODES = frozenset({2, 3})
 _ATT_KEYS = ("k", "n", "c", "a", "t")
-_ATTEND_OK_KEYS = ("k", "n", "c", "a", "ok", "t")
+_ATTEND_OK = 5
 _RES_VALUE = 6
 
 
@@ -327,18 +346,17 @@ def _compact(record: Record, created_ms: int) -> list[Any] | None:
     shapes = _SHAPES.get(tuple(record))
     if shapes is None:
         return None
-    values = cast("dict[str, Any]", record)
-    for code, constants, slots in shapes:
-        if all(values[key] == value and type(values[key]) is type(value) for key, value in constants.items()):
-            out: list[Any] = [code]
-            for key, slot, _ in slots:
-                if slot == _PLAIN:
-                    out.append(values[key])
-                elif slot == _TIME:
-                    out.append(values[key] - created_ms)
-                elif slot == _CFG:
-                    cfg = values[key]
-                    out.append(None if cfg == DEFAULT_STEP_CONFIG and pack(cfg) == _DEFAULT_STEP_CONFIG_BYTES else cfg)
+    for shape in shapes:
+        for key, value in shape.constants:
+            found = record[key]  # type: ignore[literal-required]
+            if found != value or type(found) is not type(value):
+                break
+        else:
+            out = [shape.code, *shape.get(record)]
+            for i in shape.times:
+                out[i] -= created_ms
+            if shape.cfg and _is_default_config(out[shape.cfg]):
+                out[shape.cfg] = None
             return out
     return None
 
@@ -372,7 +390,7 @@ def encode_history(records: Sequence[Record], created_ms: int) -> list[bytes]:
             ):
                 compact.append(nxt["t"] - record["t"])
                 i += 1
-        elif compact[0] == 5 and nxt is not None:
+        elif compact[0] == _ATTEND_OK and nxt is not None:
             # A successful attempt's end right before the step's resolution: it rides on the resolution.
             res = _compact(nxt, created_ms)
             if res is not None and res[0] == _RES_VALUE and res[1] == compact[1] and res[2] == compact[2]:
@@ -384,27 +402,23 @@ def encode_history(records: Sequence[Record], created_ms: int) -> list[bytes]:
 
 
 def _expand(compact: list[Any], created_ms: int, into: list[Record]) -> None:
-    code = compact[0]
-    slots = _BY_CODE.get(code)
-    if slots is None:
-        raise ValueError(f"history record of unknown format 2 code {code!r} (written by a newer version?)")
-    record: dict[str, Any] = {}
-    pos = 1
-    for key, slot, constant in slots:
-        if slot == _CONST:
-            record[key] = constant
-            continue
-        value = compact[pos]
-        pos += 1
-        if slot == _TIME:
-            value += created_ms
-        elif slot == _CFG and value is None:
-            value = {"retries": dict(DEFAULT_STEP_CONFIG["retries"]), "timeout": DEFAULT_STEP_CONFIG["timeout"]}
-        record[key] = value
-    extra = compact[pos:]
+    shape = _BY_CODE.get(compact[0])
+    if shape is None:
+        raise ValueError(f"history record of unknown format 2 code {compact[0]!r} (written by a newer version?)")
+    n = len(shape.stored)
+    values = compact[1 : n + 1]
+    for i in shape.times:
+        values[i - 1] += created_ms
+    if shape.cfg and values[shape.cfg - 1] is None:
+        retries = DEFAULT_STEP_CONFIG["retries"]
+        values[shape.cfg - 1] = {"retries": dict(retries), "timeout": DEFAULT_STEP_CONFIG["timeout"]}
+    stored = iter(values)
+    # In the record's own key order, constants in their places.
+    record: dict[str, Any] = {key: next(stored) if fixed is _STORED else fixed for key, fixed in shape.layout}
+    extra = compact[n + 1 :]
     if not extra:
         into.append(cast("Record", record))
-    elif code in _STEP_CODES:  # [att t - command t]
+    elif shape.code in _STEP_CODES:  # [att t - command t]
         into.append(cast("Record", record))
         into.append({"k": "att", "n": record["n"], "c": record["c"], "a": 1, "t": record["t"] + extra[0]})
     else:  # a value resolution: [attempt, attempt end t - resolution t]

@@ -36,7 +36,7 @@ from hutch.store.redis import HISTORY_FORMAT_FIELD, RedisStore
 from hutch.testing.history_file import from_json, to_json
 
 from tests.conftest import MakeClient, drop_namespace
-from tests.helpers import unique, wait_status, worker_of
+from tests.helpers import unique, wait_status, wait_step, worker_of
 from tests.test_golden_histories import HISTORIES, SCENARIOS, load, record, replay
 
 T0 = 1_700_000_000_000  # the instance's creation
@@ -251,7 +251,7 @@ async def test_a_deployment_recorded_before_format_2_writes_format_1_until_upgra
             {"mixed": Mixed}, settings=settings, limits=settings.limits, clock=Clock(), resources={}, binding_names={}
         )
         instance = await client.workflow("mixed").create(id="begun-on-format-1")
-        await wait_status(instance, Status.WAITING, timeout=20)
+        await wait_step(instance, "go", timeout=20)  # waiting for the event (not sleeping): history is still
         key = _raw_history_key(client, instance)
         before: list[bytes] = await redis.lrange(key, 0, -1)  # type: ignore[assignment]
         records = await client._store.history(instance._partition, "mixed", instance.id)
