@@ -5,7 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from hutch.broker.envelopes import Control, EventReceived, InstanceCreated, Message, Redrive, encode
+from hutch.broker.envelopes import (
+    Control,
+    ControlBatch,
+    ControlTarget,
+    EventReceived,
+    InstanceCreated,
+    InstanceMessage,
+    Redrive,
+    encode,
+)
 from hutch.broker.partitioning import partition_of
 from hutch.broker.transports.base import Outgoing, Transport
 from opentelemetry.propagate import inject
@@ -14,6 +23,10 @@ if TYPE_CHECKING:
     from hutch.dispatch import CreatedInstance
     from hutch.restart import FromStep
     from hutch.status import Action
+
+
+BATCH_TARGETS = 500
+"""Instances one ``ControlBatch`` carries at most (about 40 bytes each: far below any message size limit)."""
 
 
 class BrokerDispatcher:
@@ -64,15 +77,41 @@ class BrokerDispatcher:
             [Control(workflow=workflow, instance_id=instance_id, action=action, from_step=from_step, rollback=rollback)]
         )
 
-    async def control_many(self, items: Sequence[tuple[str, str]], action: Action) -> None:
-        """Publish one action's request to many instances' partitions in one confirmed batch (bulk jobs)."""
-        await self._send([Control(workflow=wf, instance_id=iid, action=action) for wf, iid in items])
+    async def control_many(
+        self,
+        items: Sequence[tuple[str, str]],
+        action: Action,
+        *,
+        runs: Sequence[int | None] | None = None,
+        batched: bool = False,
+    ) -> None:
+        """Publish one action's request to many instances' partitions in one confirmed batch (bulk jobs).
+
+        ``batched``: one ``ControlBatch`` per partition (of at most :data:`BATCH_TARGETS` instances)
+        instead of a ``Control`` per instance; ``runs`` fences each batched target to its run.
+        """
+        if not batched:
+            await self._send([Control(workflow=wf, instance_id=iid, action=action) for wf, iid in items])
+            return
+        by_partition: dict[int, list[ControlTarget]] = {}
+        for n, (wf, iid) in enumerate(items):
+            run = runs[n] if runs is not None else None
+            target = ControlTarget(workflow=wf, instance_id=iid, run=run)
+            by_partition.setdefault(self.partition_of(wf, iid), []).append(target)
+        headers: dict[str, str] = {}
+        inject(headers)
+        outgoing = [
+            Outgoing(partition, encode(ControlBatch(action=action, targets=targets[i : i + BATCH_TARGETS])), headers)
+            for partition, targets in by_partition.items()
+            for i in range(0, len(targets), BATCH_TARGETS)
+        ]
+        await self.transport.publish(outgoing)
 
     async def redrive(self, workflow: str, instance_id: str) -> None:
         """Publish a ``Redrive`` to the instance's partition: its owner loads the instance and continues it."""
         await self._send([Redrive(workflow=workflow, instance_id=instance_id)])
 
-    async def _send(self, messages: list[Message]) -> None:
+    async def _send(self, messages: list[InstanceMessage]) -> None:
         headers: dict[str, str] = {}
         inject(headers)  # W3C traceparent of the caller's span, if any, so traces continue at the worker
         await self.transport.publish(

@@ -60,6 +60,38 @@ class Control(_Envelope):
     rollback: bool = False
 
 
+class ControlTarget(BaseModel):
+    """One instance of a :class:`ControlBatch`; ``run``: act only while the instance is still on that run."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workflow: str
+    instance_id: str
+    run: int | None = None
+
+
+class ControlBatch(BaseModel):
+    """One lifecycle request for many instances of one partition (bulk jobs), fanned out by its owner.
+
+    Each target is applied exactly as a :class:`Control` of its own would be (terminate, pause and
+    resume of an instance already so change nothing); a target with a ``run`` is applied only while
+    the instance is still on that run, so a redelivered batch never restarts an instance twice. The
+    delivery is settled once every target is: acknowledged when all were applied (an instance that
+    no longer exists has nothing to apply), requeued when one must be retried.
+
+    Workers before this kind dead-letter it as an invalid message, so senders publish it only when
+    every live worker announced it can take it (``Keys.worker_feature``), else one :class:`Control`
+    per instance.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    kind: Literal["controls"] = "controls"
+    action: Action
+    targets: list[ControlTarget]
+
+
 class ChildFinished(_Envelope):
     """A child created by ``step.invoke`` finished; sent to its parent (``workflow``/``instance_id``).
 
@@ -86,8 +118,12 @@ class Redrive(_Envelope):
 
 
 Message = Annotated[
-    InstanceCreated | EventReceived | TimerFired | Control | ChildFinished | Redrive, Field(discriminator="kind")
+    InstanceCreated | EventReceived | TimerFired | Control | ChildFinished | Redrive | ControlBatch,
+    Field(discriminator="kind"),
 ]
+InstanceMessage = InstanceCreated | EventReceived | TimerFired | Control | ChildFinished | Redrive
+"""A message for one instance (every kind but :class:`ControlBatch`): routed by its workflow and instance id."""
+
 _adapter: TypeAdapter[Message] = TypeAdapter(Message)
 
 

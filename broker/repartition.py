@@ -41,7 +41,7 @@ from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 from hutch.broker import names
 from hutch.broker.connection import ConnectionOptions, connect_once
-from hutch.broker.envelopes import PoisonMessage, decode
+from hutch.broker.envelopes import ControlBatch, ControlTarget, PoisonMessage, decode, encode
 from hutch.broker.transports.base import dead_letter_headers
 from hutch.broker.transports.rabbitmq import _user_headers
 from pamqp import commands as spec
@@ -71,6 +71,14 @@ class _Publish:
     routing_key: str
     body: bytes
     headers: dict[str, str]
+
+
+def split_batch(batch: ControlBatch, route: Route) -> dict[int, ControlBatch]:
+    """A batch of controls re-routed: one batch per new partition, each with the targets that belong there."""
+    parts: dict[int, list[ControlTarget]] = {}
+    for t in batch.targets:
+        parts.setdefault(route(t.workflow, t.instance_id), []).append(t)
+    return {p: batch.model_copy(update={"targets": targets}) for p, targets in parts.items()}
 
 
 def names_no_instance(body: bytes) -> bool:
@@ -182,12 +190,12 @@ class QueueMover:
         await raw.queue_declare(self.staging, durable=True, arguments=STAGING_ARGUMENTS)
         dropped = 0
 
-        def target(message: DeliveredMessage) -> _Publish | None:
+        def target(message: DeliveredMessage) -> list[_Publish]:
             nonlocal dropped
             if names_no_instance(message.body):
                 dropped += 1
-                return None
-            return _Publish("", self.staging, message.body, _user_headers(message.header.properties.headers))
+                return []
+            return [_Publish("", self.staging, message.body, _user_headers(message.header.properties.headers))]
 
         moved = 0
         for p in partitions:
@@ -215,7 +223,7 @@ class QueueMover:
         dead_letters = names.dead_letter_exchange(self.namespace)
         dead = 0
 
-        def target(message: DeliveredMessage) -> _Publish | None:
+        def target(message: DeliveredMessage) -> list[_Publish]:
             nonlocal dead
             headers = _user_headers(message.header.properties.headers)
             try:
@@ -223,9 +231,14 @@ class QueueMover:
             except PoisonMessage as exc:
                 dead += 1
                 reason = f"{exc.reason} (found while repartitioning)"
-                return _Publish(dead_letters, self.staging, message.body, dead_letter_headers(headers, reason))
+                return [_Publish(dead_letters, self.staging, message.body, dead_letter_headers(headers, reason))]
+            if isinstance(envelope, ControlBatch):  # its instances may now belong to several partitions
+                return [
+                    _Publish(work, names.partition_queue(self.namespace, partition), encode(part), headers)
+                    for partition, part in split_batch(envelope, route).items()
+                ]
             partition = route(envelope.workflow, envelope.instance_id)
-            return _Publish(work, names.partition_queue(self.namespace, partition), message.body, headers)
+            return [_Publish(work, names.partition_queue(self.namespace, partition), message.body, headers)]
 
         moved = await self._move(self.staging, target, advance)
         return moved - dead, dead
@@ -235,7 +248,7 @@ class QueueMover:
         raw = await self._raw()
         await raw.queue_delete(self.staging)
 
-    async def _move(self, queue: str, target: Callable[[DeliveredMessage], _Publish | None], advance: Advance) -> int:
+    async def _move(self, queue: str, target: Callable[[DeliveredMessage], list[_Publish]], advance: Advance) -> int:
         """Publish elsewhere and acknowledge every message of ``queue``, a batch at a time, in order.
 
         Partition queues have a single active consumer, and RabbitMQ refuses ``basic.get`` on such
@@ -257,7 +270,7 @@ class QueueMover:
             moved += taken
 
     async def _consume(
-        self, queue: str, expected: int, target: Callable[[DeliveredMessage], _Publish | None], advance: Advance
+        self, queue: str, expected: int, target: Callable[[DeliveredMessage], list[_Publish]], advance: Advance
     ) -> int:
         if self._connection is None:
             raise RuntimeError("QueueMover is not connected; use it as `async with QueueMover(...)`")
@@ -284,7 +297,7 @@ class QueueMover:
                     fetched.append(inbox.get_nowait())
                 # Published concurrently but in order: aiormq writes a channel's publishes under a
                 # FIFO lock, so the destination receives them in the order they were delivered.
-                publishes = [item for item in map(target, fetched) if item is not None]
+                publishes = [item for message in fetched for item in target(message)]
                 await asyncio.gather(*(self._publish(publisher, item) for item in publishes))
                 await raw.basic_ack(fetched[-1].delivery_tag or 0, multiple=True)
                 taken += len(fetched)

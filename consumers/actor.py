@@ -34,7 +34,7 @@ from hutch.consumers.children import (
     child_finished,
     outbox_member,
 )
-from hutch.consumers.items import CreatedNotice, StepDone
+from hutch.consumers.items import BatchedControl, CreatedNotice, StepDone
 from hutch.consumers.retry import attempts_left, retry_due_ms
 from hutch.consumers.slots import priority_of
 from hutch.consumers.transition import Effects, Turn
@@ -208,6 +208,8 @@ class InstanceActor:
         elif isinstance(item, EventReceived):
             self._on_event(turn, item)
         elif isinstance(item, Control):
+            if isinstance(item, BatchedControl) and item.run is not None and item.run != self.run_no:
+                return  # its batch was delivered again after this (restart) was committed: done already
             lifecycle.control(self, turn, item.action, from_step=item.from_step, rollback=item.rollback)
         elif isinstance(item, ChildFinished):
             self._on_child(turn, item)

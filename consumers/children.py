@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from hutch.blobs import BlobAddress, fetch_blobs, stored_ref
-from hutch.broker.envelopes import ChildFinished, Control, InstanceCreated, Message, encode
+from hutch.broker.envelopes import ChildFinished, Control, InstanceCreated, InstanceMessage, encode
 from hutch.broker.partitioning import partition_of
 from hutch.broker.transports.base import Outgoing, Transport
 from hutch.children import ParentLink
@@ -105,7 +105,7 @@ async def carry_out(
     The messages are published together, after every store read and write they depend on: an item
     is done only once the broker confirmed its message.
     """
-    messages: list[Message] = []
+    messages: list[InstanceMessage] = []
     done: list[Outbox] = []
     for item in items:
         try:
@@ -129,7 +129,7 @@ async def carry_out(
 
 async def _prepare(
     item: Outbox, store: CheckpointStore, partitions: int, now_ms: int, inline_threshold: int
-) -> Message | None:
+) -> InstanceMessage | None:
     """The store work of one item, and the message it sends (None: nothing to send)."""
     if isinstance(item, NotifyParent):
         return item.message

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from hutch.broker.envelopes import Control
+
 
 class StepDone(NamedTuple):
     """One attempt of a step finished on this worker (success or failure).
@@ -43,3 +45,13 @@ class CreatedNotice:
     workflow: str
     instance_id: str
     meta: dict[str, Any] | None  # as a load would return it, when the notice carried it
+
+
+class BatchedControl(Control):
+    """One target of a ``ControlBatch``, as its owner applies it: a :class:`Control` with a run fence.
+
+    ``run`` (when set): applied only while the instance is still on that run, so a batch delivered
+    again after its restart was committed restarts nothing twice.
+    """
+
+    run: int | None = None

@@ -74,9 +74,13 @@ from hutch.broker.transports.base import stray_cancel
 from hutch.cancelling import cancel_requested
 from hutch.clock import Clock
 from hutch.consumers.supervision import TaskEnded
+from hutch.dispatch import CONTROL_BATCH
 from hutch.keys import Keys
 from hutch.store.redis import STORE_ERRORS
 from redis.asyncio import Redis
+
+FEATURES: tuple[str, ...] = (CONTROL_BATCH,)
+"""The features this worker announces with its heartbeat (``Keys.worker_feature``)."""
 
 log = logging.getLogger("hutch.membership")
 
@@ -257,6 +261,8 @@ class Membership:
         self._redis = redis
         self._keys = keys
         self._workers_key = keys.workers()
+        # What this worker's version takes that older ones do not (see hutch.dispatch.CONTROL_BATCH).
+        self._feature_keys = [keys.worker_feature(f) for f in FEATURES]
         self._handovers_key = keys.handovers()
         self._departures_key = keys.departures()
         self.worker_id = worker_id
@@ -400,19 +406,27 @@ class Membership:
             now = self._clock.now_ms()
             pipe = self._redis.pipeline(transaction=False)
             pipe.zadd(self._workers_key, {self.worker_id: now})
+            for key in self._feature_keys:
+                pipe.zadd(key, {self.worker_id: now})
             if self.leaving:  # stay live until the partitions are released, change nothing
                 await pipe.execute()
                 return
             spans = self._blind_spans(now)
             horizon = self._horizon(now, spans)
             pipe.zremrangebyscore(self._workers_key, "-inf", horizon)
+            for key in self._feature_keys:
+                pipe.zremrangebyscore(key, "-inf", horizon)
             pipe.zrangebyscore(self._workers_key, horizon, "+inf", withscores=True)
             pipe.hgetall(self._handovers_key)
             pipe.hgetall(self._departures_key)
             for p in range(self._partitions):
                 pipe.get(self._keys.owner(p))
             started = time.perf_counter()
-            _, _, members, wants, departed, *held_by = await pipe.execute()
+            features = len(self._feature_keys)
+            results = await pipe.execute()
+            del results[1 : 1 + features]  # the feature heartbeats
+            del results[2 : 2 + features]  # and their pruning
+            _, _, members, wants, departed, *held_by = results
             metrics.REDIS_ROUND_TRIP.observe(time.perf_counter() - started)  # the heartbeat is the sample
             if self._read_ms is not None and now - self._read_ms > self._ttl_ms:
                 log.warning(

@@ -20,19 +20,20 @@ import contextlib
 import logging
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 from hutch.blobs import BlobAddress, BlobRef, BlobsNeeded, fetch_blobs
-from hutch.broker.envelopes import InstanceCreated, PoisonMessage, Redrive, TimerFired, decode, encode
+from hutch.broker.envelopes import ControlBatch, InstanceCreated, PoisonMessage, Redrive, TimerFired, decode, encode
 from hutch.broker.partitioning import partition_of
 from hutch.broker.transports.base import Delivery, Outgoing, PartitionListener, Transport
 from hutch.clock import Clock
 from hutch.config import Limits
 from hutch.consumers import children, observed, tracing
 from hutch.consumers.actor import Effects, Input, InstanceActor
-from hutch.consumers.items import CreatedNotice, StepDone
+from hutch.consumers.fanout import Fanout
+from hutch.consumers.items import BatchedControl, CreatedNotice, StepDone
 from hutch.consumers.membership import LEASE_HEADER
 from hutch.consumers.settlement import ACK, REQUEUE, DeadLetter, Outcome, Settlement, Settling
 from hutch.consumers.slots import RECHECK_S, SlotGate
@@ -176,9 +177,7 @@ class Orchestrator(PartitionListener):
         if LEASE_HEADER in delivery.headers:
             # Partition leases are the worker's (consumers/worker.py); one reaching a consumer that
             # has no use for it (every partition's, embedded) is no poison, just not needed.
-            task = asyncio.get_running_loop().create_task(delivery.ack())
-            self._lease_acks.add(task)
-            task.add_done_callback(self._lease_acks.discard)
+            self._settle_later(delivery.ack())
             return
         try:
             message = decode(delivery.body)
@@ -186,9 +185,28 @@ class Orchestrator(PartitionListener):
             generation = self._generation.get(delivery.partition, 0)
             self._inbox.put_nowait(_Item(delivery.partition, ("", ""), exc, delivery, generation=generation))  # type: ignore[arg-type]
             return
-        key = (message.workflow, message.instance_id)
         generation = self._generation.get(delivery.partition, 0)
+        if isinstance(message, ControlBatch):
+            self._fan_out(delivery, message, generation)
+            return
+        key = (message.workflow, message.instance_id)
         self._inbox.put_nowait(_Item(delivery.partition, key, message, delivery, generation=generation))
+
+    def _fan_out(self, delivery: Delivery, batch: ControlBatch, generation: int) -> None:
+        """Queue each target of a batch as its instance's own control, the delivery settled once all are."""
+        if not batch.targets:
+            self._settle_later(delivery.ack())
+            return
+        fanout = Fanout(delivery, len(batch.targets))
+        for t in batch.targets:
+            control = BatchedControl(workflow=t.workflow, instance_id=t.instance_id, action=batch.action, run=t.run)
+            item = _Item(delivery.partition, (t.workflow, t.instance_id), control, fanout.part(), generation=generation)
+            self._inbox.put_nowait(item)
+
+    def _settle_later(self, settling: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(settling)
+        self._lease_acks.add(task)
+        task.add_done_callback(self._lease_acks.discard)
 
     async def on_assigned(self, partition: int) -> None:
         """Claim the partition (a new fencing token) and take it over: the embedded worker's way."""
@@ -655,6 +673,11 @@ class Orchestrator(PartitionListener):
         for partition, key, snapshot, built in zip(partitions, missing, snapshots, fresh, strict=True):
             items = groups[key]
             versions = self.workflows.get(key[0])
+            if snapshot is None and all(isinstance(i.input, BatchedControl) for i in items):
+                for item in items:  # nothing left to control (deleted, or expired): not worth a dead letter
+                    _decide(item, ACK)
+                del groups[key]
+                continue
             if snapshot is None or versions is None:
                 reason = (
                     f"instance {key[1]!r} of workflow {key[0]!r} does not exist (expired or never created)"

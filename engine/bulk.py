@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
+from hutch.dispatch import CONTROL_BATCH
 from hutch.errors import BulkJobNotFound, InvalidInputError, WaitTimeout
 from hutch.search import SearchFilter
 from hutch.status import FINISHED, Action
@@ -50,9 +51,6 @@ BULK_ACTIONS: tuple[str, ...] = ("terminate", "restart", "pause", "resume", "del
 
 BATCH = 2000
 """Instances acted on between two checkpoints (a crash redoes at most these)."""
-
-CHUNK = 250
-"""Instances per concurrent part of a batch (one confirmed publish each)."""
 
 MAX_IDS = 5000
 """The most instances a job over given ids may name (``Client.bulk(ids=...)``)."""
@@ -281,17 +279,6 @@ class _Outcomes:
     skipped: int = 0
     failures: list[BulkFailure] | None = None
 
-    @staticmethod
-    def merge(parts: Sequence[_Outcomes]) -> _Outcomes:
-        total = _Outcomes()
-        for part in parts:
-            total.done += part.done
-            total.skipped += part.skipped
-            if part.failures:
-                for failure in part.failures:
-                    total.fail(failure.workflow, failure.id, failure.reason)
-        return total
-
     def skip(self) -> None:
         self.done += 1
         self.skipped += 1
@@ -382,10 +369,7 @@ class BulkRunner:
         while state == BulkState.RUNNING:
             items = self.jobs.keys.bulk_items(job_id)
             members = [_text(m) for m in await self.jobs.redis.lrange(items, pos, pos + self.batch - 1)]
-            # Acted on in concurrent chunks: a confirmed publish waits on the broker's disk far more than
-            # on this process, so several in flight go faster; the checkpoint covers them all.
-            chunks = [members[i : i + CHUNK] for i in range(0, len(members), CHUNK)]
-            outcomes = _Outcomes.merge(await asyncio.gather(*(self._act(job_id, progress.action, c) for c in chunks)))
+            outcomes = await self._act(job_id, progress.action, members)
             pos += len(members)
             state = await self._record(job_id, pos, outcomes)
         if state in (BulkState.DONE, BulkState.CANCELLED):
@@ -423,7 +407,7 @@ class BulkRunner:
     # ------------------------------------------------------------------ the actions
     async def _act(self, job_id: str, action: BulkAction, members: Sequence[str]) -> _Outcomes:
         pairs = [tuple(m.split(":", 1)) for m in members]
-        metas = await self._metas(pairs)
+        metas, batched = await self._metas(pairs, with_batching=True)
         out = _Outcomes()
         send: list[tuple[str, str]] = []
         for (wf, iid), meta in zip(pairs, metas, strict=True):
@@ -442,29 +426,55 @@ class BulkRunner:
                 out.fail(wf, iid, f"{status}: a finished instance cannot {action}")
             else:  # already as asked
                 out.skip()
+        by_pair = {p: m for p, m in zip(pairs, metas, strict=True)}
         if action == "restart":
-            await self._restart(job_id, send, {p: m for p, m in zip(pairs, metas, strict=True)}, out)
+            await self._restart(job_id, send, by_pair, out, batched=batched)
         elif action == "delete":
-            await self._delete(send, {p: m for p, m in zip(pairs, metas, strict=True)}, out)
+            await self._delete(send, by_pair, out, batched=batched)
         else:
-            await self._control(action, send, out)
+            await self._control(action, send, out, batched=batched)
         return out
 
-    async def _metas(self, pairs: Sequence[tuple[str, ...]]) -> list[tuple[str | None, int]]:
+    async def _metas(
+        self, pairs: Sequence[tuple[str, ...]], *, with_batching: bool = False
+    ) -> tuple[list[tuple[str | None, int]], bool]:
+        """Each instance's (status, run), and (``with_batching``) whether every worker takes batched controls.
+
+        Batched controls (``ControlBatch``, one message per partition) go out only when every worker
+        heartbeating (``Keys.workers``) also announces that it takes them: a worker of an older
+        version, during a rolling deploy, would dead-letter one. No worker at all (the embedded
+        runtime, whose workers are this process's) counts as every worker taking them.
+        """
         store = self.client._store
         pipe = store.redis.pipeline(transaction=False)
         for wf, iid in pairs:
             pipe.hmget(store.keys.meta(self.client._partition(wf, iid), wf, iid), ["status", "run"])
+        if with_batching:
+            pipe.zrange(store.keys.workers(), 0, -1)
+            pipe.zrange(store.keys.worker_feature(CONTROL_BATCH), 0, -1)
+        results = await pipe.execute()
+        batched = False
+        if with_batching:
+            *results, workers, capable = results
+            batched = set(workers) <= set(capable)
         out: list[tuple[str | None, int]] = []
-        for status, run in await pipe.execute():
+        for status, run in results:
             out.append((status.decode() if status else None, int(run or 0)))
-        return out
+        return out, batched
 
-    async def _control(self, action: Action, targets: Sequence[tuple[str, str]], out: _Outcomes) -> None:
+    async def _control(
+        self,
+        action: Action,
+        targets: Sequence[tuple[str, str]],
+        out: _Outcomes,
+        *,
+        batched: bool,
+        runs: Sequence[int | None] | None = None,
+    ) -> None:
         # One confirmed batch: a failure to publish stops the job before its checkpoint, and the
         # next runner (this one, once the lease ends) redoes the batch, every action being idempotent.
         if targets:
-            await self.client._dispatcher.control_many(targets, action)
+            await self.client._dispatcher.control_many(targets, action, runs=runs, batched=batched)
         out.done += len(targets)
 
     async def _restart(
@@ -473,6 +483,8 @@ class BulkRunner:
         targets: Sequence[tuple[str, str]],
         metas: dict[tuple[str, ...], tuple[str | None, int]],
         out: _Outcomes,
+        *,
+        batched: bool,
     ) -> None:
         if not targets:
             return
@@ -483,7 +495,8 @@ class BulkRunner:
         marked = await self.jobs._mark([keys.bulk_job(job_id), keys.bulk_marks(job_id)], args)
         fresh = [t for t, m in zip(targets, marked, strict=True) if int(m) == 1]
         redone = [t for t, m in zip(targets, marked, strict=True) if int(m) != 1]
-        await self._control("restart", fresh, out)
+        # Each fenced to the run it was marked at: a batch the broker delivers again restarts nothing twice.
+        await self._control("restart", fresh, out, batched=batched, runs=[metas[t][1] for t in fresh])
         if redone:
             # Marked by an earlier run of this batch, which may or may not have sent it: never send it
             # again (that could restart the instance twice); count it once its run moved past the mark.
@@ -496,7 +509,7 @@ class BulkRunner:
         deadline = loop.time() + APPLY_WAIT_S
         pending = dict(zip(targets, before, strict=True))
         while pending:
-            metas = await self._metas(list(pending))
+            metas, _ = await self._metas(list(pending))
             for target, (status, run) in zip(list(pending), metas, strict=True):
                 if status is None or run > pending[target]:
                     del pending[target]
@@ -513,11 +526,13 @@ class BulkRunner:
         targets: Sequence[tuple[str, str]],
         metas: dict[tuple[str, ...], tuple[str | None, int]],
         out: _Outcomes,
+        *,
+        batched: bool,
     ) -> None:
         # An unfinished instance is terminated first: its owner must stop it before its keys go.
         unfinished = [t for t in targets if metas[t][0] not in FINISHED]
         if unfinished:
-            await self.client._dispatcher.control_many(unfinished, "terminate")
+            await self.client._dispatcher.control_many(unfinished, "terminate", batched=batched)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + APPLY_WAIT_S
         pending = list(targets)

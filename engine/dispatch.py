@@ -9,6 +9,9 @@ from typing import Protocol
 from hutch.restart import FromStep
 from hutch.status import Action
 
+CONTROL_BATCH = "controls"
+"""The worker feature (``Keys.worker_feature``) of taking one control message for many instances."""
+
 
 @dataclass(frozen=True, slots=True)
 class CreatedInstance:
@@ -60,6 +63,22 @@ class Dispatcher(Protocol):
         """Request pause, resume, terminate or restart (``from_step``: from a step; ``rollback``: with the undos)."""
         ...
 
-    async def control_many(self, items: Sequence[tuple[str, str]], action: Action) -> None:
-        """Request one action of many (workflow, instance id) instances in one confirmed batch (bulk jobs)."""
+    async def control_many(
+        self,
+        items: Sequence[tuple[str, str]],
+        action: Action,
+        *,
+        runs: Sequence[int | None] | None = None,
+        batched: bool = False,
+    ) -> None:
+        """Request one action of many (workflow, instance id) instances in one confirmed batch (bulk jobs).
+
+        Args:
+            items: the instances.
+            action: what to request of each.
+            runs: per instance, the run it must still be on for the request to apply (None: any);
+                only batched requests carry it.
+            batched: one message per partition carrying all of its instances (``ControlBatch``),
+                rather than one per instance; only for workers that take it (``CONTROL_BATCH``).
+        """
         ...

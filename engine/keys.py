@@ -191,6 +191,14 @@ class Keys:
         """Sorted set of live workers' heartbeats (score: last heartbeat epoch ms)."""
         return f"{self.namespace}:workers"
 
+    def worker_feature(self, feature: str) -> str:
+        """Sorted set of the live workers that have ``feature`` (score: last heartbeat epoch ms, as :meth:`workers`).
+
+        Kept with the heartbeat by workers of the version that has it: a sender checks that every
+        worker in :meth:`workers` is here before it sends what older workers could not read.
+        """
+        return f"{self.namespace}:workers:{feature}"
+
     def handovers(self) -> str:
         """Hash of handover requests: partition → ``<worker id>|<holder's token>`` (consumers/membership.py)."""
         return f"{self.namespace}:handovers"
