@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from cloudflare import BadRequestError, Cloudflare, ConflictError, NotFoundError, UnprocessableEntityError
+from cloudflare import Cloudflare, ConflictError, NotFoundError, UnprocessableEntityError
 
 from tests.helpers import unique
 from tests.test_cli_rest import Server, clean_env, dev_args, poll, start_server
@@ -275,8 +275,15 @@ def test_sdk_lists_by_page_cursor_status_and_dates(cf: Cloudflare, dev: Server) 
         headers={"Authorization": f"Bearer {TOKEN}"},
     )
     assert not_a_date.status_code == 400 and "date_start '0.5' is not an ISO 8601" in not_a_date.text
-    with pytest.raises(BadRequestError, match="direction=asc"):
-        instances.list("approval", account_id=ACCOUNT, direction="asc")
+    # Oldest first: the same instances as newest first, reversed, by page number and by cursor.
+    newest_first = [r["id"] for r in httpx_list(dev, status="errored", per_page="100")["result"]]
+    oldest_first = [i.id for i in instances.list("approval", account_id=ACCOUNT, status="errored", direction="asc")]
+    assert oldest_first == newest_first[::-1] and len(oldest_first) >= len(ids)
+    head = httpx_list(dev, status="errored", per_page="2", direction="asc")
+    rest = httpx_list(dev, status="errored", per_page="2", direction="asc", cursor=head["result_info"]["cursor"])
+    page_two = httpx_list(dev, status="errored", per_page="2", direction="asc", page="2")
+    assert [r["id"] for r in head["result"] + rest["result"]] == oldest_first[:4]
+    assert [r["id"] for r in page_two["result"]] == oldest_first[2:4]
 
 
 def httpx_list(dev: Server, **query: str) -> dict[str, Any]:

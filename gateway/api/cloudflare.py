@@ -50,12 +50,11 @@ from hutch.gateway.api.cloudflare_models import (
     workflow_id,
 )
 from hutch.gateway.api.cloudflare_views import (
+    Listing,
     cf_error,
     instance_detail,
-    list_rows,
     newest_created,
     recent_versions,
-    skip_rows,
     utc,
 )
 from hutch.gateway.api.deps import WorkflowNames, check_request, get_client, get_workflow_names
@@ -230,29 +229,18 @@ async def list_instances(
     client: Client = Depends(get_client),
     names: WorkflowNames = Depends(get_workflow_names),
 ) -> dict[str, Any]:
-    """Instances newest first, by cursor (``result_info.cursor``) or by page number."""
-    if direction == "asc":
-        raise InvalidInputError(
-            "direction=asc is not supported yet: Hutch lists instances newest first (direction=desc); "
-            "oldest-first listing comes with instance search"
-        )
+    """Instances newest first (``direction=asc``: oldest first), by cursor (``result_info.cursor``) or page number."""
     if page is not None and cursor:
         raise InvalidInputError("give cursor or page, not both: a cursor already says where the page starts")
     workflow = await names.reader(name)
     start = None if date_start is None else utc(date_start, "date_start")
     end = None if date_end is None else utc(date_end, "date_end")
+    listing = Listing(client, workflow.name, status, direction, start, end)
     rows: list[CfInstanceRow] = []
     next_cursor: str | None = None
-    if cursor:
-        rows, next_cursor = await list_rows(
-            client, workflow, status, cursor=cursor, per_page=per_page, date_start=start, date_end=None
-        )
-    else:
-        skipped = await skip_rows(workflow, status, ((page or 1) - 1) * per_page, date_end=end)
-        if skipped is not False:  # False: the page is past the last row
-            rows, next_cursor = await list_rows(
-                client, workflow, status, cursor=skipped, per_page=per_page, date_start=start, date_end=end
-            )
+    skipped = cursor if cursor else await listing.skip(((page or 1) - 1) * per_page)
+    if skipped is not False:  # False: the page is past the last row
+        rows, next_cursor = await listing.page(skipped, per_page)
     info = CfPageInfo(page=None if cursor else page or 1, per_page=per_page, count=len(rows), cursor=next_cursor)
     return {**ok(rows), "result_info": info}
 

@@ -1,9 +1,8 @@
 """What the Cloudflare-shaped API reads, and how Hutch's values become Cloudflare's shapes.
 
-Listings go through the client's own listing (newest first, cursor-paginated) plus one pipelined
-read of the listed instances' meta, as the ``/api`` listing does (:mod:`hutch.gateway.api.views`).
-Date filters cost nothing extra: rows come newest first, so ``date_end`` is where the listing
-starts and ``date_start`` is where it stops. Page numbers (``page=N``, which Cloudflare keeps for
+Listings go through instance search (:meth:`hutch.Client.search`: the per-partition status
+indexes, cursor-paginated, newest or oldest first, the date range applied inside the index) plus
+one pipelined read of the listed instances' meta. Page numbers (``page=N``, which Cloudflare keeps for
 old clients) are reached by walking the cursor past ``(N - 1) * per_page`` rows: a deep page costs
 a read per thousand rows skipped; ``cursor`` costs one read per page.
 """
@@ -11,7 +10,8 @@ a read per thousand rows skipped; ``cursor`` costs one read per page.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from hutch import Client, InstanceDetail, InvalidInputError, Status, WorkflowClient
@@ -31,6 +31,7 @@ from hutch.gateway.api.cloudflare_models import (
     workflow_id,
 )
 from hutch.gateway.api.models import json_safe
+from hutch.search import Order, SearchPage
 from hutch.status import ErrorInfo, StepDetail
 from hutch.store.redis import decode_meta
 from hutch.versions import META_FIELD as VERSION_FIELD
@@ -79,53 +80,45 @@ def instance_row(workflow: str, meta: dict[str, Any]) -> CfInstanceRow:
     )
 
 
-async def list_rows(
-    client: Client,
-    workflow: WorkflowClient,
-    status: Status | None,
-    *,
-    cursor: str | None,
-    per_page: int,
-    date_start: datetime | None,
-    date_end: datetime | None,
-) -> tuple[list[CfInstanceRow], str | None]:
-    """One page of rows, newest first, and the cursor of the next page (None: this was the last).
+@dataclass(frozen=True)
+class Listing:
+    """What one Cloudflare listing asks for: a workflow's instances, filtered, in one order."""
 
-    ``cursor`` is one this function returned; without it, the page starts at ``date_end``.
-    """
-    if cursor is None and date_end is not None:
-        cursor = before_cursor(date_end)
-    page = await workflow.list(status, cursor=cursor, limit=per_page)
-    metas = await read_metas(client, workflow.name, page.instances)
-    rows = [instance_row(workflow.name, meta) for meta in metas if meta is not None]
-    next_cursor = page.cursor
-    if date_start is not None and any(row.created_on < date_start for row in rows):
-        rows = [row for row in rows if row.created_on >= date_start]
-        next_cursor = None  # newest first: every later row is older still
-    return rows, next_cursor
+    client: Client
+    workflow: str
+    status: Status | None
+    order: Order
+    date_start: datetime | None
+    date_end: datetime | None
 
+    async def page(self, cursor: str | None, per_page: int) -> tuple[list[CfInstanceRow], str | None]:
+        """One page of rows and the cursor of the next (None: this was the last)."""
+        page = await self._search(cursor, per_page)
+        metas = await read_metas(self.client, self.workflow, [hit.id for hit in page.instances])
+        return [instance_row(self.workflow, meta) for meta in metas if meta is not None], page.cursor
 
-async def skip_rows(
-    workflow: WorkflowClient, status: Status | None, rows: int, *, date_end: datetime | None
-) -> str | Literal[False] | None:
-    """The cursor after the first ``rows`` rows (None to start at the top); False if there are fewer rows."""
-    cursor = None if date_end is None else before_cursor(date_end)
-    while rows > 0:
-        batch = min(rows, SKIP_BATCH)
-        page = await workflow.list(status, cursor=cursor, limit=batch)
-        if page.cursor is None:
-            return False
-        cursor, rows = page.cursor, rows - batch
-    return cursor
+    async def skip(self, rows: int) -> str | Literal[False] | None:
+        """The cursor after the first ``rows`` rows (None to start at the top); False if there are fewer rows."""
+        cursor: str | None = None
+        while rows > 0:
+            page = await self._search(cursor, min(rows, SKIP_BATCH))
+            if page.cursor is None:
+                return False
+            cursor, rows = page.cursor, rows - len(page.instances)
+        return cursor
 
-
-def before_cursor(moment: datetime) -> str:
-    """A listing cursor that starts with the newest instance created at or before ``moment``.
-
-    The client's cursors are ``<created ms>:<instance id>`` of the last row served (``hutch.client``);
-    an empty id after ``moment``'s millisecond + 1 puts every instance of that millisecond on the page.
-    """
-    return f"{int(moment.timestamp() * 1000) + 1}:"
+    async def _search(self, cursor: str | None, limit: int) -> SearchPage:
+        # Cloudflare's date_end is inclusive; search's created_before is not.
+        before = None if self.date_end is None else self.date_end + timedelta(milliseconds=1)
+        return await self.client.search(
+            self.workflow,
+            self.status,
+            created_after=self.date_start,
+            created_before=before,
+            limit=limit,
+            cursor=cursor,
+            order=self.order,
+        )
 
 
 async def newest_created(client: Client, workflow: str) -> datetime | None:
