@@ -14,6 +14,7 @@ from hutch.broker.dispatch import BrokerDispatcher
 from hutch.broker.transports.base import Transport
 from hutch.client import Client, bindings
 from hutch.clock import Clock
+from hutch.commits import CommitFeed
 from hutch.config import Limits
 from hutch.consumers.worker import Worker
 from hutch.entrypoint import Env
@@ -32,6 +33,7 @@ def client_over(
     clock: Clock,
     watch: InstanceWatch | None,
     on_close: Callable[[], Awaitable[None]],
+    commits: CommitFeed | None = None,
 ) -> Client:
     """A client writing to ``store`` and publishing on ``transport``; ``on_close`` runs when it is closed."""
     return Client(
@@ -41,6 +43,7 @@ def client_over(
         limits=limits,
         clock=clock,
         watch=watch,
+        commits=commits,
         on_close=on_close,
     )
 

@@ -15,6 +15,7 @@ from hutch.blobs import open_blob_store
 from hutch.broker.transports.rabbitmq import RabbitMQTransport
 from hutch.client import Client
 from hutch.clock import Clock
+from hutch.commits import CommitFeed
 from hutch.config import Limits
 from hutch.consumers.colocated import client_over, close_backends, start_colocated
 from hutch.consumers.embedded import start_embedded
@@ -224,12 +225,18 @@ async def open_client(
         await close_backends(store, transport)
         raise
 
+    # Every commit of the instances a live view follows (a gateway's dashboard); no connection until one does.
+    commits = CommitFeed(store)
+
     async def close() -> None:
+        await commits.close()
         await feed.close()
         await close_backends(store, transport)
 
     names = list(workflows) or [spec.name for spec in settings.workflows]
-    return client_over(store, transport, names, limits=limits, clock=clock, watch=watch, on_close=close)
+    return client_over(
+        store, transport, names, limits=limits, clock=clock, watch=watch, commits=commits, on_close=close
+    )
 
 
 async def start_distributed(

@@ -15,6 +15,7 @@ from hutch.blobs import BlobAddress, BlobRef, by_reference, fetch_blobs, large_r
 from hutch.bulk import MAX_IDS as MAX_BULK_IDS
 from hutch.bulk import BulkAction, BulkJob, BulkJobs, BulkRunner, check_action
 from hutch.clock import Clock
+from hutch.commits import CommitFeed
 from hutch.concurrency import PRIORITY_FIELD, check_priority
 from hutch.config import DEFAULT_LIMITS, Limits, check_instance_id, check_workflow_name
 from hutch.dispatch import CreatedInstance, Dispatcher
@@ -108,6 +109,7 @@ class Client:
         limits: Limits = DEFAULT_LIMITS,
         clock: Clock | None = None,
         watch: InstanceWatch | None = None,
+        commits: CommitFeed | None = None,
         on_close: Callable[[], Awaitable[None]] | None = None,
         control_timeout: float = 10.0,
     ) -> None:
@@ -117,6 +119,9 @@ class Client:
         self.limits = limits
         self.clock = clock or Clock()
         self._watch = watch
+        # Every commit of an instance, for a live view, where the watch hears only final statuses
+        # (a remote client's: hutch.commits); None where the watch hears every commit, or no Redis.
+        self._commits = commits
         self._on_close = on_close
         self._closed = False
         # How long pause/resume/terminate/restart wait for the owner to apply them by default.

@@ -5,11 +5,12 @@ partition's timers, active set, owner token and status indexes, so the one-scrip
 transition stays in one slot on Redis Cluster. The partition count is therefore fixed for a
 deployment (like Temporal's history shard count); it is recorded under :meth:`Keys.config`.
 A namespace (default ``hutch``) prefixes everything, so several deployments or test runs can
-share one Redis. The announcements (created and finished instances) go to per-partition sharded
-pub/sub channels under the same tag, so on a cluster each is published and heard on the node that
-holds its partition, not broadcast to every node. Only :meth:`Keys.config`, :meth:`Keys.workflows`
-and the membership keys (:meth:`Keys.workers`, :meth:`Keys.handovers`, :meth:`Keys.departures`)
-are namespace-wide; no script or transaction writes them together with a partition's keys.
+share one Redis. The announcements (created and finished instances, every commit of a watched
+instance) go to per-partition sharded pub/sub channels under the same tag, so on a cluster each is
+published and heard on the node that holds its partition, not broadcast to every node. Only
+:meth:`Keys.config`, :meth:`Keys.workflows` and the membership keys (:meth:`Keys.workers`,
+:meth:`Keys.handovers`, :meth:`Keys.departures`) are namespace-wide; no script or transaction
+writes them together with a partition's keys.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ FINISHED_SUFFIX = ":finished"
 
 CREATED_SUFFIX = ":created"
 """What follows a partition's prefix in its created channel (:meth:`Keys.created_channel`)."""
+
+CHANGED_SUFFIX = ":changed"
+"""What follows a partition's prefix in its changed channel (:meth:`Keys.changed_channel`)."""
 
 
 def instance_member(workflow: str, instance_id: str) -> str:
@@ -127,6 +131,16 @@ class Keys:
         """
         return f"{self._tag(partition)}:retention"
 
+    def watched(self, partition: int) -> str:
+        """Sorted set of the partition's instances someone follows live (score: epoch ms the mark lapses).
+
+        A commit of a member announces itself on :meth:`changed_channel`; nothing else is announced
+        per commit. Written only by followers (a gateway's dashboard, :mod:`hutch.commits`), which
+        keep their marks fresh and let them lapse: the key expires when none is refreshed, so it is
+        no partition set a repartition moves (a follower marks the instance again at its new place).
+        """
+        return f"{self._tag(partition)}:watched"
+
     def partition_sets(self, partition: int, workflows: Iterable[str]) -> list[PartitionSet]:
         """Every partition-wide key whose members name instances, for these workflow names.
 
@@ -166,6 +180,15 @@ class Keys:
         Published by create.lua, built like :meth:`finished_channel` (:data:`CREATED_SUFFIX`).
         """
         return f"{self._tag(partition)}{CREATED_SUFFIX}"
+
+    def changed_channel(self, partition: int) -> str:
+        """Sharded pub/sub channel on which commits announce each commit of a :meth:`watched` instance.
+
+        Published by commit.lua, built like :meth:`finished_channel` (:data:`CHANGED_SUFFIX`); a
+        message is ``<seq> <member>``: the instance's sequence number after the commit, then its
+        :func:`instance_member` name.
+        """
+        return f"{self._tag(partition)}{CHANGED_SUFFIX}"
 
     def limit_holders(self, workflow: str, key: str | None) -> str:
         """Hash of the instances holding a slot of a concurrency limit (field: instance, value: owner's token).

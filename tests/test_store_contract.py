@@ -14,6 +14,7 @@ cluster, where no command may touch two partitions' keys.
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -26,12 +27,13 @@ from hutch.consumers.runtime import open_redis
 from hutch.serialization import pack, unpack
 from hutch.store.base import CommitResult, Snapshot, Transition
 from hutch.store.redis import RedisStore, meta_from_fields
+from hutch.watch import ChannelFeed
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
 from tests.conftest import MakeClient
-from tests.helpers import unique
+from tests.helpers import eventually, unique
 
 PARTITIONS = 4
 WF = "orders"
@@ -937,6 +939,63 @@ async def test_a_flushed_script_cache_is_reloaded_and_the_batch_applied_once(
     assert [r["n"] for r in await store.history(0, WF, "i0")] == ["one"]
     snaps = [await store.load(p, WF, f"i{p}") for p in range(PARTITIONS)]
     assert [s.seq if s else None for s in snaps] == [1] * PARTITIONS
+
+
+# ---------------------------------------------------------------------------- watched instances
+async def test_only_the_commits_of_a_watched_instance_are_announced_with_their_seq(
+    backend: Backend, store: RedisStore
+) -> None:
+    # What a gateway's live dashboard page follows (hutch.commits): on the instance's partition's
+    # changed channel, in its slot (a script's SPUBLISH must be, on a cluster).
+    heard: list[bytes] = []
+    feed = ChannelFeed(backend.store().redis, heard.append)
+    await feed.start([store.keys.changed_channel(1), store.keys.changed_channel(2)])
+    try:
+        for iid, partition in (("a", 1), ("b", 1), ("c", 2), ("d", 2)):
+            assert await create(store, iid, partition=partition)
+        running = {"meta": {"status": "running"}, "status_from": "queued", "status_to": "running"}
+        assert await commit(store, tx("a", 0, **running)) is CommitResult.COMMITTED  # not watched yet
+        now = time.time_ns() // 1_000_000
+        assert await store.mark_watched(1, WF, "a", now_ms=now, until_ms=now + 60_000) == 1  # its seq
+        assert await store.mark_watched(2, WF, "d", now_ms=now, until_ms=now + 60_000) == 0
+        assert await store.mark_watched(1, WF, "nobody", now_ms=now, until_ms=now + 60_000) is None
+        batch = [
+            tx("a", 1, history=[rec("step", "x")]),
+            tx("b", 0, **running),  # in a's partition (and call), not watched: not announced
+            tx("c", 0, partition=2, **running),
+            tx("d", 0, partition=2, **running),
+        ]
+        assert await store.commit_many(batch, {}) == [CommitResult.COMMITTED] * 4
+        # A channel's messages arrive in order: once these are heard, b's or c's would have been.
+        assert await commit(store, tx("a", 2, history=[rec("step", "y")])) is CommitResult.COMMITTED
+        assert await commit(store, tx("d", 1, partition=2, history=[rec("step", "y")])) is CommitResult.COMMITTED
+        await eventually(lambda: _heard(heard, 4))
+        assert sorted(heard) == [b"1 orders:d", b"2 orders:a", b"2 orders:d", b"3 orders:a"]
+        assert heard.index(b"2 orders:a") < heard.index(b"3 orders:a")
+    finally:
+        await feed.close()
+
+
+async def _heard(heard: list[bytes], count: int) -> bool:
+    return len(heard) >= count
+
+
+async def test_lapsed_marks_are_dropped_and_no_refresh_shortens_a_mark(backend: Backend, store: RedisStore) -> None:
+    watched = store.keys.watched(1)
+    now = time.time_ns() // 1_000_000
+    await store.mark_watched(1, WF, "gone", now_ms=now - 120_000, until_ms=now - 60_000)  # lapsed a minute ago
+    await store.mark_watched(1, WF, "a", now_ms=now, until_ms=now + 60_000)
+    assert await backend.redis.zrange(watched, 0, -1, withscores=True) == [(b"orders:a", now + 60_000)]
+    assert 50_000 < await backend.redis.pttl(watched) <= 60_000  # the set expires when no one refreshes it
+    # Another follower with a shorter mark: neither the mark nor the set's expiry shrinks.
+    await store.mark_watched(1, WF, "a", now_ms=now, until_ms=now + 10_000)
+    assert await backend.redis.zscore(watched, "orders:a") == now + 60_000
+    assert await backend.redis.pttl(watched) > 10_000
+    await store.mark_watched(1, WF, "a", now_ms=now, until_ms=now + 90_000)  # a later refresh extends both
+    assert await backend.redis.zscore(watched, "orders:a") == now + 90_000
+    assert await backend.redis.pttl(watched) > 60_000
+    slot = key_slot(store.keys.meta(1, WF, "a").encode())
+    assert key_slot(watched.encode()) == key_slot(store.keys.changed_channel(1).encode()) == slot
 
 
 async def test_a_creation_time_check_refuses_another_instance_with_the_same_id(store: RedisStore) -> None:

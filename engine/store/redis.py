@@ -394,6 +394,32 @@ class RedisStore:
         ]
         return bool(await self._delete_unstarted(instance_keys, [keys.instance_member(workflow, instance_id)]))
 
+    async def mark_watched(
+        self, partition: int, workflow: str, instance_id: str, *, now_ms: int, until_ms: int
+    ) -> int | None:
+        """Mark the instance as followed until ``until_ms`` and read its ``seq``, in one round trip.
+
+        While marked, each of its commits is announced on :meth:`Keys.changed_channel
+        <hutch.keys.Keys.changed_channel>` (commit.lua; see :mod:`hutch.commits`). The partition's
+        marks that lapsed by ``now_ms`` are dropped, and neither the mark nor the set's expiry is
+        ever shortened (another follower may hold it longer): the set expires once every mark in
+        it lapsed, at the latest. Every
+        key is the partition's, so on Redis Cluster the pipeline goes to one node.
+
+        Returns:
+            the instance's ``seq``, or None when it does not exist.
+        """
+        watched = self.keys.watched(partition)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(watched, "-inf", now_ms)
+        pipe.zadd(watched, {keys.instance_member(workflow, instance_id): until_ms}, gt=True)
+        ttl_ms = max(1, until_ms - now_ms)
+        pipe.pexpire(watched, ttl_ms, nx=True)  # the set was just made: it expires
+        pipe.pexpire(watched, ttl_ms, gt=True)  # or lives on, as long as its longest mark at least
+        pipe.hget(self.keys.meta(partition, workflow, instance_id), "seq")
+        seq = (await pipe.execute())[-1]
+        return None if seq is None else int(seq)
+
     # ------------------------------------------------------------------ reads
     async def read_meta(self, partition: int, workflow: str, instance_id: str) -> dict[str, Any] | None:
         """The instance's meta fields, or None if it does not exist."""
@@ -460,13 +486,19 @@ class RedisStore:
             call.order.append(n)
             slot = call.slot(p, self._partition_keys, fences.get(p, ""))
             self._commit_call(t, slot, call)
-        commands = [call.command(keys.FINISHED_SUFFIX, self.prune_per_finish) for call in calls]
+        commands = [call.command(keys.FINISHED_SUFFIX, keys.CHANGED_SUFFIX, self.prune_per_finish) for call in calls]
         results = await self._evalsha_many(self._commit, commands)
         return [CommitResult(int(r)) for r in _ungroup(len(transitions), calls, results)]
 
     def _partition_keys(self, partition: int) -> list[str]:
         k = self.keys
-        return [k.timers(partition), k.active(partition), k.owner(partition), k.retention(partition)]
+        return [
+            k.timers(partition),
+            k.active(partition),
+            k.owner(partition),
+            k.retention(partition),
+            k.watched(partition),
+        ]
 
     async def _evalsha_many(
         self,

@@ -28,8 +28,9 @@ def install_dashboard(app: FastAPI, *, live_poll_s: float = 1.0) -> None:
 
     Args:
         app: the gateway app; its ``state.client``, ``state.tokens`` and ``state.workflow_names`` are used.
-        live_poll_s: how often a live page's instance is re-checked when the client hears only final
-            statuses (see :mod:`hutch.gateway.dashboard.live`).
+        live_poll_s: how often a live page's instance is re-checked when nothing tells the gateway
+            of its commits (a client with neither a worker of its own nor a commit feed; see
+            :mod:`hutch.gateway.dashboard.live`).
     """
     client = app.state.client
     names = app.state.workflow_names

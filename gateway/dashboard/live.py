@@ -1,20 +1,27 @@
 """Live instance pages: one reader per watched instance, however many browsers watch it.
 
-Each instance shown on an open instance page has one follower task. It reads the instance's
-``seq`` (a counter every commit of the instance bumps: one ``HGET``), and only when that changed
-reads the instance's detail (``describe()``) and hands the new snapshot to every page watching
-it, which receives it as a server-sent event. Between reads the follower waits on the client's
-:class:`~hutch.watch.InstanceWatch`:
+Each instance shown on an open instance page has one follower task, which reads the instance's
+detail (``describe()``) once per change of the instance and hands the new snapshot to every page
+watching it, as a server-sent event. What tells it of a change depends on the client:
 
-* In ``hutch dev`` (embedded) the worker notifies that watch on every commit, so an instance costs
-  one ``seq`` read and one ``describe()`` per change, and nothing while it does not change (a
-  safety re-read every :attr:`LiveInstances.quiet_s`).
-* A client whose watch hears only final statuses (``hutch gateway``: Redis pub/sub announces
-  finishes, not every commit), or that has none, re-reads ``seq`` every
-  :attr:`LiveInstances.poll_s`: one small read per second per watched instance, not per viewer,
-  and still one ``describe()`` per change.
+* ``hutch dev`` (embedded, or a client colocated with its worker): the worker notifies the client's
+  :class:`~hutch.watch.InstanceWatch` on every commit. The follower then reads the instance's
+  ``seq`` (a counter every commit bumps: one ``HGET``) and, when it moved, the detail.
+* ``hutch gateway`` (a remote client): the client's watch hears only final statuses, so the
+  follower follows the instance's commits through the client's :class:`~hutch.commits.CommitFeed`:
+  it marks the instance as watched in Redis and subscribes to its partition's changed channel, and
+  the commit script then publishes every commit of that instance, with its new ``seq`` (and of no
+  instance that nobody follows: an unwatched workflow's steps cost what they did). The follower
+  reads the detail once per announced commit, and nothing while the instance is idle.
+* A client with neither re-reads ``seq`` every :attr:`LiveInstances.poll_s`: one small read per
+  second per watched instance, not per viewer, and one ``describe()`` per change.
 
-The follower stops when the last page watching the instance goes away.
+Pub/sub can lose a message (a dropped connection), so where changes are pushed the follower also
+re-reads ``seq`` every :attr:`LiveInstances.quiet_s` (30 s) as a safety net; behind ``hutch
+gateway`` that read also refreshes the instance's watched mark, which lapses a few minutes after
+the last page of the last gateway following it closed. Several gateways may follow one instance:
+each hears its commits and reads them once. The follower stops when the last page watching the
+instance on this gateway goes away.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ class _Followed:
     viewers: set[asyncio.Queue[str]] = field(default_factory=set)
     latest: str | None = None
     task: asyncio.Task[None] | None = None
+    seq: int | None = None  # the instance's seq when its snapshot was last read (its read began)
+    reading: bool = False  # a snapshot read is under way
 
 
 class LiveInstances:
@@ -52,8 +61,10 @@ class LiveInstances:
     Args:
         client: the gateway's client.
         snapshot: builds the page's view of an instance (its detail, diagram states...).
-        poll_s: between ``seq`` reads when the client's watch does not hear every commit.
-        quiet_s: between ``seq`` reads when it does (a safety net: a notification can be lost).
+        poll_s: between ``seq`` reads when nothing tells the follower of each commit; also the
+            pause after a failed read.
+        quiet_s: between ``seq`` reads when commits are notified or announced (a safety net: a
+            notification can be lost).
     """
 
     def __init__(self, client: Client, snapshot: Snapshot, *, poll_s: float = 1.0, quiet_s: float = 30.0) -> None:
@@ -63,6 +74,7 @@ class LiveInstances:
         self.quiet_s = quiet_s
         self._followed: dict[tuple[str, str], _Followed] = {}
         self.snapshots_read = 0  # describe() calls made, for tests and the curious
+        self.seq_reads = 0  # reads of an instance's seq (with its watched mark, where commits are announced)
 
     @property
     def hears_every_commit(self) -> bool:
@@ -70,6 +82,13 @@ class LiveInstances:
         watch = self._client._watch
         orchestrator = getattr(self._client.runtime_worker, "orchestrator", None)
         return watch is not None and getattr(orchestrator, "watch", None) is watch
+
+    @property
+    def fed_by(self) -> str:
+        """What tells the followers of a change: ``worker`` (notified), ``announcements`` (pub/sub) or ``polling``."""
+        if self.hears_every_commit:
+            return "worker"
+        return "announcements" if self._client._commits is not None else "polling"
 
     async def stream(self, workflow: str, instance_id: str) -> AsyncIterator[str]:
         """The instance's snapshots as JSON text: the current one first, then one per change."""
@@ -80,7 +99,8 @@ class LiveInstances:
         if followed.latest is not None:
             queue.put_nowait(followed.latest)
         if followed.task is None:
-            followed.task = asyncio.get_running_loop().create_task(self._follow(key, followed), name="hutch-live")
+            follow = self._follow_commits if self.fed_by == "announcements" else self._follow
+            followed.task = asyncio.get_running_loop().create_task(follow(key, followed), name="hutch-live")
         try:
             while True:
                 yield await queue.get()
@@ -99,6 +119,7 @@ class LiveInstances:
             await cancel_and_wait(task, CLOSE_TIMEOUT_S)
 
     async def _follow(self, key: tuple[str, str], followed: _Followed) -> None:
+        """Notified by this process's worker (or polling): read ``seq`` on each wake, the detail when it moved."""
         workflow, instance_id = key
         watch = self._client._watch
         store = self._client._store
@@ -113,14 +134,11 @@ class LiveInstances:
                 else asyncio.ensure_future(asyncio.sleep(wait_s))
             )
             try:
+                self.seq_reads += 1
                 seq = await store.redis.hget(meta_key, "seq")
                 if seq != last_seq:
                     last_seq = seq
-                    text = await self._read(workflow, instance_id)
-                    if text != followed.latest:
-                        followed.latest = text
-                        for queue in followed.viewers:
-                            _replace(queue, text)
+                    await self._show(followed, workflow, instance_id, None if seq is None else int(seq))
                 await changed
             except Exception:  # a store hiccup: the page keeps its last snapshot; try again
                 log.warning("live view of %s/%s: read failed", workflow, instance_id, exc_info=True)
@@ -130,6 +148,41 @@ class LiveInstances:
                     changed.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await changed
+
+    async def _follow_commits(self, key: tuple[str, str], followed: _Followed) -> None:
+        """Every commit announced by the store (a remote client): the detail once per announced ``seq``."""
+        workflow, instance_id = key
+        commits = self._client._commits
+        assert commits is not None
+        partition = self._client._partition(workflow, instance_id)
+        while not cancel_requested():  # redis-py can swallow a cancellation (see hutch.cancelling)
+            try:
+                self.seq_reads += 1  # follow() marks the instance and reads its seq
+                async with commits.follow(partition, workflow, instance_id) as following:
+                    shown: object = object()
+                    while not cancel_requested():
+                        if following.seq != shown:
+                            shown = following.seq
+                            await self._show(followed, workflow, instance_id, following.seq)
+                        # A commit announced while the detail was read wakes this at once.
+                        if not await following.changed(self.quiet_s):
+                            self.seq_reads += 1
+                            await following.check()
+            except Exception:  # a store or pub/sub hiccup: the page keeps its last snapshot; try again
+                log.warning("live view of %s/%s: following failed", workflow, instance_id, exc_info=True)
+                await asyncio.sleep(self.poll_s)
+
+    async def _show(self, followed: _Followed, workflow: str, instance_id: str, seq: int | None) -> None:
+        """Read the instance's snapshot (at ``seq`` or later) and hand it to the pages watching it, if it changed."""
+        followed.seq, followed.reading = seq, True
+        try:
+            text = await self._read(workflow, instance_id)
+        finally:
+            followed.reading = False
+        if text != followed.latest:
+            followed.latest = text
+            for queue in followed.viewers:
+                _replace(queue, text)
 
     async def _read(self, workflow: str, instance_id: str) -> str:
         self.snapshots_read += 1
