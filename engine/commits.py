@@ -21,7 +21,9 @@ their skew must stay well under ``mark_ttl_s`` minus the check interval.
 
 Pub/sub delivers at most once (a dropped connection loses what was published until the feed is
 subscribed again), so a follower still checks the instance now and then; a mark lost with Redis is
-made again by that check.
+made again by that check. Each check also says whether the partition's channel was heard then
+(:attr:`Following.heard`): while it is not (the subscription is not confirmed yet, or failed and
+is being made again), a follower should check often, as it would without announcements.
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ log = logging.getLogger("hutch.commits")
 MARK_TTL_S = 120.0
 """How long a follower's mark lasts after its last refresh: a few check intervals (30 s by default)."""
 
+SETTLE_S = 2.0
+"""How long :meth:`CommitFeed.follow` waits for the subscription before its first check (it goes on regardless)."""
+
 
 @dataclass(eq=False)
 class Following:
@@ -54,6 +59,8 @@ class Following:
     instance_id: str
     seq: int | None = None
     """The highest ``seq`` announced or checked so far (None before the first)."""
+    heard: bool = False
+    """Whether the partition's channel was heard at the last check: every later commit is announced."""
     _announced: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def changed(self, timeout: float) -> bool:
@@ -73,8 +80,10 @@ class Following:
     async def check(self) -> int | None:
         """Refresh this follower's mark and read the instance's ``seq``, in one round trip (None: no such instance).
 
-        The safety net under the announcements (a lost message, a mark lost with Redis).
+        The safety net under the announcements (a lost message, a mark lost with Redis). Notes
+        first whether the channel is heard (:attr:`heard`): a commit after the read is then announced.
         """
+        self.heard = self._feed._hears(self.partition)
         seq = await self._feed._check(self)
         if seq is not None and (self.seq is None or seq > self.seq):
             self.seq = seq
@@ -93,6 +102,7 @@ class CommitFeed:
         store: the client's store.
         mark_ttl_s: how long a mark lasts after its last refresh; a follower must check its
             instance more often than that.
+        settle_s: how long :meth:`follow` waits for the subscription before its first check.
         feed: makes the pub/sub feed (opened on the first follower, closed with this).
     """
 
@@ -101,10 +111,12 @@ class CommitFeed:
         store: RedisStore,
         *,
         mark_ttl_s: float = MARK_TTL_S,
+        settle_s: float = SETTLE_S,
         feed: Callable[..., ChannelFeed] = ChannelFeed,
     ) -> None:
         self._store = store
         self.mark_ttl_s = mark_ttl_s
+        self.settle_s = settle_s
         self._make_feed = feed
         self._feed: ChannelFeed | None = None
         self._followers: dict[str, set[Following]] = {}  # by instance member
@@ -115,12 +127,14 @@ class CommitFeed:
     async def follow(self, partition: int, workflow: str, instance_id: str) -> AsyncIterator[Following]:
         """Hear every commit of the instance while the context lasts.
 
-        On entry the partition's channel is subscribed (confirmed by Redis) and the instance
-        marked and checked (:meth:`Following.check`), in that order: every commit after the check
-        is announced to the follower.
+        On entry the partition's channel is subscribed (waiting up to ``SETTLE_S`` for Redis to
+        confirm it) and the instance marked and checked (:meth:`Following.check`), in that order:
+        when the check found the channel heard, every commit after it is announced to the follower.
+        A subscription that fails does not fail this: the feed retries it in the background, and
+        :attr:`Following.heard` says when the follower must poll meanwhile.
 
         Raises:
-            the store's or the feed's error when the subscription or the check failed.
+            the store's error when the check failed.
         """
         following = Following(self, partition, workflow, instance_id)
         key = instance_member(workflow, instance_id)
@@ -129,9 +143,11 @@ class CommitFeed:
         try:
             feed = self._open()
             feed.subscribe([self._store.keys.changed_channel(partition)])
-            error = await feed.settled()
-            if error is not None:
-                raise error
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.settle_s):
+                    error = await feed.settled()
+                    if error is not None:
+                        log.warning("cannot hear the commits of partition %d yet (%s); retrying", partition, error)
             await following.check()
             yield following
         finally:
@@ -156,6 +172,9 @@ class CommitFeed:
         if self._feed is None:
             self._feed = self._make_feed(self._store.redis, self._on_message)
         return self._feed
+
+    def _hears(self, partition: int) -> bool:
+        return self._feed is not None and self._feed.hears(self._store.keys.changed_channel(partition))
 
     def _on_message(self, data: bytes) -> None:
         """A commit.lua announcement: ``<seq> <member>``, on the channel of the member's partition."""

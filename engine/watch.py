@@ -134,6 +134,15 @@ class ChannelFeed:
         """The channels this feed is subscribed to, or subscribing to."""
         return frozenset(self._wanted)
 
+    def hears(self, channel: str) -> bool:
+        """Whether the server confirmed the subscription to ``channel`` on a connection that has not failed since.
+
+        What is published on it from now on reaches the feed (unless that connection fails later).
+        """
+        return channel in self._wanted and any(
+            channel in shard.channels and channel not in shard.confirming for shard in self._shards.values()
+        )
+
     async def start(self, channels: Iterable[str] = ()) -> None:
         """Subscribe to ``channels``; returns once the server confirmed (nothing published later is missed).
 

@@ -20,16 +20,20 @@ import hutch
 import pytest
 from hutch import Client, Settings, Status, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 from hutch.clock import Clock
+from hutch.commits import CommitFeed
 from hutch.consumers.runtime import start_distributed
 from hutch.gateway.api.deps import WorkflowNames
 from hutch.gateway.dashboard.data import instance_snapshot
 from hutch.gateway.dashboard.live import LiveInstances
+from hutch.watch import ChannelFeed
+from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.connection import AbstractConnection
 
 from tests.browser.workflows import Gated
 from tests.conftest import MakeClient, drop_namespace
 from tests.helpers import eventually, unique
+from tests.private_servers import free_port
 
 VIEWERS = 5
 
@@ -175,12 +179,9 @@ class _Gateways:
         return int(await store.redis.hget(key, "seq"))
 
 
-@pytest.fixture(
-    params=[pytest.param("redis", marks=pytest.mark.redis), pytest.param("cluster", marks=pytest.mark.redis)]
-)
-async def gateways(request: pytest.FixtureRequest, amqp_url: str) -> AsyncIterator[_Gateways]:
-    """Two gateway clients and a worker on the shared Redis (or the private Redis Cluster) and RabbitMQ."""
-    redis_url = str(request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url"))
+@contextlib.asynccontextmanager
+async def _deployment(redis_url: str, amqp_url: str, gateways: int) -> AsyncIterator[_Gateways]:
+    """A worker and ``gateways`` remote clients, in a namespace of their own (deleted afterwards)."""
     namespace = unique("live")
     settings = Settings(redis_url=redis_url, amqp_url=amqp_url, namespace=namespace, partitions=4, heartbeat_s=0.2)
     worker_client, worker = await start_distributed(
@@ -188,7 +189,7 @@ async def gateways(request: pytest.FixtureRequest, amqp_url: str) -> AsyncIterat
     )
     deployment = _Gateways(settings, worker_client)
     try:
-        for _ in range(2):
+        for _ in range(gateways):
             deployment.gateways.append(await hutch.connect(WORKFLOWS, settings=settings))
         yield deployment
     finally:
@@ -198,6 +199,16 @@ async def gateways(request: pytest.FixtureRequest, amqp_url: str) -> AsyncIterat
         await worker.transport.delete_topology()  # type: ignore[attr-defined]
         await worker_client.close()
         await drop_namespace(namespace, redis_url)
+
+
+@pytest.fixture(
+    params=[pytest.param("redis", marks=pytest.mark.redis), pytest.param("cluster", marks=pytest.mark.redis)]
+)
+async def gateways(request: pytest.FixtureRequest, amqp_url: str) -> AsyncIterator[_Gateways]:
+    """Two gateway clients and a worker on the shared Redis (or the private Redis Cluster) and RabbitMQ."""
+    redis_url = str(request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url"))
+    async with _deployment(redis_url, amqp_url, 2) as deployment:
+        yield deployment
 
 
 def _hub(client: Client, **options: Any) -> LiveInstances:
@@ -294,43 +305,68 @@ async def test_a_lost_announcement_is_caught_by_the_safety_read_which_marks_the_
     redis_url: str, amqp_url: str
 ) -> None:
     # One gateway on the single server; its watched mark deleted by hand, as a Redis restart would.
-    namespace = unique("live")
-    settings = Settings(redis_url=redis_url, amqp_url=amqp_url, namespace=namespace, partitions=4, heartbeat_s=0.2)
-    worker_client, worker = await start_distributed(
-        WORKFLOWS, settings=settings, limits=settings.limits, clock=Clock(), resources={}, binding_names={}
-    )
-    gateway = await hutch.connect(WORKFLOWS, settings=settings)
-    hub = _hub(gateway, poll_s=600.0, quiet_s=0.5)
-    try:
+    async with _deployment(redis_url, amqp_url, 1) as deployment:
+        hub = _hub(deployment.gateways[0], poll_s=600.0, quiet_s=0.5)
+        worker_client = deployment.worker_client
         iid = unique("live")
         instance = await worker_client.workflow("stepper").create(id=iid)
         await eventually(lambda: _waiting(instance))
         store: Any = worker_client._store
         watched = store.keys.watched(worker_client._partition("stepper", iid))
         viewer = _Viewer(hub, iid)
-        async with asyncio.timeout(60):
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(viewer.run())
-                await eventually(_all([viewer], lambda v: v.waiting_on(0)), timeout=30)
-                assert await store.redis.zscore(watched, f"stepper:{iid}") is not None  # marked
-                await store.redis.delete(watched)  # lost: its commits are not announced
-                await instance.send_event("go")
-                # Seen all the same, by the safety re-read, which marks the instance again.
-                await eventually(_all([viewer], lambda v: v.waiting_on(1)), timeout=30)
-                await eventually(lambda: _marked(store, watched, f"stepper:{iid}"), timeout=30)
-                hub.quiet_s = 600.0  # from now on only announcements can tell the follower
-                for n in (1, 2):
+        try:
+            async with asyncio.timeout(60):
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(viewer.run())
+                    await eventually(_all([viewer], lambda v: v.waiting_on(0)), timeout=30)
+                    assert await store.redis.zscore(watched, f"stepper:{iid}") is not None  # marked
+                    await store.redis.delete(watched)  # lost: its commits are not announced
                     await instance.send_event("go")
-                    if n < ROUNDS - 1:
-                        await eventually(_all([viewer], lambda v, n=n: v.waiting_on(n + 1)), timeout=30)
-    finally:
-        await hub.close()
-        await gateway.close()
-        await worker.shutdown(timeout=0)
-        await worker.transport.delete_topology()  # type: ignore[attr-defined]
-        await worker_client.close()
-        await drop_namespace(namespace, redis_url)
+                    # Seen all the same, by the safety re-read, which marks the instance again.
+                    await eventually(_all([viewer], lambda v: v.waiting_on(1)), timeout=30)
+                    await eventually(lambda: _marked(store, watched, f"stepper:{iid}"), timeout=30)
+                    hub.quiet_s = 600.0  # from now on only announcements can tell the follower
+                    for n in (1, 2):
+                        await instance.send_event("go")
+                        if n < ROUNDS - 1:
+                            await eventually(_all([viewer], lambda v, n=n: v.waiting_on(n + 1)), timeout=30)
+        finally:
+            await hub.close()
     assert viewer.latest is not None and viewer.latest["status"] == Status.COMPLETE
+
+
+@pytest.mark.redis
+@pytest.mark.rabbitmq
+async def test_while_the_channel_is_not_heard_the_follower_polls(redis_url: str, amqp_url: str) -> None:
+    # The gateway's pub/sub connection goes to a Redis that is not there (its subscription keeps
+    # failing): the page still follows the instance, by re-reading its seq every poll_s.
+    dead = Redis(port=free_port(), socket_connect_timeout=1)
+    async with _deployment(redis_url, amqp_url, 1) as deployment:
+        gateway = deployment.gateways[0]
+        commits = CommitFeed(
+            gateway._store,  # type: ignore[arg-type]
+            settle_s=0.2,
+            feed=lambda _redis, on_message: ChannelFeed(dead, on_message, retry_s=0.2),
+        )
+        gateway._commits = commits
+        hub = _hub(gateway, poll_s=0.2, quiet_s=600.0)
+        iid = unique("live")
+        instance = await deployment.worker_client.workflow("stepper").create(id=iid)
+        await eventually(lambda: _waiting(instance))
+        viewer = _Viewer(hub, iid)
+        try:
+            async with asyncio.timeout(60):
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(viewer.run())
+                    for n in range(ROUNDS):
+                        await eventually(_all([viewer], lambda v, n=n: v.waiting_on(n)), timeout=30)
+                        await instance.send_event("go")
+        finally:
+            await hub.close()
+            await commits.close()
+            await dead.aclose()
+    assert viewer.latest is not None and viewer.latest["status"] == Status.COMPLETE
+    assert commits.announcements == 0 and hub.seq_reads > 1  # polled
 
 
 async def _marked(store: Any, watched: str, member: str) -> bool:

@@ -85,15 +85,18 @@ async def test_the_feed_hears_exactly_the_channels_it_is_subscribed_to(feed_redi
     channels = [keys.created_channel(p) for p in range(8)]  # on every node of a 3-node cluster
     try:
         await feed.start(channels[:4])
+        assert [feed.hears(c) for c in channels] == [True] * 4 + [False] * 4  # confirmed, and not asked for
         feed.subscribe(channels[4:])  # applied in the background
         assert feed.channels == set(channels)
         assert await feed.settled() is None
+        assert all(feed.hears(c) for c in channels)
         for n, channel in enumerate(channels):
             assert await redis.spublish(channel, f"m{n}") == 1  # confirmed: each has its one subscriber
         await eventually(heard_exactly([f"m{n}".encode() for n in range(8)]))
 
         feed.unsubscribe(channels[::2])
         assert feed.channels == set(channels[1::2])
+        assert [feed.hears(c) for c in channels] == [False, True] * 4
 
         async def left() -> bool:
             return [await redis.spublish(channel, "after") for channel in channels[::2]] == [0, 0, 0, 0]
@@ -110,6 +113,7 @@ async def test_the_feed_hears_exactly_the_channels_it_is_subscribed_to(feed_redi
         await eventually(heard_exactly([b"back"]))
     finally:
         await feed.close()
+    assert not any(feed.hears(c) for c in channels)
     assert [await redis.spublish(channel, "closed") for channel in channels] == [0] * 8
     await redis.aclose()
 

@@ -17,11 +17,13 @@ watching it, as a server-sent event. What tells it of a change depends on the cl
   second per watched instance, not per viewer, and one ``describe()`` per change.
 
 Pub/sub can lose a message (a dropped connection), so where changes are pushed the follower also
-re-reads ``seq`` every :attr:`LiveInstances.quiet_s` (30 s) as a safety net; behind ``hutch
-gateway`` that read also refreshes the instance's watched mark, which lapses a few minutes after
-the last page of the last gateway following it closed. Several gateways may follow one instance:
-each hears its commits and reads them once. The follower stops when the last page watching the
-instance on this gateway goes away.
+re-reads ``seq`` every :attr:`LiveInstances.quiet_s` (30 s) as a safety net. Behind ``hutch
+gateway`` it re-reads every :attr:`LiveInstances.poll_s` instead while the partition's channel is
+not heard as of its last read (the subscription not confirmed yet, or lost and being made again),
+and each read also refreshes the instance's watched mark, which lapses two minutes after the last
+page of the last gateway following the instance closed. Several gateways may follow one
+instance: each hears its commits and reads them once. The follower stops when the last page
+watching the instance on this gateway goes away.
 """
 
 from __future__ import annotations
@@ -164,8 +166,10 @@ class LiveInstances:
                         if following.seq != shown:
                             shown = following.seq
                             await self._show(followed, workflow, instance_id, following.seq)
-                        # A commit announced while the detail was read wakes this at once.
-                        if not await following.changed(self.quiet_s):
+                        # A commit announced while the detail was read wakes this at once. Until the
+                        # channel is heard (its subscription confirmed), poll; the mark must not lapse.
+                        wait_s = min(self.quiet_s, commits.mark_ttl_s / 2) if following.heard else self.poll_s
+                        if not await following.changed(wait_s):
                             self.seq_reads += 1
                             await following.check()
             except Exception:  # a store or pub/sub hiccup: the page keeps its last snapshot; try again
