@@ -141,7 +141,7 @@ class CommandLog:
 
     def _owner(self, connection: AbstractConnection) -> int | None:
         for n, client in enumerate(self.clients):
-            redis: Any = client._store.redis  # type: ignore[attr-defined]
+            redis: Any = client._store.redis
             if isinstance(redis, RedisCluster):
                 nodes = redis.nodes_manager.nodes_cache.values()
                 if any(connection in node._connections for node in nodes):
@@ -196,7 +196,7 @@ async def _deployment(redis_url: str, amqp_url: str, gateways: int) -> AsyncIter
         for gateway in deployment.gateways:
             await gateway.close()
         await worker.shutdown(timeout=0)
-        await worker.transport.delete_topology()  # type: ignore[attr-defined]
+        await worker.transport.delete_topology()
         await worker_client.close()
         await drop_namespace(namespace, redis_url)
 
