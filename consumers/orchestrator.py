@@ -87,7 +87,9 @@ class Orchestrator(PartitionListener):
         max_batch: inputs taken into one turn at most.
         max_instances: instances one turn transitions at most. A turn's steps start only once its
             commit is done, so under a burst (many timers due at once) smaller turns start the first
-            steps sooner; larger ones spend fewer script calls per transition.
+            steps sooner; larger ones spend fewer script calls per transition, and a turn's fixed
+            costs (its settling, its Redis round trip, its wake-ups) are shared by more steps: under
+            W1 (hundreds of instances each running a step) 64 takes ~10-20 % less CPU per step than 16.
         warm_horizon_s: a ``waiting`` instance whose next timer is due within this many seconds
             stays in memory, so a short sleep resumes the live ``run()`` with no load and no
             replay; longer sleeps and event waits are evicted (0: always evict).
@@ -110,7 +112,7 @@ class Orchestrator(PartitionListener):
         timers_factory: Callable[[Callable[[], list[int]]], TimerService],
         watch: InstanceWatch | None = None,
         max_batch: int = 512,
-        max_instances: int = 16,
+        max_instances: int = 64,
         worker_id: str | None = None,
         warm_horizon_s: float = 2.0,
         noticed: bool = False,
