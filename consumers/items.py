@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from hutch.broker.envelopes import Control
 
 
-class StepDone(NamedTuple):
-    """One attempt of a step finished on this worker (success or failure).
+@dataclass(slots=True)
+class StepDone:
+    """One attempt of a step finished on this worker (success or failure); never modified once posted.
 
-    A named tuple rather than a frozen dataclass: one is built per step, and a frozen dataclass
-    sets each of its 16 fields through ``object.__setattr__`` (several microseconds a step).
+    Not frozen: one is built per step, and a frozen dataclass sets each of its 16 fields through
+    ``object.__setattr__`` (several microseconds a step).
     """
 
     partition: int
