@@ -73,13 +73,14 @@ from hutch import metrics
 from hutch.broker.transports.base import stray_cancel
 from hutch.cancelling import cancel_requested
 from hutch.clock import Clock
+from hutch.commits import ANNOUNCES_CHANGES
 from hutch.consumers.supervision import TaskEnded
 from hutch.dispatch import CONTROL_BATCH
 from hutch.keys import Keys
 from hutch.store.redis import STORE_ERRORS
 from redis.asyncio import Redis
 
-FEATURES: tuple[str, ...] = (CONTROL_BATCH,)
+FEATURES: tuple[str, ...] = (CONTROL_BATCH, ANNOUNCES_CHANGES)
 """The features this worker announces with its heartbeat (``Keys.worker_feature``)."""
 
 log = logging.getLogger("hutch.membership")

@@ -21,9 +21,11 @@ their skew must stay well under ``mark_ttl_s`` minus the check interval.
 
 Pub/sub delivers at most once (a dropped connection loses what was published until the feed is
 subscribed again), so a follower still checks the instance now and then; a mark lost with Redis is
-made again by that check. Each check also says whether the partition's channel was heard then
-(:attr:`Following.heard`): while it is not (the subscription is not confirmed yet, or failed and
-is being made again), a follower should check often, as it would without announcements.
+made again by that check. Each check also says whether every commit after it will be announced
+(:attr:`Following.heard`): the partition's channel is heard (its subscription confirmed, and not
+lost since) and every live worker announces (:data:`ANNOUNCES_CHANGES`: a worker of an earlier
+version, during a rolling deploy, commits without announcing). While it is not, a follower should
+check often, as it would without announcements.
 """
 
 from __future__ import annotations
@@ -37,13 +39,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from hutch.keys import instance_member
-from hutch.store.redis import RedisStore
+from hutch.store.redis import RedisStore, Watched
 from hutch.watch import ChannelFeed
 
 log = logging.getLogger("hutch.commits")
 
 MARK_TTL_S = 120.0
 """How long a follower's mark lasts after its last refresh: a few check intervals (30 s by default)."""
+
+ANNOUNCES_CHANGES = "changed"
+"""The worker feature (``Keys.worker_feature``) of announcing every commit of a watched instance (commit.lua)."""
 
 SETTLE_S = 2.0
 """How long :meth:`CommitFeed.follow` waits for the subscription before its first check (it goes on regardless)."""
@@ -60,7 +65,7 @@ class Following:
     seq: int | None = None
     """The highest ``seq`` announced or checked so far (None before the first)."""
     heard: bool = False
-    """Whether the partition's channel was heard at the last check: every later commit is announced."""
+    """Whether, at the last check, the channel was heard and every live worker announced: every later commit is."""
     _announced: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def changed(self, timeout: float) -> bool:
@@ -81,13 +86,15 @@ class Following:
         """Refresh this follower's mark and read the instance's ``seq``, in one round trip (None: no such instance).
 
         The safety net under the announcements (a lost message, a mark lost with Redis). Notes
-        first whether the channel is heard (:attr:`heard`): a commit after the read is then announced.
+        whether every commit after the read is announced (:attr:`heard`): the channel was heard
+        before the read, and every live worker announces.
         """
-        self.heard = self._feed._hears(self.partition)
-        seq = await self._feed._check(self)
-        if seq is not None and (self.seq is None or seq > self.seq):
-            self.seq = seq
-        return seq
+        hears = self._feed._hears(self.partition)
+        watched = await self._feed._check(self)
+        self.heard = hears and watched.every_worker
+        if watched.seq is not None and (self.seq is None or watched.seq > self.seq):
+            self.seq = watched.seq
+        return watched.seq
 
     def _announce(self, seq: int) -> None:
         if self.seq is None or seq > self.seq:
@@ -183,7 +190,7 @@ class CommitFeed:
         for following in self._followers.get(member.decode(), ()):
             following._announce(int(seq))
 
-    async def _check(self, following: Following) -> int | None:
+    async def _check(self, following: Following) -> Watched:
         now_ms = time.time_ns() // 1_000_000
         return await self._store.mark_watched(
             following.partition,
@@ -191,4 +198,5 @@ class CommitFeed:
             following.instance_id,
             now_ms=now_ms,
             until_ms=now_ms + round(self.mark_ttl_s * 1000),
+            worker_feature=ANNOUNCES_CHANGES,
         )

@@ -20,7 +20,8 @@ import hutch
 import pytest
 from hutch import Client, Settings, Status, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 from hutch.clock import Clock
-from hutch.commits import CommitFeed
+from hutch.commits import ANNOUNCES_CHANGES, CommitFeed
+from hutch.consumers import membership
 from hutch.consumers.runtime import start_distributed
 from hutch.gateway.api.deps import WorkflowNames
 from hutch.gateway.dashboard.data import instance_snapshot
@@ -367,6 +368,38 @@ async def test_while_the_channel_is_not_heard_the_follower_polls(redis_url: str,
             await dead.aclose()
     assert viewer.latest is not None and viewer.latest["status"] == Status.COMPLETE
     assert commits.announcements == 0 and hub.seq_reads > 1  # polled
+
+
+@pytest.mark.redis
+@pytest.mark.rabbitmq
+async def test_while_a_worker_of_an_earlier_version_commits_the_follower_polls(
+    redis_url: str, amqp_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A rolling deploy: the gateway is new, the worker is not. Such a worker does not say it
+    # announces commits (membership.FEATURES) and does not (its commit script publishes nothing).
+    monkeypatch.setattr(membership, "FEATURES", tuple(f for f in membership.FEATURES if f != ANNOUNCES_CHANGES))
+    async with _deployment(redis_url, amqp_url, 1) as deployment:
+        store: Any = deployment.worker_client._store
+        script = store._commit.script
+        silent = "\n".join(line for line in script.splitlines() if "ARGV[P + 3]" not in line)
+        assert silent != script
+        store._commit = store.redis.register_script(silent)
+        hub = _hub(deployment.gateways[0], poll_s=0.2, quiet_s=600.0)
+        iid = unique("live")
+        instance = await deployment.worker_client.workflow("stepper").create(id=iid)
+        await eventually(lambda: _waiting(instance))
+        viewer = _Viewer(hub, iid)
+        try:
+            async with asyncio.timeout(60):
+                async with asyncio.TaskGroup() as tasks:
+                    tasks.create_task(viewer.run())
+                    for n in range(ROUNDS):
+                        await eventually(_all([viewer], lambda v, n=n: v.waiting_on(n)), timeout=30)
+                        await instance.send_event("go")
+        finally:
+            await hub.close()
+    assert viewer.latest is not None and viewer.latest["status"] == Status.COMPLETE
+    assert hub.seq_reads > 1  # polled
 
 
 async def _marked(store: Any, watched: str, member: str) -> bool:

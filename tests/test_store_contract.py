@@ -956,9 +956,9 @@ async def test_only_the_commits_of_a_watched_instance_are_announced_with_their_s
         running = {"meta": {"status": "running"}, "status_from": "queued", "status_to": "running"}
         assert await commit(store, tx("a", 0, **running)) is CommitResult.COMMITTED  # not watched yet
         now = time.time_ns() // 1_000_000
-        assert await store.mark_watched(1, WF, "a", now_ms=now, until_ms=now + 60_000) == 1  # its seq
-        assert await store.mark_watched(2, WF, "d", now_ms=now, until_ms=now + 60_000) == 0
-        assert await store.mark_watched(1, WF, "nobody", now_ms=now, until_ms=now + 60_000) is None
+        assert (await store.mark_watched(1, WF, "a", now_ms=now, until_ms=now + 60_000)).seq == 1  # its seq
+        assert (await store.mark_watched(2, WF, "d", now_ms=now, until_ms=now + 60_000)).seq == 0
+        assert (await store.mark_watched(1, WF, "nobody", now_ms=now, until_ms=now + 60_000)).seq is None
         batch = [
             tx("a", 1, history=[rec("step", "x")]),
             tx("b", 0, **running),  # in a's partition (and call), not watched: not announced
@@ -978,6 +978,23 @@ async def test_only_the_commits_of_a_watched_instance_are_announced_with_their_s
 
 async def _heard(heard: list[bytes], count: int) -> bool:
     return len(heard) >= count
+
+
+async def test_a_mark_says_whether_every_live_worker_has_a_feature(backend: Backend, store: RedisStore) -> None:
+    # A gateway follows by announcements only while no worker of an earlier version commits unannounced.
+    now = time.time_ns() // 1_000_000
+
+    async def every_worker() -> bool:
+        marked = await store.mark_watched(1, WF, "a", now_ms=now, until_ms=now + 60_000, worker_feature="changed")
+        return marked.every_worker
+
+    assert await every_worker()  # no worker at all
+    await backend.redis.zadd(store.keys.workers(), {"w1": now, "w2": now})
+    await backend.redis.zadd(store.keys.worker_feature("changed"), {"w1": now})
+    assert not await every_worker()  # w2 is of an earlier version
+    await backend.redis.zadd(store.keys.worker_feature("changed"), {"w2": now})
+    assert await every_worker()
+    assert (await store.mark_watched(1, WF, "a", now_ms=now, until_ms=now + 60_000)).every_worker  # not asked
 
 
 async def test_lapsed_marks_are_dropped_and_no_refresh_shortens_a_mark(backend: Backend, store: RedisStore) -> None:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from hutch import keys
 from hutch.blobs import BlobAddress, BlobRef, BlobStore
@@ -165,6 +165,15 @@ def _ungroup(total: int, calls: Sequence[_ScriptCall], grouped: Sequence[Sequenc
         for n, result in zip(call.order, results, strict=True):
             out[n] = result
     return out
+
+
+class Watched(NamedTuple):
+    """What :meth:`RedisStore.mark_watched` read."""
+
+    seq: int | None
+    """The instance's sequence number (None: no such instance)."""
+    every_worker: bool
+    """Every live worker has the feature asked about (True when none was, or no worker is live)."""
 
 
 class RedisStore:
@@ -395,19 +404,32 @@ class RedisStore:
         return bool(await self._delete_unstarted(instance_keys, [keys.instance_member(workflow, instance_id)]))
 
     async def mark_watched(
-        self, partition: int, workflow: str, instance_id: str, *, now_ms: int, until_ms: int
-    ) -> int | None:
+        self,
+        partition: int,
+        workflow: str,
+        instance_id: str,
+        *,
+        now_ms: int,
+        until_ms: int,
+        worker_feature: str | None = None,
+    ) -> Watched:
         """Mark the instance as followed until ``until_ms`` and read its ``seq``, in one round trip.
 
         While marked, each of its commits is announced on :meth:`Keys.changed_channel
         <hutch.keys.Keys.changed_channel>` (commit.lua; see :mod:`hutch.commits`). The partition's
         marks that lapsed by ``now_ms`` are dropped, and neither the mark nor the set's expiry is
         ever shortened (another follower may hold it longer): the set expires once every mark in
-        it lapsed, at the latest. Every
-        key is the partition's, so on Redis Cluster the pipeline goes to one node.
+        it lapsed, at the latest. The partition's keys are in one slot; on Redis Cluster the
+        workers' sets (``worker_feature``) may be on another node, asked in parallel.
 
-        Returns:
-            the instance's ``seq``, or None when it does not exist.
+        Args:
+            partition: the instance's partition.
+            workflow: its workflow.
+            instance_id: its id.
+            now_ms: now, on the caller's clock: marks scored before are dropped.
+            until_ms: when the mark lapses unless refreshed.
+            worker_feature: also read whether every live worker has this feature
+                (:meth:`Keys.worker_feature <hutch.keys.Keys.worker_feature>`).
         """
         watched = self.keys.watched(partition)
         pipe = self.redis.pipeline(transaction=False)
@@ -417,8 +439,13 @@ class RedisStore:
         pipe.pexpire(watched, ttl_ms, nx=True)  # the set was just made: it expires
         pipe.pexpire(watched, ttl_ms, gt=True)  # or lives on, as long as its longest mark at least
         pipe.hget(self.keys.meta(partition, workflow, instance_id), "seq")
-        seq = (await pipe.execute())[-1]
-        return None if seq is None else int(seq)
+        if worker_feature is not None:
+            pipe.zrange(self.keys.workers(), 0, -1)
+            pipe.zrange(self.keys.worker_feature(worker_feature), 0, -1)
+        results = await pipe.execute()
+        seq = results[4]
+        every_worker = worker_feature is None or set(results[5]) <= set(results[6])
+        return Watched(None if seq is None else int(seq), every_worker)
 
     # ------------------------------------------------------------------ reads
     async def read_meta(self, partition: int, workflow: str, instance_id: str) -> dict[str, Any] | None:

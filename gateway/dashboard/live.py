@@ -19,7 +19,8 @@ watching it, as a server-sent event. What tells it of a change depends on the cl
 Pub/sub can lose a message (a dropped connection), so where changes are pushed the follower also
 re-reads ``seq`` every :attr:`LiveInstances.quiet_s` (30 s) as a safety net. Behind ``hutch
 gateway`` it re-reads every :attr:`LiveInstances.poll_s` instead while the partition's channel is
-not heard as of its last read (the subscription not confirmed yet, or lost and being made again),
+not heard as of its last read (the subscription not confirmed yet, or lost and being made again)
+or a worker of an earlier version, which does not announce commits, is live (a rolling deploy);
 and each read also refreshes the instance's watched mark, which lapses two minutes after the last
 page of the last gateway following the instance closed. Several gateways may follow one
 instance: each hears its commits and reads them once. The follower stops when the last page
