@@ -11,6 +11,13 @@ Redis read. A scan of the owned partitions still runs every ``poll_s`` (and at o
 partition is acquired) to pick up timers written by other or previous owners, to fire again a
 timer whose message was lost, and to arm timers too far ahead to be kept in memory — only
 timers due within a short lookahead are, so a million hour-long sleeps cost no memory here.
+
+A scan takes at most ``_batch`` timers per partition. A partition with more due at once (a
+storm of sleepers waking together) is *draining*: what the scan fired is in flight, and a scan
+before those commits removed them would read the same rows again and find nothing new. So it
+is scanned again once most of what it fired was handled (or, should those inputs be lost, after
+``refire_s``), never every few milliseconds: each due timer is read about twice, not once per
+scan until its turn came (which made a storm's cost grow with the square of its size).
 """
 
 from __future__ import annotations
@@ -68,6 +75,11 @@ class TimerService:
         self._heap: list[tuple[int, bytes, int]] = []  # (due ms, member, partition); stale entries skipped
         self._armed: dict[bytes, tuple[int, int]] = {}  # member -> (due, partition) of its live heap entry
         self._fired: dict[bytes, tuple[int, int]] = {}  # member -> (when published, partition): refire bookkeeping
+        self._in_flight: dict[int, int] = {}  # partition -> how many of _fired are on it
+        # Draining partitions (see the module docstring) -> when to scan them at the latest; and
+        # the ones drained since, scanned on the next pass without waiting for the poll.
+        self._draining: dict[int, int] = {}
+        self._rescan: set[int] = set()
         self._scan_at = 0  # the next Redis scan (epoch ms); 0: at once
         self._removed_in_scan: set[bytes] | None = None  # removals committed while a scan reads Redis
         self._stopping = False
@@ -82,16 +94,28 @@ class TimerService:
         """
         horizon = self._clock.now_ms() + self._lookahead_ms
         for due, member in added:
-            self._fired.pop(member, None)  # re-armed with a new due time: a fresh timer
+            self._unfire(member)  # re-armed with a new due time: a fresh timer
             if due <= horizon:
                 self._arm(partition, member, due)
             else:
                 self._armed.pop(member, None)  # a scan arms it when it comes close
         for member in removed:
             self._armed.pop(member, None)
-            self._fired.pop(member, None)
+            self._unfire(member)
             if self._removed_in_scan is not None:
                 self._removed_in_scan.add(member)
+
+    def _unfire(self, member: bytes) -> None:
+        """Forget that ``member`` was fired; a draining partition with most of its fired timers handled is rescanned."""
+        fired = self._fired.pop(member, None)
+        if fired is None:
+            return
+        partition = fired[1]
+        left = self._in_flight[partition] = self._in_flight.get(partition, 1) - 1
+        if partition in self._draining and left <= self._batch // 4:
+            del self._draining[partition]
+            self._rescan.add(partition)
+            self._wake.set()
 
     def deliver_locally(self, deliver: Callable[[int, TimerFired], None]) -> None:
         """Hand fired timers to ``deliver(partition, message)`` instead of publishing them.
@@ -114,6 +138,9 @@ class TimerService:
         # ours). Should the partition come back, a scan must fire it at once, not refire_s later.
         for member in [m for m, (_, p) in self._fired.items() if p == partition]:
             del self._fired[member]
+        self._in_flight.pop(partition, None)
+        self._draining.pop(partition, None)
+        self._rescan.discard(partition)
 
     @property
     def armed(self) -> int:
@@ -132,13 +159,13 @@ class TimerService:
             self._wake.clear()
             now = self._clock.now_ms()
             try:
-                if now >= self._scan_at:
+                if now >= self._scan_at or self._rescan or any(d <= now for d in self._draining.values()):
                     await self._scan(now)
                 await self._fire_due(self._clock.now_ms())
             except STORE_ERRORS as exc:
                 log.warning("timer scan failed, retrying: %s", exc)
                 self._scan_at = min(self._scan_at, now + 200)
-            wake = min(self._scan_at, self._heap[0][0] if self._heap else _NEVER)
+            wake = min(self._scan_at, self._heap[0][0] if self._heap else _NEVER, *self._draining.values())
             await self._clock.sleep_until(wake, self._wake)
 
     def _arm(self, partition: int, member: bytes, due: int) -> None:
@@ -167,10 +194,22 @@ class TimerService:
             batch.append((partition, member))
         await self._publish(batch, now)
 
+    def _to_scan(self, now: int) -> list[int]:
+        """The owned partitions this pass reads: every one at the poll (but those draining), else those drained."""
+        owned = self._owned()
+        due = {p for p, at in self._draining.items() if at <= now}
+        for p in due:
+            del self._draining[p]
+        chosen = self._rescan | due
+        self._rescan = set()
+        if now >= self._scan_at:
+            self._scan_at = now + self._poll_ms
+            return [p for p in owned if p in chosen or p not in self._draining]
+        return [p for p in owned if p in chosen]
+
     async def _scan(self, now: int) -> None:
         """Fire what Redis holds due (unless fired recently) and arm what falls due before the next scan."""
-        self._scan_at = now + self._poll_ms
-        partitions = self._owned()
+        partitions = self._to_scan(now)
         if not partitions:
             return
         removed: set[bytes] = set()
@@ -195,17 +234,27 @@ class TimerService:
             self._armed.pop(member, None)
             _LATENESS.observe((now - due) / 1000)
             batch.append((partition, member))
-        # Forget fired timers that are gone (their commit removed them, maybe on another worker).
-        for member in [m for m in self._fired if m not in present]:
-            del self._fired[member]
+        full = _full_partitions(rows, self._batch)
+        # Forget fired timers that are gone (their commit removed them, maybe on another worker):
+        # of a full partition, the scan saw only the first rows, so absence there proves nothing.
+        scanned = set(partitions) - set(full)
+        for member in [m for m, (_, p) in self._fired.items() if p in scanned and m not in present]:
+            self._unfire(member)
         await self._publish(batch, now)
         if self._fired:
             self._scan_at = min(self._scan_at, now + self._refire_ms)
-        last = _last_of_full_partitions(rows, self._batch)
-        if last is not None:
-            # A partition has more timers in the window than one scan takes: everything up to the
-            # last row returned is handled; look again when that is due (or soon, if it is already).
-            self._scan_at = min(self._scan_at, max(last, now + 50))
+        self._after_full(full, now)
+
+    def _after_full(self, full: dict[int, int], now: int) -> None:
+        """When to scan again the partitions that had more timers in the window than one scan takes."""
+        for partition, last in full.items():
+            # More timers in the window than one scan takes. Those fired are in flight: scan again
+            # once most are handled. Otherwise (the rows are armed, not due yet) everything up to
+            # the last row is handled: look again when that is due (or soon, if it is already).
+            if self._in_flight.get(partition, 0) >= self._batch // 2:
+                self._draining[partition] = now + self._refire_ms
+            else:
+                self._scan_at = min(self._scan_at, max(last, now + 50))
 
     async def _publish(self, batch: list[tuple[int, bytes]], now: int) -> None:
         if not batch:
@@ -219,6 +268,8 @@ class TimerService:
             # (soon: see run) finds the timers still in Redis and fires them.
             await self._transport.publish([Outgoing(partition, encode(message)) for partition, message in messages])
         for partition, member in batch:
+            if member not in self._fired:
+                self._in_flight[partition] = self._in_flight.get(partition, 0) + 1
             self._fired[member] = (now, partition)
 
 
@@ -227,12 +278,11 @@ def _message(member: bytes) -> TimerFired:
     return TimerFired(workflow=workflow, instance_id=instance_id, timer=member)
 
 
-def _last_of_full_partitions(rows: list[tuple[int, bytes, int]], limit: int) -> int | None:
-    """The earliest "last due" among partitions whose scan hit ``limit`` rows (None: none did)."""
+def _full_partitions(rows: list[tuple[int, bytes, int]], limit: int) -> dict[int, int]:
+    """The partitions whose scan hit ``limit`` rows, with the due time of the last row read."""
     counts: dict[int, int] = {}
     last: dict[int, int] = {}
     for partition, _, due in rows:
         counts[partition] = counts.get(partition, 0) + 1
         last[partition] = due
-    full = [last[p] for p, n in counts.items() if n >= limit]
-    return min(full) if full else None
+    return {p: last[p] for p, n in counts.items() if n >= limit}

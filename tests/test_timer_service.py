@@ -216,3 +216,32 @@ async def test_a_timer_fired_before_its_partition_left_fires_again_as_soon_as_it
     rig.service.due_at(0)  # what acquiring a partition does
     await rig.clock.parked()
     assert rig.fired[1:] == [(0, member, T0 + 200)]
+
+
+async def test_a_storm_larger_than_a_scan_rereads_nothing_while_in_flight_and_fires_each_timer_once(rig: Rig) -> None:
+    # More timers due at once on a partition than one scan takes (W7's storm: 100 000 sleepers on
+    # 16 partitions, 1 000 rows a scan). What a scan fired is in flight until its commits remove
+    # it: scanning again meanwhile reads the same rows and finds nothing, and doing so every few
+    # milliseconds made the storm's cost grow with the square of its size.
+    rig.service._batch = 4
+    members = {await rig.add(0, f"i{n:02}", T0 + 100, tell=False): f"i{n:02}" for n in range(10)}
+    rig.clock.advance_to(T0 + 1_000)  # the poll finds them due
+    await rig.clock.parked()
+    assert len(rig.fired) == 4
+    scans = rig.scans
+    for ms in range(T0 + 1_050, T0 + 1_950, 50):  # the owner works through what was fired
+        rig.clock.advance_to(ms)
+        await rig.clock.parked()
+    assert rig.scans == scans  # nothing new could be found: not scanned again
+    assert len(rig.fired) == 4
+
+    handled: set[bytes] = set()
+    while len(rig.fired) < len(members):  # each commit that handles a fired timer removes it
+        for _, member, _ in rig.fired:
+            if member not in handled:
+                handled.add(member)
+                await rig.remove(0, members[member], member)
+        await rig.clock.parked()  # most in flight were handled: scanned again at once
+    fired = [member for _, member, _ in rig.fired]
+    assert len(fired) == len(set(fired)) == 10  # every timer, each once
+    assert all(at < T0 + 1_950 + 1 for _, _, at in rig.fired)  # with no poll or refire needed
