@@ -34,7 +34,7 @@ from hutch.consumers.children import (
     child_finished,
     outbox_member,
 )
-from hutch.consumers.items import BatchedControl, CreatedNotice, StepDone
+from hutch.consumers.items import BatchedControl, CreatedNotice, EventHeard, StepDone
 from hutch.consumers.retry import attempts_left, retry_due_ms
 from hutch.consumers.slots import priority_of
 from hutch.consumers.transition import Effects, Turn
@@ -52,7 +52,7 @@ from hutch.versions import WAITING_FIELD, WorkflowVersions
 
 __all__ = ["Effects", "Input", "InstanceActor"]
 
-Input = Message | StepDone | CreatedNotice
+Input = Message | StepDone | CreatedNotice | EventHeard
 
 _LIVE = frozenset({Status.RUNNING, Status.WAITING})
 
@@ -205,7 +205,7 @@ class InstanceActor:
             self._on_step_done(turn, item)
         elif isinstance(item, TimerFired):
             self._on_timer(turn, item.timer)
-        elif isinstance(item, EventReceived):
+        elif isinstance(item, EventReceived | EventHeard):
             self._on_event(turn, item)
         elif isinstance(item, Control):
             if isinstance(item, BatchedControl) and item.run is not None and item.run != self.run_no:
@@ -531,8 +531,14 @@ class InstanceActor:
                 if self.run is not None:
                     self._start_attempt(turn, name, count, st)
 
-    def _on_event(self, turn: Turn, message: EventReceived) -> None:
+    def _on_event(self, turn: Turn, item: EventReceived | EventHeard) -> None:
         state = self.state
+        if isinstance(item, EventHeard):
+            # Heard ahead of its broker message: only once the event sent before it is here.
+            if item.prev is not None and item.prev not in state.seen_events:
+                return
+            item = item.message
+        message = item
         if self.status in FINISHED or message.id in state.seen_events:
             return
         state.seen_events.add(message.id)

@@ -20,6 +20,7 @@ from hutch.consumers.worker import Worker
 from hutch.entrypoint import Env
 from hutch.settings import Settings
 from hutch.store.base import CheckpointStore
+from hutch.store.redis import RedisStore
 from hutch.versions import Workflows
 from hutch.watch import InstanceWatch
 
@@ -38,7 +39,7 @@ def client_over(
     """A client writing to ``store`` and publishing on ``transport``; ``on_close`` runs when it is closed."""
     return Client(
         store,
-        BrokerDispatcher(transport),
+        dispatcher_over(store, transport),
         workflows=list(workflows),
         limits=limits,
         clock=clock,
@@ -46,6 +47,13 @@ def client_over(
         commits=commits,
         on_close=on_close,
     )
+
+
+def dispatcher_over(store: CheckpointStore, transport: Transport) -> BrokerDispatcher:
+    """The dispatcher publishing on ``transport``, with the events' fast path when ``store`` announces (distributed)."""
+    if isinstance(store, RedisStore) and store.announces:
+        return BrokerDispatcher(transport, announce=store.announce_event)
+    return BrokerDispatcher(transport)
 
 
 async def close_backends(store: CheckpointStore, transport: Transport) -> None:

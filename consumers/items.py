@@ -1,11 +1,11 @@
-"""What a partition owner processes besides broker messages: local step results, creation notices."""
+"""What a partition owner processes besides broker messages: local step results, creation and event notices."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from hutch.broker.envelopes import Control
+from hutch.broker.envelopes import Control, EventReceived
 
 
 @dataclass(slots=True)
@@ -56,3 +56,16 @@ class BatchedControl(Control):
     """
 
     run: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventHeard:
+    """An event announced by its sender (heard on the store's "events" channel), ahead of its broker message.
+
+    Applied as that message would be, once the instance holds ``prev`` (the event the same sender
+    sent it before; None: none known), so a lost notice never lets a later event overtake an
+    earlier one. The broker message, trailing, is then a copy the instance ignores.
+    """
+
+    message: EventReceived
+    prev: str | None

@@ -25,7 +25,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hutch.blobs import BlobAddress, BlobRef, BlobsNeeded, fetch_blobs
-from hutch.broker.envelopes import ControlBatch, InstanceCreated, PoisonMessage, Redrive, TimerFired, decode, encode
+from hutch.broker.envelopes import (
+    ControlBatch,
+    EventReceived,
+    InstanceCreated,
+    PoisonMessage,
+    Redrive,
+    TimerFired,
+    decode,
+    encode,
+)
 from hutch.broker.partitioning import partition_of
 from hutch.broker.transports.base import Delivery, Outgoing, PartitionListener, Transport
 from hutch.clock import Clock
@@ -33,7 +42,7 @@ from hutch.config import Limits
 from hutch.consumers import children, observed, tracing
 from hutch.consumers.actor import Effects, Input, InstanceActor
 from hutch.consumers.fanout import Fanout
-from hutch.consumers.items import BatchedControl, CreatedNotice, StepDone
+from hutch.consumers.items import BatchedControl, CreatedNotice, EventHeard, StepDone
 from hutch.consumers.membership import LEASE_HEADER
 from hutch.consumers.settlement import ACK, REQUEUE, DeadLetter, Outcome, Settlement, Settling
 from hutch.consumers.slots import RECHECK_S, SlotGate
@@ -41,6 +50,7 @@ from hutch.consumers.steps import StepRunner
 from hutch.consumers.timers import TimerService
 from hutch.consumers.versions import VersionWaits
 from hutch.entrypoint import Env
+from hutch.store.announcements import EventNotice
 from hutch.store.base import CheckpointStore, CommitResult, Snapshot, Transition
 from hutch.store.redis import STORE_ERRORS, meta_from_fields
 from hutch.store.slots import SlotStore
@@ -54,6 +64,9 @@ _ActorKey = tuple[str, str]
 # Instances this worker started, remembered so their start messages (arriving after a creation
 # notice started them) are acknowledged without a transition; a forgotten one costs a reload.
 _STARTED_REMEMBERED = 16_384
+# Events applied from their notices, remembered so their broker messages are acknowledged with no
+# transition (and not applied again should the instance restart in between).
+_HEARD_REMEMBERED = 16_384
 
 
 @dataclass(slots=True)
@@ -63,6 +76,7 @@ class _Item:
     input: Input
     delivery: Delivery | None
     parked: bool = False  # kept in Orchestrator._parked for when its partition comes back
+    held: bool = False  # a delivery counted in Orchestrator._held (until settled)
     generation: int = 0  # of its partition's subscription when it arrived (see Orchestrator.forget_partition)
     settlement: Settlement | None = field(default=None, init=False)  # a delivery's (local inputs have none)
 
@@ -98,6 +112,9 @@ class Orchestrator(PartitionListener):
             behind, are then acknowledged with no transition.
         transport: where the effects of ``step.invoke`` publish (a child's start message, its end
             sent to the parent, a terminate): see consumers/children.py.
+        prefetch: the deliveries a partition's consumer holds at most. An event notice is applied
+            only while its partition holds fewer: at the prefetch, messages may wait in the queue,
+            and one of them could be for the same instance and older than the event.
     """
 
     def __init__(
@@ -117,6 +134,7 @@ class Orchestrator(PartitionListener):
         warm_horizon_s: float = 2.0,
         noticed: bool = False,
         transport: Transport | None = None,
+        prefetch: int | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
@@ -162,6 +180,9 @@ class Orchestrator(PartitionListener):
         self._parked: dict[int, list[_Item]] = {}
         self._noticed = noticed
         self._started: OrderedDict[_ActorKey, int] = OrderedDict()  # -> creation ms
+        self._heard: OrderedDict[tuple[str, str, str], None] = OrderedDict()  # (workflow, id, event id)
+        self._prefetch = prefetch
+        self._held: dict[int, int] = {}  # partition -> its broker deliveries received and not settled yet
         # Backoff between attempts at a turn while Redis is unreachable (redis-py's own retries come first).
         self._retry_s = 0.2
         self._retry_max_s = 1.0
@@ -189,10 +210,12 @@ class Orchestrator(PartitionListener):
             return
         generation = self._generation.get(delivery.partition, 0)
         if isinstance(message, ControlBatch):
+            # Settled by its fan-out, not counted among the held deliveries (notice_event's check).
             self._fan_out(delivery, message, generation)
             return
         key = (message.workflow, message.instance_id)
-        self._inbox.put_nowait(_Item(delivery.partition, key, message, delivery, generation=generation))
+        self._held[delivery.partition] = self._held.get(delivery.partition, 0) + 1
+        self._inbox.put_nowait(_Item(delivery.partition, key, message, delivery, generation=generation, held=True))
 
     def _fan_out(self, delivery: Delivery, batch: ControlBatch, generation: int) -> None:
         """Queue each target of a batch as its instance's own control, the delivery settled once all are."""
@@ -332,6 +355,7 @@ class Orchestrator(PartitionListener):
         self._parked.pop(partition, None)
         self._holding.discard(partition)
         self._generation[partition] = self._generation.get(partition, 0) + 1
+        self._held.pop(partition, None)  # the closed subscription's deliveries go back to the queue
 
     async def on_revoked(self, partition: int) -> None:
         """Give up the partition: forget its fencing token and timers, and drop its instances' actors."""
@@ -355,6 +379,30 @@ class Orchestrator(PartitionListener):
         if started is not None and (meta is None or meta.get("created") == started):
             return  # its start message got here first (a re-created id, noticed with its meta, is not)
         self._inbox.put_nowait(_Item(partition, key, CreatedNotice(partition, workflow, instance_id, meta), None))
+
+    def notice_event(self, partition: int, notice: EventNotice) -> None:
+        """A sender announced an event: apply it now if this worker owns its instance, ahead of its broker message.
+
+        The message still comes through the broker and stays the durable path: a notice dropped
+        here only costs latency. It is dropped unless the partition's consumer holds fewer than
+        its prefetch (else older messages may wait in the queue, one of them maybe for this
+        instance): the broker's order is kept. The instance applies it only once it holds the
+        event the sender sent before (see EventHeard).
+        """
+        if partition not in self.owned or self.holding(partition):
+            return
+        if self._prefetch is not None and self._held.get(partition, 0) >= self._prefetch:
+            return
+        message = EventReceived(
+            id=notice.event_id,
+            workflow=notice.workflow,
+            instance_id=notice.instance_id,
+            event_type=notice.event_type,
+            payload=notice.payload,
+            sent_ms=notice.sent_ms,
+        )
+        key = (notice.workflow, notice.instance_id)
+        self._inbox.put_nowait(_Item(partition, key, EventHeard(message, notice.prev), None))
 
     def _post_step_done(self, done: StepDone) -> None:
         self._queued_results[done.partition] = self._queued_results.get(done.partition, 0) + 1
@@ -451,7 +499,16 @@ class Orchestrator(PartitionListener):
                 await self._carry_out_outbox()
         finally:
             observed.flush()  # the turn's counts, into the metrics at once (see observed._Tally)
+            self._release_settled(batch)
         await self._wake_waiters()
+
+    def _release_settled(self, batch: list[_Item]) -> None:
+        """Count the batch's deliveries settled now out of their partitions' held deliveries."""
+        for item in batch:
+            if item.held and item.settled:
+                item.held = False
+                if item.generation == self._generation.get(item.partition, 0) and self._held.get(item.partition):
+                    self._held[item.partition] -= 1
 
     async def _process(self, batch: list[_Item]) -> None:
         """Sort the batch by instance, transition each instance, and commit the transitions together."""
@@ -484,8 +541,8 @@ class Orchestrator(PartitionListener):
                     self._parked.setdefault(item.partition, []).append(item)
                 # Other local inputs (re-drives, timers, notices) of a partition gone elsewhere are
                 # dropped: its new owner re-drives its instances and fires its timers.
-            elif self._started_already(item):
-                _decide(item, ACK)  # a creation notice started it: nothing left to do
+            elif self._started_already(item) or self._heard_already(item):
+                _decide(item, ACK)  # a creation or event notice did its work: nothing left to do
             else:
                 groups.setdefault(item.key, []).append(item)
         return groups
@@ -569,7 +626,7 @@ class Orchestrator(PartitionListener):
         # A creation notice that lost the race to its start message is done with: the
         # instance has started. Anything else is retried on the reloaded instance. A start
         # that conflicts is the expected end of such a race (the other one started it).
-        rest = [i for i in items if not isinstance(i.input, CreatedNotice)]
+        rest = [i for i in items if not isinstance(i.input, CreatedNotice | EventHeard)]
         starts_only = all(isinstance(i.input, CreatedNotice | InstanceCreated) for i in items)
         level = logging.DEBUG if result is CommitResult.CONFLICT and starts_only else logging.WARNING
         observed.rejected(actor, result, level)
@@ -709,6 +766,7 @@ class Orchestrator(PartitionListener):
             self.slots.landed(*key)
         for item in items:
             _decide(item, ACK)
+        self._remember_heard(actor, items)
         self._outbox += effects.outbox
         if effects.cancel_all:
             self.runner.cancel(*key)
@@ -765,6 +823,25 @@ class Orchestrator(PartitionListener):
             return False
         started, created = self._started.get(item.key), message.fields.get("created")
         return started is not None and created is not None and started == int(created)
+
+    def _heard_already(self, item: _Item) -> bool:
+        """Whether ``item`` is the broker message of an event this worker applied from its notice."""
+        message = item.input
+        if not isinstance(message, EventReceived) or item.delivery is None:
+            return False
+        heard = (message.workflow, message.instance_id, message.id)
+        if heard not in self._heard:
+            return False
+        del self._heard[heard]
+        return True
+
+    def _remember_heard(self, actor: InstanceActor, items: list[_Item]) -> None:
+        for item in items:
+            heard = item.input
+            if isinstance(heard, EventHeard) and heard.message.id in actor.state.seen_events:
+                self._heard[(actor.workflow, actor.instance_id, heard.message.id)] = None
+                if len(self._heard) > _HEARD_REMEMBERED:
+                    self._heard.popitem(last=False)
 
     def _drop(self, key: _ActorKey) -> None:
         actor = self.actors.pop(key, None)

@@ -9,9 +9,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from hutch.broker.connection import ConnectionOptions
-from hutch.broker.dispatch import BrokerDispatcher
 from hutch.client import Client, bindings
 from hutch.clock import Clock
+from hutch.consumers.colocated import dispatcher_over
 from hutch.consumers.crons import CronTrigger
 from hutch.consumers.queue_trigger import QueueTrigger
 from hutch.consumers.runtime import connect_servers
@@ -54,7 +54,7 @@ async def serve(
     store, transport = await connect_servers(settings, settings.limits)
     try:
         client = Client(
-            store, BrokerDispatcher(transport), workflows=list(classes), limits=settings.limits, clock=clock
+            store, dispatcher_over(store, transport), workflows=list(classes), limits=settings.limits, clock=clock
         )
         env = Env({**bindings(client, classes, settings.binding_names()), **(resources or {})})
         worker = Worker(

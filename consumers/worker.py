@@ -35,7 +35,7 @@ from hutch.consumers.supervision import Supervisor
 from hutch.consumers.timers import TimerService
 from hutch.entrypoint import Env
 from hutch.settings import Settings
-from hutch.store.announcements import created_instances
+from hutch.store.announcements import created_instances, event_notice, is_event_notice
 from hutch.store.base import CheckpointStore
 from hutch.versions import Workflows
 from hutch.watch import ChannelFeed, InstanceWatch
@@ -117,6 +117,7 @@ class Worker:
             worker_id=worker_id,
             noticed=distributed,
             transport=transport,
+            prefetch=settings.prefetch,
             runner_factory=lambda post: StepRunner(
                 post,
                 limits=limits,
@@ -168,10 +169,20 @@ class Worker:
             transport.on_consumability(self.membership.wake)
 
     def _on_created(self, data: bytes) -> None:
+        if is_event_notice(data):
+            notice = event_notice(data)
+            partition = partition_of(notice.workflow, notice.instance_id, self.transport.partitions)
+            self.orchestrator.notice_event(partition, notice)
+            return
         for created in created_instances(data):
             partition = partition_of(created.workflow, created.instance_id, self.transport.partitions)
             if partition in self.orchestrator.owned:
                 self.orchestrator.notice_created(partition, created.workflow, created.instance_id, created.meta())
+
+    def _channels(self, partition: int) -> list[str]:
+        """The partition's channels its owner hears: creations and events (see hutch.store.announcements)."""
+        keys = self.store.keys
+        return [keys.created_channel(partition), keys.events_channel(partition)]
 
     @property
     def worker_id(self) -> str:
@@ -266,13 +277,13 @@ class Worker:
         await self.orchestrator.adopt(tokens)
         metrics.PARTITION_CHANGES.labels("taken").inc(len(tokens))
         if self._notices is not None:  # subscribed in the background (it never holds up a claim)
-            self._notices.subscribe([self.store.keys.created_channel(p) for p in tokens])
+            self._notices.subscribe([c for p in tokens for c in self._channels(p)])
         await self._publish_leases(sorted(tokens))
 
     async def drop(self, partition: int) -> None:
         """Stop committing for the partition (released, or claimed by another worker)."""
         if self._notices is not None:
-            self._notices.unsubscribe([self.store.keys.created_channel(partition)])
+            self._notices.unsubscribe(self._channels(partition))
         if partition in self.orchestrator.owned:
             await self.orchestrator.on_revoked(partition)
             metrics.PARTITION_CHANGES.labels("dropped").inc()

@@ -36,6 +36,9 @@ CREATED_SUFFIX = ":created"
 CHANGED_SUFFIX = ":changed"
 """What follows a partition's prefix in its changed channel (:meth:`Keys.changed_channel`)."""
 
+EVENTS_SUFFIX = ":events"
+"""What follows a partition's prefix in its events channel (:meth:`Keys.events_channel`)."""
+
 
 def instance_member(workflow: str, instance_id: str) -> str:
     """How an instance is named inside partition sets (neither part may contain ':')."""
@@ -189,6 +192,14 @@ class Keys:
         :func:`instance_member` name.
         """
         return f"{self._tag(partition)}{CHANGED_SUFFIX}"
+
+    def events_channel(self, partition: int) -> str:
+        """Sharded pub/sub channel on which senders announce events to the partition's instances (for its owner).
+
+        Published by the client next to the event's broker message, which stays the durable path
+        (hutch.store.announcements.EventNotice).
+        """
+        return f"{self._tag(partition)}{EVENTS_SUFFIX}"
 
     def limit_holders(self, workflow: str, key: str | None) -> str:
         """Hash of the instances holding a slot of a concurrency limit (field: instance, value: owner's token).

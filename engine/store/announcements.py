@@ -1,4 +1,4 @@
-r"""What the store's scripts publish on pub/sub, parsed: finished instances, created instances.
+r"""What is announced on pub/sub, parsed: finished instances, created instances, sent events.
 
 commit.lua announces each instance that reaches a final status on its partition's sharded channel
 ``<namespace>:{pN}:finished`` (its member, ``workflow:id``); create.lua announces the instances
@@ -9,6 +9,10 @@ the owner then starts it with no read, as from its start message) and only its m
 
     <slot> <created ms> <length of each part>\n<member><field><value>...   (as create.lua got them)
     - <member>\n
+
+A sent event is announced by its sender on the partition's ``<namespace>:{pN}:events``
+(``Keys.events_channel``), next to its broker message: ``E`` then the msgpack of an
+:class:`EventNotice`'s fields (:func:`event_notice_bytes`).
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hutch.serialization import pack, unpack
 from hutch.store.redis import decode_meta
+
+_EVENT_TAG = b"E"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +70,56 @@ def created_instances(data: bytes) -> list[Created]:
         workflow, _, instance_id = parts[0].decode().partition(":")
         out.append(Created(workflow, instance_id, dict(zip(parts[1::2], parts[2::2], strict=True))))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class EventNotice:
+    """An event its sender announced, as its broker message carries it, and what the sender sent before.
+
+    ``prev`` is the id of the event the same sender sent the instance last (None: none it knows
+    of): the owner applies this one ahead of its broker message only once it holds that one, so a
+    sender's events are never taken out of the order it sent them in.
+    """
+
+    workflow: str
+    instance_id: str
+    event_type: str
+    payload: bytes
+    sent_ms: int
+    event_id: str
+    prev: str | None
+
+
+def event_notice_bytes(notice: EventNotice) -> bytes:
+    """What a sender publishes on the events channel for ``notice``."""
+    return _EVENT_TAG + pack(
+        [
+            notice.workflow,
+            notice.instance_id,
+            notice.event_type,
+            notice.payload,
+            notice.sent_ms,
+            notice.event_id,
+            notice.prev,
+        ]
+    )
+
+
+def event_notice(data: bytes) -> EventNotice:
+    """The event of a message on the events channel.
+
+    Raises:
+        ValueError: the message is not an event notice.
+    """
+    if not data.startswith(_EVENT_TAG):
+        raise ValueError("not an event notice")
+    fields = unpack(data[len(_EVENT_TAG) :])
+    if not isinstance(fields, list) or len(fields) != 7:
+        raise ValueError("a malformed event notice")
+    workflow, instance_id, event_type, payload, sent_ms, event_id, prev = fields
+    return EventNotice(workflow, instance_id, event_type, payload, sent_ms, event_id, prev)
+
+
+def is_event_notice(data: bytes) -> bool:
+    """Whether a message heard on a partition's channels is an event notice (else a creation's)."""
+    return data.startswith(_EVENT_TAG)

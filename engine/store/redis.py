@@ -220,6 +220,7 @@ class RedisStore:
         self.cross_slot = not isinstance(redis, RedisCluster) if cross_slot is None else cross_slot
         # The channels' suffix: the scripts publish on each partition's own channel (keys.py).
         self._created_channel = keys.CREATED_SUFFIX if announce_created else ""
+        self.announces = announce_created
         self._commit: AsyncScript = redis.register_script(_script("commit.lua"))
         self._create: AsyncScript = redis.register_script(_script("create.lua"))
         self._delete_unstarted: AsyncScript = redis.register_script(_script("delete_unstarted.lua"))
@@ -237,6 +238,11 @@ class RedisStore:
         """Close the client's connections (and the blob store's)."""
         await self.blobs.close()
         await self.redis.aclose()
+
+    async def announce_event(self, partition: int, data: bytes) -> None:
+        """Publish an event notice on the partition's events channel (nothing when this store announces nothing)."""
+        if self.announces:
+            await self.redis.spublish(self.keys.events_channel(partition), data)
 
     async def check_deployment(self, limits: Limits) -> None:
         """Record the partition count and the limits on first use; refuse to run with different ones.
