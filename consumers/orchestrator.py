@@ -500,7 +500,8 @@ class Orchestrator(PartitionListener):
         finally:
             observed.flush()  # the turn's counts, into the metrics at once (see observed._Tally)
             self._release_settled(batch)
-        await self._wake_waiters()
+        if self.slots.wakes or self.slots.waiting:  # a turn of workflows without limits pays nothing here
+            await self._wake_waiters()
 
     def _release_settled(self, batch: list[_Item]) -> None:
         """Count the batch's deliveries settled now out of their partitions' held deliveries."""

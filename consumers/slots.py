@@ -307,6 +307,8 @@ class SlotGate:
 
     def take_wakes(self) -> list[tuple[str, str]]:
         """The (workflow, instance id) of the waiters to wake, collected since the last call."""
+        if not self.wakes:
+            return []
         wakes, self.wakes = self.wakes, set()
         return [(w, i) for w, _, i in (m.partition(":") for m in sorted(wakes))]
 
