@@ -35,6 +35,7 @@ from hutch.errors import BulkJobNotFound, InvalidInputError, WaitTimeout
 from hutch.search import SearchFilter
 from hutch.status import FINISHED, Action
 from pydantic import BaseModel
+from redis.exceptions import NoScriptError
 
 if TYPE_CHECKING:
     from hutch.client import Client
@@ -171,6 +172,18 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2, n + 1))
 return 1
 """
 
+# KEYS the meta hashes of instances of one partition (one hash tag). Each one's status and run, as one
+# string ("<status> <run>" lines; an absent instance's status is empty): a reply parsed at once, where
+# a pipeline of HMGETs costs the runner a parse per instance.
+_METAS = """
+local out = {}
+for i = 1, #KEYS do
+  local v = redis.call('HMGET', KEYS[i], 'status', 'run')
+  out[i] = (v[1] or '') .. ' ' .. (v[2] or '0')
+end
+return table.concat(out, '\\n')
+"""
+
 # KEYS lease; ARGV token. Releases the lease if it is still this runner's.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -192,6 +205,7 @@ class BulkJobs:
         self._mark = self.redis.register_script(_MARK)
         self._release = self.redis.register_script(_RELEASE)
         self._create_given = self.redis.register_script(_CREATE_GIVEN)
+        self._metas = self.redis.register_script(_METAS)
 
     async def create(
         self, action: str, where: SearchFilter, now_ms: int, *, members: Sequence[str] | None = None
@@ -446,21 +460,42 @@ class BulkRunner:
         runtime, whose workers are this process's) counts as every worker taking them.
         """
         store = self.client._store
-        pipe = store.redis.pipeline(transaction=False)
-        for wf, iid in pairs:
-            pipe.hmget(store.keys.meta(self.client._partition(wf, iid), wf, iid), ["status", "run"])
-        if with_batching:
-            pipe.zrange(store.keys.workers(), 0, -1)
-            pipe.zrange(store.keys.worker_feature(CONTROL_BATCH), 0, -1)
-        results = await pipe.execute()
+        by_partition: dict[int, list[int]] = {}
+        for n, (wf, iid) in enumerate(pairs):
+            by_partition.setdefault(self.client._partition(wf, iid), []).append(n)
+        calls = [[store.keys.meta(p, *pairs[n]) for n in ns] for p, ns in by_partition.items()]
         batched = False
         if with_batching:
-            *results, workers, capable = results
+            pipe = store.redis.pipeline(transaction=False)
+            pipe.zrange(store.keys.workers(), 0, -1)
+            pipe.zrange(store.keys.worker_feature(CONTROL_BATCH), 0, -1)
+            (workers, capable), results = await asyncio.gather(pipe.execute(), self._read_metas(calls))
             batched = set(workers) <= set(capable)
-        out: list[tuple[str | None, int]] = []
-        for status, run in results:
-            out.append((status.decode() if status else None, int(run or 0)))
+        else:
+            results = await self._read_metas(calls)
+        out: list[tuple[str | None, int]] = [(None, 0)] * len(pairs)
+        for ns, text in zip(by_partition.values(), results, strict=True):
+            for n, line in zip(ns, _text(text).split("\n"), strict=True):
+                status, _, run = line.partition(" ")
+                out[n] = (status or None, int(run or 0))
         return out, batched
+
+    async def _read_metas(self, calls: list[list[str]]) -> list[Any]:
+        """The ``_METAS`` script over each key list, pipelined; loaded if the server lacks it (a read: all rerun)."""
+        redis, script = self.jobs.redis, self.jobs._metas
+        for attempt in range(2):
+            pipe = redis.pipeline(transaction=False)
+            for keys in calls:
+                pipe.evalsha(script.sha, len(keys), *keys)
+            results: list[Any] = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                await redis.script_load(script.script)
+                continue
+            for result in results:
+                if isinstance(result, Exception):
+                    raise result
+            return results
+        raise AssertionError("unreachable")
 
     async def _control(
         self,
