@@ -16,7 +16,13 @@ What can go wrong while a node of the cluster goes away, and what :class:`Confir
   queue's leader stopped can be left unanswered for as long as RabbitMQ's own command timeout
   (``net_ticktime`` + 5 s, over a minute). So an attempt that hears nothing back for
   ``confirm_timeout_s`` (doubled after each attempt that timed out, so a slow but healthy broker
-  is not flooded) retires the channel and publishes the unconfirmed messages again on a new one.
+  is not flooded) retires the channel and publishes the unconfirmed messages again on a new one —
+  unless the broker is merely behind: a queue confirms its messages in the order it took them, so
+  while each of the attempt's queues keeps confirming, on that channel, messages published before
+  the attempt's (other publishes', queued ahead), the attempt waits on. Retiring the channel then
+  would fail every publish in flight on it and send them all again, and under a sustained load
+  that outruns the broker for a moment (W8) each such round added a second copy of everything in
+  flight, which only made the broker slower.
 
 Nothing is given up before ``publish_timeout_s`` (then ``TimeoutError`` says how many messages
 were not confirmed and the broker's last answer). A message published again may reach its queue
@@ -97,6 +103,10 @@ class ConfirmedPublisher:
         self._channel: aiormq.Channel | None = None
         self._opening = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        # channel -> routing key -> the number of the latest-published message confirmed there: how
+        # far each queue has got through what was published on the channel.
+        self._confirmed: dict[aiormq.Channel, dict[str, int]] = {}
+        self._published = 0  # numbers this publisher's messages in the order they are published
         self.channels_retired = 0  # how often a channel nacked, went silent or was lost (tests, logs)
 
     async def publish(self, batch: Sequence[Publish]) -> None:
@@ -161,6 +171,8 @@ class ConfirmedPublisher:
             channel = self._channel
             if channel is not None and not channel.is_closed:
                 return channel
+            if channel is not None:
+                self._confirmed.pop(channel, None)  # closed with its connection: forget what it confirmed
             await self._ready()  # reconnecting: bounded by the caller's deadline
             transport = self._connection.transport
             if transport is None:
@@ -183,6 +195,7 @@ class ConfirmedPublisher:
         if self._channel is channel:
             self._channel = None
             self.channels_retired += 1
+        self._confirmed.pop(channel, None)
         if channel.is_closed:
             return
         task = asyncio.get_running_loop().create_task(self._close(channel), name="hutch-amqp-retire-channel")
@@ -209,13 +222,20 @@ class ConfirmedPublisher:
         Waits as long as answers keep coming: a large batch on a busy broker takes a while, but a
         channel that answers nothing for ``wait_s`` is given up on.
         """
-        tasks = [asyncio.ensure_future(_publish_one(channel, item)) for item in items]
+        first = self._published + 1
+        self._published += len(items)
+        confirmed = self._confirmed.setdefault(channel, {})
+        tasks = [asyncio.ensure_future(self._publish_one(channel, item, first + n)) for n, item in enumerate(items)]
         try:
             waiting: set[asyncio.Future[None]] = set(tasks)
+            queues = {item.routing_key for item in items}
+            seen = {key: confirmed.get(key, 0) for key in queues}
             while waiting:
                 done, waiting = await asyncio.wait(waiting, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-                if not done:
+                if not done and not _behind(confirmed, seen, first):
                     break
+                queues = {item.routing_key for item, task in zip(items, tasks, strict=True) if task in waiting}
+                seen = {key: confirmed.get(key, 0) for key in queues}
         finally:
             for task in tasks:
                 task.cancel()  # a no-op for the finished ones; a late confirm is ignored by aiormq
@@ -233,6 +253,25 @@ class ConfirmedPublisher:
             else:
                 raise exc  # unroutable (a DeliveryError too, but no new channel routes it), or a bug
         return failures
+
+    async def _publish_one(self, channel: aiormq.Channel, item: Publish, published: int) -> None:
+        await _publish_one(channel, item)
+        confirmed = self._confirmed.get(channel)
+        if confirmed is not None and published > confirmed.get(item.routing_key, 0):
+            confirmed[item.routing_key] = published
+
+
+def _behind(confirmed: dict[str, int], seen: dict[str, int], published: int) -> bool:
+    """Whether every queue of ``seen`` confirmed, since ``seen``, messages published before number ``published`` only.
+
+    Such a queue is working through what was queued ahead of the attempt's messages: slow, not stuck.
+    One that confirmed nothing since, or a message published after them (theirs were skipped), is stuck.
+    """
+    for key, before in seen.items():
+        now = confirmed.get(key, 0)
+        if not before < now < published:
+            return False
+    return True
 
 
 async def _publish_one(channel: aiormq.Channel, item: Publish) -> None:
