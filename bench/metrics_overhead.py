@@ -20,7 +20,10 @@ import json
 import os
 import statistics
 import sys
+import time
 from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
 
 from hutch import metrics
 
@@ -58,6 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metrics.set_enabled(True)
     on_rate, off_rate = statistics.median(rates[True]), statistics.median(rates[False])
     on_cpu, off_cpu = statistics.median(cpu_us[True]), statistics.median(cpu_us[False])
+    recording = recording_cost()
     ratio, cpu_ratio = off_rate / on_rate, on_cpu / off_cpu
     print(
         json.dumps(
@@ -68,6 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "process_cpu_us_per_step": {"metrics_on": _spread(cpu_us[True]), "metrics_off": _spread(cpu_us[False])},
                 "off_over_on": round(ratio, 4),
                 "cpu_on_over_off": round(cpu_ratio, 4),
+                # What recording adds per committed step, measured alone (far below the runs' spread).
+                "recording_us_per_step": recording,
+                "recording_share_of_w1_cpu": round(recording["added"] / off_cpu, 4),
                 "target": f"<= {TARGET_RATIO}",
                 "ok": ratio <= TARGET_RATIO and cpu_ratio <= TARGET_RATIO,
                 "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -75,6 +82,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     )
     return 0
+
+
+def recording_cost(rounds: int = 7, turns: int = 300, per_turn: int = 64) -> dict[str, float]:
+    """CPU µs per committed step of what the worker records, on and off: W1's steps replayed through it alone.
+
+    Each step of W1 commits one transition appending an ended attempt (ok) and three more records;
+    the orchestrator hands it to ``observed.committed`` and flushes once per turn (``per_turn``
+    transitions, the turn size under W1). Rounds alternate on and off; medians.
+    """
+    from hutch.consumers import observed
+    from hutch.consumers.items import StepDone
+    from hutch.store.base import Transition
+
+    workflow = "bench-metrics"
+    cases = []
+    for i in range(10):  # W1's ten step names: ten series
+        name = f"step {i}"
+        history: list[Any] = [
+            {"k": "attend", "n": name, "c": 1, "a": 1, "ok": True, "t": 2},
+            {"k": "res", "ref": "step", "n": name, "c": 1, "ok": True, "vb": b"", "t": 2, "g": i},
+            {"k": "step", "n": f"step {i + 1}", "c": 1, "g": i + 1, "t": 2, "cfg": {}},
+            {"k": "att", "n": f"step {i + 1}", "c": 1, "a": 1, "t": 2},
+        ]
+        instance = SimpleNamespace(workflow=workflow, instance_id="i", trace="", history=history)
+        transition = Transition(0, workflow, "i", i, 1, history=[b""] * len(history))
+        done = StepDone(0, workflow, "i", 0, name, 1, 1, 1, 2, ok=True)
+        cases.append((instance, transition, [done]))
+    flush = getattr(observed, "flush", lambda: None)  # a version that records per step has none
+    sides: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for r in range(rounds * 2):
+            on = r % 4 in (0, 3)
+            metrics.set_enabled(on)
+            cpu = time.process_time()
+            for t in range(turns):
+                for n in range(per_turn):
+                    instance, transition, inputs = cases[(t + n) % len(cases)]
+                    observed.committed(instance, transition, inputs)  # type: ignore[arg-type]
+                flush()
+            sides[on].append((time.process_time() - cpu) / (turns * per_turn) * 1e6)
+    finally:
+        metrics.set_enabled(True)
+    on_us, off_us = statistics.median(sides[True]), statistics.median(sides[False])
+    return {"on": round(on_us, 3), "off": round(off_us, 3), "added": round(on_us - off_us, 3)}
 
 
 def _spread(values: list[float]) -> dict[str, float | list[float]]:
