@@ -24,7 +24,7 @@ from tests.conftest import MakeClient
 from tests.helpers import unique
 
 EXPECTED_METRICS = {
-    "W1": {"wall_s", "steps_per_s", "instances_per_s"},
+    "W1": {"wall_s", "process_cpu_s", "steps_per_s", "instances_per_s"},
     "W2": {f"{m}@{n}" for n in (*SMOKE.w2_scaling, SMOKE.w2_steps) for m in ("total_s", "ms_per_step")},
     "W2L": {f"ms_per_step_{k}@{SMOKE.w2_steps}" for k in ("plain", "large")} | {"ratio"},
     "W3": {"p50_ms", "p99_ms"},
