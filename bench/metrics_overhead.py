@@ -105,7 +105,7 @@ def recording_cost(rounds: int = 7, turns: int = 300, per_turn: int = 64) -> dic
             {"k": "step", "n": f"step {i + 1}", "c": 1, "g": i + 1, "t": 2, "cfg": {}},
             {"k": "att", "n": f"step {i + 1}", "c": 1, "a": 1, "t": 2},
         ]
-        instance = SimpleNamespace(workflow=workflow, instance_id="i", trace="", history=history)
+        instance = SimpleNamespace(workflow=workflow, instance_id="i", trace="", history=history, appended=4)
         transition = Transition(0, workflow, "i", i, 1, history=[b""] * len(history))
         done = StepDone(0, workflow, "i", 0, name, 1, 1, 1, 2, ok=True)
         cases.append((instance, transition, [done]))

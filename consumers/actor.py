@@ -108,6 +108,7 @@ class InstanceActor:
         # creation time, so a stale message of an instance with the same id cannot run.
         self._from_message = from_message
         self.history: list[Record] = snapshot.history
+        self.appended = 0  # records the last apply() appended to history
         self.run: WorkflowRun | None = None
         # Set while the instance's partition is being handed over (see Orchestrator.hold): results
         # still commit, but no new attempt starts here; such steps wait in state.deferred, recorded
@@ -158,7 +159,11 @@ class InstanceActor:
         if self._needs_version and not self._waiting_recorded and self.status not in FINISHED:
             turn.tx.meta[WAITING_FIELD] = pack(self.version)
             self._waiting_recorded = True
-        return turn.close(self.history), turn.effects
+        transition = turn.close(self.history)
+        # The records this batch appended to history: what the logs, metrics and spans of its commit
+        # read (the store may fold them into fewer stored entries, so the transition cannot say).
+        self.appended = len(turn.records)
+        return transition, turn.effects
 
     def committed(self, transition: Transition) -> None:
         """The transition is durable: advance the sequence number."""

@@ -127,6 +127,7 @@ class ObservedInstance(Protocol):
     instance_id: str
     trace: str
     history: list[Record]
+    appended: int  # how many records at the end of history the committed transition added
 
 
 def fields(instance: ObservedInstance, **more: Any) -> dict[str, Any]:
@@ -142,14 +143,15 @@ def fields(instance: ObservedInstance, **more: Any) -> dict[str, Any]:
 def committed(instance: ObservedInstance, transition: Transition, inputs: Iterable[object]) -> None:
     """Count and log what a committed transition recorded; ``inputs`` are what it consumed.
 
-    ``instance.history`` must end with the transition's records, as the owner appends them.
+    ``instance.history`` must end with the ``instance.appended`` records the transition added, as
+    the owner appends them.
     """
     if not metrics.enabled():
         _log_committed(instance, transition)
         return
     tally = _tally
     tally.committed += 1
-    n = len(transition.history)
+    n = instance.appended
     workflow = instance.workflow
     results: dict[tuple[str, int, int], StepDone] | None = None
     for record in instance.history[-n:] if n else ():
@@ -187,7 +189,7 @@ def _count_attempt(workflow: str, record: Record, done: StepDone | None) -> None
 
 
 def _log_committed(instance: ObservedInstance, transition: Transition) -> None:
-    n = len(transition.history)
+    n = instance.appended
     for record in instance.history[-n:] if n else []:
         if record["k"] == "attend" and not record["ok"]:
             _log_failed_attempt(instance, record)

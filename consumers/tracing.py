@@ -184,6 +184,7 @@ class TracedInstance(Protocol):
     created_ms: int
     trace: str
     history: list[Record]
+    appended: int  # how many records at the end of history the committed transition added
 
 
 def emit_committed(
@@ -196,7 +197,7 @@ def emit_committed(
     """Emit the spans of what a committed transition recorded: resolved sleeps and waits, events, the run's end.
 
     Call after the commit succeeded (a rejected transition is recomputed and must not emit twice).
-    ``instance.history`` must end with the transition's records, as the owner appends them.
+    ``instance.history`` must end with the ``instance.appended`` records the transition added.
 
     Args:
         instance: the instance whose transition committed.
@@ -207,7 +208,7 @@ def emit_committed(
     tracer = current_tracer()
     if tracer is None:
         return
-    n = len(transition.history)
+    n = instance.appended
     records = instance.history[-n:] if n else []
     finished = transition.status_to in FINISHED
     if not records and not transition.events_push and not finished:

@@ -92,7 +92,7 @@ def test_a_turns_counts_reach_the_metrics_when_it_is_flushed() -> None:
         {"k": "attend", "n": "s", "c": 1, "a": 1, "ok": True, "t": 5},
         {"k": "attend", "n": "s", "c": 2, "a": 1, "ok": False, "err": {}, "retry_at": 9, "t": 5},
     ]
-    instance = SimpleNamespace(workflow="tally", instance_id="i", trace="", history=history)
+    instance = SimpleNamespace(workflow="tally", instance_id="i", trace="", history=history, appended=2)
     transition = Transition(0, "tally", "i", 3, 1, history=[b"", b""])
     done = StepDone(0, "tally", "i", 0, "s", 1, 1, 1000, 1250, ok=True, value=None, value_bytes=b"")
     observed.committed(instance, transition, [done])  # type: ignore[arg-type]
