@@ -228,13 +228,16 @@ class ConfirmedPublisher:
         tasks = [asyncio.ensure_future(self._publish_one(channel, item, first + n)) for n, item in enumerate(items)]
         try:
             waiting: set[asyncio.Future[None]] = set(tasks)
-            queues = {item.routing_key for item in items}
-            seen = {key: confirmed.get(key, 0) for key in queues}
+            seen = {item.routing_key: confirmed.get(item.routing_key, 0) for item in items}
             while waiting:
                 done, waiting = await asyncio.wait(waiting, timeout=wait_s, return_when=asyncio.FIRST_COMPLETED)
-                if not done and not _behind(confirmed, seen, first):
-                    break
+                if done:
+                    continue
+                # Silent for wait_s: stuck, unless each queue still waited for is working through
+                # what was published ahead (checked against the last silence, or the attempt's start).
                 queues = {item.routing_key for item, task in zip(items, tasks, strict=True) if task in waiting}
+                if not _behind(confirmed, {key: seen[key] for key in queues}, first):
+                    break
                 seen = {key: confirmed.get(key, 0) for key in queues}
         finally:
             for task in tasks:
