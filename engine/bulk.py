@@ -15,8 +15,14 @@ checkpoint: a runner that crashed (or stalled past its lease) loses the job to t
 resumes from the last checkpoint and redoes at most the batch in flight. Every action is idempotent
 so that redoing it is harmless — terminate, pause and resume of an instance already so are no-ops
 at its owner, a delete of a deleted instance finds nothing — except restart, which would run an
-instance from the start again: a restart is marked per job and instance (its run number then)
-before it is sent, and a redone batch never sends it again; it only checks that it was applied.
+instance from the start again: a restart is marked per job and instance with its run number then
+before it is sent, and fenced to that run (applied only while the instance is still on it). A
+redone batch counts the marked restarts that were applied (the run moved on) and sends the others
+again, fenced: one the dead runner did send is applied once, whichever copy comes first. (Sent one
+message per instance, while a worker predating ``ControlBatch`` runs, a restart carries no fence: a
+redone batch then never sends it again and waits for it to be applied.) While a batch is acted on,
+its runner renews its lease (for at most ``HOLD_S``), so a slow batch is not taken over by another
+runner while this one still works on it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
@@ -60,7 +66,11 @@ FAILURES_KEPT = 100
 """How many failures a job records (with their reasons); the count covers them all."""
 
 APPLY_WAIT_S = 10.0
-"""How long a delete waits for the instances it terminated, and a redone restart for its earlier request."""
+"""How long a delete waits for the instances it terminated, and a redone restart for its earlier request
+(sent one message per instance, unfenced: a worker predates ``ControlBatch``)."""
+
+HOLD_S = 120.0
+"""The longest a runner keeps renewing its lease while it acts on one batch (a stuck one is then taken over)."""
 
 
 def check_action(action: object) -> BulkAction:
@@ -184,6 +194,12 @@ end
 return table.concat(out, '\\n')
 """
 
+# KEYS lease; ARGV token, lease ms. Renews the lease if it is still this runner's; 1 if it did.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+
 # KEYS lease; ARGV token. Releases the lease if it is still this runner's.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -204,6 +220,7 @@ class BulkJobs:
         self._checkpoint = self.redis.register_script(_CHECKPOINT)
         self._mark = self.redis.register_script(_MARK)
         self._release = self.redis.register_script(_RELEASE)
+        self._renew = self.redis.register_script(_RENEW)
         self._create_given = self.redis.register_script(_CREATE_GIVEN)
         self._metas = self.redis.register_script(_METAS)
 
@@ -383,12 +400,38 @@ class BulkRunner:
         while state == BulkState.RUNNING:
             items = self.jobs.keys.bulk_items(job_id)
             members = [_text(m) for m in await self.jobs.redis.lrange(items, pos, pos + self.batch - 1)]
-            outcomes = await self._act(job_id, progress.action, members)
+            async with self._holding(job_id):
+                outcomes = await self._act(job_id, progress.action, members)
             pos += len(members)
             state = await self._record(job_id, pos, outcomes)
         if state in (BulkState.DONE, BulkState.CANCELLED):
             await self.jobs._finished(job_id)
         await self._release_lease(job_id)
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, job_id: str) -> AsyncIterator[None]:
+        """Renew the job's lease every third of it while the body runs (for at most ``HOLD_S``).
+
+        A batch may take longer than the lease (a delete waits for its terminations, a loaded broker
+        confirms slowly): without this another runner would take the job over and redo the batch
+        while this one still acts on it, and this one's checkpoint would then fail, again and again.
+        """
+
+        async def renew() -> None:
+            lease, args = [self.jobs.keys.bulk_lease(job_id)], [self.token, str(self.lease_ms)]
+            every = self.lease_ms / 3000
+            for _ in range(max(1, int(HOLD_S / every))):
+                await asyncio.sleep(every)
+                if not await self.jobs._renew(lease, args):
+                    return  # taken over: the checkpoint that ends the batch finds out and stops
+
+        renewer = asyncio.get_running_loop().create_task(renew(), name=f"hutch-bulk-lease-{job_id}")
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await renewer
 
     async def _collect(self, job_id: str, where: SearchFilter, cursor: str | None) -> BulkState:
         page = await self.client.search(**where.model_dump(), limit=1000, cursor=cursor)
@@ -529,15 +572,30 @@ class BulkRunner:
             args += [f"{wf}:{iid}", metas[(wf, iid)][1]]
         marked = await self.jobs._mark([keys.bulk_job(job_id), keys.bulk_marks(job_id)], args)
         fresh = [t for t, m in zip(targets, marked, strict=True) if int(m) == 1]
+        runs = [metas[t][1] for t in fresh]
         redone = [t for t, m in zip(targets, marked, strict=True) if int(m) != 1]
-        # Each fenced to the run it was marked at: a batch the broker delivers again restarts nothing twice.
-        await self._control("restart", fresh, out, batched=batched, runs=[metas[t][1] for t in fresh])
+        unapplied: list[tuple[tuple[str, str], int]] = []
         if redone:
-            # Marked by an earlier run of this batch, which may or may not have sent it: never send it
-            # again (that could restart the instance twice); count it once its run moved past the mark.
+            # Marked by an earlier run of this batch, which may or may not have sent it before it died.
             marks = [f"{wf}:{iid}" for wf, iid in redone]
             before = await self.jobs.redis.hmget(keys.bulk_marks(job_id), marks)
-            await self._await_runs(redone, [int(b or 0) for b in before], out)
+            for target, mark in zip(redone, before, strict=True):
+                if metas[target][1] > int(mark or 0):
+                    out.done += 1  # applied: its run moved past the mark
+                else:
+                    unapplied.append((target, int(mark or 0)))
+        if batched:
+            # Fenced to its marked run, a restart the dead runner may have sent already is sent again:
+            # whichever copy arrives second finds the instance on a later run and is ignored.
+            fresh += [target for target, _ in unapplied]
+            runs += [mark for _, mark in unapplied]
+            unapplied = []
+        # Each fenced to the run it was marked at: a batch the broker delivers again restarts nothing twice.
+        await self._control("restart", fresh, out, batched=batched, runs=runs)
+        if unapplied:
+            # One Control per instance (a worker predates ControlBatch) carries no run: never send it
+            # again (that could restart the instance twice); count it once its run moved past the mark.
+            await self._await_runs([t for t, _ in unapplied], [mark for _, mark in unapplied], out)
 
     async def _await_runs(self, targets: Sequence[tuple[str, str]], before: Sequence[int], out: _Outcomes) -> None:
         loop = asyncio.get_running_loop()

@@ -7,6 +7,7 @@ and finishes without restarting any instance twice; a cancelled job acts on noth
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -89,28 +90,40 @@ class Killed(BaseException):
     """Stands for the runner's process dying."""
 
 
+@pytest.mark.parametrize("dies", ["after sending", "before sending"])
 async def test_a_restart_job_killed_mid_way_resumes_and_restarts_each_instance_once(
-    fleet: tuple[Client, list[tuple[str, str]]], monkeypatch: pytest.MonkeyPatch
+    fleet: tuple[Client, list[tuple[str, str]]], monkeypatch: pytest.MonkeyPatch, dies: str
 ) -> None:
+    """The runner dies in its fourth batch: after sending its restarts and before recording them, or
+    after marking them and before sending them (the next runner must send those, and only those)."""
     client, members = fleet
     jobs = BulkJobs(client._store)
     job_id = await jobs.create("restart", SearchFilter(workflow="fleet", status="complete"), client.clock.now_ms())
     first = BulkRunner(client, lease_s=2, batch=64)
     assert await first._claimable() == [job_id]
-    recorded = 0
-    original = BulkRunner._record
+    recorded = sent = 0
+    original, send = BulkRunner._record, client._dispatcher.control_many
 
     async def record_then_die(self: BulkRunner, job: str, pos: int, outcomes: Any) -> Any:
         nonlocal recorded
-        if recorded == 3:  # the fourth batch was acted on, and the process dies before recording it
+        if recorded == 3 and dies == "after sending":  # the fourth batch was acted on, not recorded
             raise Killed()
         recorded += 1
         return await original(self, job, pos, outcomes)
 
+    async def die_before_sending(items: Any, action: Any, **options: Any) -> None:
+        nonlocal sent
+        if sent == 3 and dies == "before sending":  # the fourth batch's restarts are marked, not sent
+            raise Killed()
+        sent += 1
+        await send(items, action, **options)
+
     monkeypatch.setattr(BulkRunner, "_record", record_then_die)
+    monkeypatch.setattr(client._dispatcher, "control_many", die_before_sending)
     with pytest.raises(Killed):
         await first.advance(job_id)
     monkeypatch.setattr(BulkRunner, "_record", original)
+    monkeypatch.setattr(client._dispatcher, "control_many", send)
     half = await jobs.read(job_id)
     assert (half.state, half.total, half.done) == (BulkState.RUNNING, 700, 192)
 
@@ -133,6 +146,41 @@ async def test_a_restart_job_killed_mid_way_resumes_and_restarts_each_instance_o
         return True
 
     await eventually(restarted_once, timeout=60, interval=0.2)
+
+
+async def test_a_batch_slower_than_the_lease_stays_its_runners(
+    make_client: MakeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The runner renews its lease while it acts: another runner does not take over (and redo) a slow batch."""
+    client = await make_client(WORKFLOWS)
+    for instance in await client.workflow("other").create_batch([{"id": f"o-{n}"} for n in range(5)]):
+        await instance.wait(timeout=30)
+    jobs = BulkJobs(client._store)
+    job_id = await jobs.create("restart", SearchFilter(workflow="other"), client.clock.now_ms())
+    first, second = BulkRunner(client, lease_s=0.3), BulkRunner(client, lease_s=0.3)
+    assert await first._claimable() == [job_id]
+    send = client._dispatcher.control_many
+    others_claims: list[list[str]] = []
+
+    async def slow_send(items: Any, action: Any, **options: Any) -> None:
+        for _ in range(8):  # 1.2 s: four leases
+            await asyncio.sleep(0.15)
+            others_claims.append(await second._claimable())
+        await send(items, action, **options)
+
+    monkeypatch.setattr(client._dispatcher, "control_many", slow_send)
+    await first.advance(job_id)
+    assert others_claims == [[]] * 8, "the job stayed the first runner's"
+    done = await jobs.read(job_id)
+    assert (done.state, done.total, done.done, done.failed) == (BulkState.DONE, 5, 5, 0)
+    for n in range(5):
+        await eventually(lambda n=n: _run_is(client, f"o-{n}", 1), timeout=30, interval=0.05)
+
+
+async def _run_is(client: Client, iid: str, n: int) -> bool:
+    run = await client._store.redis.hget(client._store.keys.meta(client._partition("other", iid), "other", iid), "run")
+    assert int(run) == n, run
+    return True
 
 
 async def test_a_cancelled_job_acts_on_nothing_more(make_client: MakeClient) -> None:
