@@ -40,6 +40,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from tests.helpers import eventually
+
 TOKEN = "fuzz-token"
 BASE_URL = "http://gateway.test"
 CHECKS = [
@@ -157,3 +159,65 @@ def test_every_operation_conforms_to_the_schema(case: Any, harness: Harness) -> 
 def test_open_mode_conforms_to_its_schema(case: Any, open_harness: Harness) -> None:
     response = open_harness.send(case.as_transport_kwargs(base_url=BASE_URL))
     case.validate_response(response, checks=OPEN_CHECKS)
+
+
+def _conforms(harness: Harness, api_schema: Any, path: str, method: str, **parts: Any) -> dict[str, Any]:
+    """Send one request built from the schema's operation and check the response with every check."""
+    case = api_schema[path][method].Case(**parts)
+    response = harness.send(case.as_transport_kwargs(base_url=BASE_URL, headers={"Authorization": f"Bearer {TOKEN}"}))
+    case.validate_response(response, checks=CHECKS)
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def test_the_fleet_routes_conform_on_states_random_requests_rarely_reach(harness: Harness, api_schema: Any) -> None:
+    """Random ids and cursors mostly meet 404s and 400s: here the fleet routes answer real jobs, pages and
+    instances, and each answer must still be what the schema says (status code, content type, body)."""
+    workflow = harness.client.workflow("echo")
+    ids = [f"fleet-{n}" for n in range(5)]
+    harness.loop.run_until_complete(workflow.create_batch([{"id": iid, "params": {"n": 2}} for iid in ids]))
+
+    async def waiting() -> bool:
+        statuses = [(await (await workflow.get(iid)).status()).status for iid in ids]
+        assert statuses == ["waiting"] * len(ids), statuses
+        return True
+
+    harness.loop.run_until_complete(eventually(waiting, timeout=30, interval=0.02))
+
+    # A search paged by its cursor, across workflows and within one.
+    query = {"workflow": "echo", "id_prefix": "fleet-", "per_page": 2, "order": "asc"}
+    page = _conforms(harness, api_schema, "/api/instances", "GET", query=query)
+    assert [i["id"] for i in page["result"]] == ids[:2] and page["result_info"]["cursor"]
+    query["cursor"] = page["result_info"]["cursor"]
+    assert [i["id"] for i in _conforms(harness, api_schema, "/api/instances", "GET", query=query)["result"]] == ids[2:4]
+    assert _conforms(harness, api_schema, "/api/workflows/{name}/instances", "GET", path_parameters={"name": "echo"})
+
+    # Restart from a step, and terminate with rollback.
+    status = "/api/workflows/{name}/instances/{instance_id}/status"
+    restart = {"status": "restart", "from": {"name": "echo", "count": 1}}
+    _conforms(
+        harness, api_schema, status, "PATCH", path_parameters={"name": "echo", "instance_id": ids[0]}, body=restart
+    )
+    body = {"status": "terminate", "rollback": True}
+    _conforms(harness, api_schema, status, "PATCH", path_parameters={"name": "echo", "instance_id": ids[1]}, body=body)
+
+    # A bulk job: started, read, waited for, cancelled once finished; terminate-all by status.
+    started = _conforms(
+        harness,
+        api_schema,
+        "/api/bulk",
+        "POST",
+        body={"action": "pause", "filter": {"workflow": "echo", "id_prefix": "fleet-"}},
+    )
+    job = {"job_id": started["result"]["id"]}
+    harness.loop.run_until_complete(harness.client.bulk_job(job["job_id"]).wait(timeout=30))
+    progress = _conforms(harness, api_schema, "/api/bulk/{job_id}", "GET", path_parameters=job)["result"]
+    assert (progress["state"], progress["total"]) == ("done", 5), progress
+    assert (
+        _conforms(harness, api_schema, "/api/bulk/{job_id}", "DELETE", path_parameters=job)["result"]["state"] == "done"
+    )
+    terminate_all = "/api/workflows/{name}/instances/terminate"
+    terminated = _conforms(
+        harness, api_schema, terminate_all, "PUT", path_parameters={"name": "echo"}, query={"status": "paused"}
+    )
+    harness.loop.run_until_complete(harness.client.bulk_job(terminated["result"]["id"]).wait(timeout=30))
