@@ -184,8 +184,8 @@ async def test_a_bulk_restart_whose_gateway_is_killed_resumes_in_another_and_res
 
     await eventually(lambda: all_complete(0, 1), timeout=120, interval=0.5)
 
-    # The first gateway pauses half a second there in each batch: the kill lands in that window.
-    first = await deployment.start_gateway(HUTCH_TEST_BULK_PAUSE=dies.split()[0], HUTCH_TEST_BULK_PAUSE_S="0.5")
+    # The first gateway pauses a second there in each batch: the kill lands in that window.
+    first = await deployment.start_gateway(HUTCH_TEST_BULK_PAUSE=dies.split()[0], HUTCH_TEST_BULK_PAUSE_S="1")
     headers = {"Authorization": f"Bearer {TOKEN}"}
     async with httpx.AsyncClient(base_url=first.url, headers=headers, timeout=30) as http:
         created = await http.post("/api/bulk", json={"action": "restart", "filter": {"workflow": "counted"}})
