@@ -105,7 +105,11 @@ class BrokerDispatcher:
         if self._announce is None or last is None or len(payload) > MAX_NOTICE_PAYLOAD:
             await self._send([message])
             return
-        notice = EventNotice(workflow, instance_id, event_type, payload, sent_ms, message.id, last or None)
+        headers: dict[str, str] = {}
+        inject(headers)
+        notice = EventNotice(
+            workflow, instance_id, event_type, payload, sent_ms, message.id, last or None, headers.get("traceparent")
+        )
         # The notice first (the send's wait is the broker's confirm either way): the owner usually
         # hears it well before the message is delivered.
         await asyncio.gather(self._notice(self.partition_of(*key), event_notice_bytes(notice)), self._send([message]))

@@ -69,3 +69,4 @@ class EventHeard:
 
     message: EventReceived
     prev: str | None
+    traceparent: str | None = None  # the sender's, as its broker message's headers carry it

@@ -402,7 +402,7 @@ class Orchestrator(PartitionListener):
             sent_ms=notice.sent_ms,
         )
         key = (notice.workflow, notice.instance_id)
-        self._inbox.put_nowait(_Item(partition, key, EventHeard(message, notice.prev), None))
+        self._inbox.put_nowait(_Item(partition, key, EventHeard(message, notice.prev, notice.traceparent), None))
 
     def _post_step_done(self, done: StepDone) -> None:
         self._queued_results[done.partition] = self._queued_results.get(done.partition, 0) + 1
@@ -614,6 +614,11 @@ class Orchestrator(PartitionListener):
         observed.committed(actor, transition, [i.input for i in items])  # logs and metrics: never of replay
         if tracing.enabled():  # spans of what this transition recorded: never of replayed history
             deliveries = [(i.input, i.delivery.headers) for i in items if i.delivery is not None]
+            deliveries += [
+                (i.input.message, {"traceparent": i.input.traceparent})
+                for i in items
+                if isinstance(i.input, EventHeard) and i.input.traceparent
+            ]
             tracing.emit_committed(actor, transition, deliveries, now_ms=self.clock.now_ms())
         if transition.timers_add or transition.timers_remove:
             self.timers.committed(actor.partition, transition.timers_add, transition.timers_remove)

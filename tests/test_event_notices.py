@@ -10,6 +10,7 @@ held, so no event overtakes an earlier one of the same sender.
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -121,6 +122,8 @@ async def _history_kinds(client: Client, iid: str) -> list[tuple[str, Any]]:
 def test_a_notice_reads_back_as_sent() -> None:
     notice = _notice("i-1", {"ok": True}, prev="before")
     assert event_notice(event_notice_bytes(notice)) == notice
+    traced = dataclasses.replace(notice, traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01")
+    assert event_notice(event_notice_bytes(traced)).traceparent == traced.traceparent
     with pytest.raises(ValueError):
         event_notice(b"3 1000 4\nwf:i")  # a creation's announcement is not an event notice
 

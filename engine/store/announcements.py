@@ -78,7 +78,9 @@ class EventNotice:
 
     ``prev`` is the id of the event the same sender sent the instance last (None: none it knows
     of): the owner applies this one ahead of its broker message only once it holds that one, so a
-    sender's events are never taken out of the order it sent them in.
+    sender's events are never taken out of the order it sent them in. ``traceparent`` is the W3C
+    trace context the broker message carries in its headers, so the event's delivery span links to
+    its sender whichever path delivers it.
     """
 
     workflow: str
@@ -88,6 +90,7 @@ class EventNotice:
     sent_ms: int
     event_id: str
     prev: str | None
+    traceparent: str | None = None
 
 
 def event_notice_bytes(notice: EventNotice) -> bytes:
@@ -101,6 +104,7 @@ def event_notice_bytes(notice: EventNotice) -> bytes:
             notice.sent_ms,
             notice.event_id,
             notice.prev,
+            notice.traceparent,
         ]
     )
 
@@ -114,10 +118,10 @@ def event_notice(data: bytes) -> EventNotice:
     if not data.startswith(_EVENT_TAG):
         raise ValueError("not an event notice")
     fields = unpack(data[len(_EVENT_TAG) :])
-    if not isinstance(fields, list) or len(fields) != 7:
+    # Seven fields before notices carried the trace context.
+    if not isinstance(fields, list) or len(fields) not in (7, 8):
         raise ValueError("a malformed event notice")
-    workflow, instance_id, event_type, payload, sent_ms, event_id, prev = fields
-    return EventNotice(workflow, instance_id, event_type, payload, sent_ms, event_id, prev)
+    return EventNotice(*fields)
 
 
 def is_event_notice(data: bytes) -> bool:
