@@ -170,7 +170,8 @@ async def test_workers_on_a_cluster_run_every_partition_and_hear_only_their_own_
 
     def listens_to_its_own(worker: Worker) -> bool:
         notices = worker._notices
-        return notices is not None and notices.channels == {keys.created_channel(p) for p in worker.partitions}
+        own = {c for p in worker.partitions for c in (keys.created_channel(p), keys.events_channel(p))}
+        return notices is not None and notices.channels == own
 
     async def split() -> bool:
         # Each worker listens to the created channels of its partitions, and to no other (checked in
@@ -183,7 +184,8 @@ async def test_workers_on_a_cluster_run_every_partition_and_hear_only_their_own_
         assert worker._notices is not None
         assert await worker._notices.settled() is None  # subscribed in the background: confirmed now
     created_channels = [keys.created_channel(p) for p in range(PARTITIONS)]
-    await _one_subscriber_each(redis_cluster_url, created_channels)
+    events_channels = [keys.events_channel(p) for p in range(PARTITIONS)]
+    await _one_subscriber_each(redis_cluster_url, created_channels + events_channels)
     # The remote client listens to every partition's finished channel (the colocated ones share
     # their worker's watch).
     finished_channels = [keys.finished_channel(p) for p in range(PARTITIONS)]
@@ -219,9 +221,9 @@ async def test_workers_on_a_cluster_run_every_partition_and_hear_only_their_own_
         return a.partitions == list(range(PARTITIONS)) and listens_to_its_own(a)
 
     await eventually(took_over, timeout=15)
-    assert a._notices is not None and a._notices.channels == set(created_channels)
+    assert a._notices is not None and a._notices.channels == {*created_channels, *events_channels}
     assert await a._notices.settled() is None
-    await _one_subscriber_each(redis_cluster_url, created_channels)
+    await _one_subscriber_each(redis_cluster_url, created_channels + events_channels)
     deployment.heard[a.worker_id].clear()
     later = await one.create_batch([{"id": v[2]} for v in ids.values()])
     for instance in later:
