@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from hutch import Client, Instance, InstanceDetail, Status
 from hutch.broker.partitioning import partition_of
 from hutch.consumers import Worker
+from hutch.consumers.settlement import Outcome
 
 T = TypeVar("T")
 
@@ -100,3 +101,22 @@ def count_loads(client: Client) -> list[tuple[int, str, str]]:
 
     store.load_many = spy  # type: ignore[method-assign]
     return loaded
+
+
+def record_settles(worker: Worker) -> list[tuple[Any, Outcome]]:
+    """Record (input, outcome) of every broker delivery ``worker``'s owner settles from now on."""
+    orchestrator = worker.orchestrator
+    settled: list[tuple[Any, Outcome]] = []
+    process = orchestrator.process
+
+    async def spy(batch: list[Any]) -> None:
+        before = {id(item) for item in batch if item.settled}
+        try:
+            await process(batch)
+        finally:
+            for item in batch:
+                if item.settled and id(item) not in before:
+                    settled.append((item.input, item.settlement.outcome))
+
+    orchestrator.process = spy  # type: ignore[method-assign]
+    return settled

@@ -22,7 +22,7 @@ from hutch.clock import Clock
 from hutch.config import DEFAULT_LIMITS
 from hutch.consumers import Worker
 from hutch.consumers.runtime import start_distributed
-from hutch.consumers.settlement import ACK, REQUEUE, Outcome
+from hutch.consumers.settlement import ACK, REQUEUE
 from hutch.errors import InstanceNotFound
 from hutch.serialization import pack
 from hutch.store.announcements import Created, created_instances
@@ -31,7 +31,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
 from tests.conftest import drop_namespace
-from tests.helpers import count_loads, eventually, unique
+from tests.helpers import count_loads, eventually, record_settles, unique
 
 pytestmark = [pytest.mark.redis]
 
@@ -166,28 +166,9 @@ async def owner(redis_url: str, amqp_url: str) -> AsyncIterator[tuple[Client, Wo
         await drop_namespace(namespace)
 
 
-def _record_settles(worker: Worker) -> list[tuple[Any, Outcome]]:
-    """Record (message, outcome) of every broker delivery the owner settles from now on."""
-    orchestrator = worker.orchestrator
-    settled: list[tuple[Any, Outcome]] = []
-    process = orchestrator.process
-
-    async def spy(batch: list[Any]) -> None:
-        before = {id(item) for item in batch if item.settled}
-        try:
-            await process(batch)
-        finally:
-            for item in batch:
-                if item.settled and id(item) not in before:
-                    settled.append((item.input, item.settlement.outcome))
-
-    orchestrator.process = spy  # type: ignore[method-assign]
-    return settled
-
-
 async def _start_message_settled(worker: Worker, partition: int, iid: str, fields: dict[str, Any]) -> list[Any]:
     """Publish the instance's start message now; how the owner settled it (outcomes until the ack)."""
-    settled = _record_settles(worker)
+    settled = record_settles(worker)
     message = InstanceCreated(workflow="one", instance_id=iid, fields=fields)
     await worker.transport.publish([Outgoing(partition, encode(message))])
 
@@ -241,7 +222,7 @@ async def test_a_notice_that_lost_to_the_start_message_is_dropped_quietly(
 ) -> None:
     client, worker = owner
     orchestrator = worker.orchestrator
-    settled = _record_settles(worker)
+    settled = record_settles(worker)
     instance = await client.workflow("one").create()
     assert (await instance.wait(timeout=10)).status == Status.COMPLETE
 

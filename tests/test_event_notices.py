@@ -29,7 +29,7 @@ from hutch.serialization import pack
 from hutch.store.announcements import EventNotice, event_notice, event_notice_bytes
 
 from tests.conftest import drop_namespace
-from tests.helpers import eventually, unique
+from tests.helpers import eventually, record_settles, unique
 
 pytestmark = [pytest.mark.redis]
 
@@ -90,25 +90,6 @@ def _message(notice: EventNotice) -> EventReceived:
         payload=notice.payload,
         sent_ms=notice.sent_ms,
     )
-
-
-def _record_settles(worker: Worker) -> list[tuple[Any, Any]]:
-    """Record (message, outcome) of every broker delivery the owner settles from now on."""
-    orchestrator = worker.orchestrator
-    settled: list[tuple[Any, Any]] = []
-    process = orchestrator.process
-
-    async def spy(batch: list[Any]) -> None:
-        before = {id(item) for item in batch if item.settled}
-        try:
-            await process(batch)
-        finally:
-            for item in batch:
-                if item.settled and id(item) not in before:
-                    settled.append((item.input, item.settlement.outcome))
-
-    orchestrator.process = spy  # type: ignore[method-assign]
-    return settled
 
 
 async def _history_kinds(client: Client, iid: str) -> list[tuple[str, Any]]:
@@ -194,7 +175,7 @@ async def test_an_event_heard_alone_is_applied_once_and_its_broker_message_then_
 
     # Their broker messages arriving now (as they would, a broker round trip later) are
     # acknowledged as done, and change nothing.
-    settled = _record_settles(worker)
+    settled = record_settles(worker)
     history = await _history_kinds(client, instance.id)
     await worker.transport.publish([Outgoing(partition, encode(_message(n))) for n in (first, second)])
 
@@ -287,7 +268,7 @@ async def test_an_event_heard_before_a_restart_is_not_applied_again_by_its_broke
     # the events, but the owner knows this one was delivered already.
     assert (await instance.restart()).applied
     await _waiting(client, instance.id)
-    settled = _record_settles(worker)
+    settled = record_settles(worker)
     await worker.transport.publish([Outgoing(partition, encode(_message(first)))])
 
     async def acked() -> bool:
